@@ -1,0 +1,79 @@
+"""The MQTT topic scheme: everything a gateway says or hears lives under one prefix.
+
+``cl/{site}/{gateway}/...``; see docs/topics.md for the table and who may publish where.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROOT = "cl"
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Suffixes under a gateway's prefix, gateway → cloud unless noted.
+TELEMETRY = "telemetry"            # signed batches, QoS 1
+ACK = "ack"                        # cloud → gateway: {"seq", "status", "reason"}
+STATUS = "status"                  # retained "online"/"offline"; the last will sets "offline"
+EVENTS = "events"                  # alerts from rules and the anomaly model
+SHADOW_GET = "shadow/get"
+SHADOW_GET_ACCEPTED = "shadow/get/accepted"      # cloud → gateway
+SHADOW_UPDATE = "shadow/update"
+SHADOW_UPDATE_ACCEPTED = "shadow/update/accepted"  # cloud → gateway
+SHADOW_UPDATE_REJECTED = "shadow/update/rejected"  # cloud → gateway
+SHADOW_DELTA = "shadow/update/delta"               # cloud → gateway
+COMMAND = "cmd"                    # cloud → gateway: cmd/{name}
+COMMAND_RESULT = "cmd/result"
+
+
+def check_id(kind: str, value: str) -> str:
+    if not _ID_RE.match(value):
+        raise ValueError(f"{kind} id {value!r} must be 1-64 of A-Z a-z 0-9 _ . - (it is part of MQTT topics)")
+    return value
+
+
+@dataclass(frozen=True)
+class GatewayTopics:
+    site: str
+    gateway: str
+
+    def __post_init__(self) -> None:
+        check_id("site", self.site)
+        check_id("gateway", self.gateway)
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.site}/{self.gateway}"
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+    @property
+    def telemetry(self) -> str:
+        return self.topic(TELEMETRY)
+
+    @property
+    def ack(self) -> str:
+        return self.topic(ACK)
+
+    @property
+    def status(self) -> str:
+        return self.topic(STATUS)
+
+    @property
+    def events(self) -> str:
+        return self.topic(EVENTS)
+
+
+# Cloud-side subscriptions across all sites and gateways.
+ALL_TELEMETRY = f"{ROOT}/+/+/{TELEMETRY}"
+ALL_STATUS = f"{ROOT}/+/+/{STATUS}"
+ALL_EVENTS = f"{ROOT}/+/+/{EVENTS}"
+
+
+def split(topic: str) -> tuple[str, str, str] | None:
+    """``cl/site/gw/suffix...`` → (site, gateway, suffix), or None if not ours."""
+    parts = topic.split("/", 3)
+    if len(parts) != 4 or parts[0] != ROOT:
+        return None
+    return parts[1], parts[2], parts[3]

@@ -1,0 +1,313 @@
+"""The CarbonLink wire format: readings, batches, canonical bytes and signatures.
+
+Defined once here and used by the edge and the cloud; the MicroPython firmware
+mirrors it and both are held to the JSON vectors in ``tests/vectors/``. The
+rules are written down in ``docs/wire-format.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+WIRE_VERSION = 1
+MAX_BATCH_BYTES = 1024 * 1024  # a message larger than this is refused before parsing
+MAX_READINGS_PER_BATCH = 10_000
+MAX_ABS_VALUE = 1e15  # beyond this a double no longer holds every integer exactly
+MAX_SEQ = 2**53 - 1  # JSON numbers above this lose precision in many parsers
+MAX_STRING = 128
+
+# Identifiers and units: no quote, backslash or control character, so canonical
+# JSON never needs an escape and every implementation writes the same bytes.
+_TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')
+_UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
+_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_HEX_RE = re.compile(r"^[0-9a-f]*$")
+
+
+class WireError(ValueError):
+    """A message that does not follow the wire format; the text says which rule it breaks."""
+
+
+class Quality(enum.StrEnum):
+    """Quality flags, one letter each, aligned with HJ 212-2017 data flags."""
+
+    NORMAL = "N"
+    STOPPED = "F"  # instrument stopped
+    MAINTENANCE = "M"
+    MANUAL = "S"  # manually set value
+    FAULT = "D"
+    CALIBRATION = "C"
+    OVER_RANGE = "T"
+    COMM_FAILURE = "B"
+
+
+QUALITY_CODES = frozenset(q.value for q in Quality)
+
+
+class SigAlg(enum.StrEnum):
+    ED25519 = "ed25519"  # gateways: the private key never leaves the device
+    HMAC_SHA256 = "hmac-sha256"  # constrained nodes with a shared secret
+
+
+# --- numbers and timestamps -------------------------------------------------------------
+
+
+def canonical_number(x: float | int) -> str:
+    """Render a value by the canonical number rule.
+
+    Rounded to 15 significant digits (every decimal of up to 15 digits survives a
+    round trip through an IEEE double), written in plain decimal notation with no
+    exponent, no trailing fractional zeros, no trailing point and no negative zero.
+    """
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise WireError(f"value must be a number, got {type(x).__name__}")
+    if isinstance(x, float) and not math.isfinite(x):
+        raise WireError(f"value must be finite, got {x!r}")
+    if abs(x) >= MAX_ABS_VALUE:
+        raise WireError(f"value {x!r} is out of range (|value| < 1e15)")
+    if isinstance(x, int):
+        return str(x)
+    s = format(x, ".15g")
+    if "e" in s:
+        s = format(Decimal(s), "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    if s in ("-0", ""):
+        s = "0"
+    return s
+
+
+def normalize_value(x: float | int) -> float:
+    """The value a reading holds: exactly what its canonical text parses back to."""
+    return float(canonical_number(x))
+
+
+def format_ts(ms: int) -> str:
+    """Milliseconds since the Unix epoch to ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    secs, milli = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{milli:03d}Z"
+
+
+def parse_ts(text: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` to milliseconds since the Unix epoch."""
+    if not isinstance(text, str) or not _TS_RE.match(text):
+        raise WireError(f"timestamp {text!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ (UTC, milliseconds)")
+    try:
+        dt = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise WireError(f"timestamp {text!r} is not a valid date: {exc}") from None
+    return int(dt.timestamp()) * 1000 + int(text[20:23])
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _TEXT_RE.match(value):
+        raise WireError(
+            f"{name} must be 1-{MAX_STRING} characters without quotes, backslashes or control characters,"
+            f" got {value!r}"
+        )
+    return value
+
+
+# --- readings and batches -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one point of one device at one instant."""
+
+    device: str
+    point: str
+    ts_ms: int
+    value: float
+    unit: str
+    quality: Quality = Quality.NORMAL
+
+    @classmethod
+    def make(
+        cls, device: str, point: str, ts_ms: int, value: float, unit: str, quality: str = "N"
+    ) -> Reading:
+        """Validated constructor; the value is normalised to its canonical form."""
+        _check_text("device", device)
+        _check_text("point", point)
+        if not isinstance(unit, str) or not _UNIT_RE.match(unit):
+            raise WireError(f"unit must be 0-32 characters without quotes, backslashes or control characters, got {unit!r}")
+        if quality not in QUALITY_CODES:
+            raise WireError(f"quality {quality!r} is not one of {''.join(sorted(QUALITY_CODES))}")
+        if isinstance(ts_ms, bool) or not isinstance(ts_ms, int) or not 0 <= ts_ms < 253402300800000:
+            raise WireError(f"timestamp {ts_ms!r} must be integer milliseconds between 1970 and 9999")
+        return cls(device, point, ts_ms, normalize_value(value), unit, Quality(quality))
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The reading's identity: a device reports one value per point and instant."""
+        return (self.device, self.point, self.ts_ms)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "point": self.point,
+            "quality": self.quality.value,
+            "ts": format_ts(self.ts_ms),
+            "unit": self.unit,
+            "value": self.value,
+        }
+
+    def canonical(self) -> str:
+        # Keys in sorted order; every string is escape-free by construction.
+        return (
+            f'{{"device":"{self.device}","point":"{self.point}","quality":"{self.quality.value}",'
+            f'"ts":"{format_ts(self.ts_ms)}","unit":"{self.unit}","value":{canonical_number(self.value)}}}'
+        )
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Reading:
+        if not isinstance(obj, dict):
+            raise WireError("a reading must be a JSON object")
+        expected = {"device", "point", "quality", "ts", "unit", "value"}
+        if set(obj) != expected:
+            extra, missing = set(obj) - expected, expected - set(obj)
+            raise WireError(f"reading fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        return cls.make(
+            obj["device"], obj["point"], parse_ts(obj["ts"]), obj["value"], obj["unit"], obj["quality"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a gateway or node sends: numbered, timestamped, signed readings."""
+
+    gateway: str
+    seq: int
+    created_ms: int
+    readings: tuple[Reading, ...]
+    alg: SigAlg = SigAlg.ED25519
+    sig: str = ""
+    v: int = WIRE_VERSION
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def signing_bytes(self) -> bytes:
+        """Canonical bytes of the batch without its signature: what is signed and hashed."""
+        readings = ",".join(r.canonical() for r in self.readings)
+        return (
+            f'{{"alg":"{self.alg.value}","created":"{format_ts(self.created_ms)}",'
+            f'"gateway":"{self.gateway}","readings":[{readings}],"seq":{self.seq},"v":{self.v}}}'
+        ).encode()
+
+    def to_bytes(self) -> bytes:
+        """The message as published: the canonical bytes with ``sig`` in its sorted place."""
+        if not self.sig:
+            raise WireError("batch is not signed")
+        body = self.signing_bytes()
+        tail = f',"v":{self.v}}}'.encode()
+        return body[: -len(tail)] + f',"sig":"{self.sig}"'.encode() + tail
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.signing_bytes()).hexdigest()
+
+
+def check_batch_fields(obj: Any) -> None:
+    if not isinstance(obj, dict):
+        raise WireError("a batch must be a JSON object")
+    expected = {"alg", "created", "gateway", "readings", "seq", "sig", "v"}
+    if set(obj) != expected:
+        extra, missing = set(obj) - expected, expected - set(obj)
+        raise WireError(f"batch fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    if obj["v"] != WIRE_VERSION:
+        raise WireError(f"wire version {obj['v']!r} is not supported (expected {WIRE_VERSION})")
+
+
+def parse_batch(raw: bytes) -> Batch:
+    """Parse and validate a message; raises WireError naming the first broken rule."""
+    if len(raw) > MAX_BATCH_BYTES:
+        raise WireError(f"message is {len(raw)} bytes, over the {MAX_BATCH_BYTES}-byte limit")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"message is not UTF-8 JSON: {exc}") from None
+    check_batch_fields(obj)
+    seq = obj["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise WireError(f"seq must be an integer from 1 to 2^53-1, got {seq!r}")
+    try:
+        alg = SigAlg(obj["alg"])
+    except ValueError:
+        raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
+    sig = obj["sig"]
+    if not isinstance(sig, str) or not _HEX_RE.match(sig) or len(sig) not in (64, 128):
+        raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
+    readings = obj["readings"]
+    if not isinstance(readings, list) or not readings:
+        raise WireError("readings must be a non-empty list")
+    if len(readings) > MAX_READINGS_PER_BATCH:
+        raise WireError(f"{len(readings)} readings, over the limit of {MAX_READINGS_PER_BATCH}")
+    parsed = tuple(Reading.from_wire(r) for r in readings)
+    return Batch(
+        gateway=_check_text("gateway", obj["gateway"]),
+        seq=seq,
+        created_ms=parse_ts(obj["created"]),
+        readings=parsed,
+        alg=alg,
+        sig=sig,
+    )
+
+
+# --- signatures ----------------------------------------------------------------------------
+
+
+def sign_batch(batch: Batch, key: Ed25519PrivateKey | bytes) -> Batch:
+    """Return the batch signed: Ed25519 with a private key, HMAC-SHA256 with a secret (bytes)."""
+    from dataclasses import replace
+
+    if isinstance(key, Ed25519PrivateKey):
+        unsigned = replace(batch, alg=SigAlg.ED25519, sig="")
+        return replace(unsigned, sig=key.sign(unsigned.signing_bytes()).hex())
+    unsigned = replace(batch, alg=SigAlg.HMAC_SHA256, sig="")
+    mac = hmac.new(key, unsigned.signing_bytes(), hashlib.sha256).hexdigest()
+    return replace(unsigned, sig=mac)
+
+
+def verify_batch(batch: Batch, key: Ed25519PublicKey | bytes, raw: bytes | None = None) -> None:
+    """Raise WireError unless the signature matches.
+
+    With ``raw`` (the message as received) the fast path removes the ``sig`` member
+    from the bytes themselves; if the sender's bytes were not canonical the batch
+    is re-serialised, so any faithful JSON rendering of a signed batch verifies.
+    """
+    candidates: list[bytes] = []
+    if raw is not None:
+        member = f',"sig":"{batch.sig}"'.encode()
+        if raw.count(member) == 1:
+            candidates.append(raw.replace(member, b""))
+    candidates.append(batch.signing_bytes())
+    for data in candidates:
+        if batch.alg is SigAlg.ED25519:
+            if not isinstance(key, Ed25519PublicKey):
+                raise WireError("batch is signed with ed25519 but the device is registered with a secret")
+            try:
+                key.verify(bytes.fromhex(batch.sig), data)
+                return
+            except InvalidSignature:
+                continue
+        else:
+            if isinstance(key, Ed25519PublicKey):
+                raise WireError("batch is signed with hmac-sha256 but the device is registered with a key")
+            if hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), batch.sig):
+                return
+    raise WireError(f"signature does not match the key registered for gateway {batch.gateway!r}")

@@ -1,0 +1,1 @@
+"""The cloud: ingest, storage, API, dashboards."""

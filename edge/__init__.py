@@ -1,0 +1,1 @@
+"""The gateway agent: drivers read devices, the agent signs and delivers batches."""

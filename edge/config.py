@@ -1,0 +1,70 @@
+"""gateway.yaml: the typed, validated configuration of one gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from carbonlink.configfile import load_yaml_config
+
+from .drivers.registry import DeviceConfig
+from .drivers.settings import StrictModel
+
+
+class GatewaySection(StrictModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    site: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    key_file: Path = Field(description="Ed25519 private key (PEM); created on first start if missing")
+    data_dir: Path = Field(default=Path("var/edge"), description="outbox and state live here")
+
+
+class MqttSection(StrictModel):
+    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    ack_timeout_s: float = Field(default=15.0, gt=0, le=3600, description="resend a batch not acked by then")
+    max_inflight: int = Field(default=8, ge=1, le=1000, description="batches published and awaiting ack")
+
+
+class BatchSection(StrictModel):
+    max_readings: int = Field(default=500, ge=1, le=10_000)
+    max_age_s: float = Field(default=1.0, gt=0, le=3600)
+
+
+class OutboxSection(StrictModel):
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="FULL survives power loss; NORMAL survives a process crash"
+    )
+
+
+class GatewayConfig(StrictModel):
+    gateway: GatewaySection
+    mqtt: MqttSection = MqttSection()
+    batch: BatchSection = BatchSection()
+    outbox: OutboxSection = OutboxSection()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_device_ids(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for d in self.devices:
+            if d.id in seen:
+                raise ValueError(f"device id {d.id!r} appears twice; device ids must be unique")
+            seen.add(d.id)
+        return self
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    cfg = load_yaml_config(path, GatewayConfig)
+    base = Path(path).resolve().parent
+    # Relative paths in the file are relative to the file, not to the working directory.
+    gw = cfg.gateway
+    fixed = gw.model_copy(update={
+        "key_file": gw.key_file if gw.key_file.is_absolute() else base / gw.key_file,
+        "data_dir": gw.data_dir if gw.data_dir.is_absolute() else base / gw.data_dir,
+    })
+    return cfg.model_copy(update={"gateway": fixed})

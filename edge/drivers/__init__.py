@@ -1,0 +1,1 @@
+"""Protocol drivers, one module each, registered explicitly in registry.py."""

@@ -1,0 +1,68 @@
+"""The one small interface every protocol driver implements.
+
+A driver owns one device. Its ``session()`` is an async generator: it connects,
+then yields lists of readings until the connection fails, when it raises. The
+supervisor (edge/supervisor.py) runs sessions again and again with backoff, so
+a driver never loops over reconnects itself and never touches MQTT.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from carbonlink.wire import Reading
+
+
+class ConnectionState(enum.StrEnum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    BACKOFF = "backoff"
+    UNAVAILABLE = "unavailable"  # the platform lacks what the driver needs (e.g. no Bluetooth stack)
+    STOPPED = "stopped"
+
+
+class DriverError(Exception):
+    """An expected failure talking to a device (refused, timed out, protocol error)."""
+
+
+class DriverUnavailable(DriverError):
+    """The host cannot run this driver at all; the supervisor says so once and stops retrying fast."""
+
+
+@dataclass
+class DriverCounters:
+    """Figures every driver keeps; the agent exposes them."""
+
+    polls: int = 0
+    readings: int = 0
+    errors: int = 0
+    rejected: int = 0  # inputs refused as invalid (bad CRC, unknown code, other vendor's advert)
+    reconnects: int = 0
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self.extra[name] = self.extra.get(name, 0) + n
+
+
+class Driver(abc.ABC):
+    """Base class for one device's driver."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, device_id: str, settings: Any) -> None:
+        self.device_id = device_id
+        self.settings = settings
+        self.counters = DriverCounters()
+
+    @abc.abstractmethod
+    def session(self) -> AsyncIterator[list[Reading]]:
+        """Connect, then yield readings until the connection fails (raise DriverError/OSError)."""
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.device_id}"

@@ -1,0 +1,1 @@
+"""Hardware-free devices: every driver has a simulator speaking the real protocol."""
