@@ -41,7 +41,7 @@ EXCEPTION_QUALITY = {1: Quality.FAULT, 2: Quality.FAULT, 3: Quality.FAULT, 4: Qu
 
 class ModbusPoint(StrictModel):
     name: str = Field(min_length=1, max_length=64)
-    register: int = Field(ge=0, le=65535)
+    address: int = Field(ge=0, le=65535, alias="register")
     table: Table = "holding"
     type: RegisterType = "uint16"
     byte_order: Literal["big", "little"] = "big"
@@ -87,18 +87,18 @@ def plan_blocks(points: Sequence[ModbusPoint]) -> list[ReadBlock]:
     """Group points into as few read requests as possible."""
     blocks: list[ReadBlock] = []
     for table in ("holding", "input", "coil"):
-        pts = sorted((p for p in points if p.table == table), key=lambda p: p.register)
+        pts = sorted((p for p in points if p.table == table), key=lambda p: p.address)
         cur: list[ModbusPoint] = []
         start = end = 0
         for p in pts:
-            p_end = p.register + WIDTH[p.type]
-            if cur and p.register - end <= MAX_GAP and p_end - start <= MAX_REGS:
+            p_end = p.address + WIDTH[p.type]
+            if cur and p.address - end <= MAX_GAP and p_end - start <= MAX_REGS:
                 cur.append(p)
                 end = max(end, p_end)
                 continue
             if cur:
                 blocks.append(ReadBlock(table, start, end - start, tuple(cur)))
-            cur, start, end = [p], p.register, p_end
+            cur, start, end = [p], p.address, p_end
         if cur:
             blocks.append(ReadBlock(table, start, end - start, tuple(cur)))
     return blocks
@@ -173,10 +173,10 @@ class ModbusTcpDriver(Driver):
             q = EXCEPTION_QUALITY.get(code, Quality.FAULT)
             # The value is unknown: report it flagged, never as a plausible number.
             return [Reading.make(self.device_id, p.name, ts, 0.0, p.unit, q.value) for p in block.points]
-        words = [int(b) for b in resp.bits] if block.table == "coil" else list(resp.registers)
+        words = [int(b) for b in resp.bits] if block.table == "coil" else list(resp.addresss)
         out = []
         for p in block.points:
-            off = p.register - block.start
+            off = p.address - block.start
             try:
                 value = decode(words[off : off + WIDTH[p.type]], p)
                 out.append(Reading.make(self.device_id, p.name, ts, value, p.unit))
