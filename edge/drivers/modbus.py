@@ -64,6 +64,7 @@ class ModbusTcpDevice(DeviceBase):
     def _points_or_map(self) -> ModbusTcpDevice:
         if not self.points and not self.pointmap:
             raise ValueError("give either 'points' or 'pointmap'")
+        self.resolved_points()  # a broken or unknown point map must stop start-up, not the driver
         return self
 
     def resolved_points(self) -> list[ModbusPoint]:
@@ -173,7 +174,7 @@ class ModbusTcpDriver(Driver):
             q = EXCEPTION_QUALITY.get(code, Quality.FAULT)
             # The value is unknown: report it flagged, never as a plausible number.
             return [Reading.make(self.device_id, p.name, ts, 0.0, p.unit, q.value) for p in block.points]
-        words = [int(b) for b in resp.bits] if block.table == "coil" else list(resp.addresss)
+        words = [int(b) for b in resp.bits] if block.table == "coil" else list(resp.registers)
         out = []
         for p in block.points:
             off = p.address - block.start

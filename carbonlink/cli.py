@@ -1,0 +1,230 @@
+"""The `carbonlink` command: one entry point, a sub-command per role."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .configfile import ConfigError
+
+app = typer.Typer(help="CarbonLink: measure, report and verify carbon from field devices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+edge_app = typer.Typer(help="The gateway agent.", no_args_is_help=True)
+cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", no_args_is_help=True)
+sim_app = typer.Typer(help="Simulated devices speaking the real protocols.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge")
+app.add_typer(cloud_app, name="cloud")
+app.add_typer(sim_app, name="sim")
+
+err = Console(stderr=True)
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine; Ctrl-C and SIGTERM stop it cleanly via cancellation."""
+    async def main() -> Any:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
+    return asyncio.run(main())
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    duration: Annotated[float | None, typer.Option(help="stop by itself after this many seconds")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary at the end")] = False,
+    mqtt: Annotated[str | None, typer.Option(help="external broker, e.g. mqtt://127.0.0.1:1883")] = None,
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases and keys")] = Path("var/demo"),
+    http_port: Annotated[int, typer.Option(help="dashboard port (a free one is used if taken)")] = 8080,
+) -> None:
+    """Run simulators, broker, cloud and an edge agent together, with a live dashboard."""
+    from .demo import run_demo
+
+    _logging("WARNING")
+    stop = asyncio.Event()
+
+    async def go() -> Any:
+        task = asyncio.ensure_future(run_demo(duration=duration, data_dir=data_dir, mqtt_url=mqtt,
+                                              http_port=http_port, live=not json_out, stop=stop))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)  # a clean stop: drain, then summarise
+        return await task
+
+    summary = asyncio.run(go())
+    if json_out:
+        print(json.dumps(summary.as_dict()))
+    else:
+        err.print(f"stopped: produced {summary.produced}, published {summary.published}, "
+                  f"stored {summary.stored}, rejected {summary.rejected}")
+
+
+# --- edge -------------------------------------------------------------------------------------
+
+@edge_app.command("run")
+def edge_run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")],
+    mqtt: Annotated[str | None, typer.Option(help="override the broker URL in the config")] = None,
+) -> None:
+    """Read the configured devices and deliver signed batches to the cloud."""
+    from edge.agent import EdgeAgent
+    from edge.config import load_gateway_config
+
+    try:
+        cfg = load_gateway_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    _logging(cfg.log_level)
+    _run(EdgeAgent(cfg, mqtt_url=mqtt).run_forever())
+
+
+@edge_app.command("check")
+def edge_check(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
+    """Validate a gateway config and print what it would read."""
+    from edge.config import load_gateway_config
+
+    try:
+        cfg = load_gateway_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    err.print(f"[green]{config}: valid[/] gateway {cfg.gateway.id} at site {cfg.gateway.site}, "
+              f"{len(cfg.devices)} device(s)")
+
+
+# --- cloud ------------------------------------------------------------------------------------
+
+@cloud_app.command("serve")
+def cloud_serve(
+    mqtt: Annotated[str | None, typer.Option(help="broker URL; without it an embedded broker is started")] = None,
+    db: Annotated[str, typer.Option(help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
+    host: Annotated[str, typer.Option(help="HTTP bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8080,
+    shared_group: Annotated[str | None, typer.Option(help="MQTT 5 shared-subscription group (Mosquitto)")] = None,
+    client_id: Annotated[str, typer.Option(help="MQTT client id (unique per ingest worker)")] = "carbonlink-ingest",
+) -> None:
+    """Ingest telemetry, store it and serve the API and dashboard."""
+    from cloud.service import running_cloud
+
+    from .broker import EmbeddedBroker
+
+    _logging("INFO")
+
+    async def go() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            url = mqtt
+            if url is None:
+                url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if _port_free(1883) else None))).url
+            svc = await stack.enter_async_context(
+                running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
+                              shared_group=shared_group))
+            err.print(f"cloud up: broker {url}, storage {db}, API {svc.dashboard_url}")
+            await asyncio.Event().wait()
+
+    _run(go())
+
+
+@cloud_app.command("register-gateway")
+def cloud_register(
+    gateway: Annotated[str, typer.Option(help="gateway id")],
+    site: Annotated[str, typer.Option(help="site id")],
+    public_key: Annotated[str, typer.Option(help="Ed25519 public key, hex")],
+    db: Annotated[str, typer.Option(help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
+) -> None:
+    """Register a gateway's public key so its batches are accepted."""
+    from cloud.store import open_store
+
+    try:
+        bytes.fromhex(public_key)
+        if len(public_key) != 64:
+            raise ValueError
+    except ValueError:
+        err.print("[red]--public-key must be 64 hex digits (a raw Ed25519 public key)[/]")
+        raise typer.Exit(2) from None
+
+    async def go() -> None:
+        store = open_store(db)
+        await store.open()
+        try:
+            await store.register_gateway(gateway, site, "ed25519", public_key)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    err.print(f"registered {gateway} at {site}")
+
+
+# --- simulators -------------------------------------------------------------------------------
+
+@sim_app.command("cems")
+def sim_cems(port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020) -> None:
+    """A CEMS stack over Modbus TCP (point map: edge/pointmaps/cems.yaml)."""
+    from simulators.cems import CemsStack
+    from simulators.modbus_host import ModbusDeviceHost
+
+    _logging("INFO")
+
+    async def go() -> None:
+        async with ModbusDeviceHost(CemsStack().fill, port=port):
+            err.print(f"CEMS stack on modbus://127.0.0.1:{port} (unit 1); Ctrl-C to stop")
+            await asyncio.Event().wait()
+
+    _run(go())
+
+
+@sim_app.command("inverter")
+def sim_inverter(port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5021) -> None:
+    """A solar inverter over Modbus TCP (point map: edge/pointmaps/inverter.yaml)."""
+    from simulators.inverter import SolarInverter
+    from simulators.modbus_host import ModbusDeviceHost
+
+    _logging("INFO")
+
+    async def go() -> None:
+        async with ModbusDeviceHost(SolarInverter().fill, port=port):
+            err.print(f"solar inverter on modbus://127.0.0.1:{port} (unit 1); Ctrl-C to stop")
+            await asyncio.Event().wait()
+
+    _run(go())
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

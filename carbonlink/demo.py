@@ -1,0 +1,157 @@
+"""`carbonlink demo`: simulators → edge agent → MQTT → cloud → dashboard, on embedded defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ID = "gw-demo-01"
+SITE_ID = "demo-plant"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoSummary:
+    produced: int
+    published: int
+    stored: int
+    rejected: int
+    duplicates: int
+    unacked: int
+    seconds: float
+    dashboard: str
+    mqtt: str
+    drained: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def write_gateway_config(path: Path, *, cems_port: int, inverter_port: int, mqtt_url: str) -> Path:
+    cfg = {
+        "gateway": {"id": GATEWAY_ID, "site": SITE_ID, "key_file": "gateway.key", "data_dir": "edge"},
+        "mqtt": {"url": mqtt_url},
+        "batch": {"max_readings": 500, "max_age_s": 1.0},
+        "devices": [
+            {"id": "cems-stack-1", "driver": "modbus_tcp", "host": "127.0.0.1", "port": cems_port,
+             "poll_interval_s": 1.0, "pointmap": "cems"},
+            {"id": "inverter-1", "driver": "modbus_tcp", "host": "127.0.0.1", "port": inverter_port,
+             "poll_interval_s": 1.0, "pointmap": "inverter"},
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by `carbonlink demo`; edit a copy for your own gateway.\n"
+                    + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _broker(mqtt_url: str | None) -> AsyncIterator[str]:
+    if mqtt_url:
+        yield mqtt_url
+        return
+    from .broker import EmbeddedBroker
+
+    async with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | None, http_port: int,
+                   live: bool = True, stop: asyncio.Event | None = None) -> DemoSummary:
+    from cloud.service import running_cloud
+    from edge.agent import EdgeAgent
+    from edge.config import load_gateway_config
+    from edge.identity import public_key_hex
+    from simulators.cems import CemsStack
+    from simulators.inverter import SolarInverter
+    from simulators.modbus_host import ModbusDeviceHost
+
+    stop = stop or asyncio.Event()
+    if not _port_free(http_port):
+        http_port = _free_port()
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(_broker(mqtt_url))
+        cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=_free_port()))
+        inverter = await stack.enter_async_context(ModbusDeviceHost(SolarInverter().fill, port=_free_port()))
+        cfg_path = write_gateway_config(data_dir / "gateway.yaml", cems_port=cems.port,
+                                        inverter_port=inverter.port, mqtt_url=url)
+        cfg = load_gateway_config(cfg_path)
+        cloud = await stack.enter_async_context(
+            running_cloud(f"sqlite:///{data_dir / 'cloud.sqlite'}", url, http_port=http_port,
+                          client_id=f"carbonlink-ingest-demo-{http_port}"))
+        agent = EdgeAgent(cfg)
+        await cloud.store.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key))
+        await agent.start()
+        try:
+            await _watch(agent, cloud, duration, stop, live)
+        finally:
+            await agent.stop_devices()
+            drained = await agent.drain(timeout=15.0)
+            stats = agent.stats()
+            await agent.stop()
+        c = cloud.ingest.counters
+        return DemoSummary(
+            produced=stats.produced, published=stats.published, stored=c.readings_stored,
+            rejected=c.rejected_readings, duplicates=c.readings_duplicate, unacked=stats.unacked_batches,
+            seconds=round(time.monotonic() - started, 1), dashboard=cloud.dashboard_url, mqtt=url,
+            drained=drained,
+        )
+
+
+async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.Event, live: bool) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(stderr=True)
+    deadline = None if duration is None else time.monotonic() + duration
+
+    def line() -> Text:
+        s, c = agent.stats(), cloud.ingest.counters
+        devs = " ".join(f"{k}:{v['state']}" for k, v in s.devices.items())
+        return Text.assemble(
+            ("CarbonLink demo ", "bold green"), (f"dashboard {cloud.dashboard_url}  ", "cyan"),
+            f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
+            f"rejected {c.rejected_readings}  link {s.link}  {devs}  ",
+            ("Ctrl-C to stop" if duration is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
+        )
+
+    async def wait() -> None:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(0.25)
+            if live_view is not None:
+                live_view.update(line())
+
+    live_view: Live | None = None
+    if live:
+        console.print(f"Dashboard: [bold cyan]{cloud.dashboard_url}[/]")
+        with Live(line(), console=console, refresh_per_second=4, transient=False) as live_view:
+            await wait()
+    else:
+        await wait()

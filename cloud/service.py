@@ -1,0 +1,75 @@
+"""Run the cloud: storage, ingest subscriber and HTTP API in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+
+from .api import create_app
+from .ingest import IngestService
+from .store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class CloudService:
+    def __init__(self, store_url: str, mqtt_url: str, *, http_host: str = "127.0.0.1", http_port: int = 8080,
+                 client_id: str = "carbonlink-ingest", shared_group: str | None = None) -> None:
+        self.store: Store = open_store(store_url)
+        self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group)
+        self.http_host, self.http_port = http_host, http_port
+        self._server: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}/"
+
+    def stats(self) -> dict[str, Any]:
+        return {"ingest": {"state": self.ingest.state, **asdict(self.ingest.counters)}}
+
+    async def start(self) -> None:
+        await self.store.open()
+        app = create_app(self.store, self.stats)
+        config = uvicorn.Config(app, host=self.http_host, port=self.http_port, log_level="warning",
+                                lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._tasks = [asyncio.create_task(self.ingest.run(), name="ingest"),
+                       asyncio.create_task(self._server.serve(), name="http")]
+        for _ in range(200):  # until uvicorn listens, so callers can print a working URL
+            if self._server.started or self._tasks[1].done():
+                break
+            await asyncio.sleep(0.02)
+        if self._tasks[1].done():
+            exc = self._tasks[1].exception()
+            raise RuntimeError(f"HTTP server could not start on {self.http_host}:{self.http_port}: {exc}")
+        try:
+            await asyncio.wait_for(self.ingest.connected.wait(), 10)
+        except TimeoutError:
+            log.warning("ingest has not reached the broker %s yet; it keeps retrying", self.ingest.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        for t in self._tasks:
+            if t.get_name() != "http":
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_cloud(store_url: str, mqtt_url: str, **kw: Any) -> AsyncIterator[CloudService]:
+    svc = CloudService(store_url, mqtt_url, **kw)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
