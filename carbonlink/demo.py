@@ -112,7 +112,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             await _watch(agent, cloud, duration, stop, live)
         finally:
             await agent.stop_devices()
-            drained = await agent.drain(timeout=15.0)
+            drained = await agent.drain(within=15.0)
             stats = agent.stats()
             await agent.stop()
         c = cloud.ingest.counters
@@ -139,7 +139,7 @@ async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.E
             ("CarbonLink demo ", "bold green"), (f"dashboard {cloud.dashboard_url}  ", "cyan"),
             f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
             f"rejected {c.rejected_readings}  link {s.link}  {devs}  ",
-            ("Ctrl-C to stop" if duration is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
+            ("Ctrl-C to stop" if deadline is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
         )
 
     async def wait() -> None:

@@ -27,7 +27,7 @@ COMMAND_RESULT = "cmd/result"
 
 
 def check_id(kind: str, value: str) -> str:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise ValueError(f"{kind} id {value!r} must be 1-64 of A-Z a-z 0-9 _ . - (it is part of MQTT topics)")
     return value
 

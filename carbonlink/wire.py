@@ -103,7 +103,7 @@ def format_ts(ms: int) -> str:
 
 def parse_ts(text: str) -> int:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ`` to milliseconds since the Unix epoch."""
-    if not isinstance(text, str) or not _TS_RE.match(text):
+    if not isinstance(text, str) or not _TS_RE.fullmatch(text):
         raise WireError(f"timestamp {text!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ (UTC, milliseconds)")
     try:
         dt = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
@@ -117,7 +117,7 @@ def now_ms() -> int:
 
 
 def _check_text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _TEXT_RE.match(value):
+    if not isinstance(value, str) or not _TEXT_RE.fullmatch(value):
         raise WireError(
             f"{name} must be 1-{MAX_STRING} characters without quotes, backslashes or control characters,"
             f" got {value!r}"
@@ -146,8 +146,9 @@ class Reading:
         """Validated constructor; the value is normalised to its canonical form."""
         _check_text("device", device)
         _check_text("point", point)
-        if not isinstance(unit, str) or not _UNIT_RE.match(unit):
-            raise WireError(f"unit must be 0-32 characters without quotes, backslashes or control characters, got {unit!r}")
+        if not isinstance(unit, str) or not _UNIT_RE.fullmatch(unit):
+            raise WireError(
+                f"unit must be 0-32 characters without quotes, backslashes or control characters, got {unit!r}")
         if quality not in QUALITY_CODES:
             raise WireError(f"quality {quality!r} is not one of {''.join(sorted(QUALITY_CODES))}")
         if isinstance(ts_ms, bool) or not isinstance(ts_ms, int) or not 0 <= ts_ms < 253402300800000:
@@ -250,7 +251,7 @@ def parse_batch(raw: bytes) -> Batch:
     except ValueError:
         raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
     sig = obj["sig"]
-    if not isinstance(sig, str) or not _HEX_RE.match(sig) or len(sig) not in (64, 128):
+    if not isinstance(sig, str) or not _HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
         raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
     readings = obj["readings"]
     if not isinstance(readings, list) or not readings:

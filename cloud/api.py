@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from carbonlink import __version__
@@ -56,6 +57,11 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None) 
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return _problem(exc.status_code, "Request error" if exc.status_code < 500 else "Server error",
                         str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return _problem(422, "Invalid request", "; ".join(parts))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

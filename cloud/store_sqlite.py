@@ -163,7 +163,8 @@ class SqliteStore:
         return rows
 
     async def readings(self, q: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = ["device = ?"], [q.device]
+        where: list[str] = ["device = ?"]
+        args: list[str | int] = [q.device]
         if q.point is not None:
             where.append("point = ?")
             args.append(q.point)

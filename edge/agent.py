@@ -93,10 +93,10 @@ class EdgeAgent:
         for s in self.supervisors:
             await s.stop()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, within: float) -> bool:
         """Cut what is pending and wait for the cloud to ack everything; True if it did."""
         self.cut_due_batches(force=True)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.outbox.unacked_count()[0] == 0 and self.outbox.pending_count() == 0:
                 return True

@@ -39,7 +39,7 @@ class DeviceSupervisor:
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def counters(self):  # noqa: ANN201 - DriverCounters, re-exported for the agent
+    def counters(self):
         return self.driver.counters
 
     def start(self) -> asyncio.Task[None]:

@@ -1,0 +1,49 @@
+"""Headless Chromium opens the dashboard and sees a live value change."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from carbonlink.demo import run_demo
+from tests.services import free_port, require
+
+
+async def test_dashboard_shows_live_values(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    require(Path(chromium).exists(), "Chromium", "apt-get install -y chromium")
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    stop = asyncio.Event()
+    demo = asyncio.create_task(run_demo(duration=None, data_dir=tmp_path, mqtt_url=None, http_port=port,
+                                        live=False, stop=stop))
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=chromium,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = await browser.new_page()
+            for _ in range(100):  # the demo's HTTP server comes up within a few seconds
+                try:
+                    await page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
+                    break
+                except Exception:  # connection refused until uvicorn listens
+                    await asyncio.sleep(0.2)
+            cell = page.locator('[data-testid="value-cems-stack-1-so2"]')
+            await cell.wait_for(timeout=20_000)
+            first = await cell.inner_text()
+            assert float(first) > 0
+            # Live: the value changes without a reload as new readings arrive.
+            await page.wait_for_function(
+                "(old) => { const c = document.querySelector('[data-testid=\"value-cems-stack-1-so2\"]');"
+                " return c && c.textContent !== old; }", arg=first, timeout=20_000)
+            assert await page.locator(".js-plotly-plot").count() == 1  # the chart rendered from local plotly
+            await page.screenshot(path=str(tmp_path / "dashboard.png"))
+            await browser.close()
+    finally:
+        stop.set()
+        summary = await demo
+    assert summary.stored == summary.published > 0
