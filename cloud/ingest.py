@@ -101,6 +101,11 @@ class IngestProcessor:
             await self._reject(topic, raw, str(exc), topic_gw, received, seq, n_readings, parts)
             return Outcome.REJECTED
         result = await self.store.commit_batch(batch, raw, received)
+        if result.status == "conflict":
+            await self._reject(topic, raw, f"seq {batch.seq} was already committed with different content"
+                               " (a replay, or a gateway that lost its outbox state)", topic_gw, received,
+                               batch.seq, n_readings, parts)
+            return Outcome.REJECTED
         if result.status == "duplicate":
             self.counters.batches_duplicate += 1
             self.counters.readings_duplicate += n_readings

@@ -24,7 +24,7 @@ class GatewayRecord:
 
 @dataclass(frozen=True)
 class CommitResult:
-    status: str  # "committed" or "duplicate"
+    status: str  # "committed", "duplicate" (same seq, same digest) or "conflict" (same seq, other content)
     inserted: int  # readings newly stored
     duplicates: int  # readings already stored (same identity)
 

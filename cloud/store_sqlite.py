@@ -111,8 +111,13 @@ class SqliteStore:
                  batch.digest(), raw),
             )
             if cur.rowcount == 0:
+                row = await (await db.execute("SELECT digest FROM batches WHERE gateway = ? AND seq = ?",
+                                              (batch.gateway, batch.seq))).fetchone()
                 await db.execute("ROLLBACK")
-                return CommitResult("duplicate", 0, len(batch.readings))
+                # Same seq, same content: a redelivery. Same seq, other content: a replay or a gateway
+                # that lost its state; storing nothing and saying "duplicate" would lose its readings.
+                status = "duplicate" if row and row[0] == batch.digest() else "conflict"
+                return CommitResult(status, 0, len(batch.readings))
             rows = [(batch.gateway, r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, batch.seq)
                     for r in batch.readings]
             before = db.total_changes

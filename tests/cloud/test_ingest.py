@@ -43,6 +43,12 @@ async def test_processor_outcomes(store: Store) -> None:
     assert await p.handle(t, again) is Outcome.REJECTED  # the signature covers seq, so this is tampering
     assert (await store.counts())["readings"] == 3
     assert p.counters.readings_stored == 3 and p.counters.readings_duplicate == 3
+    # A correctly signed batch that reuses seq 1 with other readings is refused, not taken as a duplicate.
+    other = sign_batch(Batch("gw-a", 1, 1_700_000_000_000, (Reading.make("cems-1", "nox", 5, 1.0, "mg/m³"),)), KEY)
+    assert await p.handle(t, other.to_bytes()) is Outcome.REJECTED
+    letters = await store.dead_letters()
+    assert "already committed with different content" in letters[0]["reason"]
+    assert acks[-1] == ("cl/site-1/gw-a/ack", {"seq": 1, "status": "rejected", "reason": letters[0]["reason"]})
 
 
 async def test_dead_letters_over_a_real_broker(store: Store, broker_url: str) -> None:
