@@ -1,0 +1,437 @@
+"""OPC-UA client driver (asyncua): monitored items by default, polling as the fallback.
+
+One session = one OPC-UA connection. Nodes come from the config as node ids
+(``ns=2;i=10``) or browse paths from the Root folder (``0:Objects/2:CEMS/2:Stack1/2:SO2``),
+resolved on every connect so a restarted server that renumbered its nodes is found again.
+
+In ``subscribe`` mode the driver creates one subscription whose monitored items use the
+StatusValueTimestamp trigger (Part 4, 7.22.2), so every new sample is reported, even a
+repeated (stuck) value; notifications arrive through an asyncio.Queue and are yielded
+in batches, one per publish response. If the server refuses subscriptions the session
+polls with Read instead. A dead connection ends the session (DriverError) when the
+transport closes, when asyncua's watchdog probe fails (it then sends BadShutdown as a
+subscription status change), or when no publish response, not even a keep-alive, has
+arrived for three keep-alive periods. The supervisor then reconnects and a fresh
+subscription is created; the driver never reuses a server-side session.
+
+Status codes become quality flags (HJ 212-2017 data flags), never numbers that look valid:
+
+=====================================================  =====  =====================
+OPC-UA status (Part 4, 7.34; Part 8, A.4.3)            flag   value
+=====================================================  =====  =====================
+Good*                                                  N      the value
+GoodLocalOverride                                      S      the value (set by hand)
+Uncertain: EngineeringUnitsExceeded                    T      the value (over range)
+Uncertain: SubstituteValue                             S      the value
+Uncertain: LastUsableValue                             B      the value (stale: source lost)
+other Uncertain*                                       D      the value, marked invalid
+Bad: OutOfService                                      F      0 (instrument stopped)
+Bad: communication (NoCommunication, NotConnected,     B      0
+     CommunicationError, WaitingForInitialData, ...)
+other Bad*                                             D      0 (fault)
+=====================================================  =====  =====================
+
+Uncertain values keep the server's number (it is its best estimate) but never carry N:
+HJ 212 has no "uncertain" flag, and counting them as valid in emission totals would be
+silently wrong, so the conservative flag is D unless a more specific one applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from asyncua import Client, Node, ua
+from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import security_policies
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from carbonlink.wire import Quality, Reading, WireError, now_ms
+
+from .base import Driver, DriverError
+from .settings import DeviceBase, StrictModel
+
+log = logging.getLogger(__name__)
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # it logs every request; we log failures once
+
+_BROWSE_ELEMENT = re.compile(r"^\d{1,5}:[^/]{1,128}$")
+POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+            "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+            "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss}
+
+S = ua.StatusCodes
+_SPECIFIC_QUALITY = {
+    S.GoodLocalOverride: Quality.MANUAL,
+    S.UncertainEngineeringUnitsExceeded: Quality.OVER_RANGE,
+    S.UncertainSubstituteValue: Quality.MANUAL,
+    S.UncertainLastUsableValue: Quality.COMM_FAILURE,
+    S.BadOutOfService: Quality.STOPPED,
+    S.BadNoCommunication: Quality.COMM_FAILURE,
+    S.BadNotConnected: Quality.COMM_FAILURE,
+    S.BadCommunicationError: Quality.COMM_FAILURE,
+    S.BadWaitingForInitialData: Quality.COMM_FAILURE,
+    S.BadServerNotConnected: Quality.COMM_FAILURE,
+    S.BadTimeout: Quality.COMM_FAILURE,
+}
+# CreateSubscription answers meaning "this server does not do subscriptions (for us)": poll instead.
+_REFUSED = {S.BadTooManySubscriptions, S.BadServiceUnsupported, S.BadNotSupported, S.BadNotImplemented,
+            S.BadTooManyMonitoredItems}
+
+
+def quality_for(status: ua.StatusCode) -> Quality:
+    """The HJ 212 flag for an OPC-UA status code (table in the module docstring)."""
+    code = int(status.value) & 0xFFFF0000  # the low 16 bits are info bits (limits, overflow)
+    specific = _SPECIFIC_QUALITY.get(code)
+    if specific is not None:
+        return specific
+    if status.is_good():
+        return Quality.NORMAL
+    return Quality.FAULT
+
+
+class OpcUaNode(StrictModel):
+    name: str = Field(min_length=1, max_length=64, description="point name in readings")
+    node_id: str | None = Field(default=None, description="e.g. 'ns=2;i=10' or 'ns=2;s=Stack1.SO2'")
+    browse_path: str | None = Field(default=None, description="from Root, e.g. '0:Objects/2:CEMS/2:SO2'")
+    unit: str = Field(default="", max_length=32)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OpcUaNode:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError(f"point {self.name!r}: give exactly one of 'node_id' or 'browse_path'")
+        if self.node_id is not None:
+            try:
+                ua.NodeId.from_string(self.node_id)
+            except ua.UaStringParsingError as exc:
+                raise ValueError(f"point {self.name!r}: node_id {self.node_id!r} is not an OPC-UA node id "
+                                 "(write it like 'ns=2;i=10' or 'ns=2;s=Name')") from exc
+        if self.browse_path is not None:
+            bad = [e for e in self.browse_path.split("/") if not _BROWSE_ELEMENT.match(e)]
+            if bad:
+                raise ValueError(f"point {self.name!r}: browse path elements must be 'namespace:Name' "
+                                 f"(e.g. '0:Objects/2:CEMS'); not {bad}")
+        return self
+
+    def browse_names(self) -> list[ua.QualifiedName]:
+        assert self.browse_path is not None
+        return [ua.QualifiedName.from_string(e) for e in self.browse_path.split("/")]
+
+
+class OpcUaDevice(DeviceBase):
+    driver: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^/\s]+(/\S*)?$", description="opc.tcp://host:port/path")
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    publishing_interval_s: float | None = Field(default=None, gt=0, le=3600,
+                                                description="subscribe mode; defaults to poll_interval_s")
+    keepalive_s: float = Field(default=10.0, gt=0, le=3600, description="server sends a keep-alive this often")
+    queue_size: int = Field(default=10, ge=1, le=1000, description="samples a monitored item keeps between publishes")
+    timeout_s: float = Field(default=4.0, gt=0, le=120)
+    watchdog_s: float = Field(default=5.0, gt=0, le=600, description="how often the connection is probed")
+    timestamps: Literal["source", "gateway"] = "source"
+    # security: username/password, and/or a client certificate for a signed (and encrypted) channel
+    username: str | None = None
+    password: SecretStr | None = None
+    certificate: Path | None = Field(default=None, description="client application certificate (DER or PEM)")
+    private_key: Path | None = None
+    private_key_password: SecretStr | None = None
+    security_policy: Literal["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "Basic256Sha256"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    server_certificate: Path | None = Field(
+        default=None, description="pin the server's certificate; without it the endpoint's one is trusted")
+    application_uri: str = Field(default="urn:carbonlink:edge",
+                                 description="must match the URI in the client certificate")
+    nodes: list[OpcUaNode] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, nodes: list[OpcUaNode]) -> list[OpcUaNode]:
+        seen: set[str] = set()
+        dup = {n.name for n in nodes if n.name in seen or seen.add(n.name)}  # type: ignore[func-returns-value]
+        if dup:
+            raise ValueError(f"point names must be unique; repeated: {sorted(dup)}")
+        return nodes
+
+    @model_validator(mode="after")
+    def _security_pairs(self) -> OpcUaDevice:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both 'username' and 'password', or neither")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both 'certificate' and 'private_key', or neither")
+        return self
+
+    @property
+    def publishing_s(self) -> float:
+        return self.publishing_interval_s or self.poll_interval_s
+
+
+@dataclass(frozen=True)
+class _Status:
+    """A subscription status change, queued alongside data changes."""
+
+    status: ua.StatusCode
+
+
+class _Handler:
+    """asyncua subscription handler: hands notifications to the session through a bounded queue."""
+
+    def __init__(self, queue: asyncio.Queue[tuple[int, ua.DataValue] | _Status], driver: OpcUaDriver) -> None:
+        self.queue = queue
+        self.driver = driver
+
+    def _put(self, item: tuple[int, ua.DataValue] | _Status) -> None:
+        if self.queue.full():  # the sink is slower than the server: keep the newest samples
+            self.queue.get_nowait()
+            self.driver.counters.bump("dropped")
+        self.queue.put_nowait(item)
+
+    def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
+        item = data.monitored_item
+        self._put((int(item.ClientHandle), item.Value))
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        self._put(_Status(status.Status))
+
+
+class OpcUaDriver(Driver):
+    kind = "opcua"
+    settings: OpcUaDevice
+
+    def __init__(self, device_id: str, settings: OpcUaDevice) -> None:
+        super().__init__(device_id, settings)
+        self.points = list(settings.nodes)
+        self.active_mode: Literal["subscribe", "poll"] | None = None  # what the current session does
+
+    # --- session ------------------------------------------------------------------------
+
+    async def session(self) -> AsyncIterator[list[Reading]]:
+        s = self.settings
+        client = Client(s.endpoint, timeout=s.timeout_s, watchdog_intervall=s.watchdog_s)
+        client.application_uri = s.application_uri
+        # A session we abandon (dead link) is dropped by the server after this long.
+        client.session_timeout = max(30_000, int(3 * s.keepalive_s * 1000))
+        try:
+            try:
+                await self._connect(client)
+                nodes = await self._resolve(client)
+                sub = await self._subscribe(client, nodes) if s.mode == "subscribe" else None
+            except (ua.UaError, OSError, TimeoutError) as exc:
+                raise DriverError(f"{self.describe()} {s.endpoint}: {_describe(exc)}") from exc
+            if sub is not None:
+                self.active_mode = "subscribe"
+                async for batch in self._pushed(client, *sub):
+                    yield batch
+            else:
+                self.active_mode = "poll"
+                async for batch in self._polled(client, nodes):
+                    yield batch
+        finally:
+            self.active_mode = None
+            await self._close(client)
+
+    async def _connect(self, client: Client) -> None:
+        s = self.settings
+        if s.certificate is not None and s.private_key is not None:
+            await client.set_security(
+                POLICIES[s.security_policy], str(s.certificate), str(s.private_key),
+                s.private_key_password.get_secret_value() if s.private_key_password else None,
+                str(s.server_certificate) if s.server_certificate else None,
+                getattr(ua.MessageSecurityMode, s.security_mode))
+        if s.username is not None and s.password is not None:
+            client.set_user(s.username)
+            client.set_password(s.password.get_secret_value())
+        await client.connect()
+
+    async def _resolve(self, client: Client) -> list[tuple[int, OpcUaNode, Node]]:
+        """(client handle, point, node) for every point that exists on this server."""
+        out: list[tuple[int, OpcUaNode, Node]] = []
+        by_path = [(h, p) for h, p in enumerate(self.points, 1) if p.browse_path is not None]
+        found: dict[int, Node] = {}
+        if by_path:
+            results = await client.nodes.root.get_children_by_path(
+                [p.browse_names() for _, p in by_path], raise_on_partial_error=False)
+            for (h, _p), targets in zip(by_path, results, strict=True):
+                if targets:
+                    found[h] = targets[0]
+        missing = []
+        for h, p in enumerate(self.points, 1):
+            if p.node_id is not None:
+                out.append((h, p, client.get_node(p.node_id)))
+            elif h in found:
+                out.append((h, p, found[h]))
+            else:
+                missing.append(p)
+        if missing:
+            self._missing(missing, "browse path not found")
+        if not out:
+            raise DriverError(f"{self.describe()}: none of the configured nodes exists on the server")
+        return out
+
+    def _missing(self, points: Sequence[OpcUaNode], why: str) -> None:
+        # The rest of the device is still read; the next session tries these again.
+        self.counters.bump("unresolved_nodes", len(points))
+        self.counters.last_error = f"{why}: {', '.join(p.browse_path or p.node_id or p.name for p in points)}"
+        log.warning("%s: %s", self.describe(), self.counters.last_error)
+
+    # --- subscribe mode -------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client, nodes: list[tuple[int, OpcUaNode, Node]]
+                         ) -> tuple[Any, asyncio.Queue[tuple[int, ua.DataValue] | _Status],
+                                    dict[int, OpcUaNode]] | None:
+        s = self.settings
+        interval_ms = s.publishing_s * 1000
+        keepalive = max(1, math.ceil(s.keepalive_s / s.publishing_s))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=interval_ms,
+            RequestedMaxKeepAliveCount=keepalive,
+            RequestedLifetimeCount=keepalive * 3,  # Part 4, 5.13.2: at least three keep-alives
+            MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
+        queue: asyncio.Queue[tuple[int, ua.DataValue] | _Status] = asyncio.Queue(
+            maxsize=max(1000, 20 * len(nodes)))
+        try:
+            sub = await client.create_subscription(params, _Handler(queue, self))
+        except ua.UaStatusCodeError as exc:
+            if exc.code not in _REFUSED:
+                raise
+            self.counters.bump("subscribe_refused")
+            log.info("%s: server refused a subscription (%s); polling instead", self.describe(), _describe(exc))
+            return None
+        trigger = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
+        requests = [ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node.nodeid, AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=h, SamplingInterval=interval_ms, Filter=trigger,
+                QueueSize=s.queue_size, DiscardOldest=True),
+        ) for h, _, node in nodes]
+        results = await sub.create_monitored_items(requests)
+        handles: dict[int, OpcUaNode] = {}
+        failed = []
+        for (h, p, _), r in zip(nodes, results, strict=True):
+            if isinstance(r, ua.StatusCode):
+                failed.append(p)
+            else:
+                handles[h] = p
+        if failed:
+            self._missing(failed, "monitored item refused")
+        if not handles:
+            raise DriverError(f"{self.describe()}: the server accepted none of the monitored items")
+        return sub, queue, handles
+
+    async def _pushed(self, client: Client, sub: Any,
+                      queue: asyncio.Queue[tuple[int, ua.DataValue] | _Status],
+                      handles: dict[int, OpcUaNode]) -> AsyncIterator[list[Reading]]:
+        s = self.settings
+        check_every = min(1.0, s.keepalive_s / 2, s.publishing_s)
+        # No publish response at all (data or keep-alive) for this long means the link is dead.
+        silence_limit = 3 * max(s.keepalive_s, s.publishing_s) + s.timeout_s
+        started = time.monotonic()
+        while True:
+            try:
+                first = await asyncio.wait_for(queue.get(), check_every)
+            except TimeoutError:
+                first = None
+            if client.state is not UaClientState.CONNECTED:
+                raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
+            heard = sub.last_publish_at or started
+            if time.monotonic() - heard > silence_limit:
+                raise DriverError(f"{self.describe()}: no publish response or keep-alive for "
+                                  f"{time.monotonic() - heard:.1f} s")
+            if first is None:
+                continue
+            items = [first]
+            while not queue.empty():  # the rest of this publish response
+                items.append(queue.get_nowait())
+            out: list[Reading] = []
+            for item in items:
+                if isinstance(item, _Status):
+                    if item.status.is_good():
+                        continue
+                    raise DriverError(f"{self.describe()}: subscription status {item.status.name}")
+                handle, dv = item
+                point = handles.get(handle)
+                if point is not None:
+                    out.append(self._reading(point, dv))
+            if out:
+                yield out
+
+    # --- poll mode -----------------------------------------------------------------------
+
+    async def _polled(self, client: Client, nodes: list[tuple[int, OpcUaNode, Node]]
+                      ) -> AsyncIterator[list[Reading]]:
+        s = self.settings
+        points = [p for _, p, _ in nodes]
+        targets = [n for _, _, n in nodes]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            if client.state is not UaClientState.CONNECTED:
+                raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
+            try:
+                values = await client.read_attributes(targets)
+            except (ua.UaError, OSError, TimeoutError) as exc:
+                raise DriverError(f"{self.describe()} read: {_describe(exc)}") from exc
+            yield [self._reading(p, dv) for p, dv in zip(points, values, strict=True)]
+            next_at += s.poll_interval_s
+            delay = next_at - loop.time()
+            if delay < 0:  # fell behind: skip missed ticks rather than burst
+                next_at, delay = loop.time(), 0.0
+            await asyncio.sleep(delay)
+
+    # --- values ---------------------------------------------------------------------------
+
+    def _reading(self, p: OpcUaNode, dv: ua.DataValue) -> Reading:
+        status = dv.StatusCode if dv.StatusCode is not None else ua.StatusCode(S.Good)
+        ts = self._timestamp(dv)
+        q = quality_for(status)
+        if not status.is_good():
+            self.counters.bump(f"status_{status.name}")
+        if status.is_bad():  # the value is unknown: flagged, never a plausible number
+            return Reading.make(self.device_id, p.name, ts, 0.0, p.unit, q.value)
+        raw = dv.Value.Value if dv.Value is not None else None
+        try:
+            if isinstance(raw, bool):
+                value = 1.0 if raw else 0.0
+            elif isinstance(raw, int | float):
+                value = float(raw)
+            else:
+                raise WireError(f"not a number: {type(raw).__name__}")
+            return Reading.make(self.device_id, p.name, ts, value, p.unit, q.value)
+        except WireError as exc:  # NaN, infinity, out of range, a string or an array
+            self.counters.rejected += 1
+            self.counters.last_error = f"{p.name}: {exc}"
+            return Reading.make(self.device_id, p.name, ts, 0.0, p.unit, Quality.FAULT.value)
+
+    def _timestamp(self, dv: ua.DataValue) -> int:
+        if self.settings.timestamps == "source":
+            stamp = dv.SourceTimestamp or dv.ServerTimestamp
+            if stamp is not None:
+                if stamp.tzinfo is None:  # asyncua gives UTC; be explicit
+                    stamp = stamp.replace(tzinfo=dt.UTC)
+                ms = int(stamp.timestamp() * 1000)
+                if 0 < ms < 253402300800000:
+                    return ms
+        return now_ms()
+
+    # --- teardown --------------------------------------------------------------------------
+
+    async def _close(self, client: Client) -> None:
+        """Close session, channel and socket; asyncua cancels its watchdog, renew and publish tasks."""
+        try:
+            await asyncio.wait_for(client.disconnect(), self.settings.timeout_s)
+        except (ua.UaError, OSError, TimeoutError) as exc:
+            log.debug("%s: disconnect: %s", self.describe(), exc)
+            client.disconnect_socket()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ua.UaStatusCodeError):
+        return ua.StatusCode(exc.code).name
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
