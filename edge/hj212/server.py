@@ -1,0 +1,209 @@
+"""HJ 212 TCP server: the gateway side that CEMS data-acquisition units upload to.
+
+Each connection runs a ``StreamFramer`` over whatever the socket delivers (split
+and merged TCP reads are normal), so a frame may arrive byte by byte or ten to a
+read. Every frame is checked (CRC, fields, protocol version, MN, PW, CN) before
+it reaches the sink. Replies follow HJ 212-2017 §6.6: a data upload whose Flag
+asks for an answer (A bit) gets a 9014 data reply with the same QN once the sink
+has taken it; a refused packet that asks for an answer gets a 9011 with the
+QnRtn code of the fault (3 PW, 4 MN, 6 Flag, 7 QN, 8 CN, 9 CRC, 100 other).
+Framing faults (garbage, truncation, bad length) get no answer: there is no
+trustworthy header to answer to.
+
+Rejections are counted per reason (``counters.rejected`` and ``rejected_<reason>``)
+and logged: the first of each reason per connection at WARNING, the rest at DEBUG.
+A handler never lets an exception out; the server never dies on input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from edge.drivers.base import DriverCounters
+
+from .codec import (
+    CN_DATA_REPLY,
+    CN_REQUEST_REPLY,
+    DATA_CNS,
+    QNRTN,
+    QNRTN_UNKNOWN,
+    VERSION_2017,
+    Hj212Error,
+    Packet,
+    Reason,
+    StreamFramer,
+    parse_data,
+    reply_packet,
+)
+
+log = logging.getLogger(__name__)
+
+PacketSink = Callable[[Packet], Awaitable[None]]
+READ_SIZE = 4096
+WRITE_TIMEOUT_S = 10.0
+# Reasons worth a 9011: the frame itself arrived intact enough to name its sender.
+_ANSWERABLE = frozenset(QNRTN) | {Reason.CP, Reason.FORMAT}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (tests); read the bound one from Hj212Server.port
+    allowed_mn: frozenset[str] = frozenset()  # empty: any MN
+    pw: str | None = None  # None: PW not checked
+    protocol_version: int = VERSION_2017
+    idle_timeout_s: float = 600.0  # close a connection silent this long
+    max_connections: int = 64
+    cns: frozenset[str] = field(default=DATA_CNS)  # CN codes handed to the sink
+
+
+class Hj212Server:
+    """Accepts HJ 212 uploads and hands valid packets to ``sink`` (which may raise Hj212Error to refuse)."""
+
+    def __init__(self, config: ServerConfig, sink: PacketSink, counters: DriverCounters | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.counters = counters or DriverCounters()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return len(self._handlers)
+
+    async def start(self) -> None:
+        c = self.config
+        self._server = await asyncio.start_server(self._on_connect, c.host, c.port, limit=READ_SIZE * 4)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        for task in list(self._handlers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Hj212Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- one connection ---------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._handlers) >= self.config.max_connections:
+            self.counters.bump("connections_refused")
+            log.warning("HJ 212: refusing a connection from %s: %d connections open (max_connections)",
+                        _peer(writer), len(self._handlers))
+            writer.close()
+            return
+        self._handlers.add(task)
+        self.counters.bump("connections")
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            log.debug("HJ 212 connection %s ended: %s", _peer(writer), exc)
+        except Exception:  # a handler must never take the server down; the traceback is logged
+            self.counters.errors += 1
+            log.exception("HJ 212 connection %s failed unexpectedly", _peer(writer))
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = StreamFramer()
+        peer = _peer(writer)
+        seen: set[Reason] = set()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.config.idle_timeout_s)
+            except TimeoutError:
+                log.info("HJ 212 connection %s idle for %.0f s; closing", peer, self.config.idle_timeout_s)
+                chunk = b""
+            events = framer.feed(chunk) if chunk else framer.close()
+            for event in events:
+                if isinstance(event, Hj212Error):
+                    self._reject(event, peer, seen)
+                    await self._answer_error(event, writer)
+                else:
+                    await self._frame(event, writer, peer, seen)
+            if not chunk:
+                return
+
+    async def _frame(self, raw: bytes, writer: asyncio.StreamWriter, peer: str, seen: set[Reason]) -> None:
+        c = self.config
+        try:
+            packet = parse_data(raw[6:-6])  # between the length field and the CRC
+            hdr = packet.header_fields()
+            if packet.version is not None and packet.version != c.protocol_version:
+                raise Hj212Error(Reason.FLAG, f"protocol version {packet.version} in Flag={packet.flag}, this"
+                                 f" server speaks version {c.protocol_version} (set protocol_version)", hdr)
+            if c.allowed_mn and packet.mn not in c.allowed_mn:
+                raise Hj212Error(Reason.MN, f"MN {packet.mn} is not in allowed_mn", hdr)
+            if c.pw is not None and packet.pw != c.pw:
+                raise Hj212Error(Reason.PW, f"wrong PW from MN {packet.mn}", hdr)
+            if packet.cn not in c.cns:
+                raise Hj212Error(Reason.CN, f"CN {packet.cn} is not handled here"
+                                 f" (accepted: {', '.join(sorted(c.cns))})", hdr)
+            await self.sink(packet)
+        except Hj212Error as exc:
+            self._reject(exc, peer, seen)
+            await self._answer_error(exc, writer)
+            return
+        self.counters.bump("packets")
+        if packet.reply_requested:
+            reply = reply_packet(packet, CN_DATA_REPLY, version=c.protocol_version)
+            await self._send(writer, reply.encode())
+
+    def _reject(self, exc: Hj212Error, peer: str, seen: set[Reason]) -> None:
+        self.counters.rejected += 1
+        self.counters.bump(f"rejected_{exc.reason.value}")
+        self.counters.last_error = str(exc)
+        level = logging.DEBUG if exc.reason in seen else logging.WARNING
+        seen.add(exc.reason)
+        log.log(level, "HJ 212 rejected from %s: %s", peer, exc)
+
+    async def _answer_error(self, exc: Hj212Error, writer: asyncio.StreamWriter) -> None:
+        h = exc.header
+        flag = h.get("Flag", "")
+        if exc.reason not in _ANSWERABLE or not (flag.isascii() and flag.isdigit()) or not int(flag) & 1:
+            return
+        code = QNRTN.get(exc.reason, QNRTN_UNKNOWN)
+        try:
+            reply = reply_packet(h, CN_REQUEST_REPLY, version=self.config.protocol_version,
+                                 cp=[("QnRtn", str(code))])
+        except Hj212Error:
+            return  # the header is too broken to address an answer to
+        self.counters.bump("replies_9011")
+        await self._send(writer, reply.encode())
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    p = writer.get_extra_info("peername")
+    return f"{p[0]}:{p[1]}" if isinstance(p, tuple) else str(p)
