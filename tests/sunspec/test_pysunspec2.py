@@ -10,7 +10,6 @@ import asyncio
 import pytest
 
 from simulators.sunspec import InverterFaults, SunSpecInverter
-
 from tests.services import require
 
 from .conftest import first_poll, make_driver, noon_inverter

@@ -22,11 +22,11 @@ class Sink:
         self.polls.append(readings)
         self.new.set()
 
-    async def next_poll(self, timeout: float = 5.0) -> list[Reading]:
+    async def next_poll(self, within_s: float = 5.0) -> list[Reading]:
         n = len(self.polls)
         while len(self.polls) == n:
             self.new.clear()
-            await asyncio.wait_for(self.new.wait(), timeout)
+            await asyncio.wait_for(self.new.wait(), within_s)
         return self.polls[-1]
 
     def energy(self) -> list[float]:
