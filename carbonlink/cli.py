@@ -25,6 +25,15 @@ app.add_typer(edge_app, name="edge")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(sim_app, name="sim")
 
+
+def _mount() -> None:
+    from .provision_cli import app as provision_app
+
+    app.add_typer(provision_app, name="provision")
+
+
+_mount()
+
 err = Console(stderr=True)
 
 

@@ -48,7 +48,9 @@ def _ts_param(name: str, value: str | None) -> int | None:
         raise HTTPException(422, f"{name} must be YYYY-MM-DDTHH:MM:SS.mmmZ or epoch milliseconds") from None
 
 
-def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, *,
+               admin_token: str | None = None) -> FastAPI:
+    """The app; ``admin_token`` overrides $CARBONLINK_ADMIN_TOKEN for operator actions."""
     app = FastAPI(title="CarbonLink", version=__version__,
                   description="Signed telemetry from field gateways: gateways, devices, readings.")
     plotly_js = _plotly_js()
@@ -114,6 +116,10 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None) 
         rows = await store.readings(ReadingQuery(device, point, gateway, start_ms, end_ms, limit, after))
         next_cursor = f"{rows[-1]['ts_ms']}~{rows[-1]['point']}" if len(rows) == limit else None
         return {"items": rows, "count": len(rows), "next_cursor": next_cursor}
+
+    from .routes_provision import provisioning_router
+
+    app.include_router(provisioning_router(store, admin_token))
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     async def plotly_file() -> FileResponse:

@@ -54,14 +54,19 @@ def require_postgres() -> str:
 
 
 @contextmanager
-def own_mosquitto(extra_conf: str = "", port: int | None = None) -> Iterator[tuple[str, int, Path]]:
+def own_mosquitto(extra_conf: str = "", port: int | None = None,
+                  anonymous: bool = True) -> Iterator[tuple[str, int, Path]]:
     """Start a private mosquitto on a free port with the given extra config; yields (url, port, dir)."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     require(Path(binary).exists(), "the mosquitto binary", "apt-get install -y mosquitto")
     port = port or free_port()
     with tempfile.TemporaryDirectory() as d:
         conf = Path(d) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}\n")
+        # Started as root, mosquitto drops to its own user before reading password and ACL files,
+        # which then cannot read a test's private temp folder.
+        user_line = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(anonymous).lower()}\n"
+                        f"persistence false\n{user_line}{extra_conf}\n")
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             for _ in range(100):

@@ -1,0 +1,95 @@
+"""Provisioning over HTTP: claim tokens, claims, key rotation, revocation."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import provisioning
+from .store import ClaimError, Store
+
+ADMIN_TOKEN_ENV = "CARBONLINK_ADMIN_TOKEN"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenRequest(Strict):
+    tenant: str = Field(min_length=1, max_length=64)
+    site: str = Field(min_length=1, max_length=64)
+    ttl_s: int = Field(default=3600, ge=60, le=30 * 24 * 3600)
+
+
+class ClaimRequest(Strict):
+    token: str = Field(min_length=8, max_length=128)
+    gateway: str = Field(min_length=1, max_length=64)
+    alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
+    key: str = Field(min_length=64, max_length=128, description="Ed25519 public key or HMAC secret, hex")
+
+
+class RotateRequest(Strict):
+    public_key: str = Field(min_length=64, max_length=64)
+    signature: str = Field(min_length=128, max_length=128, description="old key's signature, hex")
+
+
+def admin_guard(token: str | None = None) -> Any:
+    """Bearer-token check for operator actions (issue 5 replaces it with tenant roles)."""
+    expected = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV)
+
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not expected:
+            raise HTTPException(403, f"operator actions over the API are disabled: set {ADMIN_TOKEN_ENV}"
+                                     " on the cloud, or use `carbonlink provision token --db ...` on its host")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong operator token (Authorization: Bearer ...)")
+
+    return check
+
+
+def provisioning_router(store: Store, admin_token: str | None = None) -> APIRouter:
+    r = APIRouter(tags=["provisioning"])
+    admin = Depends(admin_guard(admin_token))
+
+    @r.post("/api/provision/claim-tokens", status_code=201, dependencies=[admin])
+    async def issue(req: TokenRequest) -> dict[str, Any]:
+        try:
+            token, expires = await provisioning.issue_claim_token(store, req.tenant, req.site, req.ttl_s)
+        except ClaimError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"token": token, "tenant": req.tenant, "site": req.site, "expires_ms": expires}
+
+    @r.post("/api/provision/claim", status_code=201)
+    async def claim(req: ClaimRequest) -> dict[str, Any]:
+        # The one-time token is the credential here: the installer has nothing else yet.
+        try:
+            res = await provisioning.claim(store, req.token, req.gateway, req.alg, req.key)
+        except ClaimError as exc:
+            msg = str(exc)
+            status = 410 if "expired" in msg or "already used" in msg else 409 if "taken" in msg or "revoked" in msg \
+                else 400 if "must be" in msg else 404
+            raise HTTPException(status, msg) from None
+        return {"tenant": res.tenant, "site": res.site, "gateway": res.gateway,
+                "mqtt": {"username": res.mqtt_username, "password": res.mqtt_password}}
+
+    @r.post("/api/gateways/{gateway_id}/rotate-key")
+    async def rotate(gateway_id: str, req: RotateRequest) -> dict[str, Any]:
+        # Authorised by the old key's signature, so a gateway can rotate without an operator.
+        try:
+            await provisioning.rotate_key(store, gateway_id, req.public_key, req.signature)
+        except ClaimError as exc:
+            raise HTTPException(404 if "not registered" in str(exc) else 400, str(exc)) from None
+        return {"gateway": gateway_id, "public_key": req.public_key}
+
+    @r.post("/api/gateways/{gateway_id}/revoke", dependencies=[admin])
+    async def revoke(gateway_id: str) -> dict[str, Any]:
+        if not await store.set_revoked(gateway_id, True):
+            raise HTTPException(404, f"gateway {gateway_id!r} is not registered")
+        return {"gateway": gateway_id, "revoked": True}
+
+    return r
