@@ -258,6 +258,16 @@ class CemsOpcUaServer:
         if self.server is not None:
             self.server.iserver.max_subscriptions = 0 if refuse else 1000
 
+    def channels(self) -> list[tuple[str, str]]:
+        """(security policy, message mode) of each connected client's secure channel, e.g. for a status line."""
+        if self.server is None or self.server.bserver is None:
+            return []
+        out = []
+        for proto in self.server.bserver.clients:
+            policy = proto.processor._connection.security_policy  # asyncua keeps no public accessor
+            out.append((policy.URI.rsplit("#", 1)[-1], ua.MessageSecurityMode(policy.Mode).name))
+        return out
+
     # --- internals ----------------------------------------------------------------------
 
     def _key(self, point: str) -> str:

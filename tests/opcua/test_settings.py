@@ -1,0 +1,52 @@
+"""OPC-UA driver settings and the status-code to quality-flag mapping (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+from asyncua import ua
+from pydantic import ValidationError
+
+from carbonlink.wire import Quality
+from edge.drivers.opcua import OpcUaDevice, quality_for
+
+
+def test_quality_mapping() -> None:
+    S = ua.StatusCodes
+    assert quality_for(ua.StatusCode(S.Good)) is Quality.NORMAL
+    assert quality_for(ua.StatusCode(S.GoodLocalOverride)) is Quality.MANUAL
+    assert quality_for(ua.StatusCode(S.BadSensorFailure)) is Quality.FAULT
+    assert quality_for(ua.StatusCode(S.BadDeviceFailure)) is Quality.FAULT
+    assert quality_for(ua.StatusCode(S.BadOutOfService)) is Quality.STOPPED
+    assert quality_for(ua.StatusCode(S.BadCommunicationError)) is Quality.COMM_FAILURE
+    assert quality_for(ua.StatusCode(S.UncertainLastUsableValue)) is Quality.COMM_FAILURE
+    assert quality_for(ua.StatusCode(S.UncertainSubstituteValue)) is Quality.MANUAL
+    assert quality_for(ua.StatusCode(S.UncertainInitialValue)) is Quality.FAULT
+    assert quality_for(ua.StatusCode(S.Uncertain)) is Quality.FAULT
+    # info bits (here: the value hit its high limit) do not change the meaning
+    assert quality_for(ua.StatusCode(S.UncertainEngineeringUnitsExceeded | 0x200)) is Quality.OVER_RANGE
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ({"nodes": [{"name": "a", "node_id": "ns=2;x=1"}]}, "not an OPC-UA node id"),
+    ({"nodes": [{"name": "a", "browse_path": "Objects/CEMS"}]}, "namespace:Name"),
+    ({"nodes": [{"name": "a"}]}, "exactly one of"),
+    ({"nodes": [{"name": "a", "node_id": "ns=2;i=1", "browse_path": "0:Objects"}]}, "exactly one of"),
+    ({"nodes": [{"name": "a", "node_id": "ns=2;i=1"}, {"name": "a", "node_id": "ns=2;i=2"}]}, "unique"),
+    ({"username": "operator"}, "both 'username' and 'password'"),
+    ({"certificate": "/tmp/c.der"}, "both 'certificate' and 'private_key'"),
+    ({"endpoint": "http://127.0.0.1:4840"}, "pattern"),
+    ({"mode": "push"}, "subscribe"),
+    ({"colour": "red"}, "Extra inputs"),
+])
+def test_settings_refuse_bad_config(patch: dict[str, object], message: str) -> None:
+    base = {"id": "x", "driver": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840",
+            "nodes": [{"name": "so2", "node_id": "ns=2;i=10"}]}
+    with pytest.raises(ValidationError, match=message):
+        OpcUaDevice.model_validate({**base, **patch})
+
+
+def test_password_never_shows_in_settings_repr() -> None:
+    s = OpcUaDevice.model_validate({"id": "x", "driver": "opcua", "endpoint": "opc.tcp://h:4840",
+                                    "username": "op", "password": "s3cret",
+                                    "nodes": [{"name": "so2", "node_id": "ns=2;i=10"}]})
+    assert "s3cret" not in repr(s) and s.publishing_s == s.poll_interval_s
