@@ -24,7 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_tester.exceptions import TransactionFailed
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
+from web3.exceptions import (
+    ContractCustomError,
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3Exception,
+)
 
 from .merkle import abi_encode, keccak
 
@@ -41,6 +47,8 @@ ARTIFACT = Path(__file__).resolve().parents[2] / "contracts" / "build" / "Anchor
 KEY_ENV = "CARBONLINK_CHAIN_KEY"
 PASSWORD_ENV = "CARBONLINK_CHAIN_PASSWORD"
 ZERO_ROOT = b"\0" * 32
+
+OnSent = Callable[[str], Awaitable[None]]
 
 
 class ChainError(RuntimeError):
@@ -221,8 +229,8 @@ class Chain:
             raise ChainError(f"no signing key: set ${KEY_ENV} or a keystore with ${PASSWORD_ENV}")
         return self.signer
 
-    async def _send(self, fn: Any) -> AnchorReceipt:
-        """Simulate, sign locally, send raw, journal, wait for the receipt."""
+    async def _send(self, fn: Any, on_sent: OnSent | None = None) -> AnchorReceipt:
+        """Simulate, sign locally, send raw, journal, report the hash, wait for the receipt."""
         signer = self._need_signer()
         try:
             nonce = await self.w3.eth.get_transaction_count(signer.address, "pending")
@@ -236,6 +244,8 @@ class Chain:
             raise ChainError(f"the node refused the transaction: {exc}") from None
         if self._journal is not None:
             self._journal.append(bytes(raw), "0x" + bytes(tx_hash).hex())
+        if on_sent is not None:
+            await on_sent("0x" + bytes(tx_hash).hex())
         receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
         if receipt["status"] != 1:
             raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} reverted in block {receipt['blockNumber']}")
@@ -244,8 +254,14 @@ class Chain:
     def _revert(self, exc: Exception) -> ChainError:
         """Name the contract's custom error when the revert data is available."""
         data: bytes | None = None
-        if isinstance(exc, ContractCustomError) and isinstance(exc.data, str):
-            data = bytes.fromhex(exc.data.removeprefix("0x"))
+        raw = getattr(exc, "data", None)  # web3's ContractLogicError / ContractCustomError carry it
+        if isinstance(raw, dict):  # some nodes nest it: {"message": ..., "data": "0x..."}
+            raw = raw.get("data")
+        if isinstance(raw, str) and raw.startswith("0x"):
+            try:
+                data = bytes.fromhex(raw[2:])
+            except ValueError:
+                data = None
         elif exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("execution reverted: b"):
             try:  # eth-tester puts the revert bytes' repr in its message
                 data = ast.literal_eval(exc.args[0].removeprefix("execution reverted: "))
@@ -280,7 +296,8 @@ class Chain:
         self.use(str(got["contractAddress"]))
         return self.address
 
-    async def anchor(self, window: WindowKey, root: bytes, count: int) -> AnchorReceipt:
+    async def anchor(self, window: WindowKey, root: bytes, count: int,
+                     on_sent: OnSent | None = None) -> AnchorReceipt:
         """Write a window's root; AlreadyAnchored if the registry already holds one for it."""
         if self.registry is None:
             raise ChainError("no AnchorRegistry address: deploy one or pass its address")
@@ -288,7 +305,15 @@ class Chain:
         if existing is not None:
             raise AlreadyAnchored(window.id, existing.root)
         fn = self.registry.functions.anchor(window.site, window.start_ms, window.end_ms, window.part, root, count)
-        return await self._send(fn)
+        return await self._send(fn, on_sent)
+
+    async def wait_for(self, tx_hash: str, timeout_s: float = 30.0) -> AnchorReceipt | None:
+        """The receipt of a transaction sent earlier, or None if the node does not know it (yet)."""
+        try:
+            r = await self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout_s)  # type: ignore[arg-type]
+        except (TimeExhausted, TransactionNotFound):
+            return None
+        return AnchorReceipt(tx_hash, int(r["blockNumber"]), int(r["gasUsed"])) if r["status"] == 1 else None
 
     async def anchor_unchecked(self, window: WindowKey, root: bytes, count: int) -> AnchorReceipt:
         """``anchor`` without the read-before-write: the contract alone decides (for tests and audits)."""

@@ -156,6 +156,13 @@ class MerkleTree:
             k = (k - 1) // 2
         return proof
 
+    def position_of(self, leaf: bytes) -> int:
+        """The tree index of a leaf hash."""
+        try:
+            return self.nodes.index(leaf, len(self.nodes) - len(self.order))
+        except ValueError:
+            raise MerkleError(f"leaf 0x{leaf.hex()} is not in the tree") from None
+
     def proof(self, input_index: int) -> list[bytes]:
         """The proof of the leaf given at ``input_index`` when the tree was built."""
         j = self.order.index(input_index)
