@@ -192,6 +192,7 @@ class SunSpecInverter:
                    "PPVphAB": phases >= 2, "PPVphBC": phases >= 3, "PPVphCA": phases >= 3,
                    "TmpTrns": False, "TmpOt": False, "StVnd": False}
         ll = [volts[0] * math.sqrt(3)] * 3 if phases == 3 else [volts[0] * 2] * 3
+        fields: list[tuple[Any, ...]]  # (name, type, value[, scale factor])
         if self.model in FLOAT_MODELS:
             fields = [("A", "float32", sum(amps)), ("AphA", "float32", amps[0]), ("AphB", "float32", amps[1]),
                       ("AphC", "float32", amps[2]), ("PPVphAB", "float32", ll[0]),
@@ -217,7 +218,8 @@ class SunSpecInverter:
                       ("VAr", "int16", var, w_sf), ("VAr_SF", "sunssf", w_sf), ("PF", "int16", 99, pf_sf),
                       ("PF_SF", "sunssf", pf_sf), ("WH", "acc32", v["energy"], self.wh_sf),
                       ("WH_SF", "sunssf", self.wh_sf), ("DCA", "uint16", dc_a, dc_sf),
-                      ("DCA_SF", "sunssf", dc_sf), ("DCV", "uint16", dc_v, dc_sf), ("DCV_SF", "sunssf", dc_sf),
+                      ("DCA_SF", "sunssf", dc_sf), ("DCV", "uint16", dc_v, dc_sf),
+                      ("DCV_SF", "sunssf", dc_sf),
                       ("DCW", "int16", v["dc_power"], w_sf), ("DCW_SF", "sunssf", w_sf),
                       ("TmpCab", "int16", t_cab, t_sf), ("TmpSnk", "int16", t_cab + 5, t_sf),
                       ("TmpTrns", "int16", 0, t_sf), ("TmpOt", "int16", 0, t_sf), ("Tmp_SF", "sunssf", t_sf),
@@ -230,7 +232,7 @@ class SunSpecInverter:
             if name in self.not_implemented or not present.get(name, True):
                 out += _NI[typ]
             else:
-                out += _encode(typ, value, sf[0] if sf else 0)
+                out += _encode(typ, value, int(sf[0]) if sf else 0)
         return out
 
     # --- the Modbus server ----------------------------------------------------------------

@@ -86,7 +86,8 @@ async def test_not_implemented_values_become_flagged_readings(port: int) -> None
 
 
 async def test_no_temperature_at_all_gives_no_temperature_reading(port: int) -> None:
-    sim = SunSpecInverter(port=port, model=113, inverter=noon_inverter(), not_implemented={"TmpCab", "TmpSnk", "W"})
+    sim = SunSpecInverter(port=port, model=113, inverter=noon_inverter(),
+                          not_implemented={"TmpCab", "TmpSnk", "W"})
     async with sim:
         session, got = await first_poll(make_driver(port, points=["W", "Tmp"]))
         await session.aclose()

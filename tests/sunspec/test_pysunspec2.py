@@ -40,7 +40,8 @@ def scan(port: int, model: int) -> dict[str, object]:
 
 @pytest.mark.parametrize(("base", "model", "common_len"),
                          [(40000, 103, 66), (0, 101, 65), (50000, 113, 66), (40000, 111, 65), (0, 102, 66)])
-async def test_pysunspec2_reads_what_our_driver_reads(port: int, base: int, model: int, common_len: int) -> None:
+async def test_pysunspec2_reads_what_our_driver_reads(port: int, base: int, model: int,
+                                                      common_len: int) -> None:
     sim = SunSpecInverter(port=port, base=base, model=model, common_len=common_len, inverter=noon_inverter(),
                           energy_start_wh=3_000_000_000.0, faults=InverterFaults(stuck=True))
     async with sim:

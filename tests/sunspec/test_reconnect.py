@@ -30,7 +30,8 @@ class Sink:
         return self.polls[-1]
 
     def energy(self) -> list[float]:
-        return [r.value for poll in self.polls for r in poll if r.point == "energy" and r.quality is Quality.NORMAL]
+        return [r.value for poll in self.polls for r in poll
+                if r.point == "energy" and r.quality is Quality.NORMAL]
 
 
 async def test_reconnects_and_rediscovers_after_the_device_restarts(port: int) -> None:
