@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,7 +17,7 @@ from .drivers.registry import build_driver
 from .identity import load_or_create_key
 from .outbox import Outbox
 from .supervisor import DeviceSupervisor
-from .uplink import Uplink
+from .uplink import DeliveryPolicy, Uplink
 
 log = logging.getLogger(__name__)
 
@@ -41,52 +42,70 @@ class EdgeAgent:
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
                              synchronous=cfg.outbox.synchronous)
         m = cfg.mqtt
+        self.policy = self._policy(cfg)
         self.uplink = Uplink(self.outbox, self.topics, mqtt_url or m.url, username=m.username,
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
-                             max_inflight=m.max_inflight)
+                             max_inflight=m.max_inflight, sign=self._sign, policy=self.policy)
         self.supervisors = [DeviceSupervisor(build_driver(d), self._accept)
                             for d in cfg.devices if d.enabled]
         self.produced = 0
+        self.housekeeping_interval = 5.0
         self._tasks: list[asyncio.Task[Any]] = []
+
+    @staticmethod
+    def _policy(cfg: GatewayConfig) -> DeliveryPolicy:
+        d = cfg.delivery
+        return DeliveryPolicy(live_max_readings=cfg.batch.max_readings, live_max_age_s=cfg.batch.max_age_s,
+                              live_window_s=d.live_window_s, live_inflight=d.live_inflight,
+                              backlog_max_readings=d.backlog_max_readings, backlog_inflight=d.backlog_inflight,
+                              backlog_rate=d.backlog_rate)
 
     async def _accept(self, readings: list[Reading]) -> None:
         self.outbox.append(readings)
         self.produced += len(readings)
+        if len(readings) >= self.policy.live_max_readings:
+            self.uplink.wakeup.set()
 
     def _sign(self, batch: Batch) -> Batch:
         return sign_batch(replace(batch, gateway=self.cfg.gateway.id), self.key)
 
     def cut_due_batches(self, *, force: bool = False) -> int:
-        """Cut batches when enough readings wait or the oldest waited long enough."""
+        """Cut live batches now (the uplink normally cuts on demand, when it can send them)."""
         cut = 0
-        b = self.cfg.batch
+        p = self.policy
         while True:
             n = self.outbox.pending_count()
             if n == 0:
                 break
             oldest = self.outbox.oldest_pending_ms() or 0
-            aged = time.time() * 1000 - oldest >= b.max_age_s * 1000
-            if not (force or aged or n >= b.max_readings):
+            aged = time.time() * 1000 - oldest >= p.live_max_age_s * 1000
+            if not (force or aged or n >= p.live_max_readings):
                 break
-            if self.outbox.cut_batch(b.max_readings, self._sign) is None:
+            if self.outbox.cut_batch(p.live_max_readings, self._sign) is None:
                 break
             cut += 1
         if cut:
             self.uplink.wakeup.set()
         return cut
 
-    async def _batcher(self) -> None:
-        tick = min(0.2, self.cfg.batch.max_age_s / 2)
+    async def _housekeeping(self) -> None:
+        """Enforce the disk quota; an overflow is rolled up, logged and queued as an alert event."""
+        quota = int(self.cfg.outbox.quota_mb * 1024 * 1024)
         while True:
-            self.cut_due_batches()
-            await asyncio.sleep(tick)
+            try:
+                report = self.outbox.enforce_quota(quota, self.policy.live_after_ms())
+                if report is not None:
+                    self.uplink.wakeup.set()
+            except sqlite3.OperationalError as exc:  # disk trouble: keep reading and retry later
+                log.error("outbox quota check failed: %s", exc)
+            await asyncio.sleep(self.housekeeping_interval)
 
     async def start(self) -> None:
         log.info("gateway %s (site %s): %d device(s), broker %s", self.cfg.gateway.id,
                  self.cfg.gateway.site, len(self.supervisors), self.uplink.url)
         for s in self.supervisors:
             self._tasks.append(s.start())
-        self._tasks.append(asyncio.create_task(self._batcher(), name="batcher"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     async def stop_devices(self) -> None:
@@ -94,8 +113,9 @@ class EdgeAgent:
             await s.stop()
 
     async def drain(self, within: float) -> bool:
-        """Cut what is pending and wait for the cloud to ack everything; True if it did."""
-        self.cut_due_batches(force=True)
+        """Send what is pending, whatever its age, and wait for the cloud to ack everything; True if it did."""
+        self.uplink.flush = True
+        self.uplink.wakeup.set()
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.outbox.unacked_count()[0] == 0 and self.outbox.pending_count() == 0:

@@ -38,6 +38,19 @@ class OutboxSection(StrictModel):
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power loss; NORMAL survives a process crash"
     )
+    quota_mb: float = Field(default=512.0, gt=0, description=(
+        "disk quota; over it the oldest raw backlog is rolled up to 1-minute means (never dropped),"
+        " with an outbox_overflow alert"))
+
+
+class DeliverySection(StrictModel):
+    """Two lanes share one sequence: live data first, the backlog oldest-first under a rate limit."""
+
+    live_window_s: float = Field(default=30.0, gt=0, le=86400, description="older pending readings are backlog")
+    live_inflight: int = Field(default=4, ge=1, le=1000, description="live batches awaiting ack")
+    backlog_max_readings: int = Field(default=5000, ge=1, le=10_000, description="readings per backlog batch")
+    backlog_inflight: int = Field(default=8, ge=1, le=1000, description="backlog batches awaiting ack")
+    backlog_rate: float = Field(default=5000.0, ge=0, description="backlog readings/s; 0 = no limit")
 
 
 class GatewayConfig(StrictModel):
@@ -45,6 +58,7 @@ class GatewayConfig(StrictModel):
     mqtt: MqttSection = MqttSection()
     batch: BatchSection = BatchSection()
     outbox: OutboxSection = OutboxSection()
+    delivery: DeliverySection = DeliverySection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     devices: list[DeviceConfig] = Field(default_factory=list)
 

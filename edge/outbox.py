@@ -1,38 +1,86 @@
 """The durable outbox: readings are written here before anything else happens.
 
-SQLite in WAL mode. Cutting a batch is one transaction: the pending readings
-move into a signed batch under the next sequence number, which is persisted in
-the same commit, so a kill -9 at any moment leaves no torn batch and never
-reuses a sequence number. A batch leaves only when the cloud acknowledges it.
+SQLite in WAL mode. Cutting a batch is one transaction: the chosen pending
+readings move into a signed batch under the next sequence number, which is
+persisted in the same commit, so a kill -9 at any moment leaves no torn batch
+and never reuses a sequence number. A batch leaves only when the cloud acks it.
+
+Two lanes, one sequence. Pending readings younger than the live window are the
+*live* lane, older ones the *backlog* lane. The uplink cuts batches on demand,
+live first, backlog oldest-first under a rate limit; whichever lane a batch comes
+from, it takes the next sequence number at the moment it is cut. So seq always
+increases per gateway (in cut order, not in reading time order) and the cloud's
+idempotence by (gateway, seq) and by reading identity is unaffected. Because
+batches are only cut when they can be sent, the number of cut-but-unacked
+batches stays bounded by the uplink's windows and the backlog stays as raw
+pending rows, which the quota policy below can still act on.
+
+Overflow policy (disk quota). When the outbox uses more than its quota, the
+oldest raw backlog readings are rolled up to 1-minute aggregates: per device,
+point, unit and minute, one reading ``{point}@1m`` holding the mean (stamped at
+the start of the minute, with the group's worst quality flag) and one
+``{point}@1m.n`` holding how many raw readings it replaces. Nothing is dropped
+silently: every rollup is counted (``rolled_up_raw`` persisted in the outbox),
+logged, and queued as an ``outbox_overflow`` alert event for the cloud. If the
+outbox is still over quota when no raw backlog is left, it keeps accepting
+readings and raises ``outbox_quota_exceeded``: data is never thrown away.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from carbonlink.wire import Batch, Quality, Reading, now_ms
+from carbonlink.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, now_ms
+
+log = logging.getLogger(__name__)
 
 Signer = Callable[[Batch], Batch]
+Lane = Literal["live", "backlog", "any"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL,
-    value REAL NOT NULL, unit TEXT NOT NULL, quality TEXT NOT NULL,
-    added_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY,
-    created_ms INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(k, v) VALUES ('next_seq', 1);
-"""
+ROLLUP_SUFFIX = "@1m"
+COUNT_SUFFIX = "@1m.n"
+# Worst first: the aggregate carries the most severe flag found in its minute.
+_SEVERITY = "DBFMCTSN"
+
+# Each entry migrates PRAGMA user_version n → n+1; never edit one that has shipped.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS pending (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+        value REAL NOT NULL, unit TEXT NOT NULL, quality TEXT NOT NULL,
+        added_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batches (
+        seq INTEGER PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+    INSERT OR IGNORE INTO meta(k, v) VALUES ('next_seq', 1);
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS pending_added ON pending(added_ms);
+    ALTER TABLE batches ADD COLUMN lane TEXT NOT NULL DEFAULT 'live';
+    CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL,
+                                       body TEXT NOT NULL);
+    INSERT OR IGNORE INTO meta(k, v) VALUES ('rolled_up_raw', 0);
+    INSERT OR IGNORE INTO meta(k, v) VALUES ('rolled_up_agg', 0);
+    INSERT OR IGNORE INTO meta(k, v) VALUES ('quota_exceeded', 0);
+    CREATE INDEX IF NOT EXISTS pending_ts ON pending(ts_ms);
+    CREATE TABLE IF NOT EXISTS rollups (device TEXT NOT NULL, point TEXT NOT NULL, minute INTEGER NOT NULL,
+                                        agg_id INTEGER NOT NULL, cnt_id INTEGER NOT NULL,
+                                        PRIMARY KEY (device, point, minute)) WITHOUT ROWID;
+    """,
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +88,23 @@ class StoredBatch:
     seq: int
     n: int
     payload: bytes
+    lane: str = "live"
+
+
+@dataclass(frozen=True)
+class RollupReport:
+    raw: int  # raw readings replaced
+    aggregates: int  # readings written in their place
+    first_ts_ms: int
+    last_ts_ms: int
+    used_bytes: int
+    quota_bytes: int
+    still_over: bool
+
+    def event(self) -> dict[str, Any]:
+        return {"type": "outbox_quota_exceeded" if self.still_over and self.raw == 0 else "outbox_overflow",
+                "policy": "oldest raw backlog rolled up to 1-minute means ({point}@1m, count {point}@1m.n)",
+                **self.__dict__}
 
 
 class Outbox:
@@ -50,13 +115,29 @@ class Outbox:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-        self.db.executescript(_SCHEMA)
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        for n, sql in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in (s for s in sql.split(";") if s.strip()):
+                    self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version={n}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self.db.close()
 
-    def append(self, readings: Iterable[Reading]) -> int:
-        now = now_ms()
+    # --- readings in ---------------------------------------------------------------------
+
+    def append(self, readings: Iterable[Reading], *, added_ms: int | None = None) -> int:
+        now = now_ms() if added_ms is None else added_ms
         rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now) for r in readings]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -66,38 +147,62 @@ class Outbox:
             )
         return len(rows)
 
-    def pending_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM pending").fetchone()[0])
+    def pending_count(self, lane: Lane = "any", live_after_ms: int = 0) -> int:
+        where, args = self._lane(lane, live_after_ms)
+        return int(self.db.execute(f"SELECT count(*) FROM pending WHERE {where}", args).fetchone()[0])
 
-    def oldest_pending_ms(self) -> int | None:
-        row = self.db.execute("SELECT min(added_ms) FROM pending").fetchone()
+    def oldest_pending_ms(self, lane: Lane = "any", live_after_ms: int = 0) -> int | None:
+        where, args = self._lane(lane, live_after_ms)
+        row = self.db.execute(f"SELECT min(added_ms) FROM pending WHERE {where}", args).fetchone()
         return row[0]
 
-    def cut_batch(self, max_readings: int, sign: Signer) -> StoredBatch | None:
-        """Move up to ``max_readings`` pending readings into one signed batch, atomically."""
+    @staticmethod
+    def _lane(lane: Lane, live_after_ms: int) -> tuple[str, tuple[int, ...]]:
+        if lane == "live":
+            return "added_ms >= ?", (live_after_ms,)
+        if lane == "backlog":
+            return "added_ms < ?", (live_after_ms,)
+        return "1", ()
+
+    # --- batches -----------------------------------------------------------------------
+
+    def cut_batch(self, max_readings: int, sign: Signer, *, lane: Lane = "any", live_after_ms: int = 0,
+                  max_bytes: int = MAX_BATCH_BYTES) -> StoredBatch | None:
+        """Move up to ``max_readings`` pending readings of ``lane`` into one signed batch, atomically.
+
+        The rows taken are the first ``max_readings`` (by insertion order) matching the lane,
+        shrunk if the signed message would exceed ``max_bytes``.
+        """
+        where, args = self._lane(lane, live_after_ms)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             rows = self.db.execute(
-                "SELECT id, device, point, ts_ms, value, unit, quality FROM pending ORDER BY id LIMIT ?",
-                (max_readings,),
-            ).fetchall()
+                f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending WHERE {where}"
+                " ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
             if not rows:
                 return None
             seq = int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
-            readings = tuple(Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows)
-            batch = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=now_ms(), readings=readings))
-            payload = batch.to_bytes()
-            self.db.execute("INSERT INTO batches(seq, created_ms, n, payload) VALUES (?,?,?,?)",
-                            (seq, batch.created_ms, len(rows), payload))
-            self.db.execute("DELETE FROM pending WHERE id <= ?", (rows[-1][0],))
+            created = now_ms()
+            while True:
+                readings = tuple(Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows)
+                batch = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings))
+                payload = batch.to_bytes()
+                if len(payload) <= max_bytes or len(rows) == 1:
+                    break
+                # Rare (long names): keep the share of rows that fits, with a margin.
+                rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+            self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
+                            (seq, created, len(rows), payload, lane))
+            # The rows taken are exactly those matching the lane up to the last id taken.
+            self.db.execute(f"DELETE FROM pending WHERE id <= ? AND {where}", (rows[-1][0], *args))
             self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
-        return StoredBatch(seq, len(rows), payload)
+        return StoredBatch(seq, len(rows), payload, lane)
 
     def unacked(self, limit: int = 100, after_seq: int = 0) -> list[StoredBatch]:
         rows = self.db.execute(
-            "SELECT seq, n, payload FROM batches WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            "SELECT seq, n, payload, lane FROM batches WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
-        return [StoredBatch(r[0], r[1], bytes(r[2])) for r in rows]
+        return [StoredBatch(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
 
     def unacked_count(self) -> tuple[int, int]:
         row = self.db.execute("SELECT count(*), coalesce(sum(n), 0) FROM batches").fetchone()
@@ -111,3 +216,140 @@ class Outbox:
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
+
+    # --- events (alerts that must reach the cloud even after an outage) -------------------
+
+    def add_event(self, body: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO events(ts_ms, body) VALUES (?, ?)",
+                            (now_ms(), json.dumps(body, separators=(",", ":"), sort_keys=True)))
+
+    def events(self, limit: int = 50) -> list[tuple[int, bytes]]:
+        return [(r[0], r[1].encode()) for r in
+                self.db.execute("SELECT id, body FROM events ORDER BY id LIMIT ?", (limit,))]
+
+    def event_sent(self, event_id: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+
+    # --- quota and overflow --------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * page
+
+    def metrics(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.db.execute(
+            "SELECT k, v FROM meta WHERE k IN ('rolled_up_raw', 'rolled_up_agg', 'quota_exceeded')")}
+
+    def enforce_quota(self, quota_bytes: int, keep_after_ms: int, chunk: int = 20_000) -> RollupReport | None:
+        """Roll the oldest raw backlog (added before ``keep_after_ms``) up until under quota.
+
+        Returns what was done (None when already under quota). The caller alerts on it.
+        """
+        used = self.used_bytes()
+        if used <= quota_bytes:
+            return None
+        raw = agg = 0
+        first = last = None
+        while used > quota_bytes:
+            r, a, lo, hi = self._rollup_chunk(keep_after_ms, chunk)
+            if r == 0:
+                break
+            raw, agg = raw + r, agg + a
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+            used = self.used_bytes()
+        still_over = used > quota_bytes
+        with self.db:
+            if still_over:
+                self.db.execute("UPDATE meta SET v = v + 1 WHERE k = 'quota_exceeded'")
+        report = RollupReport(raw, agg, first or 0, last or 0, used, quota_bytes, still_over)
+        if raw:
+            log.warning("outbox over its %d-byte quota: rolled %d raw readings up to %d 1-minute aggregates",
+                        quota_bytes, raw, agg)
+        if still_over:
+            log.error("outbox still over quota (%d bytes) with no raw backlog left to roll up; keeping all data",
+                      used)
+        self.add_event(report.event())
+        return report
+
+    def _rollup_chunk(self, keep_after_ms: int, chunk: int) -> tuple[int, int, int, int]:
+        """Roll up whole minutes: every raw backlog reading stamped before a minute boundary T.
+
+        T is chosen so roughly ``chunk`` readings go at once; taking whole minutes means one
+        aggregate per (device, point, minute). A late raw reading for a minute already rolled
+        up is merged into its aggregate while that is still here, and otherwise left raw (its
+        identity differs from the aggregate's, so it is neither lost nor counted twice).
+        """
+        raw_backlog = "added_ms < ? AND point NOT LIKE '%@1m' AND point NOT LIKE '%@1m.n'"
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            nth = self.db.execute(f"SELECT ts_ms FROM pending WHERE {raw_backlog} ORDER BY ts_ms LIMIT 1 OFFSET ?",
+                                  (keep_after_ms, chunk)).fetchone()
+            bound = (nth[0] // 60_000 * 60_000) if nth else None
+            if bound is not None and self.db.execute(
+                    f"SELECT 1 FROM pending WHERE {raw_backlog} AND ts_ms < ? LIMIT 1",
+                    (keep_after_ms, bound)).fetchone() is None:
+                bound += 60_000  # one minute holds more than a chunk: take it whole anyway
+            rows = self.db.execute(
+                "SELECT id, device, point, ts_ms, value, unit, quality, added_ms FROM pending"
+                f" WHERE {raw_backlog} AND ts_ms < ?",
+                (keep_after_ms, bound if bound is not None else 2**62)).fetchall()
+            if not rows:
+                return 0, 0, 0, 0
+            groups: dict[tuple[str, str, str, int], list[tuple[Any, ...]]] = defaultdict(list)
+            for r in rows:
+                groups[(r[1], r[2], r[5], r[3] // 60_000 * 60_000)].append(r)
+            taken: list[tuple[Any, ...]] = []
+            written = 0
+            for (device, point, unit, minute), members in groups.items():
+                done = self.db.execute("SELECT agg_id, cnt_id FROM rollups WHERE device=? AND point=? AND minute=?",
+                                       (device, point, minute)).fetchone()
+                if done is not None and not self._merge(done[0], done[1], members):
+                    continue  # its aggregate already left: the late raw readings go as they are
+                taken.extend(members)
+                if done is not None:
+                    continue
+                quality = min((m[6] for m in members), key=_SEVERITY.index)
+                added = min(m[7] for m in members)
+                mean = sum(m[4] for m in members) / len(members)
+                agg = self.db.execute(
+                    "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+                    (device, _suffixed(point, ROLLUP_SUFFIX), minute, mean, unit, quality, added)).lastrowid
+                cnt = self.db.execute(
+                    "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+                    (device, _suffixed(point, COUNT_SUFFIX), minute, float(len(members)), "", "N", added)).lastrowid
+                self.db.execute("INSERT INTO rollups(device, point, minute, agg_id, cnt_id) VALUES (?,?,?,?,?)",
+                                (device, point, minute, agg, cnt))
+                written += 2
+            self.db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in taken])
+            self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_raw'", (len(taken),))
+            self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_agg'", (written,))
+        if not taken:
+            return 0, 0, 0, 0
+        return len(taken), written, min(r[3] for r in taken), max(r[3] for r in taken)
+
+    def _merge(self, agg_id: int, cnt_id: int, members: list[tuple[Any, ...]]) -> bool:
+        agg = self.db.execute("SELECT value, quality FROM pending WHERE id = ?", (agg_id,)).fetchone()
+        cnt = self.db.execute("SELECT value FROM pending WHERE id = ?", (cnt_id,)).fetchone()
+        if agg is None or cnt is None:
+            return False
+        n = cnt[0] + len(members)
+        mean = (agg[0] * cnt[0] + sum(m[4] for m in members)) / n
+        quality = min([agg[1], *(m[6] for m in members)], key=_SEVERITY.index)
+        self.db.execute("UPDATE pending SET value = ?, quality = ? WHERE id = ?", (mean, quality, agg_id))
+        self.db.execute("UPDATE pending SET value = ? WHERE id = ?", (n, cnt_id))
+        return True
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back so the file size reflects what is stored (called after big drains)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _suffixed(point: str, suffix: str) -> str:
+    return point[: 128 - len(suffix)] + suffix
+
+

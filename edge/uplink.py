@@ -1,9 +1,17 @@
-"""The gateway's MQTT connection: publishes outbox batches, applies the cloud's acks.
+"""The gateway's MQTT connection: cuts and publishes outbox batches, applies the cloud's acks.
 
 A reusable async service with an explicit state, reconnecting with jittered,
 capped backoff. It uses a persistent session (clean_session=False) under a
 fixed client id so acks sent while the gateway was away are still delivered.
 A batch is removed from the outbox only on the cloud's ack, never on PUBACK.
+
+Sending order on every turn of the loop (see edge/outbox.py for the lanes):
+1. resends: cut batches whose ack did not come within ``ack_timeout`` (after a
+   reconnect, every unacked batch), oldest seq first;
+2. the live lane: a batch of recent readings once it is big or old enough;
+3. the backlog lane: the oldest readings in big batches, under a token-bucket
+   rate limit and its own inflight window, so a 24-hour backlog drains steadily
+   while live data always finds a free slot.
 """
 
 from __future__ import annotations
@@ -14,17 +22,23 @@ import json
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiomqtt
 
 from carbonlink.backoff import Backoff
 from carbonlink.mqtturl import MqttUrl
 from carbonlink.topics import GatewayTopics
+from carbonlink.wire import now_ms
 
-from .outbox import Outbox
+from .outbox import Outbox, Signer
 
 log = logging.getLogger(__name__)
+
+# Extra messages (shadow, commands) are handed to this; the uplink only knows acks.
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+OnConnect = Callable[[aiomqtt.Client], Awaitable[None]]
 
 
 class LinkState(enum.StrEnum):
@@ -36,6 +50,22 @@ class LinkState(enum.StrEnum):
 
 
 @dataclass
+class DeliveryPolicy:
+    """How batches are cut and paced; mutable so a shadow update can change it live."""
+
+    live_max_readings: int = 500
+    live_max_age_s: float = 1.0
+    live_window_s: float = 30.0  # readings waiting longer than this are backlog
+    live_inflight: int = 4
+    backlog_max_readings: int = 5000
+    backlog_inflight: int = 8
+    backlog_rate: float = 5000.0  # readings/s; 0 means no limit
+
+    def live_after_ms(self, now: int | None = None) -> int:
+        return (now_ms() if now is None else now) - int(self.live_window_s * 1000)
+
+
+@dataclass
 class UplinkCounters:
     batches_published: int = 0
     readings_published: int = 0  # first publication of each batch only
@@ -43,28 +73,53 @@ class UplinkCounters:
     batches_acked: int = 0
     readings_acked: int = 0
     batches_refused: int = 0  # the cloud dead-lettered them
-    unknown_acks: int = 0
+    unknown_acks: int = 0  # repeats (harmless) and acks for seqs never issued
+    bogus_acks: int = 0  # acks for seqs never issued, or malformed
     connects: int = 0
+    events_sent: int = 0
     last_error: str = ""
-    highest_seq_published: int = 0  # seqs only increase, so this tells a first send from a resend
+    highest_seq_published: int = 0
+    lanes: dict[str, int] = field(default_factory=lambda: {"live": 0, "backlog": 0})
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def refill(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)  # at most 1 s of burst
+        self.stamp = now
+        return self.tokens
 
 
 class Uplink:
     def __init__(self, outbox: Outbox, topics: GatewayTopics, url: str, *, username: str | None = None,
                  password: str | None = None, keepalive: int = 30, ack_timeout: float = 15.0,
-                 max_inflight: int = 8) -> None:
+                 max_inflight: int = 8, sign: Signer | None = None, policy: DeliveryPolicy | None = None,
+                 subscriptions: tuple[str, ...] = (), on_message: MessageHandler | None = None,
+                 on_connect: OnConnect | None = None) -> None:
         self.outbox = outbox
         self.topics = topics
         self.url = MqttUrl.parse(url)
         self.username, self.password = username, password
         self.keepalive = keepalive
         self.ack_timeout = ack_timeout
-        self.max_inflight = max_inflight
+        self.policy = policy or DeliveryPolicy(live_inflight=max(1, max_inflight // 2), backlog_inflight=max_inflight)
+        self.sign = sign  # without a signer the uplink only sends batches cut by someone else
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.on_connect = on_connect
         self.state = LinkState.DISCONNECTED
         self.counters = UplinkCounters()
         self.backoff = Backoff(initial=0.5, cap=30.0)
-        self.wakeup = asyncio.Event()  # set when a new batch is cut
-        self._inflight: dict[int, float] = {}
+        self.wakeup = asyncio.Event()  # new readings, an ack, a policy change
+        self.flush = False  # cut live readings regardless of age (shutdown drain)
+        self.client: aiomqtt.Client | None = None
+        self._inflight: dict[int, tuple[float, str]] = {}
+        self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
 
     async def run(self) -> None:
@@ -80,6 +135,7 @@ class Uplink:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.warning("broker %s unreachable: %s; buffering in the outbox", self.url, exc)
+            self.client = None
             self.state = LinkState.BACKOFF
             self._inflight.clear()
             await asyncio.sleep(self.backoff.next_delay())
@@ -98,7 +154,10 @@ class Uplink:
     async def _session(self) -> None:
         async with self._client() as client:
             await client.subscribe(self.topics.ack, qos=1)
+            for t in self.subscriptions:
+                await client.subscribe(t, qos=1)
             await client.publish(self.topics.status, b"online", qos=1, retain=True)
+            self.client = client
             self.state = LinkState.CONNECTED
             self.counters.connects += 1
             if self._failing_since is not None:
@@ -107,8 +166,11 @@ class Uplink:
             self.backoff.reset()
             receiver = asyncio.create_task(self._receive(client))
             try:
-                await self._send_loop(client)
+                if self.on_connect is not None:
+                    await self.on_connect(client)
+                await self._send_loop(client, receiver)
             finally:
+                self.client = None
                 receiver.cancel()
                 try:
                     await receiver
@@ -122,7 +184,15 @@ class Uplink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            self.handle_ack(bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b"")
+            payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+            topic = str(message.topic)
+            if topic == self.topics.ack:
+                self.handle_ack(payload)
+            elif self.on_message is not None:
+                try:
+                    await self.on_message(topic, payload)
+                except Exception:  # a control-message bug must not stop acks from being applied
+                    log.exception("handling %s failed", topic)
 
     def handle_ack(self, payload: bytes) -> None:
         try:
@@ -131,12 +201,19 @@ class Uplink:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed ack %r", payload[:200])
             self.counters.unknown_acks += 1
+            self.counters.bogus_acks += 1
             return
         n = self.outbox.ack(seq)
         self._inflight.pop(seq, None)
         if n == 0:
-            self.counters.unknown_acks += 1  # a repeat ack, or one for a batch we never sent
-            return
+            self.counters.unknown_acks += 1
+            if seq >= self.outbox.next_seq():
+                # Never issued: someone else is acking for us, or the cloud mixed gateways up.
+                self.counters.bogus_acks += 1
+                log.warning("ack for seq %d, which this gateway never issued (next is %d); ignored",
+                            seq, self.outbox.next_seq())
+                self.outbox.add_event({"type": "unknown_ack", "seq": seq, "next_seq": self.outbox.next_seq()})
+            return  # otherwise a repeat ack (the batch was delivered twice): nothing to do
         if status == "rejected":
             self.counters.batches_refused += 1
             log.error("cloud refused batch %d: %s", seq, ack.get("reason", "no reason given"))
@@ -145,24 +222,78 @@ class Uplink:
             self.counters.readings_acked += n
         self.wakeup.set()
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    def _lane_load(self, lane: str) -> int:
+        return sum(1 for _, ln in self._inflight.values() if ln == lane)
+
+    def _cut(self, now_wall: int) -> list[tuple[int, int, bytes, str]]:
+        """Cut what the windows allow: live first, then backlog under the rate limit."""
+        if self.sign is None:
+            return []
+        p = self.policy
+        out = []
+        live_after = p.live_after_ms(now_wall)
+        while self._lane_load("live") + sum(1 for b in out if b[3] == "live") < p.live_inflight:
+            n = self.outbox.pending_count("live", live_after)
+            if n == 0:
+                break
+            oldest = self.outbox.oldest_pending_ms("live", live_after) or now_wall
+            if not (self.flush or n >= p.live_max_readings or now_wall - oldest >= p.live_max_age_s * 1000):
+                break
+            b = self.outbox.cut_batch(p.live_max_readings, self.sign, lane="live", live_after_ms=live_after)
+            if b is None:
+                break
+            out.append((b.seq, b.n, b.payload, "live"))
+        if self._bucket.rate != p.backlog_rate:
+            self._bucket = _Bucket(p.backlog_rate)
+        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < p.backlog_inflight:
+            size = p.backlog_max_readings
+            if p.backlog_rate > 0:
+                tokens = self._bucket.refill()
+                if tokens < min(size, p.backlog_rate) * 0.5:
+                    break
+                size = max(1, min(size, int(tokens)))
+            b = self.outbox.cut_batch(size, self.sign, lane="backlog", live_after_ms=live_after)
+            if b is None:
+                break
+            if p.backlog_rate > 0:
+                self._bucket.tokens -= b.n
+            out.append((b.seq, b.n, b.payload, "backlog"))
+        return out
+
+    async def _send_loop(self, client: aiomqtt.Client, receiver: asyncio.Task[None]) -> None:
         while True:
+            if receiver.done():  # the connection died under the receiver: let run() reconnect
+                receiver.result()
+                raise aiomqtt.MqttError("message stream ended")
             now = time.monotonic()
-            due = [b for b in self.outbox.unacked(limit=self.max_inflight)
-                   if b.seq not in self._inflight or now - self._inflight[b.seq] > self.ack_timeout]
-            if due:
-                await asyncio.gather(*(client.publish(self.topics.telemetry, b.payload, qos=1) for b in due))
-                for b in due:
-                    if b.seq <= self.counters.highest_seq_published:
+            window = self.policy.live_inflight + self.policy.backlog_inflight
+            due = [(b.seq, b.n, b.payload, b.lane) for b in self.outbox.unacked(limit=window)
+                   if b.seq not in self._inflight or now - self._inflight[b.seq][0] > self.ack_timeout]
+            fresh = self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
+            batch = due + fresh
+            if batch:
+                await asyncio.gather(*(client.publish(self.topics.telemetry, payload, qos=1)
+                                       for _, _, payload, _ in batch))
+                for seq, n, _, lane in batch:
+                    if seq <= self.counters.highest_seq_published:
                         self.counters.resends += 1
                     else:
-                        self.counters.highest_seq_published = b.seq
+                        self.counters.highest_seq_published = seq
                         self.counters.batches_published += 1
-                        self.counters.readings_published += b.n
-                    self._inflight[b.seq] = now
+                        self.counters.readings_published += n
+                        self.counters.lanes[lane] = self.counters.lanes.get(lane, 0) + n
+                    self._inflight[seq] = (now, lane)
+            await self._send_events(client)
+            if batch:
                 continue
             self.wakeup.clear()
             try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=min(1.0, self.ack_timeout))
+                await asyncio.wait_for(self.wakeup.wait(), timeout=min(0.2, self.ack_timeout))
             except TimeoutError:
                 pass
+
+    async def _send_events(self, client: aiomqtt.Client) -> None:
+        for event_id, body in self.outbox.events():
+            await client.publish(self.topics.events, body, qos=1)
+            self.outbox.event_sent(event_id)
+            self.counters.events_sent += 1
