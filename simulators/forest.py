@@ -279,17 +279,21 @@ async def run_forest(
     stop_event: asyncio.Event,
     *,
     out: Callable[[str], None] = print,
+    fmt: Callable[[RawAdvert], str] | None = None,
     summary_every_s: float | None = None,
     **plot_kw: Any,
 ) -> int:
-    """Run a plot until ``stop_event``; print each advert in hex, or a summary every N seconds. Returns the count."""
+    """Run a plot until ``stop_event``; print each advert (hex, or ``fmt``), or a summary every N seconds.
+
+    Returns the number of adverts sent.
+    """
     forest = trees if isinstance(trees, Forest) else Forest.plot(trees, **plot_kw)
     count = 0
     last_summary = time.monotonic()
     async for adv in forest.adverts(interval_s, stop_event):
         count += 1
         if summary_every_s is None:
-            out(f"{adv.mac} rssi={adv.rssi} fcd2={adv.data.hex()}")
+            out(fmt(adv) if fmt else f"{adv.mac} rssi={adv.rssi} fcd2={adv.data.hex()}")
         elif time.monotonic() - last_summary >= summary_every_s:
             last_summary = time.monotonic()
             live = sum(1 for tr in forest.trees if not tr.dead and Fault.DROPOUT not in tr.faults)
