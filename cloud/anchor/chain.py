@@ -132,14 +132,15 @@ class _Journal:
         if not self.path.exists():
             return []
         out = []
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+        lines = self.path.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                # a torn last line from a crash mid-write: that transaction is treated as never sent
-                if n == len(self.path.read_text().splitlines()):
+                if n == len(lines):  # a torn last line from a crash mid-write: never sent; drop it
+                    self.path.write_text("".join(x + "\n" for x in lines[:-1]))
                     break
                 raise ChainError(f"{self.path}:{n} is not JSON; the demo chain journal is damaged") from None
         return out

@@ -26,7 +26,6 @@ contract AnchorRegistry is AccessControl, Pausable {
     }
 
     mapping(bytes32 windowId => Window) private _windows;
-    uint256 public windowCount;
 
     event Anchored(
         bytes32 indexed windowId,
@@ -75,9 +74,6 @@ contract AnchorRegistry is AccessControl, Pausable {
         Window storage w = _windows[id];
         if (w.root != bytes32(0)) revert WindowAlreadyAnchored(id, w.root);
         _windows[id] = Window(root, startMs, endMs, readingCount, uint64(block.number), part);
-        unchecked {
-            windowCount += 1;
-        }
         emit Anchored(id, root, site, startMs, endMs, part, readingCount);
     }
 

@@ -71,6 +71,9 @@ def hardhat_url() -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
 
 
 @pytest.fixture
