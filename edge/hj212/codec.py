@@ -420,7 +420,7 @@ class StreamFramer:
                 continue
             want = n + FRAME_OVERHEAD
             # A '##' after the header means a new frame began: this one was cut short.
-            nxt = buf.find(b"##", 2, min(len(buf), want))
+            nxt = buf.find(b"##", 2, min(len(buf), want + 1))
             if nxt >= 0:
                 self._fail(Hj212Error(Reason.TRUNCATED, f"a new frame starts {nxt} bytes into a frame of {want}",
                                       peek_header(bytes(buf[6:nxt]))), out)
