@@ -20,7 +20,7 @@ import random
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -295,12 +295,14 @@ def _encode(typ: str, value: float, sf: int) -> list[int]:
 
 
 async def start_inverter_fleet(n: int, first_port: int, **kwargs: Any) -> list[SunSpecInverter]:
-    """Start N inverters on consecutive ports, each with its own weather and serial number."""
+    """Start N inverters on consecutive ports, each with its own weather, serial number and faults."""
+    faults: InverterFaults | None = kwargs.pop("faults", None)
     fleet: list[SunSpecInverter] = []
     try:
         for i in range(n):
             inv = SunSpecInverter(port=first_port + i, inverter=SolarInverter(seed=first_port + i),
-                                  serial=f"SIM{i + 1:04d}", **kwargs)
+                                  serial=f"SIM{i + 1:04d}", faults=replace(faults) if faults else None,
+                                  **kwargs)
             await inv.start()
             fleet.append(inv)
     except BaseException:
