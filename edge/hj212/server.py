@@ -120,7 +120,9 @@ class Hj212Server:
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
-            raise
+            # close() cancels handlers; ending quietly keeps asyncio's stream callback (3.11) from
+            # logging the cancellation as an error. This task is a leaf: nothing waits on its result.
+            pass
         except (ConnectionError, OSError, TimeoutError) as exc:
             log.debug("HJ 212 connection %s ended: %s", _peer(writer), exc)
         except Exception:  # a handler must never take the server down; the traceback is logged
@@ -167,7 +169,11 @@ class Hj212Server:
             if packet.cn not in c.cns:
                 raise Hj212Error(Reason.CN, f"CN {packet.cn} is not handled here"
                                  f" (accepted: {', '.join(sorted(c.cns))})", hdr)
-            await self.sink(packet)
+            try:
+                await self.sink(packet)
+            except Hj212Error as exc:
+                exc.header = exc.header or hdr  # the sink's refusals are answered like ours
+                raise
         except Hj212Error as exc:
             self._reject(exc, peer, seen)
             await self._answer_error(exc, writer)

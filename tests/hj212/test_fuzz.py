@@ -77,7 +77,7 @@ cp_text = st.lists(cp_item, max_size=8).flatmap(
 @FAST
 @given(cp_text, st.sampled_from(["2011", "2051", "2061", "2031"]))
 def test_readings_from_random_cp_are_exactly_the_sent_text(cp: str, cn: str) -> None:
-    data = f"ST=31;CN={cn};PW=1;MN=A;CP=&&DataTime=20240101000000;{cp}&&".encode()
+    data = f"ST=31;CN={cn};PW=1;MN=A;CP=&&DataTime=20240101000000{cp}&&".encode()
     try:
         p = parse_data(data)
         conv = packet_to_readings(p, "d")
