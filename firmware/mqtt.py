@@ -64,6 +64,7 @@ class MQTTClient:
         self.clean = clean
         self.will = will  # (topic, message, retain, qos)
         self.cb = cb  # cb(topic: str, message: bytes) for incoming PUBLISH
+        self.idle = None  # called while waiting, e.g. to feed a watchdog
         self.timeout = timeout
         self.sock = None
         self._pid = 0
@@ -220,6 +221,8 @@ class MQTTClient:
             if left <= 0:
                 self.close()
                 raise MQTTError(what)
+            if self.idle:
+                self.idle()
             self.check_msg(min(left, 1))
 
     def check_msg(self, timeout=0):

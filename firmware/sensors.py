@@ -1,0 +1,72 @@
+# The node's sensors, built from config.json; each sample is a list of canonical reading texts.
+# A failing sensor is counted and skipped: the others still report.
+import hw
+import wire
+from modbus import ModbusRTU, ModbusError, decode, TYPES
+from soil import AdcProbe, I2cProbe
+from bthome import Scanner
+
+
+def _mac(text):
+    return bytes(int(x, 16) for x in text.split(":"))
+
+
+class Sensors:
+    def __init__(self, cfg):
+        self.cfg = {s["id"]: s for s in cfg["sensors"]}
+        self.errors = {}
+        self.last_error = ""
+
+    def _fail(self, sid, exc):
+        self.errors[sid] = self.errors.get(sid, 0) + 1
+        self.last_error = "%s: %s" % (sid, exc)
+
+    def _modbus(self, s, ts, out, feed):
+        bus = ModbusRTU(hw.uart(s["uart"], s["baud"], s["tx"], s["rx"]), s["baud"], hw.pin_out(s.get("de")),
+                        s["timeout_ms"])
+        for p in s["points"]:
+            feed()
+            try:
+                data = bus.read_registers(s["unit"], p["reg"], TYPES[p["type"]][0], p["fn"])
+                out.append(wire.reading(s["device"], p["point"], ts, decode(data, p["type"], p["decimals"]),
+                                        p["unit"]))
+            except (ModbusError, wire.WireError) as e:
+                self._fail(s["id"], e)
+
+    def _soil(self, s, ts, out):
+        if s["kind"] == "soil_adc":
+            probe = AdcProbe(hw.adc(s["pin"]), s["dry"], s["wet"], s["samples"])
+        else:
+            probe = I2cProbe(hw.i2c(s["i2c"], s["scl"], s["sda"]), s["addr"], s["dry"], s["wet"])
+        for point, (value, unit) in sorted(probe.read().items()):
+            out.append(wire.reading(s["device"], point, ts, value, unit))
+
+    def _bthome(self, s, ts, out):
+        wanted = {}
+        for mac, dev in s["devices"].items():
+            wanted[_mac(mac)] = dev
+        sc = Scanner(hw.ble(), wanted)
+        found = sc.scan(s["scan_ms"], hw.sleep_ms)
+        if sc.errors:
+            self._fail(s["id"], "%d adverts not readable" % sc.errors)
+        for dev in sorted(found):
+            for point, (value, unit) in sorted(found[dev].items()):
+                out.append(wire.reading(dev, point, ts, value, unit))
+
+    def sample(self, enabled, ts, feed):
+        out = []
+        for sid in enabled:
+            s = self.cfg.get(sid)
+            if s is None:
+                continue
+            feed()
+            try:
+                if s["kind"] == "modbus":
+                    self._modbus(s, ts, out, feed)
+                elif s["kind"] == "bthome":
+                    self._bthome(s, ts, out)
+                else:
+                    self._soil(s, ts, out)
+            except (OSError, ValueError) as e:  # bus errors, missing devices, bad values
+                self._fail(sid, e)
+        return out
