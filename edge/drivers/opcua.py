@@ -208,6 +208,7 @@ class OpcUaDriver(Driver):
         super().__init__(device_id, settings)
         self.points = list(settings.nodes)
         self.active_mode: Literal["subscribe", "poll"] | None = None  # what the current session does
+        self._link_dead = False  # set when the session ends on a dead link: skip the polite goodbye
 
     # --- session ------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class OpcUaDriver(Driver):
         client.application_uri = s.application_uri
         # A session we abandon (dead link) is dropped by the server after this long.
         client.session_timeout = max(30_000, int(3 * s.keepalive_s * 1000))
+        self._link_dead = False
         try:
             try:
                 await self._connect(client)
@@ -332,18 +334,29 @@ class OpcUaDriver(Driver):
         check_every = min(1.0, s.keepalive_s / 2, s.publishing_s)
         # No publish response at all (data or keep-alive) for this long means the link is dead.
         silence_limit = 3 * max(s.keepalive_s, s.publishing_s) + s.timeout_s
-        started = time.monotonic()
+        heard = time.monotonic()
+        # asyncua stamps every publish response (keep-alives too) in last_publish_at, but also resets it
+        # when it re-creates a stale subscription itself; a reset is no sign of life, so skip those.
+        seen_stamp, seen_id = sub.last_publish_at, sub.subscription_id
         while True:
             try:
                 first = await asyncio.wait_for(queue.get(), check_every)
             except TimeoutError:
                 first = None
+            now = time.monotonic()
+            if first is not None:
+                heard = now
+            if sub.subscription_id != seen_id:
+                seen_stamp, seen_id = sub.last_publish_at, sub.subscription_id
+            elif sub.last_publish_at is not None and sub.last_publish_at != seen_stamp:
+                seen_stamp = sub.last_publish_at
+                heard = max(heard, seen_stamp)
             if client.state is not UaClientState.CONNECTED:
+                self._link_dead = True
                 raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
-            heard = sub.last_publish_at or started
-            if time.monotonic() - heard > silence_limit:
-                raise DriverError(f"{self.describe()}: no publish response or keep-alive for "
-                                  f"{time.monotonic() - heard:.1f} s")
+            if now - heard > silence_limit:
+                self._link_dead = True
+                raise DriverError(f"{self.describe()}: no publish response or keep-alive for {now - heard:.1f} s")
             if first is None:
                 continue
             items = [first]
@@ -373,10 +386,12 @@ class OpcUaDriver(Driver):
         next_at = loop.time()
         while True:
             if client.state is not UaClientState.CONNECTED:
+                self._link_dead = True
                 raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
             try:
                 values = await client.read_attributes(targets)
             except (ua.UaError, OSError, TimeoutError) as exc:
+                self._link_dead = not isinstance(exc, ua.UaStatusCodeError)  # a status reply means it is alive
                 raise DriverError(f"{self.describe()} read: {_describe(exc)}") from exc
             yield [self._reading(p, dv) for p, dv in zip(points, values, strict=True)]
             next_at += s.poll_interval_s
@@ -423,9 +438,14 @@ class OpcUaDriver(Driver):
     # --- teardown --------------------------------------------------------------------------
 
     async def _close(self, client: Client) -> None:
-        """Close session, channel and socket; asyncua cancels its watchdog, renew and publish tasks."""
+        """Close session, channel and socket; asyncua cancels its watchdog, renew and publish tasks.
+
+        On a dead link the CloseSession request cannot be answered: its tasks are cancelled first,
+        so a short wait is enough before the socket is dropped (the server expires the session).
+        """
+        wait = 0.2 if self._link_dead else self.settings.timeout_s
         try:
-            await asyncio.wait_for(client.disconnect(), self.settings.timeout_s)
+            await asyncio.wait_for(client.disconnect(), wait)
         except (ua.UaError, OSError, TimeoutError) as exc:
             log.debug("%s: disconnect: %s", self.describe(), exc)
             client.disconnect_socket()

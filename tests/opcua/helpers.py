@@ -40,11 +40,20 @@ async def take(driver: OpcUaDriver, n: int, within: float = 10.0) -> list[list[R
     return batches
 
 
+def _server_side(task: asyncio.Task[Any]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    name = code.co_filename if code is not None else ""
+    return "/asyncua/server/" in name or "/simulators/" in name
+
+
 def foreign_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
-    """Tasks started since ``before`` that are still alive, by coroutine name (a leak if a session ended)."""
+    """Client-side tasks started since ``before`` still alive, by coroutine name (a leak once a session ended).
+
+    The simulator's own tasks are left out: a server restarted during a test owns new ones.
+    """
     me = asyncio.current_task()
     return sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks()  # type: ignore[union-attr]
-                  if t not in before and t is not me and not t.done())
+                  if t not in before and t is not me and not t.done() and not _server_side(t))
 
 
 async def settle_tasks(before: set[asyncio.Task[Any]], wait: float = 2.0) -> list[str]:
