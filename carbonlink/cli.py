@@ -30,6 +30,9 @@ def _mount() -> None:
     from .provision_cli import app as provision_app
 
     app.add_typer(provision_app, name="provision")
+    from simulators.sunspec_cli import app as inverter_app
+
+    sim_app.add_typer(inverter_app, name="inverter")
 
 
 _mount()
@@ -199,22 +202,6 @@ def sim_cems(port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020) 
     async def go() -> None:
         async with ModbusDeviceHost(CemsStack().fill, port=port):
             err.print(f"CEMS stack on modbus://127.0.0.1:{port} (unit 1); Ctrl-C to stop")
-            await asyncio.Event().wait()
-
-    _run(go())
-
-
-@sim_app.command("inverter")
-def sim_inverter(port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5021) -> None:
-    """A solar inverter over Modbus TCP (point map: edge/pointmaps/inverter.yaml)."""
-    from simulators.inverter import SolarInverter
-    from simulators.modbus_host import ModbusDeviceHost
-
-    _logging("INFO")
-
-    async def go() -> None:
-        async with ModbusDeviceHost(SolarInverter().fill, port=port):
-            err.print(f"solar inverter on modbus://127.0.0.1:{port} (unit 1); Ctrl-C to stop")
             await asyncio.Event().wait()
 
     _run(go())

@@ -28,6 +28,11 @@ _FIXES = {
     "list_type": "use a YAML list",
     "dict_type": "use a YAML mapping",
     "model_type": "use a YAML mapping",
+    "union_tag_invalid": "set 'driver' to one of the allowed values listed",
+    "union_tag_not_found": "add a 'driver' key naming the protocol (modbus_tcp, sunspec, ...)",
+    "string_pattern_mismatch": "use only the characters the pattern allows",
+    "string_too_long": "use a shorter value",
+    "string_too_short": "use a longer value",
 }
 
 

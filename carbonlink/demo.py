@@ -60,8 +60,8 @@ def write_gateway_config(path: Path, *, cems_port: int, inverter_port: int, mqtt
         "devices": [
             {"id": "cems-stack-1", "driver": "modbus_tcp", "host": "127.0.0.1", "port": cems_port,
              "poll_interval_s": 1.0, "pointmap": "cems"},
-            {"id": "inverter-1", "driver": "modbus_tcp", "host": "127.0.0.1", "port": inverter_port,
-             "poll_interval_s": 1.0, "pointmap": "inverter"},
+            {"id": "inverter-1", "driver": "sunspec", "host": "127.0.0.1", "port": inverter_port,
+             "poll_interval_s": 1.0},
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,8 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
     from edge.config import load_gateway_config
     from edge.identity import public_key_hex
     from simulators.cems import CemsStack
-    from simulators.inverter import SolarInverter
     from simulators.modbus_host import ModbusDeviceHost
+    from simulators.sunspec import SunSpecInverter
 
     stop = stop or asyncio.Event()
     if not _port_free(http_port):
@@ -98,7 +98,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(_broker(mqtt_url))
         cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=_free_port()))
-        inverter = await stack.enter_async_context(ModbusDeviceHost(SolarInverter().fill, port=_free_port()))
+        inverter = await stack.enter_async_context(SunSpecInverter(port=_free_port()))
         cfg_path = write_gateway_config(data_dir / "gateway.yaml", cems_port=cems.port,
                                         inverter_port=inverter.port, mqtt_url=url)
         cfg = load_gateway_config(cfg_path)

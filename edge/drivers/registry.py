@@ -6,16 +6,25 @@ adding it to ``DeviceConfig`` and ``DRIVERS`` below.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .base import Driver
 from .modbus import ModbusTcpDevice, ModbusTcpDriver
+from .modbus_rtu import ModbusRtuDevice, ModbusRtuDriver
+from .sunspec import SunSpecDevice, SunSpecDriver
 
 # The union the config validates devices against; pydantic picks the member by 'driver'.
-DeviceConfig = ModbusTcpDevice
+DeviceConfig = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | SunSpecDevice,
+    Field(discriminator="driver"),
+]
 
 DRIVERS: dict[str, type[Driver]] = {
     "modbus_tcp": ModbusTcpDriver,
+    "modbus_rtu": ModbusRtuDriver,
+    "sunspec": SunSpecDriver,
 }
 
 
