@@ -10,6 +10,9 @@ dip must be visible: it is tens of micrometres, which is why the dendrometer is
 sent in micrometres as a signed 32-bit count (object 0x5B; see edge/drivers/ble.py),
 or optionally as BTHome distance 0x40 in whole millimetres.
 
+A plain advert is 22 bytes of service data and fits a legacy 31-byte advert;
+encrypted ones (30 bytes) need BLE 5 extended advertising on real hardware.
+
 Time can run faster than the wall clock (``speed``) so a demo shows a day in a minute.
 Faults on demand per tree: stuck, drift, spikes, dropout, battery death.
 """

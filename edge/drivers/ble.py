@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,6 +35,9 @@ from edge.bthome import UUID16, UUID128, BTHomeError, Measurement, RawAdvert, ad
 
 from .base import Driver, DriverUnavailable
 from .settings import DeviceBase, StrictModel
+
+if TYPE_CHECKING:
+    from simulators.forest import Forest
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class BleBthomeDriver(Driver):
         self.keys = {mac: bytes.fromhex(s.key) if s.key else None for mac, s in self.sensors.items()}
         self._seen: dict[str, _Seen] = {}
         self._warned: set[tuple[str, str]] = set()
+        self.forest: Forest | None = None  # with source=simulator: the plot, for faults at run time
         if source is not None:
             self.source = source
         elif settings.source == "simulator":
