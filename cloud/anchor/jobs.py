@@ -222,13 +222,17 @@ class AnchorService:
     # --- scan and seal ----------------------------------------------------------------------
 
     async def scan(self) -> int:
-        """Mark the windows touched by batches committed since the last scan as dirty."""
+        """Mark the windows touched by batches committed since the last scan as dirty.
+
+        A rowid watermark is enough: SQLite has one writer at a time, so a batch committed later
+        always has a larger rowid than every batch already visible.
+        """
         total = 0
         while True:
             mark = int(await self._get_state("batches_rowid") or 0)
-            rows = await (await self.db.execute(
+            rows = list(await (await self.db.execute(
                 "SELECT b.rowid, b.payload, g.site FROM batches b JOIN gateways g ON g.id = b.gateway"
-                " WHERE b.rowid > ? ORDER BY b.rowid LIMIT ?", (mark, self.settings.scan_batch))).fetchall()
+                " WHERE b.rowid > ? ORDER BY b.rowid LIMIT ?", (mark, self.settings.scan_batch))).fetchall())
             if not rows:
                 return total
             dirty: set[tuple[str, int, int]] = set()
@@ -275,8 +279,11 @@ class AnchorService:
         db = self.db
         # Read and hash outside the write transaction so ingest is not held up by a large window; a
         # reading committed meanwhile marks the window dirty again and goes into the next part.
-        rows = await (await db.execute(_WINDOW_READINGS, (site, start, end))).fetchall()
-        leaves, tree = await asyncio.to_thread(_leaves_and_tree, rows) if rows else ([], None)
+        rows = list(await (await db.execute(_WINDOW_READINGS, (site, start, end))).fetchall())
+        leaves: list[bytes] = []
+        tree: MerkleTree | None = None
+        if rows:
+            leaves, tree = await asyncio.to_thread(_leaves_and_tree, rows)
         job_id = None
         await db.execute("BEGIN IMMEDIATE")
         try:
@@ -319,7 +326,8 @@ class AnchorService:
         if not rows:
             return [], []
         await self.ensure_registry()
-        anchored, failed = [], []
+        anchored: list[Job] = []
+        failed: list[Job] = []
         for (job_id,) in rows:
             job = await self.job(int(job_id))
             try:

@@ -237,9 +237,9 @@ def _offline_checks(b: dict[str, Any], report: Report, hmac_secret: bytes | None
     except (ValueError, MerkleError) as exc:
         report.add("proof", False, f"the proof is malformed: {exc}")
     # 5. window
-    key = WindowKey(window["site"], int(window["start_ms"]), int(window["end_ms"]), int(window["part"]))
-    inside = key.start_ms <= int(r["ts_ms"]) < key.end_ms
-    id_ok = "0x" + key.id.hex() == window["id"]
+    wkey = WindowKey(window["site"], int(window["start_ms"]), int(window["end_ms"]), int(window["part"]))
+    inside = wkey.start_ms <= int(r["ts_ms"]) < wkey.end_ms
+    id_ok = "0x" + wkey.id.hex() == window["id"]
     report.add("window", inside and id_ok,
                "reading time is inside the window" if inside and id_ok else
                ("window id does not match site, range and part" if not id_ok else

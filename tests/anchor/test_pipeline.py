@@ -10,7 +10,7 @@ from carbonlink.wire import Reading
 from cloud.anchor.chain import Chain, WindowKey
 from cloud.anchor.jobs import ANCHORED, PENDING, SENDING, AnchorService, AnchorSettings
 from cloud.anchor.merkle import READING_TYPES, leaf_hash
-from cloud.anchor.proof import build_bundle, verify_bundle
+from cloud.anchor.proof import build_bundle, bundle_for, verify_bundle
 from tests.anchor.conftest import T0, Plant, oz_verify
 
 pytestmark = pytest.mark.service("chain")
@@ -130,6 +130,8 @@ async def test_late_readings_go_into_the_next_part(plant: Plant, hardhat_url: st
         bundle = await build_bundle(service, plant.gateway, "cems-2", "SO2", late.ts_ms)
         assert bundle["proof"] == [] and bundle["leaf"]["hash"] == bundle["root"]  # a one-leaf tree
         assert (await verify_bundle(bundle, chain)).ok
+        # what the API returns: the same bundle, from the database path alone
+        assert await bundle_for(f"sqlite:///{plant.store.path}", plant.gateway, "cems-2", "SO2", late.ts_ms) == bundle
     finally:
         await service.close()
         await chain.close()
