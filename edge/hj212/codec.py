@@ -194,9 +194,8 @@ class Packet:
                 seen.add(key)
 
     def header_fields(self) -> dict[str, str]:
-        h = {"ST": self.st, "CN": self.cn, "PW": self.pw, "MN": self.mn}
-        if self.qn is not None:
-            h["QN"] = self.qn
+        h = {"QN": self.qn} if self.qn is not None else {}
+        h |= {"ST": self.st, "CN": self.cn, "PW": self.pw, "MN": self.mn}
         if self.flag is not None:
             h["Flag"] = str(self.flag)
         return h
