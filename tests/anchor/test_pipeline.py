@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from carbonlink.wire import Reading
+from carbonlink.wire import Batch, Reading, sign_batch
 from cloud.anchor.chain import Chain, WindowKey
 from cloud.anchor.jobs import ANCHORED, PENDING, SENDING, AnchorService, AnchorSettings
 from cloud.anchor.merkle import READING_TYPES, leaf_hash
@@ -183,4 +183,28 @@ async def test_chain_down_is_retried_later(plant: Plant, hardhat_url: str, dev_a
         assert [j.state for j in anchored_now] == [ANCHORED]
     finally:
         await service.close()
+        await chain.close()
+
+
+async def test_hmac_node_bundle_keeps_the_secret_out(plant: Plant, tmp_path) -> None:
+    """A constrained node signs with a shared secret: the bundle never carries it, so that one check
+    is 'unverifiable' for the public and passes for whoever holds the secret."""
+    secret = b"node-secret-0123456789abcdef"
+    await plant.store.register_gateway("node-7", "site-a", "hmac-sha256", secret.hex())
+    r = Reading.make("soil-1", "moisture", T0 + 5_000, 23.75, "%")
+    batch = sign_batch(Batch("node-7", 1, r.ts_ms, (r,)), secret)
+    await plant.store.commit_batch(batch, batch.to_bytes(), r.ts_ms + 1000)
+    chain = await Chain.connect(f"evm://{tmp_path / 'chain.jsonl'}")
+    try:
+        async with AnchorService(plant.store.path, chain, AnchorSettings(settle_s=0)) as service:
+            await service.run_once(now_ms=AFTER)
+            bundle = await build_bundle(service, "node-7", "soil-1", "moisture", r.ts_ms)
+        assert bundle["batch"]["public_key"] is None and secret.hex() not in str(bundle)
+        public = await verify_bundle(bundle, chain)
+        assert public.ok and {c.name: c.status for c in public.checks}["signature"] == "unverifiable"
+        assert {c.name: c.status for c in (await verify_bundle(bundle, None, hmac_secret=secret)).checks}[
+            "signature"] == "pass"
+        wrong = await verify_bundle(bundle, None, hmac_secret=b"guess")
+        assert not wrong.ok and "HMAC does not match" in wrong.failures[0].detail
+    finally:
         await chain.close()
