@@ -15,6 +15,7 @@ with a self-signed certificate made at run time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -24,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
@@ -209,6 +210,13 @@ class CemsOpcUaServer:
         if self.server is not None:
             server, self.server = self.server, None
             self._vars = {}
+            # asyncua's clock task sleeps 1 s between ticks and stop() waits for it; cancel it instead.
+            clock = server.iserver.time_task
+            if clock is not None and not clock.done():
+                clock.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clock
+            server.iserver.time_task = None
             await server.stop()
 
     async def restart(self, down_s: float = 0.0) -> None:
@@ -232,7 +240,8 @@ class CemsOpcUaServer:
 
     # --- faults -----------------------------------------------------------------------
 
-    def set_status(self, point: str, status: int | str = "BadSensorFailure", for_s: float | None = None) -> None:
+    def set_status(self, point: str, status: int | str = "BadSensorFailure",
+                   for_s: float | None = None) -> None:
         """Report ``point`` with a Bad/Uncertain status (name or code) until cleared or for ``for_s``."""
         code = getattr(ua.StatusCodes, status) if isinstance(status, str) else int(status)
         f = self.faults.setdefault(self._key(point), _Fault())
@@ -259,11 +268,13 @@ class CemsOpcUaServer:
             self.server.iserver.max_subscriptions = 0 if refuse else 1000
 
     def channels(self) -> list[tuple[str, str]]:
-        """(security policy, message mode) of each connected client's secure channel, e.g. for a status line."""
+        """(security policy, message mode) of each connected client's secure channel."""
         if self.server is None or self.server.bserver is None:
             return []
         out = []
         for proto in self.server.bserver.clients:
+            if proto.processor is None:  # still handshaking
+                continue
             policy = proto.processor._connection.security_policy  # asyncua keeps no public accessor
             out.append((policy.URI.rsplit("#", 1)[-1], ua.MessageSecurityMode(policy.Mode).name))
         return out
@@ -291,10 +302,12 @@ class CemsOpcUaServer:
 
     async def _build(self, server: Server) -> None:
         idx = await server.register_namespace(NAMESPACE)
-        cems = await server.nodes.objects.add_object(ua.NodeId(1, idx), f"{idx}:CEMS")
-        stack1 = await cems.add_object(ua.NodeId(2, idx), f"{idx}:Stack1")
+        ns = ua.Int16(idx)
+        cems = await server.nodes.objects.add_object(ua.NodeId(ua.Int32(1), ns), f"{idx}:CEMS")
+        stack1 = await cems.add_object(ua.NodeId(ua.Int32(2), ns), f"{idx}:Stack1")
         for i, key in enumerate(LAYOUT):
-            var = await stack1.add_variable(ua.NodeId(FIRST_VARIABLE_ID + i, idx), f"{idx}:{BROWSE_NAMES[key]}",
+            var = await stack1.add_variable(ua.NodeId(ua.Int32(FIRST_VARIABLE_ID + i), ns),
+                                            f"{idx}:{BROWSE_NAMES[key]}",
                                             0.0, varianttype=ua.VariantType.Double)
             await var.write_attribute(ua.AttributeIds.Description,
                                       ua.DataValue(ua.Variant(ua.LocalizedText(f"{key} in {UNITS[key]}"))))
@@ -304,7 +317,7 @@ class CemsOpcUaServer:
         assert self.server is not None
         values = self.stack.values()
         self._last = values
-        now = dt.datetime.now(dt.UTC)
+        now = cast(ua.DateTime, dt.datetime.now(dt.UTC))
         mono = time.monotonic()
         for key, var in self._vars.items():
             f = self.faults.get(key)
@@ -312,7 +325,8 @@ class CemsOpcUaServer:
                 del self.faults[key]
                 f = None
             value = values[key] if f is None or f.stuck is None else f.stuck
-            status = ua.StatusCode(f.status if f is not None and f.status is not None else ua.StatusCodes.Good)
+            code = f.status if f is not None and f.status is not None else ua.StatusCodes.Good
+            status = ua.StatusCode(ua.UInt32(code))
             dv = ua.DataValue(ua.Variant(value, ua.VariantType.Double), StatusCode=status,
                               SourceTimestamp=now, ServerTimestamp=now)
             await self.server.write_attribute_value(var.nodeid, dv)

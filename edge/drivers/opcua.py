@@ -44,7 +44,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # it logs every request; we log failures once
 
 _BROWSE_ELEMENT = re.compile(r"^\d{1,5}:[^/]{1,128}$")
-POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+POLICIES: dict[str, Any] = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
             "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
             "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss}
 
@@ -131,8 +131,10 @@ class OpcUaDevice(DeviceBase):
     mode: Literal["subscribe", "poll"] = "subscribe"
     publishing_interval_s: float | None = Field(default=None, gt=0, le=3600,
                                                 description="subscribe mode; defaults to poll_interval_s")
-    keepalive_s: float = Field(default=10.0, gt=0, le=3600, description="server sends a keep-alive this often")
-    queue_size: int = Field(default=10, ge=1, le=1000, description="samples a monitored item keeps between publishes")
+    keepalive_s: float = Field(default=10.0, gt=0, le=3600,
+                               description="server sends a keep-alive this often")
+    queue_size: int = Field(default=10, ge=1, le=1000,
+                            description="samples a monitored item keeps between publishes")
     timeout_s: float = Field(default=4.0, gt=0, le=120)
     watchdog_s: float = Field(default=5.0, gt=0, le=600, description="how often the connection is probed")
     timestamps: Literal["source", "gateway"] = "source"
@@ -212,7 +214,7 @@ class OpcUaDriver(Driver):
 
     # --- session ------------------------------------------------------------------------
 
-    async def session(self) -> AsyncIterator[list[Reading]]:
+    async def session(self) -> AsyncGenerator[list[Reading], None]:
         s = self.settings
         client = Client(s.endpoint, timeout=s.timeout_s, watchdog_intervall=s.watchdog_s)
         client.application_uri = s.application_uri
@@ -260,7 +262,7 @@ class OpcUaDriver(Driver):
             results = await client.nodes.root.get_children_by_path(
                 [p.browse_names() for _, p in by_path], raise_on_partial_error=False)
             for (h, _p), targets in zip(by_path, results, strict=True):
-                if targets:
+                if targets and targets[0] is not None:
                     found[h] = targets[0]
         missing = []
         for h, p in enumerate(self.points, 1):
@@ -303,7 +305,8 @@ class OpcUaDriver(Driver):
             if exc.code not in _REFUSED:
                 raise
             self.counters.bump("subscribe_refused")
-            log.info("%s: server refused a subscription (%s); polling instead", self.describe(), _describe(exc))
+            log.info("%s: server refused a subscription (%s); polling instead",
+                     self.describe(), _describe(exc))
             return None
         trigger = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
         requests = [ua.MonitoredItemCreateRequest(
@@ -356,7 +359,8 @@ class OpcUaDriver(Driver):
                 raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
             if now - heard > silence_limit:
                 self._link_dead = True
-                raise DriverError(f"{self.describe()}: no publish response or keep-alive for {now - heard:.1f} s")
+                raise DriverError(
+                    f"{self.describe()}: no publish response or keep-alive for {now - heard:.1f} s")
             if first is None:
                 continue
             items = [first]
@@ -391,7 +395,8 @@ class OpcUaDriver(Driver):
             try:
                 values = await client.read_attributes(targets)
             except (ua.UaError, OSError, TimeoutError) as exc:
-                self._link_dead = not isinstance(exc, ua.UaStatusCodeError)  # a status reply means it is alive
+                # a status code in reply means the link itself is alive
+                self._link_dead = not isinstance(exc, ua.UaStatusCodeError)
                 raise DriverError(f"{self.describe()} read: {_describe(exc)}") from exc
             yield [self._reading(p, dv) for p, dv in zip(points, values, strict=True)]
             next_at += s.poll_interval_s
@@ -403,7 +408,7 @@ class OpcUaDriver(Driver):
     # --- values ---------------------------------------------------------------------------
 
     def _reading(self, p: OpcUaNode, dv: ua.DataValue) -> Reading:
-        status = dv.StatusCode if dv.StatusCode is not None else ua.StatusCode(S.Good)
+        status = dv.StatusCode if dv.StatusCode is not None else ua.StatusCode(ua.UInt32(S.Good))
         ts = self._timestamp(dv)
         q = quality_for(status)
         if not status.is_good():

@@ -47,7 +47,7 @@ def _server_side(task: asyncio.Task[Any]) -> bool:
 
 
 def foreign_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
-    """Client-side tasks started since ``before`` still alive, by coroutine name (a leak once a session ended).
+    """Client-side tasks started since ``before`` and still alive: a leak once a session has ended.
 
     The simulator's own tasks are left out: a server restarted during a test owns new ones.
     """

@@ -97,7 +97,8 @@ async def test_subscription_is_recreated_after_the_server_restarts(
         assert sim.server is not first_server
         await until(lambda: len(batches) >= seen + 3, 10)
         assert sup.state is ConnectionState.ONLINE and sup.counters.reconnects == 1
-        assert sup.driver.active_mode == "subscribe"  # pushed again, not degraded to polling
+        # pushed again, not degraded to polling
+        assert isinstance(sup.driver, OpcUaDriver) and sup.driver.active_mode == "subscribe"
         assert sim.server is not None and len(sim.server.iserver.subscription_service.subscriptions) == 1
         fresh = batches[-1]
         assert [r.point for r in fresh] == ["so2", "o2"] and all(r.quality.value == "N" for r in fresh)
@@ -110,7 +111,8 @@ async def test_subscription_is_recreated_after_the_server_restarts(
 
 
 @pytest.mark.parametrize("detector", ["watchdog", "keepalive"])
-async def test_a_silent_link_is_detected_and_the_session_restarts(sim: CemsOpcUaServer, detector: str) -> None:
+async def test_a_silent_link_is_detected_and_the_session_restarts(
+        sim: CemsOpcUaServer, detector: str) -> None:
     link = SilentLink(sim.port)
     await link.start()
     url = sim.url.replace(f":{sim.port}/", f":{link.port}/")

@@ -32,7 +32,8 @@ class Certs:
 @pytest.fixture(scope="module")
 def certs() -> Iterator[Certs]:
     with tempfile.TemporaryDirectory() as d:
-        cert, key = self_signed_certificate(Path(d) / "edge", "carbonlink-edge", "urn:carbonlink:edge", client=True)
+        cert, key = self_signed_certificate(Path(d) / "edge", "carbonlink-edge", "urn:carbonlink:edge",
+                                            client=True)
         s_cert, s_key = self_signed_certificate(Path(d) / "stranger", "stranger", "urn:carbonlink:edge",
                                                 client=True)
         yield Certs(cert, key, s_cert, s_key)

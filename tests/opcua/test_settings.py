@@ -10,20 +10,24 @@ from carbonlink.wire import Quality
 from edge.drivers.opcua import OpcUaDevice, quality_for
 
 
+def st(code: int) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(code))
+
+
 def test_quality_mapping() -> None:
     S = ua.StatusCodes
-    assert quality_for(ua.StatusCode(S.Good)) is Quality.NORMAL
-    assert quality_for(ua.StatusCode(S.GoodLocalOverride)) is Quality.MANUAL
-    assert quality_for(ua.StatusCode(S.BadSensorFailure)) is Quality.FAULT
-    assert quality_for(ua.StatusCode(S.BadDeviceFailure)) is Quality.FAULT
-    assert quality_for(ua.StatusCode(S.BadOutOfService)) is Quality.STOPPED
-    assert quality_for(ua.StatusCode(S.BadCommunicationError)) is Quality.COMM_FAILURE
-    assert quality_for(ua.StatusCode(S.UncertainLastUsableValue)) is Quality.COMM_FAILURE
-    assert quality_for(ua.StatusCode(S.UncertainSubstituteValue)) is Quality.MANUAL
-    assert quality_for(ua.StatusCode(S.UncertainInitialValue)) is Quality.FAULT
-    assert quality_for(ua.StatusCode(S.Uncertain)) is Quality.FAULT
+    assert quality_for(st(S.Good)) is Quality.NORMAL
+    assert quality_for(st(S.GoodLocalOverride)) is Quality.MANUAL
+    assert quality_for(st(S.BadSensorFailure)) is Quality.FAULT
+    assert quality_for(st(S.BadDeviceFailure)) is Quality.FAULT
+    assert quality_for(st(S.BadOutOfService)) is Quality.STOPPED
+    assert quality_for(st(S.BadCommunicationError)) is Quality.COMM_FAILURE
+    assert quality_for(st(S.UncertainLastUsableValue)) is Quality.COMM_FAILURE
+    assert quality_for(st(S.UncertainSubstituteValue)) is Quality.MANUAL
+    assert quality_for(st(S.UncertainInitialValue)) is Quality.FAULT
+    assert quality_for(st(S.Uncertain)) is Quality.FAULT
     # info bits (here: the value hit its high limit) do not change the meaning
-    assert quality_for(ua.StatusCode(S.UncertainEngineeringUnitsExceeded | 0x200)) is Quality.OVER_RANGE
+    assert quality_for(st(S.UncertainEngineeringUnitsExceeded | 0x200)) is Quality.OVER_RANGE
 
 
 @pytest.mark.parametrize(("patch", "message"), [
