@@ -1,123 +1,11 @@
-# Unix-port implementation of the hardware layer: fakes for the peripherals, driven by a JSON file
-# named in $CL_SIM. The fakes speak the real protocols (a Modbus RTU slave answering CRC'd frames,
-# BLE scan IRQs carrying raw adverts), so the firmware above them runs exactly as on a board.
-import json
+# Unix-port implementation of the hardware layer. RTC memory is a file, deep sleep a scaled sleep,
+# the watchdog a strict fake; the peripheral fakes (fake_uart, fake_i2c, fake_ble) load only while a
+# sensor is read, as RAM is scarce.
 import os
-import struct
 import time
 
-from modbus import crc16
-
-_sim = None
 STATE_DIR = os.getenv("CL_STATE") or "."
 SLEEP_SCALE = int(os.getenv("CL_SLEEP_SCALE") or "1")  # tests shorten deep sleep by this factor
-
-
-def sim():
-    global _sim
-    if _sim is None:
-        path = os.getenv("CL_SIM")
-        _sim = {}
-        if path:
-            with open(path) as f:
-                _sim = json.load(f)
-    return _sim
-
-
-class FakeUART:
-    """A Modbus RTU slave on the far end of the line, with registers from the sim file."""
-
-    def __init__(self, n):
-        self.n = n
-        self.out = b""
-        self.requests = 0
-
-    def any(self):
-        return len(self.out)
-
-    def read(self, n=None):
-        n = len(self.out) if n is None else n
-        b, self.out = self.out[:n], self.out[n:]
-        return b
-
-    def write(self, req):
-        self.requests += 1
-        s = sim()
-        unit = req[0]
-        regs = s.get("modbus", {}).get(str(unit))
-        if regs is None or unit in s.get("modbus_silent", []):
-            return len(req)  # nobody home: the master times out
-        if len(req) != 8 or crc16(req[:6]) != struct.unpack("<H", req[6:])[0]:
-            return len(req)  # a real slave ignores a damaged frame
-        fn, addr, count = struct.unpack(">BHH", req[1:6])
-        if fn not in (3, 4):
-            body = struct.pack(">BBB", unit, fn | 0x80, 1)
-        elif any(str(a) not in regs for a in range(addr, addr + count)):
-            body = struct.pack(">BBB", unit, fn | 0x80, 2)  # illegal data address
-        else:
-            body = struct.pack(">BBB", unit, fn, 2 * count) + b"".join(
-                struct.pack(">H", regs[str(a)] & 0xFFFF) for a in range(addr, addr + count))
-        crc = crc16(body)
-        if unit in s.get("modbus_bad_crc", []):
-            crc ^= 0x5555
-        self.out = body + struct.pack("<H", crc)
-        return len(req)
-
-
-class FakePin:
-    def __init__(self, n):
-        self.n, self.v = n, 0
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-
-
-class FakeI2C:
-    def __init__(self, n):
-        self.n = n
-
-    def readfrom_mem(self, addr, reg, n):
-        dev = sim().get("i2c", {}).get(str(addr))
-        if dev is None or str(reg) not in dev:
-            raise OSError(19)  # ENODEV: no ACK from the address
-        return struct.pack(">H", dev[str(reg)] & 0xFFFF)[:n]
-
-
-class FakeADC:
-    def __init__(self, pin):
-        self.pin = pin
-
-    def read_u16(self):
-        v = sim().get("adc", {}).get(str(self.pin))
-        if v is None:
-            raise OSError(5)
-        return v
-
-
-class FakeBLE:
-    """bluetooth.BLE with gap_scan delivering the sim file's adverts through the IRQ handler."""
-
-    def __init__(self):
-        self._irq = None
-        self._active = False
-
-    def active(self, on=None):
-        if on is not None:
-            self._active = on
-        return self._active
-
-    def irq(self, handler):
-        self._irq = handler
-
-    def gap_scan(self, ms, *args):
-        if ms is None:
-            return
-        from binascii import unhexlify
-        for mac, adv in sim().get("ble", []):
-            self._irq(5, (0, memoryview(unhexlify(mac)), 0, -60, memoryview(unhexlify(adv))))
-        self._irq(6, ())
 
 
 class FakeWDT:
@@ -137,22 +25,27 @@ class FakeWDT:
 
 
 def uart(n, baud, tx, rx):
+    from fake_uart import FakeUART
     return FakeUART(n)
 
 
 def pin_out(n):
+    from fake_uart import FakePin
     return FakePin(n) if n is not None else None
 
 
 def i2c(n, scl, sda, freq=100000):
+    from fake_i2c import FakeI2C
     return FakeI2C(n)
 
 
 def adc(pin):
+    from fake_i2c import FakeADC
     return FakeADC(pin)
 
 
 def ble():
+    from fake_ble import FakeBLE
     return FakeBLE()
 
 

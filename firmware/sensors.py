@@ -1,10 +1,10 @@
 # The node's sensors, built from config.json; each sample is a list of canonical reading texts.
 # A failing sensor is counted and skipped: the others still report.
+import gc
+import sys
+
 import hw
 import wire
-from modbus import ModbusRTU, ModbusError, decode, TYPES
-from soil import AdcProbe, I2cProbe
-from bthome import Scanner
 
 
 def _mac(text):
@@ -12,16 +12,16 @@ def _mac(text):
 
 
 class Sensors:
-    def __init__(self, cfg):
+    def __init__(self, cfg, errors):
         self.cfg = {s["id"]: s for s in cfg["sensors"]}
-        self.errors = {}
-        self.last_error = ""
+        self.errors = errors  # the node's counters, kept across unloads of this module
 
     def _fail(self, sid, exc):
         self.errors[sid] = self.errors.get(sid, 0) + 1
-        self.last_error = "%s: %s" % (sid, exc)
+        print("sensor", sid, exc)
 
     def _modbus(self, s, ts, out, feed):
+        from modbus import ModbusRTU, decode, TYPES
         bus = ModbusRTU(hw.uart(s["uart"], s["baud"], s["tx"], s["rx"]), s["baud"], hw.pin_out(s.get("de")),
                         s["timeout_ms"])
         for p in s["points"]:
@@ -30,10 +30,11 @@ class Sensors:
                 data = bus.read_registers(s["unit"], p["reg"], TYPES[p["type"]][0], p["fn"])
                 out.append(wire.reading(s["device"], p["point"], ts, decode(data, p["type"], p["decimals"]),
                                         p["unit"]))
-            except (ModbusError, wire.WireError) as e:
+            except (OSError, ValueError) as e:  # ModbusError, WireError: this point only
                 self._fail(s["id"], e)
 
     def _soil(self, s, ts, out):
+        from soil import AdcProbe, I2cProbe
         if s["kind"] == "soil_adc":
             probe = AdcProbe(hw.adc(s["pin"]), s["dry"], s["wet"], s["samples"])
         else:
@@ -42,6 +43,7 @@ class Sensors:
             out.append(wire.reading(s["device"], point, ts, value, unit))
 
     def _bthome(self, s, ts, out):
+        from bthome import Scanner
         wanted = {}
         for mac, dev in s["devices"].items():
             wanted[_mac(mac)] = dev
@@ -69,4 +71,8 @@ class Sensors:
                     self._soil(s, ts, out)
             except (OSError, ValueError) as e:  # bus errors, missing devices, bad values
                 self._fail(sid, e)
+            for m in ("modbus", "soil", "bthome", "fake_uart", "fake_i2c", "fake_ble", "hw_fakes"):
+                if m in sys.modules:
+                    del sys.modules[m]  # one sensor kind's code in RAM at a time
+            gc.collect()
         return out

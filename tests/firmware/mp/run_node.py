@@ -1,13 +1,14 @@
 # Runs under MicroPython: the node's main loop for N wakes, then its buffer figures as JSON.
 import sys
+import gc
 import json
-import micropython
 
-import config
 import node
 
 node.main(sys.argv[1], int(sys.argv[2]))
-n = node.Node(config.load(sys.argv[1]))
+n = node.Node(node.load_config(sys.argv[1]))
 st = n.buf.stats()
-st["mem_peak"] = micropython.mem_peak()
+gc.collect()
+st["heap_free"] = gc.mem_free()
+st["heap_used"] = gc.mem_alloc()
 print("stats", json.dumps(st))
