@@ -33,6 +33,9 @@ def _mount() -> None:
     from simulators.sunspec_cli import app as inverter_app
 
     sim_app.add_typer(inverter_app, name="inverter")
+    from simulators.forest_cli import forest as sim_forest
+
+    sim_app.command("forest")(sim_forest)
 
 
 _mount()

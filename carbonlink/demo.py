@@ -62,6 +62,9 @@ def write_gateway_config(path: Path, *, cems_port: int, inverter_port: int, mqtt
              "poll_interval_s": 1.0, "pointmap": "cems"},
             {"id": "inverter-1", "driver": "sunspec", "host": "127.0.0.1", "port": inverter_port,
              "poll_interval_s": 1.0},
+            # No radio here: the BLE driver decodes the forest simulator's BTHome adverts instead.
+            {"id": "forest-plot-1", "driver": "ble_bthome", "source": "simulator", "poll_interval_s": 2.0,
+             "sensors": [{"mac": f"D2:FC:00:00:00:{i:02X}", "id": f"tree-{i:03d}"} for i in range(1, 6)]},
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ class DeviceSupervisor:
         self.unavailable_retry = unavailable_retry
         self.state = ConnectionState.IDLE
         self.failing_since: float | None = None
+        self._said_unavailable = False  # each retry passes through CONNECTING; say it once until it works
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -72,8 +73,9 @@ class DeviceSupervisor:
             except asyncio.CancelledError:
                 raise
             except DriverUnavailable as exc:
-                if self.state is not ConnectionState.UNAVAILABLE:
+                if not self._said_unavailable:
                     log.warning("%s unavailable on this host: %s", name, exc)
+                    self._said_unavailable = True
                 self.state = ConnectionState.UNAVAILABLE
                 self.driver.counters.last_error = str(exc)
                 await asyncio.sleep(self.unavailable_retry)
@@ -90,6 +92,7 @@ class DeviceSupervisor:
             log.info("%s recovered after %.1f s", name, time.monotonic() - self.failing_since)
             self.driver.counters.reconnects += 1
         self.failing_since = None
+        self._said_unavailable = False
         self.backoff.reset()
         self.state = ConnectionState.ONLINE
 

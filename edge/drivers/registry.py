@@ -11,13 +11,14 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from .base import Driver
+from .ble import BleBthomeDevice, BleBthomeDriver
 from .modbus import ModbusTcpDevice, ModbusTcpDriver
 from .modbus_rtu import ModbusRtuDevice, ModbusRtuDriver
 from .sunspec import SunSpecDevice, SunSpecDriver
 
 # The union the config validates devices against; pydantic picks the member by 'driver'.
 DeviceConfig = Annotated[
-    ModbusTcpDevice | ModbusRtuDevice | SunSpecDevice,
+    ModbusTcpDevice | ModbusRtuDevice | SunSpecDevice | BleBthomeDevice,
     Field(discriminator="driver"),
 ]
 
@@ -25,6 +26,7 @@ DRIVERS: dict[str, type[Driver]] = {
     "modbus_tcp": ModbusTcpDriver,
     "modbus_rtu": ModbusRtuDriver,
     "sunspec": SunSpecDriver,
+    "ble_bthome": BleBthomeDriver,
 }
 
 

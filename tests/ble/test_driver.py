@@ -166,8 +166,6 @@ async def test_no_bluetooth_stack_says_so_once_and_keeps_running(caplog: pytest.
     assert drv.counters.errors == 0 and "Bluetooth" in drv.counters.last_error
 
 
-@pytest.mark.xfail(strict=True, reason="edge/supervisor.py sets CONNECTING before each retry, so every "
-                   "unavailable retry logs again (once per unavailable_retry, 300 s by default); lead to fix")
 async def test_no_bluetooth_stack_is_not_logged_again_on_retries(caplog: pytest.LogCaptureFixture) -> None:
     _, lines = await _run_without_radio(caplog, retry=0.05)
     assert len(lines) == 1

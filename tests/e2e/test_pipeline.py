@@ -26,7 +26,10 @@ async def test_demo_pipeline_stores_everything_once(tmp_path: Path, broker: str,
     rows = db.execute("SELECT device, point, value, quality FROM readings").fetchall()
     assert len(rows) == s.stored
     devices = {r[0] for r in rows}
-    assert devices == {"cems-stack-1", "inverter-1"}
+    # All three families: CEMS over Modbus TCP, the inverter over SunSpec, the forest over BTHome.
+    assert {"cems-stack-1", "inverter-1", "tree-001"} <= devices
+    assert {r[1] for r in rows if r[0] == "inverter-1"} >= {"ac_power", "energy", "state"}
+    assert {r[1] for r in rows if r[0] == "tree-001"} >= {"soil_moisture", "dendrometer", "battery"}
     so2 = [r[2] for r in rows if r[1] == "so2"]
     assert so2 and all(0 < v < 100 for v in so2) and len(set(so2)) > 1  # plausible and changing
     # A second run continues the gateway's sequence: nothing collides with the first run's batches.

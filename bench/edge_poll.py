@@ -1,0 +1,132 @@
+"""Edge agent cost: CPU share and peak RSS while polling 1,000 points at 1 Hz across 20 devices.
+
+The agent runs as its own process (`carbonlink edge run`), so its figures are its
+own; simulators, broker and ingest run in this process. Targets on a 2-core
+machine: under 10 % of one core and under 80 MB.
+
+    .venv/bin/python bench/edge_poll.py [--devices 20] [--points 50] [--seconds 60] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from carbonlink.broker import EmbeddedBroker  # noqa: E402
+from cloud.service import running_cloud  # noqa: E402
+from edge.identity import load_or_create_key, public_key_hex  # noqa: E402
+from simulators.modbus_host import ModbusDeviceHost, f32  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_filler(n_points: int, seed: int):  # noqa: ANN201 - register filler
+    def fill(regs: list[int]) -> None:
+        t = time.time()
+        for i in range(n_points):
+            regs[2 * i : 2 * i + 2] = f32(seed + i + (t % 60) / 60)
+    return fill
+
+
+async def main(devices: int, points: int, seconds: float, warmup: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        hosts = [ModbusDeviceHost(make_filler(points, k), port=free_port(), size=max(256, 2 * points))
+                 for k in range(devices)]
+        for h in hosts:
+            await h.start()
+        point_list = [{"name": f"p{i:03d}", "register": 2 * i, "type": "float32", "unit": "u"}
+                      for i in range(points)]
+        async with EmbeddedBroker() as broker, \
+                running_cloud(f"sqlite:///{work / 'cloud.sqlite'}", broker.url, http_port=free_port()) as cloud:
+            cfg = {
+                "gateway": {"id": "gw-bench", "site": "bench", "key_file": "gw.key", "data_dir": "edge"},
+                "mqtt": {"url": broker.url},
+                "batch": {"max_readings": 1000, "max_age_s": 1.0},
+                "log_level": "WARNING",
+                "devices": [{"id": f"dev-{k:02d}", "driver": "modbus_tcp", "host": "127.0.0.1", "port": h.port,
+                             "poll_interval_s": 1.0, "points": point_list} for k, h in enumerate(hosts)],
+            }
+            (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+            key = load_or_create_key(work / "gw.key")
+            await cloud.store.register_gateway("gw-bench", "bench", "ed25519", public_key_hex(key))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "carbonlink.cli", "edge", "run", "--config", str(work / "gateway.yaml"),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            try:
+                await asyncio.sleep(warmup)  # imports, connections, first batches
+                stored0, cpu0, t0 = cloud.ingest.counters.readings_stored, cpu_seconds(proc.pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                stored1, cpu1, t1 = cloud.ingest.counters.readings_stored, cpu_seconds(proc.pid), time.monotonic()
+                rss = peak_rss_mb(proc.pid)
+            finally:
+                proc.terminate()
+                await proc.wait()
+        for h in hosts:
+            await h.stop()
+    wall = t1 - t0
+    expected = devices * points / 1.0 * wall
+    return {
+        "devices": devices, "points": devices * points, "seconds": round(wall, 1),
+        "cpu_share_of_one_core_pct": round(100 * (cpu1 - cpu0) / wall, 2),
+        "peak_rss_mb": round(rss, 1),
+        "readings_stored_per_s": round((stored1 - stored0) / wall, 1),
+        "readings_expected_per_s": round(expected / wall, 1),
+        "targets": {"cpu_pct_below": 10, "rss_mb_below": 80},
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=20)
+    ap.add_argument("--points", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=8)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    res = asyncio.run(main(a.devices, a.points, a.seconds, a.warmup))
+    if a.json:
+        print(json.dumps(res))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"edge agent polling {res['points']} points at 1 Hz across {res['devices']} devices")
+        t.add_column("figure")
+        t.add_column("measured", justify="right")
+        t.add_column("target", justify="right")
+        t.add_row("CPU, % of one core", str(res["cpu_share_of_one_core_pct"]), "< 10")
+        t.add_row("peak RSS, MB", str(res["peak_rss_mb"]), "< 80")
+        t.add_row("readings stored per s", str(res["readings_stored_per_s"]), str(res["readings_expected_per_s"]))
+        t.add_row("measured over, s", str(res["seconds"]), "")
+        Console().print(t)
