@@ -28,6 +28,8 @@ from .cems import CemsStack
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MN = "CEMS00000000000000000001"  # 24 characters, as HJ 212-2017 MNs are
+DEFAULT_PW = "123456"
 # CemsStack.values() keys sent, in this order; their codes come from the codec's table.
 SENT = ("so2", "nox", "no", "no2", "co2", "dust", "o2", "flow", "temp", "pressure", "moisture")
 CO2_PCT_TO_MGM3 = 1e4 * 44.01 / 22.4  # % vol → ppm → mg/m³ (HJ 75-2017 App. A: C = M/22.4·Cv)

@@ -25,9 +25,13 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
 
 from carbonlink.backoff import Backoff
 from carbonlink.wire import Quality, Reading, canonical_number
+from edge.drivers.settings import StrictModel
 
 from .codec import (
     CN_DATA_REPLY,
@@ -62,6 +66,30 @@ class UploaderCounters:
     failures: int = 0
     last_error: str = ""
     extra: dict[str, int] = field(default_factory=dict)
+
+
+class Hj212UploadConfig(StrictModel):
+    """One platform to forward to (a list of these can sit in gateway.yaml)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    pw: str = Field(pattern=r"^[A-Za-z0-9]{1,6}$")
+    stations: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")],
+                   Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,24}$")]] = Field(
+        min_length=1, description="gateway device id → MN registered with the platform")
+    st: str = Field(default="31", pattern=r"^\d{2}$", description="31 air pollution source, 32 water")
+    protocol_version: int = Field(default=VERSION_2017, ge=0, le=63)
+    want_reply: bool = True
+    reply_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    max_resends: int = Field(default=3, ge=0, le=100)
+    utc_offset_minutes: int = Field(default=480, ge=-720, le=840)
+    max_queue: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    def build(self) -> Hj212Uploader:
+        return Hj212Uploader(self.host, self.port, stations=self.stations, pw=self.pw, st=self.st,
+                             protocol_version=self.protocol_version, want_reply=self.want_reply,
+                             reply_timeout_s=self.reply_timeout_s, max_resends=self.max_resends,
+                             utc_offset_minutes=self.utc_offset_minutes, max_queue=self.max_queue)
 
 
 class _NoReply(ConnectionError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -208,3 +209,30 @@ async def test_server_survives_a_failing_sink_and_unit_reconnects_after_restart(
     stop.set()
     await client
     assert stats.connects >= 3 and stats.failures >= 1
+
+
+async def test_random_bytes_from_many_connections_never_stop_the_server() -> None:
+    rng = random.Random(212)
+    good = upload(reply=False)
+    async with driver() as (drv, got):
+        for i in range(40):
+            blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
+            if i % 3 == 0:  # make some blobs look like frames to reach the deeper checks
+                blob = b"##" + b"%04d" % rng.randrange(0, 1100) + blob
+            if i % 5 == 0:
+                cut = rng.randrange(len(good))
+                blob = good[:cut] + blob + good[cut:]
+            _, writer = await asyncio.open_connection("127.0.0.1", drv.port)
+            writer.write(blob)
+            await writer.drain()
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", drv.port)
+        writer.write(upload(value="42.5"))
+        assert (await read_replies(reader, 1))[0].cn == "9014"
+        readings = []
+        async with asyncio.timeout(5):
+            while not any(r.value == 42.5 for r in readings):
+                readings += await got.get()
+        assert all(r.value in (12.5, 42.5) for r in readings)  # nothing but the packets sent
+        assert drv.counters.rejected >= 40 and drv.counters.errors == 0
+        writer.close()

@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
+from pydantic import ValidationError
+
 from carbonlink.backoff import Backoff
 from carbonlink.wire import Reading, normalize_value
 from edge.hj212.codec import Packet, StreamFramer, parse_data, reply_packet
 from edge.hj212.readings import packet_to_readings
-from edge.hj212.uploader import CO2_PCT_TO_MGM3, Hj212Uploader
+from edge.hj212.uploader import CO2_PCT_TO_MGM3, Hj212UploadConfig, Hj212Uploader
 
 MN = "PLATFORM0000000000000001"
 TS = 1_710_469_800_000  # 2024-03-15T02:30:00Z, 10:30:00 in China
@@ -149,3 +152,14 @@ async def test_queue_is_bounded() -> None:
     up = Hj212Uploader("127.0.0.1", 9, stations={"stack-1": MN}, pw="1", max_queue=5)
     up.submit([r("so2", float(i), "mg/m³", ts=TS + i * 1000) for i in range(8)])
     assert up.pending == 5 and up.counters.dropped == 3
+
+
+def test_config_model_builds_an_uploader() -> None:
+    cfg = Hj212UploadConfig.model_validate({"host": "10.0.0.5", "port": 9000, "pw": "123456",
+                                            "stations": {"stack-1": MN}})
+    up = cfg.build()
+    assert (up.host, up.port, up.stations, up.version, up.want_reply) == ("10.0.0.5", 9000, {"stack-1": MN}, 1, True)
+    with pytest.raises(ValidationError):
+        Hj212UploadConfig.model_validate({"host": "h", "port": 1, "pw": "123456", "stations": {}})
+    with pytest.raises(ValidationError):
+        Hj212UploadConfig.model_validate({"host": "h", "port": 1, "pw": "1", "stations": {"d": "M;N"}})
