@@ -192,6 +192,8 @@ class Chain:
             journal = _Journal(Path(path)) if path else None
             w3, dev = _in_process(journal)
             chain = cls(w3, signer or dev, journal, url)
+            if signer is not None and signer.address != dev.address and not await w3.eth.get_balance(signer.address):
+                await chain._fund(dev, signer.address)
         elif url.startswith(("http://", "https://")):
             w3 = AsyncWeb3(AsyncHTTPProvider(url, request_kwargs={"timeout": timeout_s}))
             chain = cls(w3, signer, None, url)
@@ -204,6 +206,14 @@ class Chain:
         if contract:
             chain.use(contract)
         return chain
+
+    async def _fund(self, dev: LocalAccount, address: str) -> None:
+        """Give a configured key ether on the in-process chain (journaled like every transaction)."""
+        base = int((await self.w3.eth.get_block("latest"))["baseFeePerGas"])
+        tx = {"to": address, "value": 10**21, "gas": 21_000, "chainId": await self.chain_id(),
+              "nonce": await self.w3.eth.get_transaction_count(dev.address, "pending"),
+              "maxFeePerGas": 2 * base + 10**9, "maxPriorityFeePerGas": 10**9}
+        await self._submit(dev, tx)
 
     async def close(self) -> None:
         provider = self.w3.provider
@@ -238,10 +248,13 @@ class Chain:
             tx = await fn.build_transaction({"from": signer.address, "nonce": nonce})
         except (Web3Exception, TransactionFailed, ValueError, OSError) as exc:  # a revert, as each node says it
             raise self._revert(exc) from None
+        return await self._submit(signer, tx, on_sent)
+
+    async def _submit(self, signer: LocalAccount, tx: dict[str, Any], on_sent: OnSent | None = None) -> AnchorReceipt:
         raw = signer.sign_transaction(tx).raw_transaction
         try:
             tx_hash = await self.w3.eth.send_raw_transaction(raw)
-        except (OSError, Web3Exception) as exc:
+        except (OSError, Web3Exception, TransactionFailed) as exc:
             raise ChainError(f"the node refused the transaction: {exc}") from None
         if self._journal is not None:
             self._journal.append(bytes(raw), "0x" + bytes(tx_hash).hex())

@@ -24,11 +24,12 @@ Unix epoch, so every process computes the same boundaries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,3 +427,31 @@ class AnchorService:
 def _leaves_and_tree(rows: Sequence[Sequence[Any]]) -> tuple[list[bytes], MerkleTree]:
     leaves = [reading_leaf(*row_reading(r)) for r in rows]
     return leaves, MerkleTree.build(leaves)
+
+
+@contextlib.asynccontextmanager
+async def running_anchor(db: str | Path, chain_url: str, *, settings: AnchorSettings | None = None,
+                         contract: str | None = None, keystore: Path | None = None,
+                         interval_s: float = 10.0) -> AsyncIterator[AnchorService]:
+    """Run the anchoring loop in the background (for ``carbonlink demo`` / ``cloud serve``).
+
+    Connects the chain (signing key from ``keystore`` or the environment, see ``chain.load_signer``),
+    deploys or finds the registry, then scans, seals and sends every ``interval_s`` until the block exits.
+    """
+    from .chain import load_signer
+
+    chain = await Chain.connect(chain_url, signer=load_signer(keystore), contract=contract)
+    service = AnchorService(db, chain, settings)
+    try:
+        await service.open()
+        await service.ensure_registry()
+        task = asyncio.create_task(service.run(interval_s), name="anchor")
+        try:
+            yield service
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await service.close()
+        await chain.close()

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from carbonlink.wire import format_ts
 from cloud.anchor.cli import anchor_app, verify_app
+from cloud.anchor.jobs import AnchorSettings, running_anchor
 from tests.anchor.conftest import T0, Plant
 
 runner = CliRunner()
@@ -93,3 +94,17 @@ async def test_errors_say_what_to_do(plant: Plant, tmp_path: Path) -> None:
     key = "0x" + "42" * 32
     assert load_signer(None, env={"CARBONLINK_CHAIN_KEY": key}).key.hex() in key
     assert load_signer(None, env={}) is None
+
+
+async def test_running_anchor_in_the_background(plant: Plant, tmp_path: Path) -> None:
+    """What `carbonlink demo` would run: the loop anchors on its own, and stops cleanly."""
+    await plant.cems(T0, minutes=5)
+    chain = f"evm://{tmp_path / 'chain.jsonl'}"
+    async with running_anchor(plant.store.path, chain, settings=AnchorSettings(settle_s=0),
+                              interval_s=0.05) as service:
+        for _ in range(100):
+            if await service.jobs(state="anchored"):
+                break
+            await asyncio.sleep(0.05)
+        jobs = await service.jobs(state="anchored")
+    assert [j.count for j in jobs] == [15]

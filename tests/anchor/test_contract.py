@@ -97,3 +97,13 @@ async def test_demo_chain_survives_a_restart(tmp_path: Path) -> None:
     assert await Chain.connect("evm://") is not None
     with pytest.raises(ChainError, match="must be http"):
         await Chain.connect("ftp://x")
+
+
+async def test_demo_chain_funds_a_configured_key(tmp_path: Path, other_account) -> None:
+    url = f"evm://{tmp_path / 'chain.jsonl'}"
+    chain = await Chain.connect(url, signer=other_account)
+    address = await chain.deploy()
+    await chain.anchor(W, ROOT, 1)
+    again = await Chain.connect(url, signer=other_account, contract=address)  # funding replayed, not repeated
+    assert (await again.get_window(W.id)).root == ROOT
+    assert len((tmp_path / "chain.jsonl").read_text().splitlines()) == 3  # fund, deploy, anchor
