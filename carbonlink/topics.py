@@ -24,6 +24,7 @@ SHADOW_UPDATE_REJECTED = "shadow/update/rejected"  # cloud → gateway
 SHADOW_DELTA = "shadow/update/delta"               # cloud → gateway
 COMMAND = "cmd"                    # cloud → gateway: cmd/{name}
 COMMAND_RESULT = "cmd/result"
+SHADOW_GET_REJECTED = "shadow/get/rejected"        # cloud → gateway
 
 
 def check_id(kind: str, value: str) -> str:
@@ -69,6 +70,9 @@ class GatewayTopics:
 ALL_TELEMETRY = f"{ROOT}/+/+/{TELEMETRY}"
 ALL_STATUS = f"{ROOT}/+/+/{STATUS}"
 ALL_EVENTS = f"{ROOT}/+/+/{EVENTS}"
+ALL_SHADOW_GET = f"{ROOT}/+/+/{SHADOW_GET}"
+ALL_SHADOW_UPDATE = f"{ROOT}/+/+/{SHADOW_UPDATE}"
+ALL_COMMAND_RESULTS = f"{ROOT}/+/+/{COMMAND_RESULT}"
 
 
 def split(topic: str) -> tuple[str, str, str] | None:

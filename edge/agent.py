@@ -1,4 +1,4 @@
-"""The edge agent: device supervisors → outbox → batches → uplink."""
+"""The edge agent: device supervisors → outbox → uplink, plus the shadow and commands from the cloud."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
+
+import aiomqtt
 
 from carbonlink.topics import GatewayTopics
 from carbonlink.wire import Batch, Reading, sign_batch
 
-from .config import GatewayConfig
+from .commands import CommandRejected, CommandRunner
+from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
 from .outbox import Outbox
+from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
 from .uplink import DeliveryPolicy, Uplink
 
@@ -32,24 +37,35 @@ class AgentStats:
     unacked_batches: int
     link: str
     devices: dict[str, dict[str, Any]]
+    outbox: dict[str, int]
 
 
 class EdgeAgent:
-    def __init__(self, cfg: GatewayConfig, *, mqtt_url: str | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, *, mqtt_url: str | None = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.key = load_or_create_key(cfg.gateway.key_file)
         self.topics = GatewayTopics(cfg.gateway.site, cfg.gateway.id)
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
                              synchronous=cfg.outbox.synchronous)
         m = cfg.mqtt
         self.policy = self._policy(cfg)
+        self.devices: dict[str, Any] = {d.id: d for d in cfg.devices}  # current settings, shadow applied
+        self.supervisors: dict[str, DeviceSupervisor] = {}
+        self.point_filter: dict[str, frozenset[str]] = {}
+        self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
+        self.commands = CommandRunner(self.topics, self)
         self.uplink = Uplink(self.outbox, self.topics, mqtt_url or m.url, username=m.username,
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
-                             max_inflight=m.max_inflight, sign=self._sign, policy=self.policy)
-        self.supervisors = [DeviceSupervisor(build_driver(d), self._accept)
-                            for d in cfg.devices if d.enabled]
+                             max_inflight=m.max_inflight, sign=self._sign, policy=self.policy,
+                             subscriptions=(*self.shadow.subscriptions, self.commands.subscription),
+                             on_message=self._control, on_connect=self._connected)
         self.produced = 0
+        self.filtered = 0
         self.housekeeping_interval = 5.0
+        self._fresh: dict[str, asyncio.Event] = {}
+        self._last: dict[str, list[Reading]] = {}
+        self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
 
     @staticmethod
@@ -60,9 +76,23 @@ class EdgeAgent:
                               backlog_max_readings=d.backlog_max_readings, backlog_inflight=d.backlog_inflight,
                               backlog_rate=d.backlog_rate)
 
+    # --- readings in ----------------------------------------------------------------------
+
     async def _accept(self, readings: list[Reading]) -> None:
+        if readings:
+            keep = self.point_filter.get(readings[0].device)
+            if keep is not None:
+                n = len(readings)
+                readings = [r for r in readings if r.point in keep]
+                self.filtered += n - len(readings)
+        if not readings:
+            return
         self.outbox.append(readings)
         self.produced += len(readings)
+        dev = readings[0].device
+        self._last[dev] = readings
+        if dev in self._fresh:
+            self._fresh[dev].set()
         if len(readings) >= self.policy.live_max_readings:
             self.uplink.wakeup.set()
 
@@ -100,17 +130,149 @@ class EdgeAgent:
                 log.error("outbox quota check failed: %s", exc)
             await asyncio.sleep(self.housekeeping_interval)
 
+    # --- control plane (shadow, commands) --------------------------------------------------
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        client = self.uplink.client
+        if client is None:
+            raise aiomqtt.MqttError("not connected")
+        await client.publish(topic, payload, qos=1)
+
+    async def _connected(self, _: aiomqtt.Client) -> None:
+        await self.shadow.on_connect(self._publish)
+
+    async def _control(self, topic: str, payload: bytes) -> None:
+        if await self.shadow.handle(topic, payload, self._publish):
+            return
+        if not await self.commands.handle(topic, payload, self._publish):
+            log.debug("no handler for %s", topic)
+
+    # ShadowTarget
+    def device_points(self) -> dict[str, set[str] | None]:
+        out: dict[str, set[str] | None] = {}
+        for dev_id, settings in self.devices.items():
+            resolve = getattr(settings, "resolved_points", None)
+            out[dev_id] = {p.name for p in resolve()} if callable(resolve) else None
+        return out
+
+    def effective_state(self) -> dict[str, Any]:
+        devices: dict[str, Any] = {}
+        for dev_id, s in self.devices.items():
+            d: dict[str, Any] = {"enabled": s.enabled, "poll_interval_s": float(s.poll_interval_s)}
+            if dev_id in self.point_filter:
+                d["points"] = sorted(self.point_filter[dev_id])
+            devices[dev_id] = d
+        return {"log_level": logging.getLevelName(logging.getLogger().level),
+                "batch": {"max_readings": self.policy.live_max_readings,
+                          "max_age_s": float(self.policy.live_max_age_s)},
+                "devices": devices}
+
+    def set_log_level(self, level: str) -> None:
+        logging.getLogger().setLevel(level)
+
+    def set_batch(self, max_readings: int | None, max_age_s: float | None) -> None:
+        if max_readings is not None:
+            self.policy.live_max_readings = max_readings
+        if max_age_s is not None:
+            self.policy.live_max_age_s = max_age_s
+        self.uplink.wakeup.set()
+
+    def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
+                   points: list[str] | None) -> None:
+        if points is not None:
+            self.point_filter[device] = frozenset(points)
+        update: dict[str, Any] = {}
+        if enabled is not None:
+            update["enabled"] = enabled
+        if poll_interval_s is not None:
+            update["poll_interval_s"] = poll_interval_s
+        new = self.devices[device].model_copy(update=update)
+        if new != self.devices[device]:
+            self.devices[device] = new
+            if self._started:
+                self._restart(device)
+
+    def _restart(self, device: str) -> None:
+        old = self.supervisors.pop(device, None)
+        if old is not None:
+            old_task = old._task
+            if old_task is not None:
+                old_task.cancel()
+        settings = self.devices[device]
+        if settings.enabled:
+            sup = DeviceSupervisor(build_driver(settings), self._accept)
+            self.supervisors[device] = sup
+            self._tasks.append(sup.start())
+
+    # CommandTarget
+    async def read_now(self, device: str | None, wait_s: float) -> dict[str, Any]:
+        targets = [device] if device else [d for d in self.supervisors]
+        for d in targets:
+            if d not in self.supervisors:
+                raise CommandRejected(f"device {d!r} is not running on this gateway")
+        events = {d: self._fresh.setdefault(d, asyncio.Event()) for d in targets}
+        for d, ev in events.items():
+            ev.clear()
+            self._restart(d)  # a new session connects and reads at once
+        try:
+            async with asyncio.timeout(wait_s):
+                await asyncio.gather(*(ev.wait() for ev in events.values()))
+        except TimeoutError:
+            missing = [d for d, ev in events.items() if not ev.is_set()]
+            raise TimeoutError(f"no fresh reading from {', '.join(missing)} within {wait_s:.1f} s") from None
+        finally:
+            for d in targets:
+                self._fresh.pop(d, None)
+        return {d: [{"point": r.point, "ts_ms": r.ts_ms, "value": r.value, "unit": r.unit,
+                     "quality": r.quality.value} for r in self._last.get(d, [])] for d in targets}
+
+    async def restart_driver(self, device: str) -> dict[str, Any]:
+        if device not in self.devices:
+            raise CommandRejected(f"no device {device!r} on this gateway")
+        self._restart(device)
+        return {"device": device, "running": device in self.supervisors}
+
+    async def reload_config(self) -> dict[str, Any]:
+        if self.config_path is None:
+            raise CommandRejected("this agent was started without a config file to reload")
+        try:
+            cfg = load_gateway_config(self.config_path)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{self.config_path} is not valid; nothing changed: {exc}") from None
+        if cfg.gateway != self.cfg.gateway or cfg.mqtt != self.cfg.mqtt:
+            raise CommandRejected("gateway or mqtt sections changed: those need a restart of the agent")
+        changed = sorted(d for d in {*self.devices, *(x.id for x in cfg.devices)}
+                         if self.devices.get(d) != next((x for x in cfg.devices if x.id == d), None))
+        self.cfg = cfg
+        self.devices = {d.id: d for d in cfg.devices}
+        self.set_batch(cfg.batch.max_readings, cfg.batch.max_age_s)
+        self.set_log_level(cfg.log_level)
+        for d in changed:
+            if d not in self.devices:
+                old = self.supervisors.pop(d, None)
+                if old is not None and old._task is not None:
+                    old._task.cancel()
+            else:
+                self._restart(d)
+        self.shadow.apply_saved()  # the operator's desired state still wins over the file
+        return {"devices_changed": changed}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
     async def start(self) -> None:
         log.info("gateway %s (site %s): %d device(s), broker %s", self.cfg.gateway.id,
-                 self.cfg.gateway.site, len(self.supervisors), self.uplink.url)
-        for s in self.supervisors:
-            self._tasks.append(s.start())
+                 self.cfg.gateway.site, len(self.devices), self.uplink.url)
+        self.shadow.apply_saved()  # before any network: the last desired state received
+        self._started = True
+        for dev_id in self.devices:
+            self._restart(dev_id)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
 
     async def stop_devices(self) -> None:
-        for s in self.supervisors:
+        for s in list(self.supervisors.values()):
             await s.stop()
+        self.supervisors.clear()
 
     async def drain(self, within: float) -> bool:
         """Send what is pending, whatever its age, and wait for the cloud to ack everything; True if it did."""
@@ -129,6 +291,7 @@ class EdgeAgent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._started = False
         self.outbox.close()
 
     async def run_forever(self) -> None:
@@ -147,5 +310,6 @@ class EdgeAgent:
             unacked_batches=batches, link=self.uplink.state.value,
             devices={s.driver.device_id: {"state": s.state.value, "readings": s.counters.readings,
                                           "errors": s.counters.errors, "last_error": s.counters.last_error}
-                     for s in self.supervisors},
+                     for s in self.supervisors.values()},
+            outbox=self.outbox.metrics(),
         )
