@@ -208,3 +208,18 @@ async def test_hmac_node_bundle_keeps_the_secret_out(plant: Plant, tmp_path) -> 
         assert not wrong.ok and "HMAC does not match" in wrong.failures[0].detail
     finally:
         await chain.close()
+
+
+async def test_a_different_root_on_chain_is_a_conflict(plant: Plant, hardhat_url: str, dev_account) -> None:
+    await plant.cems(T0, minutes=5)
+    service, chain = await anchored(plant, hardhat_url, dev_account)
+    try:
+        await service.ensure_registry()
+        await chain.anchor(WindowKey("site-a", T0, T0 + 300_000), b"\x77" * 32, 15)  # someone else's root
+        tick = await service.run_once(now_ms=AFTER)
+        job = tick.failed[0]
+        assert job.state == "conflict" and "chain holds root 0x7777" in (job.last_error or "")
+        assert (await service.send(now_ms=AFTER + 10**9)) == ([], [])  # left for a human, not retried
+    finally:
+        await service.close()
+        await chain.close()
