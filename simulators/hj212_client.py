@@ -48,6 +48,14 @@ class ClientStats:
     bad_replies: int = 0
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (as given to ``--hj212-to``) to a pair; ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9212")
+    return host.strip("[]"), int(port)
+
+
 def hj212_values(raw: Mapping[str, float]) -> dict[str, float]:
     """Simulator values in HJ 212 units (CO2 to mg/m³)."""
     v = {k: float(raw[k]) for k in SENT}

@@ -14,7 +14,7 @@ from edge.drivers.hj212 import Hj212ServerDevice, Hj212ServerDriver
 from edge.hj212.codec import Packet, StreamFramer, data_packet, frame, parse_data
 from edge.hj212.server import Hj212Server, ServerConfig
 from edge.supervisor import DeviceSupervisor
-from simulators.hj212_client import ClientStats, run_hj212_client
+from simulators.hj212_client import ClientStats, parse_host_port, run_hj212_client
 
 MN = "CEMS00000000000000000001"
 PW = "123456"
@@ -236,3 +236,11 @@ async def test_random_bytes_from_many_connections_never_stop_the_server() -> Non
         assert all(r.value in (12.5, 42.5) for r in readings)  # nothing but the packets sent
         assert drv.counters.rejected >= 40 and drv.counters.errors == 0
         writer.close()
+
+
+def test_host_port_option() -> None:
+    assert parse_host_port("127.0.0.1:9212") == ("127.0.0.1", 9212)
+    assert parse_host_port("[::1]:9212") == ("::1", 9212)
+    for bad in ("9212", "host:", "host:99999", ":1"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_host_port(bad)
