@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from carbonlink import topics
@@ -214,7 +215,11 @@ class ShadowService:
             return
         body = {"version": shadow["version"], "state": shadow["state"]["delta"],
                 "desired": shadow["state"]["desired"], "timestamp": shadow["timestamp"]}
-        await self.publish(f"{topics.ROOT}/{site}/{gateway}/{topics.SHADOW_DELTA}", _dump(body), True)
+        try:
+            await self.publish(f"{topics.ROOT}/{site}/{gateway}/{topics.SHADOW_DELTA}", _dump(body), True)
+        except aiomqtt.MqttError as exc:
+            # Stored already; the gateway asks for its shadow (shadow/get) on every connect.
+            log.warning("desired for %s stored but not pushed (broker unreachable: %s)", gateway, exc)
 
     # --- MQTT requests from gateways ---
 
