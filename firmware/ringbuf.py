@@ -206,20 +206,25 @@ class RingBuffer:
         if tag > self.last_tag:
             self.last_tag = tag
 
-    def peek(self, limit):
-        """The oldest unconsumed records: a list of (tag, payload, position after it)."""
-        out = []
+    def each(self, limit):
+        """The oldest unconsumed records one at a time: (tag, payload, position after it). Only one
+        payload is in RAM at a time if the caller lets go of it before asking for the next."""
+        n = 0
         hseg, hoff = self.cur
         for seg in self._segs():
             if seg < hseg:
                 continue
             recs = self._records(seg, hoff if seg == hseg else 0, False, True)
             for tag, payload, _, end in recs:
-                out.append((tag, payload, (seg, end)))
-                if len(out) >= limit:
+                yield tag, payload, (seg, end)
+                n += 1
+                if n >= limit:
                     recs.close()  # closes the file now, not at the next collection
-                    return out
-        return out
+                    return
+
+    def peek(self, limit):
+        """The oldest unconsumed records: a list of (tag, payload, position after it)."""
+        return list(self.each(limit))
 
     def consume(self, pos, tag, n=1):
         """Move the cursor past the record that ends at pos (and the n records up to it)."""

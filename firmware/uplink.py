@@ -57,17 +57,17 @@ class Uplink:
         window = self.n.cfg["window"]
         while True:
             self.n.feed()
-            recs = self.n.buf.peek(window)
-            if not recs:
-                return
-            tags = []
-            for tag, payload, pos in recs:
-                tags.append(tag)
+            recs = []  # (tag, position after it): the payloads are not kept
+            for tag, payload, pos in self.n.buf.each(window):
+                recs.append((tag, pos))
                 if tag not in self.acks:
                     c.publish(self.t_telemetry, payload, qos=1)
                     self.n.counters["published"] += 1
                     self.n.feed()
-            recs = [(r[0], r[2]) for r in recs]  # drop the payloads before waiting
+                payload = None
+            if not recs:
+                return
+            tags = [r[0] for r in recs]
             gc.collect()
             self._wait_acks(c, tags)
             k = 0

@@ -146,7 +146,7 @@ def check_text(name, v, lo=1, hi=128):
 
 
 def reading(device, point, ts_ms, value, unit, quality="N"):
-    """Validate one reading; returns its canonical JSON text (what the buffer and the batch hold)."""
+    """Validate one reading; returns its canonical JSON (bytes), what a batch is built from."""
     check_text("device", device)
     check_text("point", point)
     check_text("unit", unit, 0, 32)
@@ -154,19 +154,32 @@ def reading(device, point, ts_ms, value, unit, quality="N"):
         raise WireError("quality must be one of " + QUALITY)
     if type(ts_ms) is not int or not 0 <= ts_ms < TS_MAX:
         raise WireError("timestamp must be integer milliseconds between 1970 and 9999")
-    return '{"device":"%s","point":"%s","quality":"%s","ts":"%s","unit":"%s","value":%s}' % (
-        device, point, quality, format_ts(ts_ms), unit, number(value))
+    return ('{"device":"%s","point":"%s","quality":"%s","ts":"%s","unit":"%s","value":%s}' % (
+        device, point, quality, format_ts(ts_ms), unit, number(value))).encode()
 
 
-def signing_bytes(gateway, seq, created_ms, readings, alg="hmac-sha256"):
-    """Canonical bytes of a batch without its signature; readings are canonical texts from reading()."""
+def _parts(gateway, seq, created_ms, readings, alg):
+    # The canonical bytes as pieces: hashed and joined without ever holding an extra copy (RAM).
     check_text("gateway", gateway)
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         raise WireError("seq must be an integer from 1 to 2^53-1")
     if not readings:
         raise WireError("readings must be a non-empty list")
-    return ('{"alg":"%s","created":"%s","gateway":"%s","readings":[%s],"seq":%d,"v":1}' % (
-        alg, format_ts(created_ms), gateway, ",".join(readings), seq)).encode()
+    parts = [('{"alg":"%s","created":"%s","gateway":"%s","readings":[' % (
+        alg, format_ts(created_ms), gateway)).encode()]
+    for i, r in enumerate(readings):
+        if i:
+            parts.append(b",")
+        parts.append(r)
+    parts.append(b'],"seq":%d' % seq)
+    return parts
+
+
+def signing_bytes(gateway, seq, created_ms, readings, alg="hmac-sha256"):
+    """Canonical bytes of a batch without its signature; readings are canonical bytes from reading()."""
+    parts = _parts(gateway, seq, created_ms, readings, alg)
+    parts.append(b',"v":1}')
+    return b"".join(parts)
 
 
 def with_sig(body, sig):
@@ -177,24 +190,28 @@ def with_sig(body, sig):
     return body[: -len(tail)] + b',"sig":"' + sig + b'"' + tail
 
 
-def hmac_sha256(key, msg):
-    # RFC 2104 over SHA-256 (block size 64): MicroPython ships hashlib but no hmac.
+def hmac_sha256(key, parts):
+    # RFC 2104 over SHA-256 (block size 64): MicroPython ships hashlib but no hmac. parts: bytes or a list.
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
     key = key + b"\x00" * (64 - len(key))
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    inner.update(msg)
+    for p in ([parts] if isinstance(parts, (bytes, bytearray)) else parts):
+        inner.update(p)
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
 
 
 def sign(body, secret):
-    """HMAC-SHA256 of the canonical bytes, lowercase hex (bytes)."""
+    """HMAC-SHA256 of the canonical bytes (or their pieces), lowercase hex (bytes)."""
     return hexlify(hmac_sha256(secret, body))
 
 
 def batch(gateway, seq, created_ms, readings, secret):
-    """Build and sign a batch; returns the message bytes as published."""
-    body = signing_bytes(gateway, seq, created_ms, readings)
-    return with_sig(body, sign(body, secret))
+    """Build and sign a batch; returns the message bytes as published, built in one allocation."""
+    parts = _parts(gateway, seq, created_ms, readings, "hmac-sha256")
+    parts.append(b',"v":1}')
+    sig = sign(parts, secret)
+    parts[-1] = b',"sig":"' + sig + b'","v":1}'
+    return b"".join(parts)
