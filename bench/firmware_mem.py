@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.firmware.conftest import compile_firmware  # noqa: E402
-from tests.firmware.nodekit import cloud, make_node, run_node  # noqa: E402
-from tests.services import port_open  # noqa: E402
+from tests.firmware.conftest import compile_firmware
+from tests.firmware.nodekit import cloud, make_node, run_node
+from tests.services import port_open
 
 BUFFER = {"segment_bytes": 16384, "max_segments": 8}
 
@@ -34,9 +34,9 @@ async def _works(template: Path, work: Path, mpy: Path, heap_k: int, deliver: bo
             import json
             cfg = json.loads((work / "config.json").read_text())
             async with cloud(work, "mqtt://127.0.0.1:1883", cfg):
-                out, stats = await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, timeout=120)
+                out, stats = await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, time_limit=120)
             return "uplink True" in out and stats["pending"] == 0
-        await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, timeout=120)
+        await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, time_limit=120)
         return True
     except AssertionError:  # MemoryError inside MicroPython: the run failed
         return False
@@ -68,7 +68,7 @@ async def main() -> None:
             template = tmp / f"template-{deliver}"
             make_node(template, 1883, buffer=BUFFER, uplink_every=1 if deliver else 288, window=4)
             out, _ = await run_node(template, 130, modules=mpy, script="fill_buffer.py")
-            filled = [ln for ln in out.splitlines() if ln.startswith("filled")][0].split()
+            filled = next(ln for ln in out.splitlines() if ln.startswith("filled")).split()
             need = await bisect(template, tmp / "work", mpy, deliver)
             what = "sample + deliver the full buffer" if deliver else "sample into the full buffer (offline)"
             print(f"{what}: buffer {filled[1]} batches / {filled[2]} bytes ({filled[3]} dropped at the bound);"

@@ -139,7 +139,7 @@ def load(path="config.json"):
         with open(path) as f:
             c = json.load(f)
     except OSError:
-        raise ConfigError(path + " is missing: write it with `carbonlink provision`")
+        raise ConfigError(path + " is missing: write it with `carbonlink provision`") from None
     except ValueError:
-        raise ConfigError(path + " is not valid JSON")
+        raise ConfigError(path + " is not valid JSON") from None
     return validate(c)

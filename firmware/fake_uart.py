@@ -1,8 +1,8 @@
 # A Modbus RTU slave on the far end of a fake UART, with registers from the sim file.
 import struct
 
-from modbus import crc16
 from hw_fakes import sim
+from modbus import crc16
 
 
 class FakeUART:

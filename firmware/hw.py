@@ -3,6 +3,6 @@
 import sys
 
 if sys.platform == "esp32":
-    from hw_esp32 import *  # noqa: F401,F403
+    from hw_esp32 import *  # noqa: F403
 else:
-    from hw_unix import *  # noqa: F401,F403
+    from hw_unix import *  # noqa: F403

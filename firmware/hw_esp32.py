@@ -1,5 +1,6 @@
 # ESP32 implementation of the hardware layer, over machine, network and bluetooth.
 import time
+
 import machine
 
 _EPOCH_OFFSET_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0  # ports with a 2000 epoch

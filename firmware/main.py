@@ -5,7 +5,7 @@ import time
 try:
     import node
     node.main()
-except Exception as e:  # noqa: BLE001 - last line of defence on a device nobody can reach
+except Exception as e:  # the last line of defence on a device nobody can reach: log, wait, reset
     sys.print_exception(e)
     time.sleep(30 if not isinstance(e, ValueError) else 3600)  # a bad config.json waits for a fix
     import machine

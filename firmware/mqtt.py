@@ -2,8 +2,8 @@
 # keep-alive, PUBLISH QoS 0/1 (PUBACK awaited), SUBSCRIBE, PINGREQ, DISCONNECT; TLS where the board
 # has it. Blocking sockets with timeouts: a node does one thing at a time, and this keeps RAM small.
 # Every network failure surfaces as OSError; the caller reconnects (see Backoff).
-import socket
 import select
+import socket
 import struct
 import time
 

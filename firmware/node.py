@@ -5,8 +5,8 @@
 # RAM is the scarce resource: modules are imported for the phase that needs them (config check,
 # sampling, uplink) and unloaded after it, so the peak is one phase's code, not all of it.
 import gc
-import sys
 import json
+import sys
 from binascii import unhexlify
 
 import hw

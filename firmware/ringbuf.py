@@ -179,7 +179,7 @@ class RingBuffer:
     def _drop(self, seg):
         hseg, hoff = self.cur
         if seg >= hseg:
-            for rec in self._records(seg, hoff if seg == hseg else 0, False):
+            for _rec in self._records(seg, hoff if seg == hseg else 0, False):
                 self.dropped += 1
                 self.pending -= 1
         os.remove(self._path(seg))

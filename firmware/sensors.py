@@ -21,7 +21,7 @@ class Sensors:
         print("sensor", sid, exc)
 
     def _modbus(self, s, ts, out, feed):
-        from modbus import ModbusRTU, decode, TYPES
+        from modbus import TYPES, ModbusRTU, decode
         bus = ModbusRTU(hw.uart(s["uart"], s["baud"], s["tx"], s["rx"]), s["baud"], hw.pin_out(s.get("de")),
                         s["timeout_ms"])
         for p in s["points"]:

@@ -3,7 +3,6 @@
 import json
 
 
-
 class Shadow:
     def __init__(self, cfg, path):
         self.path = path

@@ -5,7 +5,7 @@ import gc
 import json
 
 import hw
-from mqtt import MQTTClient, Backoff
+from mqtt import Backoff, MQTTClient
 from node import FW_VERSION
 
 

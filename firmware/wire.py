@@ -2,8 +2,8 @@
 # Held to the same vectors (tests/vectors/). MicroPython's json.dumps cannot sort
 # keys and formats floats its own way, so the canonical bytes are written by hand
 # and numbers are rendered with integer arithmetic only.
-import struct
 import hashlib
+import struct
 from binascii import hexlify
 
 SIG = 15  # significant digits of the canonical number rule
@@ -126,7 +126,7 @@ def parse_ts(t):
         y, mo, d = int(t[0:4]), int(t[5:7]), int(t[8:10])
         h, mi, s, ms = int(t[11:13]), int(t[14:16]), int(t[17:19]), int(t[20:23])
     except (ValueError, TypeError, IndexError):
-        raise WireError("timestamp is not YYYY-MM-DDTHH:MM:SS.mmmZ")
+        raise WireError("timestamp is not YYYY-MM-DDTHH:MM:SS.mmmZ") from None
     if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 60) or _civil(_days(y, mo, d)) != (y, mo, d):
         raise WireError("timestamp is not a valid date")
     return ((_days(y, mo, d) * 24 + h) * 60 + mi) * 60000 + s * 1000 + ms

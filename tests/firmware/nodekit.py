@@ -51,21 +51,22 @@ def make_node(d: Path, port: int, **over: Any) -> dict[str, Any]:
         "watchdog_s": 30, "ack_timeout_s": 5, "reconnect_initial_ms": 200, "uplink_attempts": 6,
         "sensors": SENSORS,
     }
+    sim = over.pop("_sim", SIM)
     cfg.update(over)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg))
-    (d / "sim.json").write_text(json.dumps(over.get("_sim", SIM)))
+    (d / "sim.json").write_text(json.dumps(sim))
     return cfg
 
 
-async def run_node(d: Path, cycles: int, heap: str | None = None, timeout: float = 60, modules: Path | None = None,
+async def run_node(d: Path, cycles: int, heap: str | None = None, time_limit: float = 60, modules: Path | None = None,
                    script: str = "run_node.py") -> tuple[str, dict[str, Any]]:
     """Run the node's main loop for `cycles` wakes in d; returns (stdout, final buffer stats)."""
     proc = await asyncio.create_subprocess_exec(
         *mp_argv(script, "config.json", str(cycles), heap=heap), cwd=d,
         env=mp_env({"CL_SIM": "sim.json", "CL_STATE": str(d), "CL_SLEEP_SCALE": "1000"}, modules),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), time_limit)
     text = out.decode()
     assert proc.returncode == 0, text[-3000:] + err.decode()[-3000:]
     stats = [ln for ln in text.splitlines() if ln.startswith("stats ")]

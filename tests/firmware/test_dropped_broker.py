@@ -82,7 +82,7 @@ async def test_connection_cut_mid_publish_loses_nothing(tmp_path: Path) -> None:
     try:
         cfg = make_node(tmp_path / "node", proxy.port, uplink_every=6, window=4)
         async with cloud(tmp_path, "mqtt://127.0.0.1:1883", cfg) as svc:
-            out, stats = await run_node(tmp_path / "node", 6, timeout=80)
+            out, stats = await run_node(tmp_path / "node", 6, time_limit=80)
             assert proxy.cut_done == 3, out
             assert "uplink True" in out and stats["pending"] == 0, out
             assert svc.counters.batches_committed == 6

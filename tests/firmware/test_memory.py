@@ -29,11 +29,11 @@ async def test_full_buffer_delivered_in_a_64k_heap(tmp_path: Path, mpy_dir: Path
     # 8 segments of 16 KB: about 100 batches of 11 readings. Fill past the bound so the oldest drop.
     cfg = make_node(d, 1883, buffer={"segment_bytes": 16384, "max_segments": 8}, window=4)
     out, _ = await run_node(d, 130, modules=mpy_dir, script="fill_buffer.py")
-    filled = [ln.split() for ln in out.splitlines() if ln.startswith("filled")][0]
+    filled = next(ln.split() for ln in out.splitlines() if ln.startswith("filled"))
     pending, size, dropped = int(filled[1]), int(filled[2]), int(filled[3])
     assert size <= 8 * 16384 and dropped > 0 and pending + dropped == 130
     async with cloud(tmp_path, "mqtt://127.0.0.1:1883", cfg) as svc:
-        out, stats = await run_node(d, 2, heap="64k", modules=mpy_dir, timeout=80)
+        out, stats = await run_node(d, 2, heap="64k", modules=mpy_dir, time_limit=80)
         assert out.count("uplink True") == 2, out
         assert stats["pending"] == 0
         assert svc.counters.batches_committed == pending + 2

@@ -24,9 +24,9 @@ async def _run_mp(*args: str) -> asyncio.subprocess.Process:
                                                 stderr=asyncio.subprocess.PIPE, env=mp_env())
 
 
-async def _line(proc: asyncio.subprocess.Process, prefix: str, timeout: float = 10) -> str:
+async def _line(proc: asyncio.subprocess.Process, prefix: str, wait_s: float = 10) -> str:
     assert proc.stdout is not None
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(wait_s):
         while True:
             line = (await proc.stdout.readline()).decode()
             if not line:

@@ -67,14 +67,15 @@ async def test_shadow_delta_applied_or_rejected_and_reported(tmp_path: Path) -> 
         deltas = [
             b"{not json",
             json.dumps({"version": 1, "state": {"sample_interval_s": 5}}).encode(),
-            json.dumps({"version": 2, "state": {"sensors_enabled": ["flow", "nope"], "sleep": {"deep": "yes"}}}).encode(),
+            json.dumps({"version": 2, "state": {"sensors_enabled": ["flow", "nope"],
+                                                "sleep": {"deep": "yes"}}}).encode(),
             json.dumps({"version": 3, "state": {"sample_interval_s": 600, "sensors_enabled": ["flow", "air"],
                                                 "sleep": {"uplink_every": 1}}}).encode(),
             json.dumps({"version": 3, "state": {"sample_interval_s": 900}}).encode(),  # stale
         ]
         for m in deltas:
             await console.publish(prefix + "update/delta", m, qos=1)
-        out, _ = await run_node(d, 1)
+        _out, _ = await run_node(d, 1)
         reports = []
         async with asyncio.timeout(10):
             async for msg in console.messages:

@@ -1,5 +1,6 @@
 # Runs under MicroPython: N wakes' worth of signed batches straight into the flash buffer (no radio).
 import sys
+
 import node
 
 n = node.Node(node.load_config(sys.argv[1]))

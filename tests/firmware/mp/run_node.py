@@ -1,7 +1,7 @@
 # Runs under MicroPython: the node's main loop for N wakes, then its buffer figures as JSON.
-import sys
 import gc
 import json
+import sys
 
 import node
 

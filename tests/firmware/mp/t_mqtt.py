@@ -2,7 +2,7 @@
 import sys
 import time
 
-from mqtt import MQTTClient, MQTTError
+from mqtt import MQTTClient
 
 mode, host, port, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 got = []

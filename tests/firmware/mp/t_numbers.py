@@ -1,7 +1,7 @@
 # Runs under MicroPython: number rendering and validation against cases computed by CPython.
-import sys
 import json
 import struct
+import sys
 from binascii import unhexlify
 
 import wire

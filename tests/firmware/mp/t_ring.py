@@ -1,6 +1,6 @@
 # Runs under MicroPython: the flash ring buffer. Modes: write (forever or COUNT), read, unit.
-import sys
 import json
+import sys
 
 from ringbuf import RingBuffer
 
@@ -36,7 +36,7 @@ elif mode == "read":
     rb = RingBuffer(root, seg_bytes=int(sys.argv[3]), max_segs=int(sys.argv[4]))
     tags = []
     bad = 0
-    for tag, p, pos in rb.peek(100000):
+    for tag, p, _pos in rb.peek(100000):
         tags.append(tag)
         if not check_payload(tag, p):
             bad += 1

@@ -1,7 +1,7 @@
 # Runs under MicroPython: the firmware's wire format against the shared vectors.
-import sys
-import json
 import hashlib
+import json
+import sys
 from binascii import hexlify, unhexlify
 
 import wire
@@ -21,7 +21,7 @@ def check(name, got, want):
 
 with open(vdir + "/numbers.json") as f:
     for case in json.load(f):
-        check("number %r" % case["in"], wire.number(case["in"]), case["canonical"])
+        check("number {!r}".format(case["in"]), wire.number(case["in"]), case["canonical"])
 
 for name in ("cems-two-readings", "numbers-edge-cases", "forest-node-hmac"):
     with open(vdir + "/batch-" + name + ".json") as f:
