@@ -12,13 +12,15 @@ from pydantic import Field
 
 from .base import Driver
 from .ble import BleBthomeDevice, BleBthomeDriver
+from .hj212 import Hj212ServerDevice, Hj212ServerDriver
 from .modbus import ModbusTcpDevice, ModbusTcpDriver
 from .modbus_rtu import ModbusRtuDevice, ModbusRtuDriver
+from .opcua import OpcUaDevice, OpcUaDriver
 from .sunspec import SunSpecDevice, SunSpecDriver
 
 # The union the config validates devices against; pydantic picks the member by 'driver'.
 DeviceConfig = Annotated[
-    ModbusTcpDevice | ModbusRtuDevice | SunSpecDevice | BleBthomeDevice,
+    ModbusTcpDevice | ModbusRtuDevice | SunSpecDevice | OpcUaDevice | BleBthomeDevice | Hj212ServerDevice,
     Field(discriminator="driver"),
 ]
 
@@ -26,7 +28,9 @@ DRIVERS: dict[str, type[Driver]] = {
     "modbus_tcp": ModbusTcpDriver,
     "modbus_rtu": ModbusRtuDriver,
     "sunspec": SunSpecDriver,
+    "opcua": OpcUaDriver,
     "ble_bthome": BleBthomeDriver,
+    "hj212_server": Hj212ServerDriver,
 }
 
 
