@@ -1,0 +1,168 @@
+"""The ingest's fast path: parse and check a batch without building a Reading object per value.
+
+msgspec decodes the JSON straight into typed structs (types, required and unknown fields checked in C).
+
+``fast_parse`` accepts exactly what ``carbonlink.wire.parse_batch`` accepts and yields the same
+values, but it only knows the common case: anything unusual (a broken rule, an odd type, a value
+that needs normalising through Decimal) returns None and the caller falls back to ``parse_batch``,
+which names the broken rule. Identifiers, units and timestamp seconds repeat from batch to batch,
+so their checks are cached; the caches are bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from carbonlink.wire import (
+    MAX_ABS_VALUE,
+    MAX_READINGS_PER_BATCH,
+    MAX_SEQ,
+    QUALITY_CODES,
+    WIRE_VERSION,
+    SigAlg,
+    WireError,
+    parse_ts,
+)
+
+from .store import Row
+
+_TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')  # the wire's identifier rule
+_UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
+_HEX_RE = re.compile(r"^[0-9a-f]*$")
+_ALGS = {a.value: a for a in SigAlg}
+_CACHE_MAX = 100_000
+_MAX_TS = 253402300800000
+
+
+@dataclass(slots=True)
+class FastBatch:
+    gateway: str
+    seq: int
+    created_ms: int
+    alg: SigAlg
+    sig: str
+    rows: list[Row]
+
+    def signed_bytes(self, raw: bytes) -> bytes | None:
+        """The bytes the signature covers when the sender sent canonical bytes (the normal case)."""
+        member = f',"sig":"{self.sig}"'.encode()
+        return raw.replace(member, b"") if raw.count(member) == 1 else None
+
+    @staticmethod
+    def digest(signed: bytes) -> str:
+        return hashlib.sha256(signed).hexdigest()
+
+
+class FastParser:
+    def __init__(self) -> None:
+        self._texts: set[str] = set()
+        self._units: set[str] = set()
+        self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms of that second
+        self._stamps: dict[str, int] = {}  # whole timestamps seen lately -> epoch ms
+
+    def _ok_text(self, s: Any) -> bool:
+        if s in self._texts:
+            return True
+        if type(s) is not str or not _TEXT_RE.fullmatch(s):
+            return False
+        if len(self._texts) > _CACHE_MAX:
+            self._texts.clear()
+        self._texts.add(s)
+        return True
+
+    def _ok_unit(self, s: Any) -> bool:
+        if s in self._units:
+            return True
+        if type(s) is not str or not _UNIT_RE.fullmatch(s):
+            return False
+        if len(self._units) > _CACHE_MAX:
+            self._units.clear()
+        self._units.add(s)
+        return True
+
+    def _ts(self, s: Any) -> int | None:
+        if type(s) is not str or len(s) != 24 or s[19] != "." or s[23] != "Z":
+            return None
+        milli = s[20:23]
+        if not (milli.isascii() and milli.isdigit()):
+            return None
+        base = self._seconds.get(s[:19])
+        if base is None:
+            try:
+                base = parse_ts(s[:19] + ".000Z")
+            except WireError:
+                return None
+            if not 0 <= base < _MAX_TS:
+                return None
+            if len(self._seconds) > _CACHE_MAX:
+                self._seconds.clear()
+            self._seconds[s[:19]] = base
+        return base + int(milli)
+
+    def parse(self, raw: bytes) -> FastBatch | None:
+        """The batch, or None when the fast path cannot vouch for it (call parse_batch then)."""
+        try:
+            b = _DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        seq, alg, sig, readings = b.seq, b.alg, b.sig, b.readings
+        if b.v != WIRE_VERSION or not 1 <= seq <= MAX_SEQ or alg not in _ALGS:
+            return None
+        if len(sig) not in (64, 128) or not _HEX_RE.fullmatch(sig):
+            return None
+        if not 0 < len(readings) <= MAX_READINGS_PER_BATCH or not self._ok_text(b.gateway):
+            return None
+        created = self._ts(b.created)
+        if created is None:
+            return None
+        rows: list[Row] = []
+        append = rows.append
+        texts, units, stamps = self._texts, self._units, self._stamps
+        quality_codes = QUALITY_CODES
+        for r in readings:
+            d, p, u, q, v = r.device, r.point, r.unit, r.quality, r.value
+            if (d not in texts and not self._ok_text(d)) or (p not in texts and not self._ok_text(p)) \
+                    or (u not in units and not self._ok_unit(u)) or q not in quality_codes:
+                return None
+            ts = stamps.get(r.ts)
+            if ts is None:
+                ts = self._ts(r.ts)
+                if ts is None:
+                    return None
+                if len(stamps) > _CACHE_MAX:
+                    stamps.clear()
+                stamps[r.ts] = ts
+            if not -MAX_ABS_VALUE < v < MAX_ABS_VALUE:  # also false for NaN and infinities
+                return None
+            text = format(v, ".15g")
+            if "e" in text:
+                return None  # the Decimal rendering path: leave it to parse_batch
+            append((d, p, ts, float(text) + 0.0, u, q))  # + 0.0 turns -0.0 into 0.0, as the wire does
+        return FastBatch(b.gateway, seq, created, _ALGS[alg], sig, rows)
+
+
+class _Reading(msgspec.Struct, forbid_unknown_fields=True):
+    device: str
+    point: str
+    quality: str
+    ts: str
+    unit: str
+    value: float  # JSON integers are accepted and become floats, as Reading.make does
+
+
+class _Batch(msgspec.Struct, forbid_unknown_fields=True):
+    alg: str
+    created: str
+    gateway: str
+    readings: list[_Reading]
+    seq: int
+    sig: str
+    v: int
+
+
+_DECODER = msgspec.json.Decoder(_Batch)
