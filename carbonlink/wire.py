@@ -76,9 +76,9 @@ def canonical_number(x: float | int) -> str:
         raise WireError(f"value must be a number, got {type(x).__name__}")
     if isinstance(x, float) and not math.isfinite(x):
         raise WireError(f"value must be finite, got {x!r}")
-    if abs(x) >= MAX_ABS_VALUE:
-        raise WireError(f"value {x!r} is out of range (|value| < 1e15)")
     if isinstance(x, int):
+        if abs(x) >= MAX_ABS_VALUE:
+            raise WireError(f"value {x!r} is out of range (|value| < 1e15)")
         return str(x)
     s = format(x, ".15g")
     if "e" in s:
@@ -87,6 +87,9 @@ def canonical_number(x: float | int) -> str:
         s = s.rstrip("0").rstrip(".")
     if s in ("-0", ""):
         s = "0"
+    # Checked on the rounded text: 999999999999999.5 rounds to 1e15, which a receiver would refuse.
+    if abs(Decimal(s)) >= MAX_ABS_VALUE:
+        raise WireError(f"value {x!r} is out of range (|value| < 1e15 after rounding to 15 digits)")
     return s
 
 

@@ -45,7 +45,8 @@ def test_timestamps_round_trip(ms: int) -> None:
     assert parse_ts(format_ts(ms)) == ms
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1e15, "12", True, None])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1e15, 10**15, 999999999999999.5, -999999999999999.9,
+                                 "12", True, None])
 def test_bad_values_refused(bad: object) -> None:
     with pytest.raises(WireError):
         canonical_number(bad)  # type: ignore[arg-type]
