@@ -59,6 +59,8 @@ class InfluxExporter:
                                flush_interval=flush_interval_ms, retry_interval=retry_interval_ms,
                                max_retries=max_retries, max_retry_delay=max_retry_delay_ms,
                                exponential_base=2, max_close_wait=60_000)
+        # Note: the writer's window thread sleeps out the flush interval, so the process may take up to
+        # flush_interval_ms to exit after close(); keep the interval short.
         self._write = self._client.write_api(write_options=options, success_callback=self._ok,
                                              error_callback=self._error, retry_callback=self._retry)
 

@@ -75,7 +75,7 @@ def test_line_protocol_escapes_and_units() -> None:
 
 
 def test_batches_by_size(influx: FakeInflux) -> None:
-    ex = InfluxExporter(influx.url, "tok", "org", "carbon", batch_size=100, flush_interval_ms=60_000)
+    ex = InfluxExporter(influx.url, "tok", "org", "carbon", batch_size=100, flush_interval_ms=1500)
     ex.export_rows("gw-1", [("d", "p", T0 + i, float(i), "u", "N") for i in range(250)])
     ex.close()
     assert sorted(len([x for x in b.split("\n") if x]) for b in influx.bodies) == [50, 100, 100]
@@ -113,7 +113,7 @@ async def test_export_range_from_store(influx: FakeInflux, tmp_path: Path) -> No
     rs = tuple(Reading.make("cems-1", "so2", T0 + i * 1000, float(i), "mg/m³") for i in range(120))
     b = sign_batch(Batch("gw-1", 1, T0, rs), Ed25519PrivateKey.generate())
     await store.commit_batch(b, b.to_bytes(), T0)
-    ex = InfluxExporter(influx.url, "tok", "org", "carbon", batch_size=50, flush_interval_ms=60_000)
+    ex = InfluxExporter(influx.url, "tok", "org", "carbon", batch_size=50, flush_interval_ms=1500)
     assert await export_range(store, ex, ReadingQuery("cems-1"), page=40) == 120
     ex.close()
     await store.close()
