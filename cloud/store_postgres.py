@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -148,8 +149,20 @@ async def _m2_identity(con: asyncpg.Connection, timescale: bool, retention_days:
     """))
 
 
+async def _m3_shadows_commands(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_c("""
+    CREATE TABLE shadows (gateway text PRIMARY KEY, version integer NOT NULL, doc text NOT NULL,
+        updated_ms bigint NOT NULL);
+    CREATE TABLE commands (
+        id text PRIMARY KEY, gateway text NOT NULL, name text NOT NULL, args text NOT NULL,
+        status text NOT NULL, result text, created_ms bigint NOT NULL, deadline_ms bigint NOT NULL, done_ms bigint
+    );
+    CREATE INDEX commands_gateway ON commands(gateway, created_ms);
+    """))
+
+
 # Versioned migrations, applied in order at open and by `carbonlink cloud migrate`; never edit a shipped one.
-MIGRATIONS: list[Migration] = [_m1_core, _m2_identity]
+MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands]
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -645,3 +658,58 @@ class PostgresStore:
         return await self._rows(
             "SELECT id, site, mqtt_username, mqtt_password_hash, revoked::int AS revoked FROM gateways"
             " WHERE mqtt_username IS NOT NULL ORDER BY id")
+
+    # --- device shadows and commands (mirrors SqliteStore; cloud/shadows.py, cloud/commands.py) ---------
+
+    async def get_shadow(self, gateway: str) -> tuple[int, dict[str, Any]] | None:
+        row = await self.pool.fetchrow("SELECT version, doc FROM shadows WHERE gateway = $1", gateway)
+        return (int(row["version"]), json.loads(row["doc"])) if row else None
+
+    async def put_shadow(self, gateway: str, expected_version: int, doc: dict[str, Any], updated_ms: int) -> bool:
+        """Compare-and-set: writes version expected+1 only if the stored version is still ``expected``."""
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+        if expected_version == 0:
+            status = await self.pool.execute(
+                "INSERT INTO shadows(gateway, version, doc, updated_ms) VALUES ($1, 1, $2, $3)"
+                " ON CONFLICT DO NOTHING", gateway, text, updated_ms)
+            return status == "INSERT 0 1"
+        status = await self.pool.execute(
+            "UPDATE shadows SET version = version + 1, doc = $1, updated_ms = $2 WHERE gateway = $3 AND version = $4",
+            text, updated_ms, gateway, expected_version)
+        return status == "UPDATE 1"
+
+    async def add_command(self, command_id: str, gateway: str, name: str, args: dict[str, Any],
+                          created_ms: int, deadline_ms: int) -> None:
+        await self.pool.execute(
+            "INSERT INTO commands(id, gateway, name, args, status, created_ms, deadline_ms)"
+            " VALUES ($1,$2,$3,$4,'pending',$5,$6)", command_id, gateway, name, json.dumps(args), created_ms,
+            deadline_ms)
+
+    async def finish_command(self, command_id: str, status: str, result: dict[str, Any] | None,
+                             done_ms: int) -> bool:
+        """Record a command's end once; a late result after a timeout is kept but does not change status."""
+        text = json.dumps(result) if result is not None else None
+        done = await self.pool.execute(
+            "UPDATE commands SET status = $1, result = $2, done_ms = $3 WHERE id = $4 AND status = 'pending'",
+            status, text, done_ms, command_id)
+        if done == "UPDATE 1":
+            return True
+        await self.pool.execute("UPDATE commands SET result = coalesce(result, $1)"
+                                " WHERE id = $2 AND status = 'timeout'",
+                                text, command_id)
+        return False
+
+    async def get_command(self, command_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM commands WHERE id = $1", command_id)
+        return _command_row(rows[0]) if rows else None
+
+    async def list_commands(self, gateway: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self._rows("SELECT * FROM commands WHERE gateway = $1 ORDER BY created_ms DESC LIMIT $2",
+                                gateway, limit)
+        return [_command_row(r) for r in rows]
+
+
+def _command_row(r: dict[str, Any]) -> dict[str, Any]:
+    r["args"] = json.loads(r["args"])
+    r["result"] = json.loads(r["result"]) if r["result"] is not None else None
+    return r
