@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from carbonlink.wire import Batch
+from carbonlink.wire import Batch, Quality, Reading, SigAlg
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,17 @@ class GatewayRecord:
     alg: str  # "ed25519" (key = public key hex) or "hmac-sha256" (key = secret hex)
     key: str
     revoked: bool = False
+    # Keys replaced by a rotation less than KEY_GRACE_MS ago: batches the gateway signed before it
+    # rotated may still sit in its outbox, and must not be refused.
+    previous_keys: tuple[str, ...] = ()
+    tenant: str | None = None
+
+
+KEY_GRACE_MS = 7 * 24 * 3600 * 1000
+
+
+class ClaimError(Exception):
+    """A claim token that cannot be redeemed; the message says why (unknown, expired, used)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,61 @@ class ReadingQuery:
     end_ms: int | None = None
     limit: int = 1000
     after: tuple[int, str] | None = None  # keyset cursor: (ts_ms, point) of the last row seen
+
+
+# --- data plane: group commit, rollups, completeness (cloud/rollups.py, cloud/completeness.py) ---
+
+Row = tuple[str, str, int, float, str, str]  # device, point, ts_ms, value, unit, quality
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A verified batch ready to commit, in the flat form the bulk writers want (no per-reading objects)."""
+
+    gateway: str
+    seq: int
+    created_ms: int
+    received_ms: int
+    digest: str  # sha256 hex of the signed bytes
+    raw: bytes
+    rows: list[Row]
+    alg: str = "ed25519"
+
+    @classmethod
+    def from_batch(cls, batch: Batch, raw: bytes, received_ms: int) -> PendingBatch:
+        rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in batch.readings]
+        return cls(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.digest(), raw, rows,
+                   batch.alg.value)
+
+    def to_batch(self) -> Batch:
+        """Back to a wire Batch (unsigned view): for back ends that commit one batch at a time."""
+        readings = tuple(Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in self.rows)
+        return Batch(self.gateway, self.seq, self.created_ms, readings, SigAlg(self.alg))
+
+
+QUALITY_FLAGS = tuple(q.value for q in Quality)  # rollup columns q_n, q_f, ... in this order
+
+
+def seq_gap_summary(gateway: str, row: Any, gaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shape the sequence-gap answer the same way for every back end; seqs start at 1 on every gateway."""
+    first, last, count = (row[0], row[1], int(row[2])) if row and row[2] else (None, None, 0)
+    ranges = [[int(g["first"]), int(g["last"])] for g in gaps]
+    if first is not None and first > 1:
+        ranges.insert(0, [1, int(first) - 1])
+    missing = (int(last) - count) if last is not None else 0  # every seq from 1 to last that is not stored
+    return {"gateway": gateway, "first_seq": first, "last_seq": last, "batches": count,
+            "missing_batches": missing, "missing": ranges}
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    """Rollup/availability selection: one device, optionally one point and gateway, a bounded time range."""
+
+    device: str
+    start_ms: int
+    end_ms: int
+    point: str | None = None
+    gateway: str | None = None
 
 
 class Store(Protocol):
@@ -60,6 +126,33 @@ class Store(Protocol):
     async def readings(self, q: ReadingQuery) -> list[dict[str, Any]]: ...
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]: ...
     async def counts(self) -> dict[str, int]: ...
+
+    # --- identity and provisioning (cloud/provisioning.py builds on these) ---
+    async def ensure_site(self, tenant: str, site: str) -> None: ...
+    async def add_claim_token(self, token_hash: str, tenant: str, site: str, created_ms: int,
+                              expires_ms: int) -> None: ...
+    async def redeem_claim(self, token_hash: str, gateway_id: str, alg: str, key: str, mqtt_username: str,
+                           mqtt_password_hash: str, now: int) -> tuple[str, str]: ...
+    async def rotate_key(self, gateway_id: str, new_key: str, now: int) -> None: ...
+    async def set_revoked(self, gateway_id: str, revoked: bool) -> bool: ...
+    async def broker_accounts(self) -> list[dict[str, Any]]: ...
+
+
+    # --- data plane (cloud/rollups.py, cloud/completeness.py, the ingest's group commit) ---
+    async def commit_many(self, items: list[PendingBatch]) -> list[CommitResult]: ...
+    async def hour_rollups(self, q: SeriesQuery) -> list[dict[str, Any]]: ...
+    async def seq_gaps(self, gateway: str, limit: int = 1000) -> dict[str, Any]: ...
+    async def late_batches(self, gateway: str, min_delay_ms: int, limit: int = 1000) -> list[dict[str, Any]]: ...
+
+    # --- device shadows and commands (cloud/shadows.py, cloud/commands.py) ---
+    async def get_shadow(self, gateway: str) -> tuple[int, dict[str, Any]] | None: ...
+    async def put_shadow(self, gateway: str, expected_version: int, doc: dict[str, Any], updated_ms: int) -> bool: ...
+    async def add_command(self, command_id: str, gateway: str, name: str, args: dict[str, Any],
+                          created_ms: int, deadline_ms: int) -> None: ...
+    async def finish_command(self, command_id: str, status: str, result: dict[str, Any] | None,
+                             done_ms: int) -> bool: ...
+    async def get_command(self, command_id: str) -> dict[str, Any] | None: ...
+    async def list_commands(self, gateway: str, limit: int = 50) -> list[dict[str, Any]]: ...
 
 
 def open_store(url: str) -> Store:

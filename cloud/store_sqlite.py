@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from carbonlink.wire import Batch, format_ts
+from carbonlink.wire import Batch, format_ts, now_ms
 
-from .store import CommitResult, GatewayRecord, ReadingQuery
+from .store import (
+    KEY_GRACE_MS,
+    QUALITY_FLAGS,
+    ClaimError,
+    CommitResult,
+    GatewayRecord,
+    PendingBatch,
+    ReadingQuery,
+    SeriesQuery,
+    seq_gap_summary,
+)
 
 # Versioned migrations, applied in order at open; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -39,6 +50,37 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER NOT NULL, topic TEXT NOT NULL,
         gateway TEXT, reason TEXT NOT NULL, payload BLOB NOT NULL
     );
+    """,
+    # 2: identity and provisioning: tenants, sites, one-time claim tokens, broker credentials, key history.
+    """
+    CREATE TABLE tenants (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_ms INTEGER NOT NULL);
+    CREATE TABLE sites (
+        id TEXT PRIMARY KEY, tenant TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE claim_tokens (
+        token_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, site TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL, used_ms INTEGER, gateway TEXT
+    );
+    ALTER TABLE gateways ADD COLUMN tenant TEXT;
+    ALTER TABLE gateways ADD COLUMN mqtt_username TEXT;
+    ALTER TABLE gateways ADD COLUMN mqtt_password_hash TEXT;
+    CREATE TABLE gateway_keys (
+        gateway TEXT NOT NULL, alg TEXT NOT NULL, key TEXT NOT NULL, created_ms INTEGER NOT NULL,
+        retired_ms INTEGER, PRIMARY KEY (gateway, key)
+    );
+    """,
+    # Device shadows (one compare-and-set document per gateway) and cloud-to-gateway commands.
+    """
+    CREATE TABLE IF NOT EXISTS shadows (
+        gateway TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL, updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS commands (
+        id TEXT PRIMARY KEY, gateway TEXT NOT NULL, name TEXT NOT NULL, args TEXT NOT NULL,
+        status TEXT NOT NULL, result TEXT, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
+        done_ms INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS commands_gateway ON commands(gateway, created_ms);
     """,
 ]
 
@@ -93,8 +135,13 @@ class SqliteStore:
 
     async def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
         row = await (await self.db.execute(
-            "SELECT id, site, alg, key, revoked FROM gateways WHERE id = ?", (gateway_id,))).fetchone()
-        return GatewayRecord(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+            "SELECT id, site, alg, key, revoked, tenant FROM gateways WHERE id = ?", (gateway_id,))).fetchone()
+        if not row:
+            return None
+        previous = await (await self.db.execute(
+            "SELECT key FROM gateway_keys WHERE gateway = ? AND key != ? AND retired_ms > ?",
+            (gateway_id, row[3], now_ms() - KEY_GRACE_MS))).fetchall()
+        return GatewayRecord(row[0], row[1], row[2], row[3], bool(row[4]), tuple(r[0] for r in previous), row[5])
 
     async def set_gateway_status(self, gateway_id: str, status: str, ts_ms: int) -> None:
         await self.db.execute("UPDATE gateways SET status = ?, status_ms = ? WHERE id = ?",
@@ -213,3 +260,179 @@ class SqliteStore:
         return out
 
 
+
+    # --- identity and provisioning -----------------------------------------------------------------
+
+    async def ensure_site(self, tenant: str, site: str) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO tenants(id, name, created_ms) VALUES (?,?,?)",
+                              (tenant, tenant, now_ms()))
+        row = await (await self.db.execute("SELECT tenant FROM sites WHERE id = ?", (site,))).fetchone()
+        if row and row[0] != tenant:
+            raise ClaimError(f"site {site!r} belongs to another tenant")
+        await self.db.execute("INSERT OR IGNORE INTO sites(id, tenant, name, created_ms) VALUES (?,?,?,?)",
+                              (site, tenant, site, now_ms()))
+
+    async def add_claim_token(self, token_hash: str, tenant: str, site: str, created_ms: int,
+                              expires_ms: int) -> None:
+        await self.ensure_site(tenant, site)
+        await self.db.execute(
+            "INSERT INTO claim_tokens(token_hash, tenant, site, created_ms, expires_ms) VALUES (?,?,?,?,?)",
+            (token_hash, tenant, site, created_ms, expires_ms))
+
+    async def redeem_claim(self, token_hash: str, gateway_id: str, alg: str, key: str, mqtt_username: str,
+                           mqtt_password_hash: str, now: int) -> tuple[str, str]:
+        """Use a claim token once to register a gateway; returns (tenant, site)."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            tok = await (await db.execute(
+                "SELECT tenant, site, expires_ms, used_ms FROM claim_tokens WHERE token_hash = ?",
+                (token_hash,))).fetchone()
+            if tok is None:
+                raise ClaimError("unknown claim token; ask the operator for a new one")
+            if tok[3] is not None:
+                raise ClaimError("this claim token was already used; claim tokens work once")
+            if tok[2] <= now:
+                raise ClaimError("this claim token has expired; ask the operator for a new one")
+            gw = await (await db.execute("SELECT revoked, tenant FROM gateways WHERE id = ?",
+                                         (gateway_id,))).fetchone()
+            if gw is not None and gw[0]:
+                raise ClaimError(f"gateway {gateway_id!r} is revoked; use a new gateway id")
+            if gw is not None and gw[1] not in (None, tok[0]):
+                raise ClaimError(f"gateway id {gateway_id!r} is taken")
+            await db.execute(
+                "INSERT INTO gateways(id, site, alg, key, registered_ms, tenant, mqtt_username, mqtt_password_hash)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET site=excluded.site, alg=excluded.alg,"
+                " key=excluded.key, tenant=excluded.tenant, mqtt_username=excluded.mqtt_username,"
+                " mqtt_password_hash=excluded.mqtt_password_hash",
+                (gateway_id, tok[1], alg, key, now, tok[0], mqtt_username, mqtt_password_hash))
+            await db.execute("UPDATE gateway_keys SET retired_ms = ? WHERE gateway = ? AND retired_ms IS NULL",
+                             (now, gateway_id))
+            await db.execute("INSERT OR REPLACE INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)",
+                             (gateway_id, alg, key, now))
+            await db.execute("UPDATE claim_tokens SET used_ms = ?, gateway = ? WHERE token_hash = ?",
+                             (now, gateway_id, token_hash))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return str(tok[0]), str(tok[1])
+
+    async def rotate_key(self, gateway_id: str, new_key: str, now: int) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            row = await (await db.execute("SELECT alg, key FROM gateways WHERE id = ?", (gateway_id,))).fetchone()
+            if row is None:
+                raise ClaimError(f"gateway {gateway_id!r} is not registered")
+            await db.execute("INSERT OR IGNORE INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)",
+                             (gateway_id, row[0], row[1], now))
+            await db.execute("UPDATE gateway_keys SET retired_ms = ? WHERE gateway = ? AND key = ?",
+                             (now, gateway_id, row[1]))
+            await db.execute("INSERT OR REPLACE INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)",
+                             (gateway_id, row[0], new_key, now))
+            await db.execute("UPDATE gateways SET key = ? WHERE id = ?", (new_key, gateway_id))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def set_revoked(self, gateway_id: str, revoked: bool) -> bool:
+        cur = await self.db.execute("UPDATE gateways SET revoked = ? WHERE id = ?", (int(revoked), gateway_id))
+        return cur.rowcount > 0
+
+    async def broker_accounts(self) -> list[dict[str, Any]]:
+        return await self._rows(
+            "SELECT id, site, mqtt_username, mqtt_password_hash, revoked FROM gateways"
+            " WHERE mqtt_username IS NOT NULL ORDER BY id")
+
+    # --- data plane: group commit, hourly rollups, completeness ----------------------------------
+    # SQLite computes rollups from the raw readings at query time: it holds one site's data, not a
+    # province's. cloud/store_postgres.py keeps minute rollup tables instead; both give the same rows.
+
+    async def commit_many(self, items: list[PendingBatch]) -> list[CommitResult]:
+        return [await self.commit_batch(p.to_batch(), p.raw, p.received_ms) for p in items]
+
+    async def hour_rollups(self, q: SeriesQuery) -> list[dict[str, Any]]:
+        flags = ", ".join(f"sum(quality = '{f}') AS q_{f.lower()}" for f in QUALITY_FLAGS)
+        where, args = ["device = ?", "ts_ms >= ?", "ts_ms < ?"], [q.device, q.start_ms, q.end_ms]
+        if q.point is not None:
+            where.append("point = ?")
+            args.append(q.point)
+        if q.gateway is not None:
+            where.append("gateway = ?")
+            args.append(q.gateway)
+        return await self._rows(
+            "SELECT gateway, device, point, (ts_ms / 3600000) * 3600000 AS hour_ms, count(*) AS n, " + flags + ","
+            " min(CASE WHEN quality = 'N' THEN value END) AS vmin, max(CASE WHEN quality = 'N' THEN value END) AS vmax,"
+            " sum(CASE WHEN quality = 'N' THEN value END) AS vsum,"
+            " count(DISTINCT CASE WHEN quality = 'N' THEN ts_ms / 60000 END) AS valid_minutes,"
+            " min(ts_ms) AS first_ms, max(ts_ms) AS last_ms FROM readings WHERE " + " AND ".join(where)
+            + " GROUP BY gateway, device, point, hour_ms ORDER BY point, gateway, hour_ms", tuple(args))
+
+    async def seq_gaps(self, gateway: str, limit: int = 1000) -> dict[str, Any]:
+        row = await (await self.db.execute(
+            "SELECT min(seq), max(seq), count(*) FROM batches WHERE gateway = ?", (gateway,))).fetchone()
+        gaps = await self._rows(
+            "SELECT seq + 1 AS first, nxt - 1 AS last FROM (SELECT seq, lead(seq) OVER (ORDER BY seq) AS nxt"
+            " FROM batches WHERE gateway = ?) WHERE nxt > seq + 1 ORDER BY first LIMIT ?", (gateway, limit))
+        return seq_gap_summary(gateway, row, gaps)
+
+    async def late_batches(self, gateway: str, min_delay_ms: int, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self._rows(
+            "SELECT seq, created_ms, received_ms, n, received_ms - created_ms AS delay_ms FROM batches"
+            " WHERE gateway = ? AND received_ms - created_ms >= ? ORDER BY seq LIMIT ?",
+            (gateway, min_delay_ms, limit))
+
+    # --- device shadows and commands (cloud/shadows.py, cloud/commands.py) -------------------
+
+    async def get_shadow(self, gateway: str) -> tuple[int, dict[str, Any]] | None:
+        row = await (await self.db.execute("SELECT version, doc FROM shadows WHERE gateway = ?",
+                                           (gateway,))).fetchone()
+        return (int(row[0]), json.loads(row[1])) if row else None
+
+    async def put_shadow(self, gateway: str, expected_version: int, doc: dict[str, Any], updated_ms: int) -> bool:
+        """Compare-and-set: writes version expected+1 only if the stored version is still ``expected``."""
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+        if expected_version == 0:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO shadows(gateway, version, doc, updated_ms) VALUES (?, 1, ?, ?)",
+                (gateway, text, updated_ms))
+        else:
+            cur = await self.db.execute(
+                "UPDATE shadows SET version = version + 1, doc = ?, updated_ms = ? WHERE gateway = ? AND version = ?",
+                (text, updated_ms, gateway, expected_version))
+        return cur.rowcount == 1
+
+    async def add_command(self, command_id: str, gateway: str, name: str, args: dict[str, Any],
+                          created_ms: int, deadline_ms: int) -> None:
+        await self.db.execute(
+            "INSERT INTO commands(id, gateway, name, args, status, created_ms, deadline_ms)"
+            " VALUES (?,?,?,?,'pending',?,?)", (command_id, gateway, name, json.dumps(args), created_ms, deadline_ms))
+
+    async def finish_command(self, command_id: str, status: str, result: dict[str, Any] | None,
+                             done_ms: int) -> bool:
+        """Record a command's end once; a late result after a timeout is kept but does not change status."""
+        cur = await self.db.execute(
+            "UPDATE commands SET status = ?, result = ?, done_ms = ? WHERE id = ? AND status = 'pending'",
+            (status, json.dumps(result) if result is not None else None, done_ms, command_id))
+        if cur.rowcount == 1:
+            return True
+        await self.db.execute("UPDATE commands SET result = coalesce(result, ?) WHERE id = ? AND status = 'timeout'",
+                              (json.dumps(result) if result is not None else None, command_id))
+        return False
+
+    async def get_command(self, command_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM commands WHERE id = ?", (command_id,))
+        return _command_row(rows[0]) if rows else None
+
+    async def list_commands(self, gateway: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self._rows("SELECT * FROM commands WHERE gateway = ? ORDER BY created_ms DESC LIMIT ?",
+                                (gateway, limit))
+        return [_command_row(r) for r in rows]
+
+
+def _command_row(r: dict[str, Any]) -> dict[str, Any]:
+    r["args"] = json.loads(r["args"])
+    r["result"] = json.loads(r["result"]) if r["result"] is not None else None
+    return r
