@@ -39,6 +39,14 @@ def _mount() -> None:
     from edge.hj212.cli import app as hj212_app
 
     app.add_typer(hj212_app, name="hj212")
+    from cloud.anchor.cli import anchor_app, verify_app
+
+    app.add_typer(anchor_app, name="anchor")
+    app.add_typer(verify_app, name="verify")
+    from cloud.storage_cli import app as storage_app
+
+    # migrate, status, gaps, availability, rollups, export-influx sit beside serve under `carbonlink cloud`.
+    cloud_app.registered_commands.extend(storage_app.registered_commands)
 
 
 _mount()
@@ -138,7 +146,8 @@ def edge_check(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
 @cloud_app.command("serve")
 def cloud_serve(
     mqtt: Annotated[str | None, typer.Option(help="broker URL; without it an embedded broker is started")] = None,
-    db: Annotated[str, typer.Option(help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
+    db: Annotated[str, typer.Option(envvar="CARBONLINK_DB", help="storage URL: sqlite:///PATH or postgresql://...")
+                  ] = "sqlite:///var/cloud/cloud.sqlite",
     host: Annotated[str, typer.Option(help="HTTP bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8080,
     shared_group: Annotated[str | None, typer.Option(help="MQTT 5 shared-subscription group (Mosquitto)")] = None,

@@ -117,7 +117,30 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         next_cursor = f"{rows[-1]['ts_ms']}~{rows[-1]['point']}" if len(rows) == limit else None
         return {"items": rows, "count": len(rows), "next_cursor": next_cursor}
 
+    @app.get("/api/proof")
+    async def proof(
+        gateway: Annotated[str, Query(min_length=1, max_length=64)],
+        device: Annotated[str, Query(min_length=1, max_length=128)],
+        point: Annotated[str, Query(min_length=1, max_length=128)],
+        ts: Annotated[str, Query(description="ISO UTC with ms, or epoch ms")],
+    ) -> dict[str, Any]:
+        """The proof bundle of one reading: its signed batch, Merkle proof, root and anchoring transaction."""
+        from .anchor.proof import BundleError, bundle_for
+
+        ts_ms = _ts_param("ts", ts)
+        assert ts_ms is not None
+        if not store.url.startswith("sqlite:///"):
+            raise HTTPException(501, "proof bundles are served from the SQLite store for now")
+        try:
+            return await bundle_for(store.url, gateway, device, point, ts_ms)
+        except BundleError as exc:
+            msg = str(exc)
+            raise HTTPException(409 if "not yet" in msg or "sealed" in msg or "anchored" in msg else 404, msg) from None
+
+    from .routes_data import create_data_router
     from .routes_provision import provisioning_router
+
+    app.include_router(create_data_router(store))
 
     app.include_router(provisioning_router(store, admin_token))
 
