@@ -241,3 +241,93 @@ def rotate_key(
         f.write(pem)
     _emit({"gateway": cfg.gateway.id, "old_key": public_key_hex(old), "new_key": new_hex,
            "next": "restart the agent to sign with the new key"}, json_out, "Key rotated")
+
+
+_SOIL = re.compile(r"(?P<device>[A-Za-z0-9_.-]{1,64})@(?P<pin>\d{1,2})")
+_BLE = re.compile(r"(?P<mac>([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})=(?P<device>[A-Za-z0-9_.-]{1,64})")
+
+
+def node_sensors(soil: list[str], bthome: list[str], extra: Path | None) -> list[dict[str, Any]]:
+    """Sensor entries for the firmware's config.json (keys: firmware/README.md)."""
+    sensors: list[dict[str, Any]] = []
+    for i, spec in enumerate(soil):
+        m = _SOIL.fullmatch(spec)
+        if not m:
+            raise ValueError(f"--soil {spec!r} must look like DEVICE@PIN, e.g. tree-0007@34")
+        # Capacitive probe on an ADC pin; dry/wet are typical raw read_u16 values, recalibrate on site.
+        sensors.append({"id": f"soil{i + 1}", "kind": "soil_adc", "device": m["device"], "pin": int(m["pin"]),
+                        "dry": 52000, "wet": 21000})
+    if bthome:
+        devices = {}
+        for spec in bthome:
+            m = _BLE.fullmatch(spec)
+            if not m:
+                raise ValueError(f"--bthome {spec!r} must look like MAC=DEVICE, e.g. A4:C1:38:12:34:56=tree-7-air")
+            devices[m["mac"].upper()] = m["device"]
+        sensors.append({"id": "ble", "kind": "bthome", "scan_ms": 5000, "devices": devices})
+    if extra is not None:
+        loaded = json.loads(extra.read_text("utf-8"))
+        if not isinstance(loaded, list):
+            raise ValueError(f"{extra}: must hold a JSON list of sensor objects (see firmware/README.md)")
+        sensors.extend(loaded)
+    if not sensors:
+        raise ValueError("give at least one sensor: --soil, --bthome or --sensors-json")
+    ids = [s.get("id") for s in sensors]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"sensor ids must be unique, got {ids}")
+    return sensors
+
+
+@app.command()
+def node(
+    api: Annotated[str, typer.Option(help="cloud API URL")],
+    token: Annotated[str, typer.Option(help="claim token from the operator")],
+    node_id: Annotated[str, typer.Option("--node", help="this node's id")],
+    mqtt_host: Annotated[str, typer.Option(help="broker host the node connects to")],
+    mqtt_port: Annotated[int | None, typer.Option(help="broker port (8883 with --tls, else 1883)")] = None,
+    tls: Annotated[bool, typer.Option(help="connect with TLS")] = False,
+    wifi_ssid: Annotated[str | None, typer.Option(help="Wi-Fi network")] = None,
+    wifi_password: Annotated[str | None, typer.Option(help="Wi-Fi password")] = None,
+    soil: Annotated[list[str] | None, typer.Option(help="ADC soil probe DEVICE@PIN; repeatable")] = None,
+    bthome: Annotated[list[str] | None, typer.Option(help="BTHome sensor MAC=DEVICE; repeatable")] = None,
+    sensors_json: Annotated[Path | None, typer.Option(help="more sensor objects, a JSON list")] = None,
+    sample_interval: Annotated[int, typer.Option(help="seconds between wakes")] = 300,
+    uplink_every: Annotated[int, typer.Option(help="connect on every n-th wake")] = 1,
+    out: Annotated[Path, typer.Option(help="config.json to write")] = Path("config.json"),
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Provision an ESP32 node: make its HMAC secret, register it, write the config.json mpremote copies."""
+    import secrets as pysecrets
+
+    try:
+        sensors = node_sensors(soil or [], bthome or [], sensors_json)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if out.exists():
+        raise _fail(f"{out} exists; move it away or choose another --out")
+    secret = pysecrets.token_bytes(32).hex()
+    try:
+        r = httpx.post(f"{api.rstrip('/')}/api/provision/claim", timeout=30,
+                       json={"token": token, "gateway": node_id, "alg": "hmac-sha256", "key": secret})
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach the cloud at {api}: {exc}; check the URL and the network") from None
+    if r.status_code != 201:
+        raise _fail(f"claim refused ({r.status_code}): {r.json().get('detail', r.text)}")
+    res = r.json()
+    cfg: dict[str, Any] = {
+        "node_id": node_id, "site": res["site"], "secret_hex": secret,
+        "mqtt": {"host": mqtt_host, "port": mqtt_port or (8883 if tls else 1883), "tls": tls,
+                 "user": res["mqtt"]["username"], "password": res["mqtt"]["password"]},
+        "sample_interval_s": sample_interval, "uplink_every": uplink_every, "sensors": sensors,
+    }
+    if wifi_ssid:
+        cfg["wifi"] = {"ssid": wifi_ssid, "password": wifi_password or ""}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the node's secret
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f, indent=1)
+    _emit({"node": node_id, "tenant": res["tenant"], "site": res["site"], "config": str(out),
+           "sensors": len(sensors), "mqtt": f"{mqtt_host}:{cfg['mqtt']['port']}{' (TLS)' if tls else ''}",
+           "deploy": f"mpremote connect PORT fs cp {out} :config.json (modules: firmware/README.md, Deploy)",
+           "check": f"{api.rstrip('/')}/api/gateways shows {node_id}; its first batch after {sample_interval} s"},
+          json_out, f"Node {node_id} provisioned")
