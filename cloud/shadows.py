@@ -200,8 +200,8 @@ class ShadowService:
             size = len(json.dumps(new, separators=(",", ":")))
             if size > MAX_SHADOW_BYTES:
                 raise ShadowError(413, f"the shadow would be {size} bytes, over the {MAX_SHADOW_BYTES}-byte limit")
-            if new == doc:
-                return view(gateway, current, doc)  # nothing changed: the version stays
+            if all(new[k] == doc.get(k) for k in ("desired", "reported", "rejected")):
+                return view(gateway, current, doc)  # nothing changed (only stamps would): the version stays
             if await self.store.put_shadow(gateway, current, new, ts):
                 out = view(gateway, current + 1, new)
                 if desired is not None and new["desired"] != doc["desired"]:

@@ -6,20 +6,20 @@ import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from carbonlink.topics import GatewayTopics
-from carbonlink.wire import Batch, Reading, sign_batch
+from carbonlink.wire import Reading
 
 from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
-from .outbox import Outbox
+from .outbox import KeySigner, Outbox
 from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
 from .uplink import DeliveryPolicy, Uplink
@@ -45,6 +45,7 @@ class EdgeAgent:
         self.cfg = cfg
         self.config_path = config_path
         self.key = load_or_create_key(cfg.gateway.key_file)
+        self.signer = KeySigner(self.key)
         self.topics = GatewayTopics(cfg.gateway.site, cfg.gateway.id)
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
                              synchronous=cfg.outbox.synchronous)
@@ -57,7 +58,7 @@ class EdgeAgent:
         self.commands = CommandRunner(self.topics, self)
         self.uplink = Uplink(self.outbox, self.topics, mqtt_url or m.url, username=m.username,
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
-                             max_inflight=m.max_inflight, sign=self._sign, policy=self.policy,
+                             max_inflight=m.max_inflight, sign=self.signer, policy=self.policy,
                              subscriptions=(*self.shadow.subscriptions, self.commands.subscription),
                              on_message=self._control, on_connect=self._connected)
         self.produced = 0
@@ -96,9 +97,6 @@ class EdgeAgent:
         if len(readings) >= self.policy.live_max_readings:
             self.uplink.wakeup.set()
 
-    def _sign(self, batch: Batch) -> Batch:
-        return sign_batch(replace(batch, gateway=self.cfg.gateway.id), self.key)
-
     def cut_due_batches(self, *, force: bool = False) -> int:
         """Cut live batches now (the uplink normally cuts on demand, when it can send them)."""
         cut = 0
@@ -111,7 +109,7 @@ class EdgeAgent:
             aged = time.time() * 1000 - oldest >= p.live_max_age_s * 1000
             if not (force or aged or n >= p.live_max_readings):
                 break
-            if self.outbox.cut_batch(p.live_max_readings, self._sign) is None:
+            if self.outbox.cut_batch(p.live_max_readings, self.signer) is None:
                 break
             cut += 1
         if cut:

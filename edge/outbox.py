@@ -28,20 +28,49 @@ readings and raises ``outbox_quota_exceeded``: data is never thrown away.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from carbonlink.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, now_ms
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from carbonlink.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, SigAlg, now_ms, sign_batch
 
 log = logging.getLogger(__name__)
 
 Signer = Callable[[Batch], Batch]
+
+
+class KeySigner:
+    """A Signer that can also produce the published bytes while canonicalising the readings only once.
+
+    ``sign_batch(b).to_bytes()`` renders every reading twice (to sign, then to publish); for a
+    5000-reading backlog batch that was half the gateway's CPU. The bytes are the same: a test
+    holds ``payload`` to ``sign_batch(...).to_bytes()``.
+    """
+
+    def __init__(self, key: Ed25519PrivateKey | bytes) -> None:
+        self.key = key
+
+    def __call__(self, batch: Batch) -> Batch:
+        return sign_batch(batch, self.key)
+
+    def payload(self, batch: Batch) -> bytes:
+        alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
+        body = replace(batch, alg=alg, sig="").signing_bytes()
+        if isinstance(self.key, Ed25519PrivateKey):
+            sig = self.key.sign(body).hex()
+        else:
+            sig = hmac.new(self.key, body, hashlib.sha256).hexdigest()
+        tail = f',"v":{batch.v}}}'.encode()  # the wire's rule: sig sits in its sorted place, before v
+        return body[: -len(tail)] + f',"sig":"{sig}"'.encode() + tail
 Lane = Literal["live", "backlog", "any"]
 
 ROLLUP_SUFFIX = "@1m"
@@ -174,10 +203,13 @@ class Outbox:
         shrunk if the signed message would exceed ``max_bytes``.
         """
         where, args = self._lane(lane, live_after_ms)
+        # The backlog is most of the table: walk it in rowid order and stop at the limit, rather than
+        # let the planner use the added_ms index and sort every backlog row on each cut.
+        table = "pending" if lane == "live" else "pending NOT INDEXED"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             rows = self.db.execute(
-                f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending WHERE {where}"
+                f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table} WHERE {where}"
                 " ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
             if not rows:
                 return None
@@ -185,8 +217,8 @@ class Outbox:
             created = now_ms()
             while True:
                 readings = tuple(Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows)
-                batch = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings))
-                payload = batch.to_bytes()
+                unsigned = Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings)
+                payload = sign.payload(unsigned) if isinstance(sign, KeySigner) else sign(unsigned).to_bytes()
                 if len(payload) <= max_bytes or len(rows) == 1:
                     break
                 # Rare (long names): keep the share of rows that fits, with a margin.
@@ -194,7 +226,8 @@ class Outbox:
             self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
                             (seq, created, len(rows), payload, lane))
             # The rows taken are exactly those matching the lane up to the last id taken.
-            self.db.execute(f"DELETE FROM pending WHERE id <= ? AND {where}", (rows[-1][0], *args))
+            self.db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND {where}",
+                            (rows[0][0], rows[-1][0], *args))
             self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
         return StoredBatch(seq, len(rows), payload, lane)
 

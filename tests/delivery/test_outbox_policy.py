@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.topics import GatewayTopics
 from carbonlink.wire import Batch, Reading, parse_batch, sign_batch
-from edge.outbox import Outbox
+from edge.outbox import KeySigner, Outbox
 from edge.uplink import DeliveryPolicy, Uplink
 
 KEY = Ed25519PrivateKey.generate()
@@ -92,3 +92,14 @@ def test_bad_acks_change_nothing(tmp_path: Path) -> None:
     up.handle_ack(json.dumps({"seq": b.seq, "status": "duplicate"}).encode())  # a repeat: harmless
     assert ob.unacked_count() == (0, 0) and up.counters.readings_acked == 1
     assert up.counters.unknown_acks == 4 and up.counters.bogus_acks == 3
+
+
+def test_key_signer_writes_the_same_bytes_as_the_wire_module(tmp_path: Path) -> None:
+    readings = tuple(Reading.make("d", "p", T0 + i, i / 3, "u") for i in range(20))
+    for key in (KEY, b"secret-for-hmac-nodes"):
+        b = Batch("gw-1", 7, T0, readings)
+        assert KeySigner(key).payload(b) == sign_batch(b, key).to_bytes()
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append(readings)
+    cut = ob.cut_batch(100, KeySigner(KEY))
+    assert cut is not None and parse_batch(cut.payload).readings == readings
