@@ -38,6 +38,7 @@ from .store import (
     ReadingQuery,
     SeriesQuery,
     seq_gap_summary,
+    unit_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,26 @@ async def _m3_shadows_commands(con: asyncpg.Connection, timescale: bool, retenti
     """))
 
 
+async def _m4_api_identity(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_c("""
+    CREATE TABLE api_users (
+        username text PRIMARY KEY, tenant text NOT NULL, role text NOT NULL, password_hash text NOT NULL,
+        created_ms bigint NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id text PRIMARY KEY, tenant text NOT NULL, role text NOT NULL, name text NOT NULL,
+        secret_hash text NOT NULL, created_ms bigint NOT NULL, revoked_ms bigint
+    );
+    CREATE INDEX gateways_tenant ON gateways(tenant);
+    CREATE INDEX dead_letters_gateway ON dead_letters(gateway, id);
+    """))
+
+
 # Versioned migrations, applied in order at open and by `carbonlink cloud migrate`; never edit a shipped one.
-MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands]
+MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity]
+
+# Rows of one tenant: its gateways are the join key for readings, rollups, latest values and dead letters.
+IN_TENANT = "gateway IN (SELECT id FROM gateways WHERE tenant = ${})"
 
 
 def month_start_ms(ts_ms: int) -> int:
@@ -237,6 +256,7 @@ class PostgresStore:
         self._plain_sql, self._timescale_sql = _commit_sql(rollups=True), _commit_sql(rollups=False)
         self._minutes_sql = _minutes_sql("stage_readings")
         self._seen_written: dict[str, int] = {}
+        self._units: dict[tuple[str, str, str], str] = {}  # (gateway, device, point) -> registered unit
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -344,11 +364,15 @@ class PostgresStore:
 
     # --- gateways ----------------------------------------------------------------------------------------
 
-    async def register_gateway(self, gateway_id: str, site: str, alg: str, key: str) -> None:
+    async def register_gateway(self, gateway_id: str, site: str, alg: str, key: str, *,
+                               tenant: str | None = None) -> None:
+        if tenant is not None:
+            await self.ensure_site(tenant, site)
         await self.pool.execute(
-            "INSERT INTO gateways(id, site, alg, key, registered_ms) VALUES ($1,$2,$3,$4,$5)"
-            " ON CONFLICT(id) DO UPDATE SET site=excluded.site, alg=excluded.alg, key=excluded.key, revoked=false",
-            gateway_id, site, alg, key, now_ms())
+            "INSERT INTO gateways(id, site, alg, key, registered_ms, tenant) VALUES ($1,$2,$3,$4,$5,$6)"
+            " ON CONFLICT(id) DO UPDATE SET site=excluded.site, alg=excluded.alg, key=excluded.key, revoked=false,"
+            " tenant=coalesce(excluded.tenant, gateways.tenant)",
+            gateway_id, site, alg, key, now_ms(), tenant)
 
     async def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
         row = await self.pool.fetchrow("SELECT id, site, alg, key, revoked, tenant FROM gateways WHERE id = $1",
@@ -410,7 +434,13 @@ class PostgresStore:
                     [p.gateway for p in old], [p.seq for p in old]):
                 stored_digest[(r[0], r[1])] = r[2]
         fresh = [p for p in uniq if (p.gateway, p.seq) in new_keys]
-        records = [(p.gateway, d, pt, ts, v, u, q, p.seq) for p in fresh for d, pt, ts, v, u, q in p.rows]
+        records, wrong = await self._check_units(con, fresh)
+        for p in fresh:
+            if (p.gateway, p.seq) in wrong:
+                await con.execute(
+                    "INSERT INTO dead_letters(received_ms, topic, gateway, reason, payload) VALUES ($1,$2,$3,$4,$5)",
+                    p.received_ms, f"unit-check/{p.gateway}", p.gateway, unit_reason(p.seq, wrong[(p.gateway, p.seq)]),
+                    p.raw)
         inserted_by_batch: dict[tuple[str, int], int] = {}
         if records:
             # COPY into the session's staging table, then INSERT ... SELECT: plain inserts first, since a
@@ -427,8 +457,9 @@ class PostgresStore:
             if fast:
                 if not self.timescale:
                     await con.execute(self._minutes_sql)
-                await self._upsert_latest(con, fresh)
-                inserted_by_batch = {(p.gateway, p.seq): len(p.rows) for p in fresh}
+                await self._upsert_latest(con, fresh, self._units)
+                inserted_by_batch = {(p.gateway, p.seq): len(p.rows) - len(wrong.get((p.gateway, p.seq), ()))
+                                     for p in fresh}
             else:
                 for r in await con.fetch(self._plain_sql if not self.timescale else self._timescale_sql):
                     inserted_by_batch[(r[0], r[1])] = r[2]
@@ -451,7 +482,8 @@ class PostgresStore:
             key = (p.gateway, p.seq)
             if first[key] == i and key in new_keys:
                 n = inserted_by_batch.get(key, 0)
-                out.append(CommitResult("committed", n, len(p.rows) - n))
+                bad = len(wrong.get(key, ()))
+                out.append(CommitResult("committed", n, len(p.rows) - n - bad, bad))
             else:
                 # Same seq, same content: a redelivery. Same seq, other content: a replay or a gateway
                 # that lost its state (see SqliteStore.commit_batch).
@@ -459,12 +491,43 @@ class PostgresStore:
                 out.append(CommitResult("duplicate" if digest == p.digest else "conflict", 0, len(p.rows)))
         return out
 
+    async def _check_units(self, con: asyncpg.Connection, fresh: list[PendingBatch]
+                           ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, int], list[str]]]:
+        """Rows to store, and per batch the readings whose unit is not their point's registered one.
+
+        The registered unit is the first one stored for (gateway, device, point), i.e. the unit in
+        ``latest`` (mismatches never reach it); cached per store, so the hot path is one dict lookup a row.
+        """
+        units = self._units
+        missing = {(p.gateway, d, pt) for p in fresh for d, pt, *_ in p.rows} - units.keys() if fresh else set()
+        if missing:
+            keys = sorted(missing)
+            for r in await con.fetch(
+                    "SELECT l.gateway, l.device, l.point, l.unit FROM latest l JOIN unnest($1::text[], $2::text[],"
+                    " $3::text[]) AS u(gateway, device, point) ON l.gateway = u.gateway AND l.device = u.device"
+                    " AND l.point = u.point", [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]):
+                units[(r[0], r[1], r[2])] = r[3]
+        records: list[tuple[Any, ...]] = []
+        wrong: dict[tuple[str, int], list[str]] = {}
+        for p in fresh:
+            gw, seq = p.gateway, p.seq
+            for d, pt, ts, v, u, q in p.rows:
+                unit = units.get((gw, d, pt)) or units.setdefault((gw, d, pt), u)  # the first unit registers
+                if unit == u:
+                    records.append((gw, d, pt, ts, v, u, q, seq))
+                else:
+                    wrong.setdefault((gw, seq), []).append(f"{d}/{pt}@{ts} in {u!r}, registered {unit!r}")
+        return records, wrong
+
     @staticmethod
-    async def _upsert_latest(con: asyncpg.Connection, fresh: list[PendingBatch]) -> None:
+    async def _upsert_latest(con: asyncpg.Connection, fresh: list[PendingBatch],
+                             units: dict[tuple[str, str, str], str]) -> None:
         last: dict[tuple[str, str, str], tuple[int, float, str, str]] = {}
         for p in fresh:
             gw = p.gateway
             for d, pt, ts, v, u, q in p.rows:
+                if units.get((gw, d, pt), u) != u:
+                    continue  # refused by the unit check
                 cur = last.get((gw, d, pt))
                 if cur is None or ts >= cur[0]:
                     last[(gw, d, pt)] = (ts, v, u, q)
@@ -490,26 +553,38 @@ class PostgresStore:
     async def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.pool.fetch(sql, *args)]
 
-    async def list_gateways(self) -> list[dict[str, Any]]:
+    async def list_gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        where, args = (" WHERE tenant = $1", (tenant,)) if tenant is not None else ("", ())
         return await self._rows(
-            "SELECT id, site, alg, status, status_ms, last_seen_ms, revoked::int AS revoked,"
-            " (SELECT count(*) FROM batches b WHERE b.gateway = g.id) AS batches FROM gateways g ORDER BY id")
+            "SELECT id, tenant, site, alg, status, status_ms, last_seen_ms, revoked::int AS revoked,"
+            " (SELECT count(*) FROM batches b WHERE b.gateway = g.id) AS batches FROM gateways g"
+            + where + " ORDER BY id", *args)
 
-    async def list_devices(self) -> list[dict[str, Any]]:
+    async def list_devices(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        where, args = (" WHERE " + IN_TENANT.format(1), (tenant,)) if tenant is not None else ("", ())
         return await self._rows(
             "SELECT gateway, device, count(*) AS points, max(ts_ms) AS last_ts_ms FROM latest"
-            " GROUP BY gateway, device ORDER BY gateway, device")
+            + where + " GROUP BY gateway, device ORDER BY gateway, device", *args)
 
-    async def latest(self, device: str | None = None) -> list[dict[str, Any]]:
+    async def latest(self, device: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if device:
+            args.append(device)
+            where.append(f"device = ${len(args)}")
+        if tenant is not None:
+            args.append(tenant)
+            where.append(IN_TENANT.format(len(args)))
         sql = "SELECT gateway, device, point, ts_ms, value, unit, quality FROM latest"
-        rows = await (self._rows(sql + " WHERE device = $1 ORDER BY point", device) if device
-                      else self._rows(sql + " ORDER BY gateway, device, point"))
+        rows = await self._rows(sql + (" WHERE " + " AND ".join(where) if where else "")
+                                + " ORDER BY gateway, device, point", *args)
         for r in rows:
             r["ts"] = format_ts(r["ts_ms"])
         return rows
 
     async def readings(self, q: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = ["device = $1"], [q.device]
+        where: list[str] = ["device = $1"]
+        args: list[Any] = [q.device]
         for col, val in (("point", q.point), ("gateway", q.gateway)):
             if val is not None:
                 args.append(val)
@@ -523,6 +598,9 @@ class PostgresStore:
         if q.after is not None:
             args.extend([q.after[0], q.after[1]])
             where.append(f"(ts_ms > ${len(args) - 1} OR (ts_ms = ${len(args) - 1} AND point > ${len(args)}))")
+        if q.tenant is not None:
+            args.append(q.tenant)
+            where.append(IN_TENANT.format(len(args)))
         args.append(q.limit)
         rows = await self._rows(
             "SELECT gateway, device, point, ts_ms, value, unit, quality, seq FROM readings WHERE "
@@ -531,17 +609,34 @@ class PostgresStore:
             r["ts"] = format_ts(r["ts_ms"])
         return rows
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(self, limit: int = 100, tenant: str | None = None,
+                           before_id: int | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            args.append(tenant)
+            where.append(IN_TENANT.format(len(args)))
+        if before_id is not None:
+            args.append(before_id)
+            where.append(f"id < ${len(args)}")
+        args.append(limit)
         rows = await self._rows(
-            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters ORDER BY id DESC LIMIT $1",
-            limit)
+            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters"
+            + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY id DESC LIMIT ${len(args)}", *args)
         for r in rows:
             payload = bytes(r.pop("payload"))
             r["size"] = len(payload)
             r["payload_preview"] = payload[:256].decode("utf-8", "replace")
         return rows
 
-    async def counts(self) -> dict[str, int]:
+    async def counts(self, tenant: str | None = None) -> dict[str, int]:
+        if tenant is not None:
+            w = " WHERE " + IN_TENANT.format(1)
+            row = await self.pool.fetchrow(
+                f"SELECT (SELECT count(*) FROM readings{w}) AS readings, (SELECT count(*) FROM batches{w}) AS batches,"
+                f" (SELECT count(*) FROM dead_letters{w}) AS dead_letters,"
+                " (SELECT count(*) FROM gateways WHERE tenant = $1) AS gateways", tenant)
+            return {k: int(v) for k, v in dict(row).items()} if row else {}
         row = await self.pool.fetchrow(
             "SELECT (SELECT count(*) FROM readings) AS readings, (SELECT count(*) FROM batches) AS batches,"
             " (SELECT count(*) FROM dead_letters) AS dead_letters, (SELECT count(*) FROM gateways) AS gateways")
@@ -555,6 +650,9 @@ class PostgresStore:
             if val is not None:
                 args.append(val)
                 where.append(f"{col} = ${len(args)}")
+        if q.tenant is not None:
+            args.append(q.tenant)
+            where.append(IN_TENANT.format(len(args)))
         flags = ", ".join(f"sum({c})::int AS {c}" for c in FLAG_COLS)
         return await self._rows(
             "SELECT gateway, device, point, (minute_ms / 3600000) * 3600000 AS hour_ms, sum(n)::int AS n, "
@@ -658,6 +756,58 @@ class PostgresStore:
         return await self._rows(
             "SELECT id, site, mqtt_username, mqtt_password_hash, revoked::int AS revoked FROM gateways"
             " WHERE mqtt_username IS NOT NULL ORDER BY id")
+
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, name, created_ms FROM tenants ORDER BY id")
+
+    async def list_sites(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, tenant, name, created_ms FROM sites WHERE tenant = $1 ORDER BY id", tenant)
+
+    # --- API users and keys (mirrors SqliteStore) --------------------------------------------------------
+
+    async def add_user(self, username: str, tenant: str, role: str, password_hash: str, now: int) -> bool:
+        async with self.pool.acquire() as con, con.transaction():
+            await con.execute("INSERT INTO tenants(id, name, created_ms) VALUES ($1,$1,$2) ON CONFLICT DO NOTHING",
+                              tenant, now)
+            status = await con.execute(
+                "INSERT INTO api_users(username, tenant, role, password_hash, created_ms) VALUES ($1,$2,$3,$4,$5)"
+                " ON CONFLICT DO NOTHING", username, tenant, role, password_hash, now)
+        return bool(status == "INSERT 0 1")
+
+    async def get_user(self, username: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM api_users WHERE username = $1", username)
+        return rows[0] if rows else None
+
+    async def list_users(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT username, tenant, role, created_ms FROM api_users WHERE tenant = $1"
+                                " ORDER BY username", tenant)
+
+    async def delete_user(self, tenant: str, username: str) -> bool:
+        status = await self.pool.execute("DELETE FROM api_users WHERE tenant = $1 AND username = $2",
+                                         tenant, username)
+        return bool(status == "DELETE 1")
+
+    async def add_api_key(self, key_id: str, tenant: str, role: str, name: str, secret_hash: str,
+                          now: int) -> None:
+        async with self.pool.acquire() as con, con.transaction():
+            await con.execute("INSERT INTO tenants(id, name, created_ms) VALUES ($1,$1,$2) ON CONFLICT DO NOTHING",
+                              tenant, now)
+            await con.execute(
+                "INSERT INTO api_keys(id, tenant, role, name, secret_hash, created_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+                key_id, tenant, role, name, secret_hash, now)
+
+    async def get_api_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM api_keys WHERE id = $1", key_id)
+        return rows[0] if rows else None
+
+    async def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, tenant, role, name, created_ms, revoked_ms FROM api_keys"
+                                " WHERE tenant = $1 ORDER BY created_ms, id", tenant)
+
+    async def revoke_api_key(self, tenant: str, key_id: str, now: int) -> bool:
+        status = await self.pool.execute("UPDATE api_keys SET revoked_ms = $1 WHERE tenant = $2 AND id = $3"
+                                         " AND revoked_ms IS NULL", now, tenant, key_id)
+        return bool(status == "UPDATE 1")
 
     # --- device shadows and commands (mirrors SqliteStore; cloud/shadows.py, cloud/commands.py) ---------
 

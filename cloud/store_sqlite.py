@@ -20,6 +20,7 @@ from .store import (
     ReadingQuery,
     SeriesQuery,
     seq_gap_summary,
+    unit_reason,
 )
 
 # Versioned migrations, applied in order at open; never edit one that has shipped.
@@ -82,7 +83,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS commands_gateway ON commands(gateway, created_ms);
     """,
+    # 4: API users and keys (hashes only), tenant-scoped lookups.
+    """
+    CREATE TABLE api_users (
+        username TEXT PRIMARY KEY, tenant TEXT NOT NULL, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, tenant TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL, created_ms INTEGER NOT NULL, revoked_ms INTEGER
+    );
+    CREATE INDEX gateways_tenant ON gateways(tenant);
+    CREATE INDEX dead_letters_gateway ON dead_letters(gateway, id);
+    """,
 ]
+
+# Rows of one tenant: its gateways are the join key for readings, latest values and dead letters.
+IN_TENANT = "gateway IN (SELECT id FROM gateways WHERE tenant = ?)"
 
 
 class SqliteStore:
@@ -90,6 +107,7 @@ class SqliteStore:
         self.url = url
         self.path = Path(url.removeprefix("sqlite:///"))
         self._db: aiosqlite.Connection | None = None
+        self._units: dict[tuple[str, str, str], str] = {}  # (gateway, device, point) -> registered unit
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -126,11 +144,15 @@ class SqliteStore:
             await self._db.close()
             self._db = None
 
-    async def register_gateway(self, gateway_id: str, site: str, alg: str, key: str) -> None:
+    async def register_gateway(self, gateway_id: str, site: str, alg: str, key: str, *,
+                               tenant: str | None = None) -> None:
+        if tenant is not None:
+            await self.ensure_site(tenant, site)
         await self.db.execute(
-            "INSERT INTO gateways(id, site, alg, key, registered_ms) VALUES (?,?,?,?,strftime('%s','now')*1000)"
-            " ON CONFLICT(id) DO UPDATE SET site=excluded.site, alg=excluded.alg, key=excluded.key, revoked=0",
-            (gateway_id, site, alg, key),
+            "INSERT INTO gateways(id, site, alg, key, registered_ms, tenant)"
+            " VALUES (?,?,?,?,strftime('%s','now')*1000,?) ON CONFLICT(id) DO UPDATE SET site=excluded.site,"
+            " alg=excluded.alg, key=excluded.key, revoked=0, tenant=coalesce(excluded.tenant, gateways.tenant)",
+            (gateway_id, site, alg, key, tenant),
         )
 
     async def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
@@ -165,8 +187,11 @@ class SqliteStore:
                 # that lost its state; storing nothing and saying "duplicate" would lose its readings.
                 status = "duplicate" if row and row[0] == batch.digest() else "conflict"
                 return CommitResult(status, 0, len(batch.readings))
-            rows = [(batch.gateway, r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, batch.seq)
-                    for r in batch.readings]
+            rows, wrong = await self._check_units(batch)
+            if wrong:
+                await db.execute(
+                    "INSERT INTO dead_letters(received_ms, topic, gateway, reason, payload) VALUES (?,?,?,?,?)",
+                    (received_ms, f"unit-check/{batch.gateway}", batch.gateway, unit_reason(batch.seq, wrong), raw))
             before = db.total_changes
             await db.executemany(
                 "INSERT OR IGNORE INTO readings(gateway, device, point, ts_ms, value, unit, quality, seq)"
@@ -183,7 +208,25 @@ class SqliteStore:
         except BaseException:
             await db.execute("ROLLBACK")
             raise
-        return CommitResult("committed", inserted, len(rows) - inserted)
+        return CommitResult("committed", inserted, len(rows) - inserted, len(wrong))
+
+    async def _check_units(self, batch: Batch) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """Split a batch's rows into those whose unit is their point's registered one and the others."""
+        gw = batch.gateway
+        missing = {(gw, r.device, r.point) for r in batch.readings} - self._units.keys()
+        if missing:
+            for d, pt, u in await (await self.db.execute(
+                    "SELECT device, point, unit FROM latest WHERE gateway = ?", (gw,))).fetchall():
+                self._units[(gw, d, pt)] = u
+        rows: list[tuple[Any, ...]] = []
+        wrong: list[str] = []
+        for r in batch.readings:
+            unit = self._units.setdefault((gw, r.device, r.point), r.unit)  # the first unit seen registers
+            if unit == r.unit:
+                rows.append((gw, r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, batch.seq))
+            else:
+                wrong.append(f"{r.device}/{r.point}@{r.ts_ms} in {r.unit!r}, registered {unit!r}")
+        return rows, wrong
 
     async def dead_letter(self, topic: str, raw: bytes, reason: str, gateway: str | None,
                           received_ms: int) -> None:
@@ -196,20 +239,31 @@ class SqliteStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
 
-    async def list_gateways(self) -> list[dict[str, Any]]:
+    async def list_gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        where, args = (" WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
         return await self._rows(
-            "SELECT id, site, alg, status, status_ms, last_seen_ms, revoked,"
-            " (SELECT count(*) FROM batches b WHERE b.gateway = g.id) AS batches FROM gateways g ORDER BY id")
+            "SELECT id, tenant, site, alg, status, status_ms, last_seen_ms, revoked,"
+            " (SELECT count(*) FROM batches b WHERE b.gateway = g.id) AS batches FROM gateways g"
+            + where + " ORDER BY id", args)
 
-    async def list_devices(self) -> list[dict[str, Any]]:
+    async def list_devices(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        where, args = (" WHERE " + IN_TENANT, (tenant,)) if tenant is not None else ("", ())
         return await self._rows(
             "SELECT gateway, device, count(*) AS points, max(ts_ms) AS last_ts_ms FROM latest"
-            " GROUP BY gateway, device ORDER BY gateway, device")
+            + where + " GROUP BY gateway, device ORDER BY gateway, device", args)
 
-    async def latest(self, device: str | None = None) -> list[dict[str, Any]]:
+    async def latest(self, device: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if device:
+            where.append("device = ?")
+            args.append(device)
+        if tenant is not None:
+            where.append(IN_TENANT)
+            args.append(tenant)
         sql = "SELECT gateway, device, point, ts_ms, value, unit, quality FROM latest"
-        rows = await (self._rows(sql + " WHERE device = ? ORDER BY point", (device,)) if device
-                      else self._rows(sql + " ORDER BY gateway, device, point"))
+        rows = await self._rows(sql + (" WHERE " + " AND ".join(where) if where else "")
+                                + " ORDER BY gateway, device, point", tuple(args))
         for r in rows:
             r["ts"] = format_ts(r["ts_ms"])
         return rows
@@ -232,6 +286,9 @@ class SqliteStore:
         if q.after is not None:
             where.append("(ts_ms > ? OR (ts_ms = ? AND point > ?))")
             args.extend([q.after[0], q.after[0], q.after[1]])
+        if q.tenant is not None:
+            where.append(IN_TENANT)
+            args.append(q.tenant)
         sql = ("SELECT gateway, device, point, ts_ms, value, unit, quality, seq FROM readings WHERE "
                + " AND ".join(where) + " ORDER BY ts_ms, point LIMIT ?")
         rows = await self._rows(sql, (*args, q.limit))
@@ -239,23 +296,34 @@ class SqliteStore:
             r["ts"] = format_ts(r["ts_ms"])
         return rows
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(self, limit: int = 100, tenant: str | None = None,
+                           before_id: int | None = None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant is not None:
+            where.append(IN_TENANT)
+            args.append(tenant)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
         rows = await self._rows(
-            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters ORDER BY id DESC LIMIT ?",
-            (limit,))
+            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters"
+            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?", (*args, limit))
         for r in rows:
             payload = bytes(r.pop("payload"))
             r["size"] = len(payload)
             r["payload_preview"] = payload[:256].decode("utf-8", "replace")
         return rows
 
-    async def counts(self) -> dict[str, int]:
+    async def counts(self, tenant: str | None = None) -> dict[str, int]:
         out = {}
-        for name, sql in (("readings", "SELECT count(*) FROM readings"),
-                          ("batches", "SELECT count(*) FROM batches"),
-                          ("dead_letters", "SELECT count(*) FROM dead_letters"),
-                          ("gateways", "SELECT count(*) FROM gateways")):
-            row = await (await self.db.execute(sql)).fetchone()
+        where, args = (" WHERE " + IN_TENANT, (tenant,)) if tenant is not None else ("", ())
+        for name, sql in (("readings", "SELECT count(*) FROM readings" + where),
+                          ("batches", "SELECT count(*) FROM batches" + where),
+                          ("dead_letters", "SELECT count(*) FROM dead_letters" + where),
+                          ("gateways", "SELECT count(*) FROM gateways"
+                           + (" WHERE tenant = ?" if tenant is not None else ""))):
+            row = await (await self.db.execute(sql, args)).fetchone()
             out[name] = int(row[0]) if row else 0
         return out
 
@@ -346,6 +414,56 @@ class SqliteStore:
             "SELECT id, site, mqtt_username, mqtt_password_hash, revoked FROM gateways"
             " WHERE mqtt_username IS NOT NULL ORDER BY id")
 
+    async def list_tenants(self) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, name, created_ms FROM tenants ORDER BY id")
+
+    async def list_sites(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, tenant, name, created_ms FROM sites WHERE tenant = ? ORDER BY id",
+                                (tenant,))
+
+    # --- API users and keys --------------------------------------------------------------------------
+
+    async def add_user(self, username: str, tenant: str, role: str, password_hash: str, now: int) -> bool:
+        await self.db.execute("INSERT OR IGNORE INTO tenants(id, name, created_ms) VALUES (?,?,?)",
+                              (tenant, tenant, now))
+        cur = await self.db.execute(
+            "INSERT OR IGNORE INTO api_users(username, tenant, role, password_hash, created_ms) VALUES (?,?,?,?,?)",
+            (username, tenant, role, password_hash, now))
+        return cur.rowcount == 1
+
+    async def get_user(self, username: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM api_users WHERE username = ?", (username,))
+        return rows[0] if rows else None
+
+    async def list_users(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT username, tenant, role, created_ms FROM api_users WHERE tenant = ?"
+                                " ORDER BY username", (tenant,))
+
+    async def delete_user(self, tenant: str, username: str) -> bool:
+        cur = await self.db.execute("DELETE FROM api_users WHERE tenant = ? AND username = ?", (tenant, username))
+        return cur.rowcount == 1
+
+    async def add_api_key(self, key_id: str, tenant: str, role: str, name: str, secret_hash: str,
+                          now: int) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO tenants(id, name, created_ms) VALUES (?,?,?)",
+                              (tenant, tenant, now))
+        await self.db.execute(
+            "INSERT INTO api_keys(id, tenant, role, name, secret_hash, created_ms) VALUES (?,?,?,?,?,?)",
+            (key_id, tenant, role, name, secret_hash, now))
+
+    async def get_api_key(self, key_id: str) -> dict[str, Any] | None:
+        rows = await self._rows("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return rows[0] if rows else None
+
+    async def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        return await self._rows("SELECT id, tenant, role, name, created_ms, revoked_ms FROM api_keys"
+                                " WHERE tenant = ? ORDER BY created_ms, id", (tenant,))
+
+    async def revoke_api_key(self, tenant: str, key_id: str, now: int) -> bool:
+        cur = await self.db.execute("UPDATE api_keys SET revoked_ms = ? WHERE tenant = ? AND id = ?"
+                                    " AND revoked_ms IS NULL", (now, tenant, key_id))
+        return cur.rowcount == 1
+
     # --- data plane: group commit, hourly rollups, completeness ----------------------------------
     # SQLite computes rollups from the raw readings at query time: it holds one site's data, not a
     # province's. cloud/store_postgres.py keeps minute rollup tables instead; both give the same rows.
@@ -362,6 +480,9 @@ class SqliteStore:
         if q.gateway is not None:
             where.append("gateway = ?")
             args.append(q.gateway)
+        if q.tenant is not None:
+            where.append(IN_TENANT)
+            args.append(q.tenant)
         return await self._rows(
             "SELECT gateway, device, point, (ts_ms / 3600000) * 3600000 AS hour_ms, count(*) AS n, " + flags + ","
             " min(CASE WHEN quality = 'N' THEN value END) AS vmin, max(CASE WHEN quality = 'N' THEN value END) AS vmax,"
