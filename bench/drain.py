@@ -1,6 +1,6 @@
 """Drain benchmark: a gateway with N buffered readings drains into the cloud through Mosquitto.
 
-``python bench/drain.py [--readings 1000000] [--workers 1] [--json]``
+``python bench/drain.py [--readings 1000000] [--workers 2] [--json]``
 
 A private Mosquitto, ingest worker process(es) on one shared subscription and a
 SQLite store; the gateway is the real edge agent in its own process, its outbox
@@ -25,11 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from carbonlink.faults.runner import Broker, Proc  # noqa: E402
 from carbonlink.wire import Reading  # noqa: E402
 from cloud.store import open_store  # noqa: E402
 from edge.identity import load_or_create_key, public_key_hex  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
-from tests.faults.runner import Broker, Proc  # noqa: E402
 
 
 def stored(db_path: Path) -> int:
@@ -91,7 +91,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int) -> dict[
 
 def main(
     readings: Annotated[int, typer.Option(help="readings buffered in the gateway")] = 1_000_000,
-    workers: Annotated[int, typer.Option(help="ingest worker processes on one shared subscription")] = 1,
+    workers: Annotated[int, typer.Option(help="ingest workers on one shared subscription, as compose runs")] = 2,
     batch: Annotated[int, typer.Option(help="readings per backlog batch")] = 5000,
     inflight: Annotated[int, typer.Option(help="backlog batches awaiting ack")] = 16,
     json_out: Annotated[bool, typer.Option("--json")] = False,

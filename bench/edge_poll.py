@@ -50,7 +50,7 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def make_filler(n_points: int, seed: int):  # noqa: ANN201 - register filler
+def make_filler(n_points: int, seed: int):
     def fill(regs: list[int]) -> None:
         t = time.time()
         for i in range(n_points):

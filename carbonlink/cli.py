@@ -47,6 +47,9 @@ def _mount() -> None:
 
     # migrate, status, gaps, availability, rollups, export-influx sit beside serve under `carbonlink cloud`.
     cloud_app.registered_commands.extend(storage_app.registered_commands)
+    from .faults.runner import app as faults_app
+
+    app.add_typer(faults_app, name="faults")
 
 
 _mount()
@@ -124,7 +127,7 @@ def edge_run(
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     _logging(cfg.log_level)
-    _run(EdgeAgent(cfg, mqtt_url=mqtt).run_forever())
+    _run(EdgeAgent(cfg, mqtt_url=mqtt, config_path=config).run_forever())
 
 
 @edge_app.command("check")

@@ -12,7 +12,9 @@ from typing import Any
 import uvicorn
 
 from .api import create_app
+from .commands import ControlLink
 from .ingest import IngestService
+from .routes_control import create_control_router
 from .store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ class CloudService:
                  client_id: str = "carbonlink-ingest", shared_group: str | None = None) -> None:
         self.store: Store = open_store(store_url)
         self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group)
+        # Shadows and commands travel on their own connection, so a busy ingest never delays them.
+        self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
         self.http_host, self.http_port = http_host, http_port
         self._server: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -37,11 +41,13 @@ class CloudService:
     async def start(self) -> None:
         await self.store.open()
         app = create_app(self.store, self.stats)
+        app.include_router(create_control_router(self.control))
         config = uvicorn.Config(app, host=self.http_host, port=self.http_port, log_level="warning",
                                 lifespan="off")
         self._server = uvicorn.Server(config)
         self._tasks = [asyncio.create_task(self.ingest.run(), name="ingest"),
-                       asyncio.create_task(self._server.serve(), name="http")]
+                       asyncio.create_task(self._server.serve(), name="http"),
+                       asyncio.create_task(self.control.run(), name="control")]
         for _ in range(200):  # until uvicorn listens, so callers can print a working URL
             if self._server.started or self._tasks[1].done():
                 break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.faults.runner import PROFILES, run_profile
+from carbonlink.faults.runner import PROFILES, run_profile
 from tests.services import require
 
 

@@ -1,7 +1,7 @@
 """Entry points for the processes the fault suite kills: an ingest worker and an edge agent.
 
-``python -m tests.faults.procs ingest STORE_URL MQTT_URL CLIENT_ID GROUP``
-``python -m tests.faults.procs edge CONFIG``
+``python -m carbonlink.faults.procs ingest STORE_URL MQTT_URL CLIENT_ID GROUP``
+``python -m carbonlink.faults.procs edge CONFIG``
 SIGTERM stops them cleanly (the edge first stops its devices and drains); SIGKILL is the fault.
 """
 

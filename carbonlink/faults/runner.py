@@ -176,7 +176,7 @@ class Proc:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as err:
-            return subprocess.Popen([sys.executable, "-m", "tests.faults.procs", *self.args], cwd=ROOT,
+            return subprocess.Popen([sys.executable, "-m", "carbonlink.faults.procs", *self.args], cwd=ROOT,
                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                                     stderr=err)
 
