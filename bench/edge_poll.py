@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -25,17 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from carbonlink.broker import EmbeddedBroker  # noqa: E402
+from carbonlink.ports import free_port  # noqa: E402
 from cloud.service import running_cloud  # noqa: E402
 from edge.identity import load_or_create_key, public_key_hex  # noqa: E402
 from simulators.modbus_host import ModbusDeviceHost, f32  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

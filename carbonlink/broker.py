@@ -7,24 +7,19 @@ exists so that `carbonlink demo` needs nothing installed. Bound to loopback only
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
+
+from .ports import free_port
 
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)  # it logs every packet at INFO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedBroker:
     """``async with EmbeddedBroker() as broker: broker.url``"""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._broker: Any = None
 
     @property

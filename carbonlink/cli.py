@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from .configfile import ConfigError
+from .ports import port_free
 
 app = typer.Typer(help="CarbonLink: measure, report and verify carbon from field devices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -167,7 +168,7 @@ def cloud_serve(
         async with contextlib.AsyncExitStack() as stack:
             url = mqtt
             if url is None:
-                url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if _port_free(1883) else None))).url
+                url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))).url
             svc = await stack.enter_async_context(
                 running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
                               shared_group=shared_group))
@@ -265,17 +266,6 @@ async def _set_and_wait(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]{message}[/]")
     return typer.Exit(2)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def main() -> None:

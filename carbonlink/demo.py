@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,25 +13,13 @@ from typing import Any
 
 import yaml
 
+from .ports import free_port, port_free
+
 log = logging.getLogger(__name__)
 
 GATEWAY_ID = "gw-demo-01"
 SITE_ID = "demo-plant"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+TENANT_ID = "demo"
 
 
 @dataclass
@@ -90,6 +77,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                    live: bool = True, stop: asyncio.Event | None = None,
                    anchor_window_s: int = 10) -> DemoSummary:
     from cloud.anchor.jobs import AnchorSettings, running_anchor
+    from cloud.auth import create_api_key
     from cloud.service import running_cloud
     from edge.agent import EdgeAgent
     from edge.config import load_gateway_config
@@ -99,13 +87,13 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
     from simulators.sunspec import SunSpecInverter
 
     stop = stop or asyncio.Event()
-    if not _port_free(http_port):
-        http_port = _free_port()
+    if not port_free(http_port):
+        http_port = free_port()
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(_broker(mqtt_url))
-        cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=_free_port()))
-        inverter = await stack.enter_async_context(SunSpecInverter(port=_free_port()))
+        cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=free_port()))
+        inverter = await stack.enter_async_context(SunSpecInverter(port=free_port()))
         cfg_path = write_gateway_config(data_dir / "gateway.yaml", cems_port=cems.port,
                                         inverter_port=inverter.port, mqtt_url=url)
         cfg = load_gateway_config(cfg_path)
@@ -118,10 +106,16 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             data_dir / "cloud.sqlite", f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
             settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
         agent = EdgeAgent(cfg)
-        await cloud.store.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key))
+        await cloud.store.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
+                                           tenant=TENANT_ID)
+        # A dashboard login for this run only: an admin key in the URL fragment (never sent to the server
+        # in requests; the page keeps it in sessionStorage), revoked when the demo stops.
+        key_id, key = await create_api_key(cloud.store, TENANT_ID, "admin", "carbonlink demo dashboard")
+        stack.push_async_callback(lambda: cloud.store.revoke_api_key(TENANT_ID, key_id, int(time.time() * 1000)))
+        login_url = f"{cloud.dashboard_url}#key={key}"
         await agent.start()
         try:
-            await _watch(agent, cloud, duration, stop, live)
+            await _watch(agent, cloud, duration, stop, live, login_url)
         finally:
             await agent.stop_devices()
             drained = await agent.drain(within=15.0)
@@ -138,7 +132,8 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         )
 
 
-async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.Event, live: bool) -> None:
+async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.Event, live: bool,
+                 login_url: str) -> None:
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
@@ -150,7 +145,7 @@ async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.E
         s, c = agent.stats(), cloud.ingest.counters
         devs = " ".join(f"{k}:{v['state']}" for k, v in s.devices.items())
         return Text.assemble(
-            ("CarbonLink demo ", "bold green"), (f"dashboard {cloud.dashboard_url}  ", "cyan"),
+            ("CarbonLink demo ", "bold green"), (f"dashboard {login_url}  ", "cyan"),
             f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
             f"rejected {c.rejected_readings}  link {s.link}  {devs}  ",
             ("Ctrl-C to stop" if deadline is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
@@ -164,7 +159,7 @@ async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.E
 
     live_view: Live | None = None
     if live:
-        console.print(f"Dashboard: [bold cyan]{cloud.dashboard_url}[/]")
+        console.print(f"Dashboard (logged in as the demo's admin while it runs): [bold cyan]{login_url}[/]")
         with Live(line(), console=console, refresh_per_second=4, transient=False) as live_view:
             await wait()
     else:

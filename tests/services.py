@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from carbonlink.ports import free_port as _free_port
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -35,9 +37,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_port()
 
 
 def require_mosquitto_service() -> str:

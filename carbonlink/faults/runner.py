@@ -41,6 +41,8 @@ from typing import Annotated
 import typer
 import yaml
 
+from carbonlink.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 app = typer.Typer(help="Inject faults into a running pipeline and count what was lost or doubled.",
@@ -79,19 +81,11 @@ class Row:
 # --- the parts of the lab ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Broker:
     """A private Mosquitto that can be killed and restarted on the same port."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                              "max_inflight_messages 100\nmax_queued_messages 100000\n")
@@ -127,7 +121,7 @@ class Proxy:
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
-        self.port = _free_port()
+        self.port = free_port()
         self.server: asyncio.Server | None = None
         self.links: set[asyncio.StreamWriter] = set()
 
@@ -440,7 +434,7 @@ async def run_profile(profile: Profile, only: list[str] | None = None, progress:
                        for i in (1, 2)]
         try:
             await asyncio.gather(*(w.start() for w in lab.workers))
-            async with ModbusDeviceHost(CemsStack().fill, port=_free_port()) as sim:
+            async with ModbusDeviceHost(CemsStack().fill, port=free_port()) as sim:
                 lab.modbus_port = sim.port
                 for i, (name, fault) in enumerate(FAULTS.items()):
                     if only and not any(o in name for o in only):
