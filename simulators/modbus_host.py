@@ -2,16 +2,26 @@
 
 Values are computed when a request arrives, from the model's clock, so a
 client always sees the model's state at the moment it asks.
+
+Faults (``HostFaults``, changeable at run time): an exception code on every
+request, no reply at all (communication loss: the client times out), a register
+image shifted up by N registers (a wrong map: the device's firmware counts from
+another base), and ``restart()``: every connection dropped, connections refused
+for a while, then the device answers again on the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -40,51 +50,99 @@ def i16(value: int) -> int:
 RegisterFiller = Callable[[list[int]], None]
 
 
+@dataclass
+class HostFaults:
+    """Transport-level faults the host applies to every request; change the fields at run time."""
+
+    comm_loss: bool = False  # no reply at all: the client's request times out
+    exception_code: int | None = None  # every request answered with this Modbus exception
+    map_shift: int = 0  # the register image starts this many registers later than the map says
+
+    def check(self) -> None:
+        if self.exception_code is not None:
+            ExcCodes(self.exception_code)  # refuse codes Modbus does not define (ValueError)
+        if not 0 <= self.map_shift <= 16:
+            raise ValueError("map_shift must be 0-16 registers")
+
+
 class ModbusDeviceHost:
     """One Modbus TCP server whose holding registers a model fills on every read."""
 
     def __init__(self, fill: RegisterFiller, *, host: str = "127.0.0.1", port: int = 5020,
-                 size: int = 256, unit_id: int = 1) -> None:
+                 size: int = 256, unit_id: int = 1, faults: HostFaults | None = None) -> None:
         self.fill = fill
         self.host, self.port, self.unit_id = host, port, unit_id
         self.size = size
+        self.faults = faults if faults is not None else HostFaults()
         self.requests = 0
-        self.fail_with: int | None = None  # set an exception code to inject device faults
+        self.restarts = 0
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._image = [0] * size
+
+    @property
+    def fail_with(self) -> int | None:
+        """The exception code every request is answered with (None: answer normally)."""
+        return self.faults.exception_code
+
+    @fail_with.setter
+    def fail_with(self, code: int | None) -> None:
+        self.faults.exception_code = code
+        self.faults.check()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     async def _action(self, fc: int, start: int, address: int, count: int,
                       registers: list[int], values: Any) -> Any:
         self.requests += 1
-        if self.fail_with is not None:
-            from pymodbus.constants import ExcCodes
-
-            return ExcCodes(self.fail_with)
+        f = self.faults
+        if f.comm_loss:
+            # The server is built with ignore_missing_devices: this request gets no reply at all.
+            raise NoSuchIdException("simulated communication loss")
+        if f.exception_code is not None:
+            return ExcCodes(f.exception_code)
         if fc in _HOLDING_FC or fc in _INPUT_FC:
-            self.fill(registers)
+            if f.map_shift:
+                image = self._image
+                image[:] = [0] * len(image)
+                self.fill(image)
+                registers[: f.map_shift] = [0] * f.map_shift
+                registers[f.map_shift :] = image[: len(registers) - f.map_shift]
+            else:
+                self.fill(registers)
         return None
 
     async def start(self) -> None:
         regs = [SimData(0, count=self.size, values=0, datatype=DataType.REGISTERS)]
         bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
         device = SimDevice(self.unit_id, simdata=(bits, bits, regs, list(regs)), action=self._action)
-        self._server = ModbusTcpServer(device, address=(self.host, self.port))
+        self._server = ModbusTcpServer(device, address=(self.host, self.port), ignore_missing_devices=True)
         self._task = asyncio.create_task(self._server.serve_forever(), name=f"modbus sim :{self.port}")
         for _ in range(100):  # wait until the socket listens
             await asyncio.sleep(0.02)
             if self._server.is_active():
-                break
+                return
+        await self.stop()
+        raise OSError(f"Modbus simulator could not listen on {self.host}:{self.port}")
 
     async def stop(self) -> None:
+        """Close the listening socket and every client connection."""
         if self._server is not None:
             await self._server.shutdown()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
         self._server = self._task = None
+
+    async def restart(self, down_s: float = 2.0) -> None:
+        """A device restart: connections dropped, refused for ``down_s``, then served again."""
+        self.restarts += 1
+        await self.stop()
+        await asyncio.sleep(down_s)
+        await self.start()
 
     async def __aenter__(self) -> ModbusDeviceHost:
         await self.start()

@@ -4,6 +4,15 @@ Registers are read in as few requests as the map allows (contiguous or nearly
 contiguous points share one request of at most 125 registers, the Modbus limit
 for function codes 3 and 4). Exception replies and timeouts become quality flags
 rather than silently wrong values.
+
+A device that reports its own state in a register (a CEMS analyser in calibration,
+in maintenance, in fault) declares it in the point map: a point with ``role: status``
+and a ``quality_map`` from the status value to an HJ 212-2017 data flag, e.g.
+``{0: N, 1: C, 2: M, 3: D}``. The status point is published like any other; every
+point it ``applies_to`` (default: all the device's other points) that was read
+normally takes the mapped flag, so a calibration gas reading never passes as a
+measurement. A status value missing from the map gives D (fault); an unreadable
+status gives its own failure flag to the points it governs.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -49,6 +58,34 @@ class ModbusPoint(StrictModel):
     scale: float = 1.0
     offset: float = 0.0
     unit: str = Field(default="", max_length=32)
+    role: Literal["value", "status"] = "value"
+    quality_map: dict[int, Quality] | None = Field(
+        default=None, description="status points: status value → data flag of the points it applies to")
+    applies_to: list[str] | None = Field(default=None, description="status points: default all other points")
+
+    @model_validator(mode="after")
+    def _status_fields(self) -> ModbusPoint:
+        if self.role == "status":
+            if not self.quality_map:
+                raise ValueError(f"status point {self.name!r} needs a quality_map, e.g. {{0: N, 1: C, 2: M, 3: D}}")
+            if self.type == "float32":
+                raise ValueError(f"status point {self.name!r} must be an integer type or bool, not float32")
+        elif self.quality_map is not None or self.applies_to is not None:
+            raise ValueError(f"point {self.name!r}: quality_map and applies_to need 'role: status'")
+        return self
+
+
+def check_status_points(points: Sequence[ModbusPoint]) -> None:
+    """Cross-point rules of a point map: unique names, status points applying to value points that exist."""
+    names = [p.name for p in points]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"point names must be unique; repeated: {', '.join(dupes)}")
+    values = {p.name for p in points if p.role == "value"}
+    for p in points:
+        unknown = sorted(set(p.applies_to or ()) - values)
+        if unknown:
+            raise ValueError(f"status point {p.name!r} applies_to unknown or non-value points: {', '.join(unknown)}")
 
 
 class ModbusTcpDevice(DeviceBase):
@@ -64,7 +101,7 @@ class ModbusTcpDevice(DeviceBase):
     def _points_or_map(self) -> ModbusTcpDevice:
         if not self.points and not self.pointmap:
             raise ValueError("give either 'points' or 'pointmap'")
-        self.resolved_points()  # a broken or unknown point map must stop start-up, not the driver
+        check_status_points(self.resolved_points())  # a broken or unknown point map must stop start-up
         return self
 
     def resolved_points(self) -> list[ModbusPoint]:
@@ -127,7 +164,11 @@ class ModbusTcpDriver(Driver):
     def __init__(self, device_id: str, settings: ModbusTcpDevice) -> None:
         super().__init__(device_id, settings)
         self.points = settings.resolved_points()
+        check_status_points(self.points)
         self.blocks = plan_blocks(self.points)
+        self.status_points = [p for p in self.points if p.role == "status"]
+        value_names = [p.name for p in self.points if p.role == "value"]
+        self._governed = {p.name: frozenset(p.applies_to or value_names) for p in self.status_points}
 
     async def session(self) -> AsyncIterator[list[Reading]]:
         s = self.settings
@@ -154,7 +195,30 @@ class ModbusTcpDriver(Driver):
         out: list[Reading] = []
         for block in self.blocks:
             out.extend(await self._read_block(client, block, ts))
-        return out
+        return self._apply_status(out) if self.status_points else out
+
+    def _apply_status(self, readings: list[Reading]) -> list[Reading]:
+        """Flag the points a status point governs with the quality its value maps to."""
+        by_name = {r.point: r for r in readings}
+        flag: dict[str, Quality] = {}
+        for sp in self.status_points:
+            st = by_name[sp.name]
+            if st.quality is Quality.NORMAL:
+                assert sp.quality_map is not None
+                q = sp.quality_map.get(round(st.value))
+                if q is None:  # a state the map does not know: not a valid measurement
+                    self.counters.bump("status_unknown")
+                    q = Quality.FAULT
+            else:
+                q = st.quality  # the status is unknown, so are the values it qualifies
+            if q is not Quality.NORMAL:
+                for name in self._governed[sp.name]:
+                    flag.setdefault(name, q)  # the first status in the map that objects wins
+        if not flag:
+            return readings
+        # A point that already failed keeps its own, more specific flag.
+        return [replace(r, quality=flag[r.point]) if r.quality is Quality.NORMAL and r.point in flag else r
+                for r in readings]
 
     async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock, ts: int) -> list[Reading]:
         uid = self.settings.unit_id

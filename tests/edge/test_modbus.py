@@ -53,7 +53,7 @@ async def test_reads_the_cems_simulator(port: int) -> None:
             if len(got) == 3:
                 break
     names = [r.point for r in got[0]]
-    assert names == LAYOUT
+    assert names == [*LAYOUT, "status"]
     v = {r.point: r.value for r in got[-1]}
     assert 0 < v["so2"] < 100 and 2 <= v["o2"] <= 20 and all(r.quality == "N" for r in got[-1])
     assert v["nox"] == pytest.approx(v["no"] * 46 / 30 + v["no2"], rel=1e-3)  # NOx as NO2
