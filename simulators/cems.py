@@ -111,7 +111,12 @@ class CemsStack:
         self.faults.down_until = time.monotonic() + down_s
 
     def clear_faults(self) -> None:
-        self.faults = CemsFaults()
+        """Back to normal, in place: transports hold this very CemsFaults object."""
+        f = self.faults
+        keep = (f.restart_epoch, f.down_until)  # a restart under way finishes; the epoch never goes back
+        for name, value in vars(CemsFaults()).items():
+            setattr(f, name, value)
+        f.restart_epoch, f.down_until = keep
         self._frozen = None
 
     # --- the model ------------------------------------------------------------------------

@@ -8,6 +8,10 @@ Every ``interval_s`` each variable gets a new value with a fresh SourceTimestamp
 so a client subscribing with the StatusValueTimestamp trigger sees every sample,
 even a stuck one. Faults at run time: a Bad/Uncertain status on a node, a stuck
 value, refusing subscriptions, stopping and restarting the server on the same port.
+The stack's own faults (simulators/cems.py) show on every node: its mode as a status
+code (calibration UncertainSensorCalibration, maintenance BadOutOfService, fault
+BadSensorFailure), communication loss as BadNoCommunication, a wrong map as every
+node carrying its neighbour's value; a node's own fault wins over the stack's.
 Security: optional username/password and Basic256Sha256 (Sign, SignAndEncrypt)
 with a self-signed certificate made at run time.
 """
@@ -35,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .cems import LAYOUT, CemsStack
+from .cems import LAYOUT, CemsStack, Mode
 
 log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.ERROR)  # it logs every request at INFO
@@ -49,6 +53,10 @@ BROWSE_NAMES = {"so2": "SO2", "nox": "NOx", "no": "NO", "no2": "NO2", "o2": "O2"
 UNITS = {"so2": "mg/m³", "nox": "mg/m³", "no": "mg/m³", "no2": "mg/m³", "o2": "%", "co2": "%",
          "dust": "mg/m³", "flow": "m³/s", "temp": "°C", "pressure": "kPa", "moisture": "%", "load": "%"}
 FIRST_VARIABLE_ID = 10  # numeric ids are fixed so configs written once keep working after a restart
+# The stack's mode as an OPC-UA status (Part 4, 7.34 / Part 8): the nearest standard codes.
+MODE_STATUS = {Mode.CALIBRATION: ua.StatusCodes.UncertainSensorCalibration,
+               Mode.MAINTENANCE: ua.StatusCodes.BadOutOfService,
+               Mode.FAULT: ua.StatusCodes.BadSensorFailure}
 
 
 def self_signed_certificate(directory: Path, common_name: str, application_uri: str,
@@ -316,6 +324,10 @@ class CemsOpcUaServer:
     async def _write_all(self) -> None:
         assert self.server is not None
         values = self.stack.values()
+        sf = self.stack.faults
+        if sf.wrong_map:  # every node carries its neighbour's value
+            values = {k: values[LAYOUT[(i + 1) % len(LAYOUT)]] for i, k in enumerate(LAYOUT)}
+        stack_code = ua.StatusCodes.BadNoCommunication if sf.comm_loss else MODE_STATUS.get(sf.mode)
         self._last = values
         now = cast(ua.DateTime, dt.datetime.now(dt.UTC))
         mono = time.monotonic()
@@ -325,7 +337,7 @@ class CemsOpcUaServer:
                 del self.faults[key]
                 f = None
             value = values[key] if f is None or f.stuck is None else f.stuck
-            code = f.status if f is not None and f.status is not None else ua.StatusCodes.Good
+            code = f.status if f is not None and f.status is not None else stack_code or ua.StatusCodes.Good
             status = ua.StatusCode(ua.UInt32(code))
             dv = ua.DataValue(ua.Variant(value, ua.VariantType.Double), StatusCode=status,
                               SourceTimestamp=now, ServerTimestamp=now)

@@ -9,6 +9,12 @@ code a05001. Replies (9014/9011) are read and counted. The unit reconnects with
 backoff when the gateway goes away, as a real one does.
 
 DataTime has one-second resolution, so intervals under 1 s repeat timestamps.
+
+Faults come from the stack (simulators/cems.py): its mode sets every pollutant's
+data flag (C calibration, M maintenance, D fault; a minute record carries the
+last non-N flag of its window); communication loss keeps the link open but sends
+nothing; a wrong map sends each value under its neighbour's code; a restart
+drops the connection and stays away for the restart's downtime.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class ClientStats:
     failures: int = 0
     replies: dict[str, int] = field(default_factory=dict)  # CN → count
     bad_replies: int = 0
+    silent: int = 0  # uploads not sent during a communication loss
+    restarts: int = 0
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -67,18 +75,23 @@ def _zs(c: float, o2: float) -> float:
     return c * (21 - O2_REF) / max(0.1, 21 - o2)  # reference-O2 correction, HJ 75-2017 App. A
 
 
-def realtime_fields(v: Mapping[str, float]) -> dict[str, dict[str, str]]:
+def off_by_one(v: Mapping[str, float]) -> dict[str, float]:
+    """A wrong channel map: every code carries the next channel's value."""
+    return {name: v[SENT[(i + 1) % len(SENT)]] for i, name in enumerate(SENT)}
+
+
+def realtime_fields(v: Mapping[str, float], flag: str = "N") -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name in SENT:
         f = {"Rtd": format_value(v[name])}
         if name in ZS:
             f["ZsRtd"] = format_value(_zs(v[name], v["o2"]))
-        f["Flag"] = "N"
+        f["Flag"] = flag
         out[CODE_BY_NAME[name].code] = f
     return out
 
 
-def minute_fields(window: list[dict[str, float]], seconds: float) -> dict[str, dict[str, str]]:
+def minute_fields(window: list[dict[str, float]], seconds: float, flag: str = "N") -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     n = len(window)
     mean_flow = sum(w["flow"] for w in window) / n
@@ -94,7 +107,7 @@ def minute_fields(window: list[dict[str, float]], seconds: float) -> dict[str, d
             zs = [_zs(w[name], w["o2"]) for w in window]
             f |= {"ZsAvg": format_value(sum(zs) / n), "ZsMin": format_value(min(zs)),
                   "ZsMax": format_value(max(zs))}
-        f["Flag"] = "N"
+        f["Flag"] = flag
         out[CODE_BY_NAME[name].code] = f
     return out
 
@@ -124,6 +137,7 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
     stats = stats if stats is not None else ClientStats()
     backoff = Backoff(initial=0.2, cap=10.0)
     window: list[dict[str, float]] = []
+    window_flag = "N"  # the last non-N flag seen in the minute window
     window_start = time.time()
     logged_down = False
 
@@ -144,6 +158,10 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
             datatime=format_datatime(ts_ms, utc_offset_minutes), values=fields))
 
     while not stop_event.is_set():
+        if stack.faults.down:  # restarting: nothing listens, nothing is sent
+            await pause(stack.faults.down_until - time.monotonic())
+            continue
+        epoch = stack.faults.restart_epoch
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
         except (OSError, TimeoutError) as exc:
@@ -161,17 +179,28 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
             while not stop_event.is_set():
                 if replies.done():
                     raise ConnectionResetError("gateway closed the connection")
+                if stack.faults.restart_epoch != epoch:
+                    stats.restarts += 1
+                    break  # the unit restarts: the link drops here, the loop above waits out the downtime
                 now = time.time()
                 ts = int(now * 1000)
                 v = hj212_values(stack.values(now))
-                writer.write(packet(CN_REALTIME, ts, realtime_fields(v)))
+                if stack.faults.wrong_map:
+                    v = off_by_one(v)
+                flag = stack.flag()
+                if stack.faults.comm_loss:  # the unit lost its analysers: the link stays up, nothing to send
+                    stats.silent += 1
+                    await pause(interval_s)
+                    continue
+                writer.write(packet(CN_REALTIME, ts, realtime_fields(v, flag)))
                 stats.realtime_sent += 1
                 window.append(v)
+                window_flag = flag if flag != "N" else window_flag
                 if now - window_start >= minute_s:
                     start_ms = int(window_start * 1000)
-                    writer.write(packet(CN_MINUTE, start_ms, minute_fields(window, now - window_start)))
+                    writer.write(packet(CN_MINUTE, start_ms, minute_fields(window, now - window_start, window_flag)))
                     stats.minute_sent += 1
-                    window, window_start = [], now
+                    window, window_start, window_flag = [], now, "N"
                 await asyncio.wait_for(writer.drain(), 10.0)
                 await pause(interval_s)
         except (OSError, TimeoutError) as exc:
