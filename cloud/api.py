@@ -1,23 +1,41 @@
-"""The HTTP API and the dashboard (FastAPI)."""
+"""The HTTP API and the dashboard (FastAPI).
+
+Every ``/api`` call needs credentials (cloud/auth.py: API keys, login tokens, roles per tenant) and
+sees only its tenant's data; ``/health``, the dashboard page and plotly.js are open. Errors are
+``application/problem+json`` (RFC 9457) everywhere, 500 included, without internals.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carbonlink import __version__
-from carbonlink.wire import WireError, parse_ts
 
+from . import auth
+from .auth import Auditor, Authenticator, Permission, Principal, Reader, not_found, tenant_gateway
+from .logs import RequestContext
+from .metrics import CONTENT_TYPE, InstrumentedStore, Metrics
+from .routes_data import ts_param
+from .routes_resources import create_resources_router, parse_cursor
+from .settings import CloudSettings
 from .store import ReadingQuery, Store
 
+if TYPE_CHECKING:
+    from .commands import ControlLink
+
 MAX_PAGE = 5000
+PROBLEM = "application/problem+json"
 
 
 def _plotly_js() -> Path | None:
@@ -30,105 +48,211 @@ def _plotly_js() -> Path | None:
     return path if path.exists() else None
 
 
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
+def problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+              409: "Conflict", 410: "Gone", 413: "Content too large", 422: "Invalid request", 500: "Server error"}
+    title = titles.get(status, "Request error" if status < 500 else "Server error")
     return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
-                        status_code=status, media_type="application/problem+json")
+                        status_code=status, media_type=PROBLEM, headers=dict(headers) if headers else None)
 
 
-def _ts_param(name: str, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_ts(value)
-    except WireError:
-        pass
-    try:
-        return int(value)
-    except ValueError:
-        raise HTTPException(422, f"{name} must be YYYY-MM-DDTHH:MM:SS.mmmZ or epoch milliseconds") from None
+class Problem(BaseModel):
+    """An error (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text, "content": {PROBLEM: {}}}
+    for code, text in ((401, "no or bad credentials"), (403, "the role may not do this"),
+                       (404, "not found (or another tenant's)"), (413, "request body too large"),
+                       (422, "invalid parameters or body"))}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app sees any of it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _too_large(self, send: Send) -> None:
+        body = (b'{"type":"about:blank","title":"Content too large","status":413,"detail":"request body is over '
+                + str(self.max_bytes).encode() + b' bytes"}')
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._too_large(send)
+            return
+        # Chunked or lying about its length: read up to the limit here, then hand the app what was read.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenPublic(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class PrincipalPublic(BaseModel):
+    subject: str
+    tenant: str
+    role: str
+    via: str
+    permissions: list[str]
 
 
 def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, *,
-               admin_token: str | None = None) -> FastAPI:
-    """The app; ``admin_token`` overrides $CARBONLINK_ADMIN_TOKEN for operator actions."""
-    app = FastAPI(title="CarbonLink", version=__version__,
-                  description="Signed telemetry from field gateways: gateways, devices, readings.")
+               settings: CloudSettings | None = None, metrics: Metrics | None = None,
+               control: ControlLink | None = None) -> FastAPI:
+    """The app. Pass the ``metrics`` whose InstrumentedStore the ingest writes through, to expose its figures."""
+    settings = settings or CloudSettings()
+    metrics = metrics or Metrics(stats)
+    if not isinstance(store, InstrumentedStore):
+        store = InstrumentedStore(store, metrics)  # type: ignore[assignment]
+    app = FastAPI(title="CarbonLink", version=__version__, responses=_ERRORS,
+                  description="Signed telemetry from field gateways: tenants, sites, gateways, devices, points,"
+                              " readings, rollups and proofs. Authenticate with `Authorization: Bearer <API key or"
+                              " login token>` or `X-API-Key`; see cloud/auth.py for what each role may do.")
+    app.state.store, app.state.settings, app.state.metrics = store, settings, metrics
+    app.state.auth = Authenticator(store, settings)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, observe=metrics.observe_http)  # outermost: every answer has an id
     plotly_js = _plotly_js()
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _problem(exc.status_code, "Request error" if exc.status_code < 500 else "Server error",
-                        str(exc.detail))
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return _problem(422, "Invalid request", "; ".join(parts))
+        return problem(422, "; ".join(parts)[:2000])
 
-    @app.get("/health")
+    @app.get("/health", tags=["service"], summary="Liveness; open to all")
     async def health() -> dict[str, Any]:
-        counts = await store.counts()
-        return {"status": "ok", "version": __version__, "storage": store.url.split("://")[0], **counts}
+        return {"status": "ok", "version": __version__, "storage": store.url.split("://")[0]}
 
-    @app.get("/api/gateways")
-    async def gateways() -> list[dict[str, Any]]:
-        return await store.list_gateways()
+    @app.get("/metrics", tags=["service"], response_class=Response,
+             summary="Prometheus metrics; Authorization: Bearer <CARBONLINK_METRICS_TOKEN>")
+    async def get_metrics(request: Request) -> Response:
+        import hmac
 
-    @app.get("/api/devices")
-    async def devices() -> list[dict[str, Any]]:
-        return await store.list_devices()
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        if token is None:
+            raise HTTPException(404, "metrics are off: set CARBONLINK_METRICS_TOKEN and scrape with it")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise auth.unauthorized("missing or wrong metrics token (Authorization: Bearer ...)")
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.get("/api/latest")
-    async def latest(device: str | None = None) -> list[dict[str, Any]]:
-        return await store.latest(device)
+    @app.post("/api/auth/token", tags=["auth"], summary="Log in with a username and password")
+    async def login(req: LoginRequest) -> TokenPublic:
+        token = await auth.login(store, settings, req.username, req.password)
+        if token is None:
+            raise auth.unauthorized("wrong username or password")
+        return TokenPublic(access_token=token, expires_in=settings.jwt_ttl_s)
 
-    @app.get("/api/stats")
-    async def get_stats() -> dict[str, Any]:
-        out: dict[str, Any] = await store.counts()
+    @app.get("/api/auth/me", tags=["auth"], summary="Who the credentials belong to and what they may do")
+    async def me(principal: Annotated[Principal, Depends(auth.current_principal)]) -> PrincipalPublic:
+        return PrincipalPublic(subject=principal.subject, tenant=principal.tenant, role=principal.role,
+                               via=principal.via, permissions=sorted(p.value for p in Permission
+                                                                     if principal.can(p)))
+
+    @app.get("/api/gateways", tags=["fleet"], summary="The tenant's gateways")
+    async def gateways(p: Reader) -> list[dict[str, Any]]:
+        return await store.list_gateways(p.tenant)
+
+    @app.get("/api/devices", tags=["fleet"], summary="The tenant's devices, per gateway")
+    async def devices(p: Reader) -> list[dict[str, Any]]:
+        return await store.list_devices(p.tenant)
+
+    @app.get("/api/latest", tags=["data"], summary="Latest value of every point")
+    async def latest(p: Reader, device: Annotated[str | None, Query(max_length=128)] = None) -> list[dict[str, Any]]:
+        return await store.latest(device, p.tenant)
+
+    @app.get("/api/stats", tags=["service"], summary="The tenant's counts and the ingest's state")
+    async def get_stats(p: Reader) -> dict[str, Any]:
+        out: dict[str, Any] = await store.counts(p.tenant)
         if stats is not None:
-            out.update(stats())
+            out["ingest"] = {"state": stats().get("ingest", {}).get("state")}
         return out
 
-    @app.get("/api/dead-letters")
-    async def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        return await store.dead_letters(limit)
+    @app.get("/api/dead-letters", tags=["data"], summary="Refused messages and readings, with the reason")
+    async def dead_letters(p: Auditor, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                           before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> list[dict[str, Any]]:
+        return await store.dead_letters(limit, p.tenant, before_id)
 
-    @app.get("/api/readings")
+    @app.get("/api/readings", tags=["data"], summary="Raw readings of a device, one keyset page at a time")
     async def readings(
+        p: Reader,
         device: Annotated[str, Query(min_length=1, max_length=128)],
         point: Annotated[str | None, Query(max_length=128)] = None,
         gateway: Annotated[str | None, Query(max_length=64)] = None,
         start: Annotated[str | None, Query(description="inclusive; ISO UTC with ms, or epoch ms")] = None,
         end: Annotated[str | None, Query(description="exclusive; ISO UTC with ms, or epoch ms")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-        cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+        cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
     ) -> dict[str, Any]:
-        start_ms, end_ms = _ts_param("start", start), _ts_param("end", end)
+        start_ms = ts_param("start", start) if start is not None else None
+        end_ms = ts_param("end", end) if end is not None else None
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise HTTPException(422, "end must be after start")
-        after = None
-        if cursor:
-            ts_text, _, pt = cursor.partition("~")
-            try:
-                after = (int(ts_text), pt)
-            except ValueError:
-                raise HTTPException(422, "cursor is not one this API returned") from None
-        rows = await store.readings(ReadingQuery(device, point, gateway, start_ms, end_ms, limit, after))
+        after = parse_cursor(cursor)
+        rows = await store.readings(ReadingQuery(device, point, gateway, start_ms, end_ms, limit, after, p.tenant))
         next_cursor = f"{rows[-1]['ts_ms']}~{rows[-1]['point']}" if len(rows) == limit else None
         return {"items": rows, "count": len(rows), "next_cursor": next_cursor}
 
-    @app.get("/api/proof")
+    @app.get("/api/proof", tags=["proofs"], summary="The proof bundle of one reading")
     async def proof(
+        p: Reader,
         gateway: Annotated[str, Query(min_length=1, max_length=64)],
         device: Annotated[str, Query(min_length=1, max_length=128)],
         point: Annotated[str, Query(min_length=1, max_length=128)],
         ts: Annotated[str, Query(description="ISO UTC with ms, or epoch ms")],
     ) -> dict[str, Any]:
-        """The proof bundle of one reading: its signed batch, Merkle proof, root and anchoring transaction."""
+        """Its signed batch, Merkle proof, root and anchoring transaction."""
         from .anchor.proof import BundleError, bundle_for
 
-        ts_ms = _ts_param("ts", ts)
-        assert ts_ms is not None
+        ts_ms = ts_param("ts", ts)
+        await tenant_gateway(store, p, gateway)
         if not store.url.startswith("sqlite:///"):
             raise HTTPException(501, "proof bundles are served from the SQLite store for now")
         try:
@@ -141,13 +265,22 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     from .routes_provision import provisioning_router
 
     app.include_router(create_data_router(store))
+    app.include_router(provisioning_router(store))
+    app.include_router(create_resources_router(store))
+    if control is not None:
+        from .routes_control import create_control_router
 
-    app.include_router(provisioning_router(store, admin_token))
+        async def control_guard(request: Request, p: Reader) -> None:
+            await tenant_gateway(store, p, request.path_params.get("gateway", ""))
+            if request.method != "GET" and not p.can(Permission.CONTROL):
+                raise HTTPException(403, f"role {p.role!r} may not control gateways (admin, operator may)")
+
+        app.include_router(create_control_router(control), dependencies=[Depends(control_guard)])
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     async def plotly_file() -> FileResponse:
         if plotly_js is None:
-            raise HTTPException(404, "plotly is not installed; install the 'cloud' extra")
+            raise not_found("file", "plotly.min.js; install the 'cloud' extra")
         return FileResponse(plotly_js, media_type="application/javascript")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -156,3 +289,4 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         return HTMLResponse(html.replace("{{version}}", __version__))
 
     return app
+

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import Any
 
@@ -43,7 +44,7 @@ def observed_interval_ms(hours: list[dict[str, Any]]) -> int | None:
 async def availability(store: Store, q: SeriesQuery, interval_ms: int | None = None) -> list[dict[str, Any]]:
     """Per point series: every hour of [start, end) with expected, received and valid reading counts."""
     start, end = q.start_ms // HOUR_MS * HOUR_MS, -(-q.end_ms // HOUR_MS) * HOUR_MS
-    rows = await store.hour_rollups(SeriesQuery(q.device, start, end, q.point, q.gateway))
+    rows = await store.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
     series: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
     for r in rows:
         series.setdefault((r["gateway"], r["point"]), []).append(r)

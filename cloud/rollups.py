@@ -11,6 +11,7 @@ once, so every back end gives the same answers.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -134,7 +135,7 @@ async def rollups(store: Store, q: SeriesQuery, granularity: Granularity = "hour
     """Statistics per point and period over [start, end), widened to whole periods."""
     rules = rules or ValidityRules()
     start, end = align(q.start_ms, q.end_ms, granularity, rules)
-    rows = await store.hour_rollups(SeriesQuery(q.device, start, end, q.point, q.gateway))
+    rows = await store.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
     hours = [hour_record(r, rules) for r in rows]
     if granularity == "hour":
         return hours

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from carbonlink.wire import WireError, parse_ts
 
 from . import completeness
+from .auth import Auditor, Reader, tenant_gateway
 from .rollups import DAY_MS, Granularity, ValidityRules, rollups
 from .store import SeriesQuery, Store
 
@@ -18,10 +19,10 @@ IdText = Annotated[str, Query(min_length=1, max_length=128)]
 TimeText = Annotated[str, Query(description="ISO UTC with ms (YYYY-MM-DDTHH:MM:SS.mmmZ) or epoch milliseconds")]
 
 
-def _ts(name: str, value: str) -> int:
+def ts_param(name: str, value: str) -> int:
     try:
         return parse_ts(value)
-    except WireError:
+    except (WireError, ValueError, OverflowError):
         pass
     if value.isascii() and value.isdigit() and len(value) <= 15:
         return int(value)
@@ -29,7 +30,7 @@ def _ts(name: str, value: str) -> int:
 
 
 def _range(start: str, end: str, max_ms: int) -> tuple[int, int]:
-    s, e = _ts("start", start), _ts("end", end)
+    s, e = ts_param("start", start), ts_param("end", end)
     if e <= s:
         raise HTTPException(422, "end must be after start")
     if e - s > max_ms:
@@ -43,7 +44,7 @@ def create_data_router(store: Store, rules: ValidityRules | None = None) -> APIR
 
     @router.get("/api/rollups", summary="Hour, day or month statistics per point with HJ 76 validity")
     async def get_rollups(
-        device: IdText, start: TimeText, end: TimeText,
+        p: Reader, device: IdText, start: TimeText, end: TimeText,
         point: Annotated[str | None, Query(max_length=128)] = None,
         gateway: Annotated[str | None, Query(max_length=64)] = None,
         granularity: Granularity = "hour",
@@ -56,12 +57,12 @@ def create_data_router(store: Store, rules: ValidityRules | None = None) -> APIR
             min_valid_hours=base_rules.min_valid_hours, min_valid_days=base_rules.min_valid_days,
             min_valid_days_february=base_rules.min_valid_days_february,
             tz_offset_min=base_rules.tz_offset_min if tz_offset_min is None else tz_offset_min)
-        items = await rollups(store, SeriesQuery(device, s, e, point, gateway), granularity, r)
+        items = await rollups(store, SeriesQuery(device, s, e, point, gateway, p.tenant), granularity, r)
         return {"granularity": granularity, "rules": r.__dict__, "items": items, "count": len(items)}
 
     @router.get("/api/availability", summary="Expected vs received readings per point and hour")
     async def get_availability(
-        device: IdText, start: TimeText, end: TimeText,
+        p: Reader, device: IdText, start: TimeText, end: TimeText,
         point: Annotated[str | None, Query(max_length=128)] = None,
         gateway: Annotated[str | None, Query(max_length=64)] = None,
         interval_s: Annotated[float | None, Query(gt=0, le=86400,
@@ -69,22 +70,21 @@ def create_data_router(store: Store, rules: ValidityRules | None = None) -> APIR
     ) -> dict[str, Any]:
         s, e = _range(start, end, MAX_RANGE_MS["hour"])
         interval = round(interval_s * 1000) if interval_s else None
-        items = await completeness.availability(store, SeriesQuery(device, s, e, point, gateway), interval)
+        items = await completeness.availability(store, SeriesQuery(device, s, e, point, gateway, p.tenant),
+                                                interval)
         return {"items": items, "count": len(items)}
 
     @router.get("/api/gateways/{gateway_id}/gaps", summary="Batch sequence numbers the cloud does not have")
-    async def get_gaps(gateway_id: Annotated[str, Path(min_length=1, max_length=64)],
+    async def get_gaps(p: Auditor, gateway_id: Annotated[str, Path(min_length=1, max_length=64)],
                        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
-        if await store.get_gateway(gateway_id) is None:
-            raise HTTPException(404, f"gateway {gateway_id!r} is not registered")
+        await tenant_gateway(store, p, gateway_id)  # 404 for unknown and for another tenant's
         return await completeness.seq_gaps(store, gateway_id, limit)
 
     @router.get("/api/gateways/{gateway_id}/late", summary="Batches received long after they were created")
-    async def get_late(gateway_id: Annotated[str, Path(min_length=1, max_length=64)],
+    async def get_late(p: Auditor, gateway_id: Annotated[str, Path(min_length=1, max_length=64)],
                        min_delay_s: Annotated[float, Query(ge=0, le=10 * 366 * 86400)] = 300,
                        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
-        if await store.get_gateway(gateway_id) is None:
-            raise HTTPException(404, f"gateway {gateway_id!r} is not registered")
+        await tenant_gateway(store, p, gateway_id)
         items = await completeness.late_batches(store, gateway_id, round(min_delay_s * 1000), limit)
         return {"items": items, "count": len(items)}
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
-import os
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import provisioning
+from .auth import Provisioner, not_found, same_tenant, tenant_gateway
 from .store import ClaimError, Store
-
-ADMIN_TOKEN_ENV = "CARBONLINK_ADMIN_TOKEN"
 
 
 class Strict(BaseModel):
@@ -37,30 +34,18 @@ class RotateRequest(Strict):
     signature: str = Field(min_length=128, max_length=128, description="old key's signature, hex")
 
 
-def admin_guard(token: str | None = None) -> Any:
-    """Bearer-token check for operator actions (issue 5 replaces it with tenant roles)."""
-    expected = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV)
-
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not expected:
-            raise HTTPException(403, f"operator actions over the API are disabled: set {ADMIN_TOKEN_ENV}"
-                                     " on the cloud, or use `carbonlink provision token --db ...` on its host")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(401, "missing or wrong operator token (Authorization: Bearer ...)")
-
-    return check
-
-
-def provisioning_router(store: Store, admin_token: str | None = None) -> APIRouter:
+def provisioning_router(store: Store) -> APIRouter:
+    """Issuing claim tokens and revoking need admin, operator or installer of that tenant (cloud/auth.py)."""
     r = APIRouter(tags=["provisioning"])
-    admin = Depends(admin_guard(admin_token))
 
-    @r.post("/api/provision/claim-tokens", status_code=201, dependencies=[admin])
-    async def issue(req: TokenRequest) -> dict[str, Any]:
+    @r.post("/api/provision/claim-tokens", status_code=201)
+    async def issue(p: Provisioner, req: TokenRequest) -> dict[str, Any]:
+        same_tenant(p, req.tenant)
         try:
             token, expires = await provisioning.issue_claim_token(store, req.tenant, req.site, req.ttl_s)
         except ClaimError as exc:
+            if "another tenant" in str(exc):
+                raise not_found("site", req.site) from None  # do not reveal another tenant's site
             raise HTTPException(400, str(exc)) from None
         return {"token": token, "tenant": req.tenant, "site": req.site, "expires_ms": expires}
 
@@ -86,8 +71,9 @@ def provisioning_router(store: Store, admin_token: str | None = None) -> APIRout
             raise HTTPException(404 if "not registered" in str(exc) else 400, str(exc)) from None
         return {"gateway": gateway_id, "public_key": req.public_key}
 
-    @r.post("/api/gateways/{gateway_id}/revoke", dependencies=[admin])
-    async def revoke(gateway_id: str) -> dict[str, Any]:
+    @r.post("/api/gateways/{gateway_id}/revoke")
+    async def revoke(p: Provisioner, gateway_id: str) -> dict[str, Any]:
+        await tenant_gateway(store, p, gateway_id)
         if not await store.set_revoked(gateway_id, True):
             raise HTTPException(404, f"gateway {gateway_id!r} is not registered")
         return {"gateway": gateway_id, "revoked": True}

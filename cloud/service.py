@@ -14,7 +14,8 @@ import uvicorn
 from .api import create_app
 from .commands import ControlLink
 from .ingest import IngestService
-from .routes_control import create_control_router
+from .metrics import InstrumentedStore, Metrics
+from .settings import CloudSettings
 from .store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,12 @@ log = logging.getLogger(__name__)
 
 class CloudService:
     def __init__(self, store_url: str, mqtt_url: str, *, http_host: str = "127.0.0.1", http_port: int = 8080,
-                 client_id: str = "carbonlink-ingest", shared_group: str | None = None) -> None:
-        self.store: Store = open_store(store_url)
+                 client_id: str = "carbonlink-ingest", shared_group: str | None = None,
+                 settings: CloudSettings | None = None) -> None:
+        self.settings = settings or CloudSettings()
+        self.metrics = Metrics(self.stats)
+        # Ingest and API write through one instrumented store: /metrics sees commits, lag and DB latency.
+        self.store: Store = InstrumentedStore(open_store(store_url), self.metrics)  # type: ignore[assignment]
         self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
         self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
@@ -40,8 +45,8 @@ class CloudService:
 
     async def start(self) -> None:
         await self.store.open()
-        app = create_app(self.store, self.stats)
-        app.include_router(create_control_router(self.control))
+        # The control router goes in through create_app, behind the tenant and role checks.
+        app = create_app(self.store, self.stats, settings=self.settings, metrics=self.metrics, control=self.control)
         config = uvicorn.Config(app, host=self.http_host, port=self.http_port, log_level="warning",
                                 lifespan="off")
         self._server = uvicorn.Server(config)

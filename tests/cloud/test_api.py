@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.wire import Batch, Reading, format_ts, sign_batch
 from cloud.api import create_app
+from cloud.auth import create_api_key
 from cloud.store import Store
 from edge.identity import public_key_hex
 
@@ -19,20 +20,23 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 @pytest.fixture
 async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    await store.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY))
+    await store.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY), tenant="t1")
     for seq in range(1, 4):
         rs = tuple(Reading.make("cems-1", p, T0 + (seq * 10 + i) * 1000, seq * 10 + i, "mg/m³")
                    for i in range(10) for p in ("so2", "nox"))
         b = sign_batch(Batch("gw-1", seq, T0, rs), KEY)
         await store.commit_batch(b, b.to_bytes(), T0)
     transport = httpx.ASGITransport(app=create_app(store))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+    _, key = await create_api_key(store, "t1", "analyst", "test")  # tests/api covers auth itself
+    async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
         yield c
 
 
 async def test_health_and_listings(client: httpx.AsyncClient) -> None:
-    h = (await client.get("/health")).json()
-    assert h["status"] == "ok" and h["readings"] == 60 and h["batches"] == 3
+    assert (await client.get("/health")).json()["status"] == "ok"
+    h = (await client.get("/api/stats")).json()
+    assert h["readings"] == 60 and h["batches"] == 3
     gws = (await client.get("/api/gateways")).json()
     assert [(g["id"], g["batches"]) for g in gws] == [("gw-1", 3)]
     devs = (await client.get("/api/devices")).json()
@@ -75,7 +79,7 @@ async def test_bad_queries_get_4xx_problem_json(client: httpx.AsyncClient, param
 async def test_injection_like_strings_are_just_data(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/readings", params={"device": "cems-1' OR '1'='1", "point": "so2; DROP TABLE x"})
     assert r.status_code == 200 and r.json()["items"] == []
-    assert (await client.get("/health")).json()["readings"] == 60
+    assert (await client.get("/api/stats")).json()["readings"] == 60
 
 
 async def test_dashboard_and_chart_library_are_served_locally(client: httpx.AsyncClient) -> None:

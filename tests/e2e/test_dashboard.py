@@ -6,7 +6,9 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from carbonlink.demo import run_demo
+from carbonlink.demo import TENANT_ID, run_demo
+from cloud.auth import create_api_key
+from cloud.store import open_store
 from tests.services import free_port, require
 
 
@@ -32,6 +34,19 @@ async def test_dashboard_shows_live_values(tmp_path: Path) -> None:
                     break
                 except Exception:  # connection refused until uvicorn listens
                     await asyncio.sleep(0.2)
+            # Without credentials the page asks for a login and shows no data.
+            await page.locator("#login").wait_for(timeout=10_000)
+            assert await page.locator("#app").is_hidden()
+            # A one-time login link, as the demo prints (here an analyst's key: read-only is enough).
+            store = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
+            await store.open()
+            try:
+                _, key = await create_api_key(store, TENANT_ID, "analyst", "e2e")
+            finally:
+                await store.close()
+            page = await browser.new_page()  # a fresh load: a fragment change alone does not reload a page
+            await page.goto(f"http://127.0.0.1:{port}/#key={key}")
+            assert key not in await page.evaluate("location.href")  # the page took the key out of the URL
             cell = page.locator('[data-testid="value-cems-stack-1-so2"]')
             await cell.wait_for(timeout=20_000)
             first = await cell.inner_text()

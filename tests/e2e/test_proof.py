@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from carbonlink.demo import run_demo
+from carbonlink.demo import TENANT_ID, run_demo
 from cloud.anchor.proof import bundle_for, verify_bundle
 from cloud.api import create_app
+from cloud.auth import create_api_key
 from cloud.store import open_store
 
 
@@ -27,7 +28,9 @@ async def test_demo_readings_are_provable_after_restart(tmp_path: Path, port: in
     store = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
     await store.open()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://t") as c:
+        _, key = await create_api_key(store, TENANT_ID, "auditor", "proof test")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
             r = await c.get("/api/proof", params={"gateway": gateway, "device": device, "point": point,
                                                   "ts": str(ts_ms)})
             assert r.status_code == 200, r.text

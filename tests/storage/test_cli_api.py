@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from carbonlink.wire import Batch, Reading, parse_ts, sign_batch
 from cloud.api import create_app
+from cloud.auth import create_api_key
 from cloud.routes_data import create_data_router
 from cloud.storage_cli import app
 from cloud.store import Store
@@ -50,7 +51,7 @@ def test_cli_gaps_and_bad_time(tmp_path: Path) -> None:
 
 
 async def test_data_endpoints(store: Store) -> None:
-    await store.register_gateway("gw-1", "site-1", "ed25519", "00" * 32)
+    await store.register_gateway("gw-1", "site-1", "ed25519", "00" * 32, tenant="t1")
     key = Ed25519PrivateKey.generate()
     rs = tuple(Reading.make("cems-1", "so2", T0 + m * 60_000, float(m), "mg/m³") for m in range(50))
     for seq in (1, 3):
@@ -59,7 +60,9 @@ async def test_data_endpoints(store: Store) -> None:
     app_ = create_app(store)
     app_.include_router(create_data_router(store))
     assert isinstance(app_, FastAPI)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app_), base_url="http://t") as c:
+    _, key = await create_api_key(store, "t1", "auditor", "test")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app_), base_url="http://t",
+                                 headers={"X-API-Key": key}) as c:
         r = await c.get("/api/rollups", params={"device": "cems-1", "start": "2024-03-01T00:00:00.000Z",
                                                 "end": "2024-03-01T01:00:00.000Z"})
         assert r.status_code == 200, r.text

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.wire import Batch, Reading, sign_batch
 from cloud.api import create_app
+from cloud.auth import create_api_key
 from cloud.ingest import IngestProcessor, Outcome
 from cloud.provisioning import check_mosquitto_password, issue_claim_token, rotation_message
 from cloud.store import ClaimError, Store, open_store
@@ -28,9 +29,15 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store, admin_token="op-secret")
+    app = create_app(store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        _, c.headers["X-Test-Installer"] = await create_api_key(store, "acme", "installer", "test")
         yield c
+
+
+def installer(api: httpx.AsyncClient) -> dict[str, str]:
+    """An installer's API key of tenant acme (roles and tenants are tested in tests/api)."""
+    return {"Authorization": f"Bearer {api.headers['X-Test-Installer']}"}
 
 
 def batch(gw: str, seq: int, key: Ed25519PrivateKey) -> bytes:
@@ -39,10 +46,10 @@ def batch(gw: str, seq: int, key: Ed25519PrivateKey) -> bytes:
 
 
 async def test_claim_flow_over_the_api(api: httpx.AsyncClient, store: Store) -> None:
-    # Without the operator token nobody can issue claim tokens.
+    # Without credentials nobody can issue claim tokens.
     r = await api.post("/api/provision/claim-tokens", json={"tenant": "acme", "site": "plant-a"})
     assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem+json")
-    auth = {"Authorization": "Bearer op-secret"}
+    auth = installer(api)
     r = await api.post("/api/provision/claim-tokens", json={"tenant": "acme", "site": "plant-a"}, headers=auth)
     assert r.status_code == 201
     token = r.json()["token"]
@@ -110,7 +117,7 @@ async def test_revoked_gateway_is_refused(api: httpx.AsyncClient, store: Store) 
     token, _ = await issue_claim_token(store, "acme", "plant-a", 600)
     await provisioning.claim(store, token, "gw-v", "ed25519", public_key_hex(key))
     assert (await api.post("/api/gateways/gw-v/revoke")).status_code == 401
-    r = await api.post("/api/gateways/gw-v/revoke", headers={"Authorization": "Bearer op-secret"})
+    r = await api.post("/api/gateways/gw-v/revoke", headers=installer(api))
     assert r.status_code == 200
     p = IngestProcessor(store)
     assert await p.handle("cl/plant-a/gw-v/telemetry", batch("gw-v", 1, key)) is Outcome.REJECTED

@@ -1,0 +1,130 @@
+"""Prometheus metrics for the cloud (prometheus-client), one registry per app.
+
+What is measured and where:
+- ``InstrumentedStore`` wraps the store the ingest and the API share: database latency per
+  operation; per committed batch its size, its lag (now minus the batch's ``created`` time, i.e.
+  edge to committed) and readings stored; dead letters by kind. ``rate(carbonlink_ingest_readings_total[1m])``
+  is the ingest rate.
+- ``Metrics.observe_http`` is fed by ``cloud.logs.RequestContext``: requests by route template and status.
+- ``stats`` (the service's ingest state and counters) is read at scrape time.
+
+``/metrics`` is not open: it answers only to ``Authorization: Bearer <CARBONLINK_METRICS_TOKEN>``, a
+scrape credential of its own (Prometheus ``authorization: {credentials: ...}``), because its figures
+are fleet-wide, across tenants. Without that setting, /metrics is off (404).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from carbonlink.wire import now_ms
+
+from .store import CommitResult, PendingBatch, Store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
+_DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _StatsCollector(Collector):
+    """The ingest service's own counters, read when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        ingest = self.stats().get("ingest", {})
+        up = GaugeMetricFamily("carbonlink_ingest_connected", "1 while the ingest is connected to the broker")
+        up.add_metric([], 1.0 if ingest.get("state") == "connected" else 0.0)
+        yield up
+        for name, value in ingest.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                yield CounterMetricFamily(f"carbonlink_ingest_{name}", f"ingest counter {name}", value=value)
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.registry = r = CollectorRegistry()
+        self.http_requests = Counter("carbonlink_http_requests", "HTTP requests", ["method", "route", "status"],
+                                     registry=r)
+        self.http_seconds = Histogram("carbonlink_http_request_seconds", "HTTP request latency",
+                                      ["method", "route"], registry=r)
+        self.db_seconds = Histogram("carbonlink_db_seconds", "storage call latency", ["op"], buckets=_DB_BUCKETS,
+                                    registry=r)
+        self.batches = Counter("carbonlink_ingest_batch_commits", "batches by commit outcome", ["status"],
+                               registry=r)
+        self.readings = Counter("carbonlink_ingest_readings", "readings committed to storage", registry=r)
+        self.batch_size = Histogram("carbonlink_ingest_batch_readings", "readings per committed batch",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.lag = Histogram("carbonlink_ingest_lag_seconds", "commit time minus the batch's created time",
+                             buckets=_LAG_BUCKETS, registry=r)
+        self.dead_letters = Counter("carbonlink_dead_letters", "dead letters written", ["kind"], registry=r)
+        if stats is not None:
+            r.register(_StatsCollector(stats))
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_seconds.labels(method, route).observe(seconds)
+
+    def observe_commit(self, created_ms: int, size: int, result: CommitResult, now: int) -> None:
+        self.batches.labels(result.status).inc()
+        if result.status == "committed":
+            self.readings.inc(result.inserted)
+            self.batch_size.observe(size)
+            self.lag.observe(max(0, now - created_ms) / 1000)
+        if result.unit_mismatches:
+            self.dead_letters.labels("unit").inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedStore:
+    """The same store, with every call timed and every commit counted; use it in place of the store."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store, self._metrics = store, metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+        hist = self._metrics.db_seconds.labels(name)
+
+        async def timed(*args: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await attr(*args, **kw)
+            finally:
+                hist.observe(time.perf_counter() - t)
+
+        return timed
+
+    async def commit_batch(self, batch: Any, raw: bytes, received_ms: int) -> CommitResult:
+        t = time.perf_counter()
+        result: CommitResult = await self._store.commit_batch(batch, raw, received_ms)
+        self._metrics.db_seconds.labels("commit_batch").observe(time.perf_counter() - t)
+        self._metrics.observe_commit(batch.created_ms, len(batch.readings), result, now_ms())
+        return result
+
+    async def commit_many(self, items: list[PendingBatch]) -> list[CommitResult]:
+        t = time.perf_counter()
+        results: list[CommitResult] = await self._store.commit_many(items)
+        self._metrics.db_seconds.labels("commit_many").observe(time.perf_counter() - t)
+        now = now_ms()
+        for p, res in zip(items, results, strict=True):
+            self._metrics.observe_commit(p.created_ms, len(p.rows), res, now)
+        return results
+
+    async def dead_letter(self, topic: str, raw: bytes, reason: str, gateway: str | None, received_ms: int) -> None:
+        t = time.perf_counter()
+        await self._store.dead_letter(topic, raw, reason, gateway, received_ms)
+        self._metrics.db_seconds.labels("dead_letter").observe(time.perf_counter() - t)
+        self._metrics.dead_letters.labels("refused").inc()

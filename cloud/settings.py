@@ -1,0 +1,58 @@
+"""The cloud's settings: one pydantic-settings object, read from CARBONLINK_* environment variables.
+
+Outside development it refuses to start with a missing or well-known secret; in development a
+missing JWT secret is replaced by a random one per process (login tokens then end with the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+WEAK_SECRETS = {"changethis", "changeme", "secret", "password", "admin", "test", "dev", "carbonlink"}
+MIN_SECRET_CHARS = 32
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARBONLINK_", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        default="development", description="production refuses missing or default secrets")
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 key for login tokens; e.g. `openssl rand -hex 32`")
+    jwt_ttl_s: int = Field(default=900, ge=60, le=24 * 3600, description="lifetime of a login token")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="bearer token Prometheus scrapes /metrics with; unset: /metrics is off")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20, description="larger request bodies get 413")
+    log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> CloudSettings:
+        for name in ("jwt_secret", "metrics_token"):
+            value: SecretStr | None = getattr(self, name)
+            if value is None:
+                continue
+            text = value.get_secret_value()
+            if text.lower() in WEAK_SECRETS or len(text) < MIN_SECRET_CHARS:
+                msg = (f"CARBONLINK_{name.upper()} is a default or short secret; use at least {MIN_SECRET_CHARS}"
+                       " random characters, e.g. `openssl rand -hex 32`")
+                if self.environment != "development":
+                    raise ValueError(msg)
+                log.warning("%s (accepted because CARBONLINK_ENVIRONMENT=development)", msg)
+        if self.jwt_secret is None:
+            if self.environment != "development":
+                raise ValueError("set CARBONLINK_JWT_SECRET (e.g. `openssl rand -hex 32`): login tokens are"
+                                 " signed with it, and every API process must share it")
+            self.jwt_secret = SecretStr(secrets.token_hex(32))
+        return self
+
+    @property
+    def jwt_key(self) -> str:
+        assert self.jwt_secret is not None  # the validator fills it
+        return self.jwt_secret.get_secret_value()
