@@ -156,3 +156,24 @@ async def test_commands_change_nothing_when_malformed_and_timed_modes_end() -> N
     assert rig.apply("status") == "mode maintenance (flag M), drift 0.1/h, spikes 0.5x4"
     rig.apply("maintenance off")
     assert rig.stack.flag() == "N"
+
+
+async def test_minute_record_keeps_a_calibration_seen_inside_its_window() -> None:
+    hj = Feed(Hj212ServerDriver("hj", Hj212ServerDevice.model_validate(
+        {"id": "hj", "driver": "hj212_server", "host": "127.0.0.1", "port": 0})))
+    hj.sup.start()
+    try:
+        async with asyncio.timeout(5):
+            while hj.driver.port is None:  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        rig = CemsRig(hj212_to=("127.0.0.1", hj.driver.port), hj212_interval_s=0.1,  # type: ignore[union-attr]
+                      hj212_minute_s=2.0)  # the first window holds the whole calibration
+        async with rig:
+            await hj.until(lambda b: flags(b, SENT_POINTS) == {"N"})
+            rig.apply("calibration 0.3")  # a short calibration, over before the minute record is cut
+            await hj.until(lambda b: flags(b, SENT_POINTS) == {"C"})
+            await hj.until(lambda b: flags(b, SENT_POINTS) == {"N"})
+            minute = await hj.until(lambda b: any(r.point.endswith("_1m") for r in b), within=5)
+        assert {r.quality.value for r in minute if r.point.startswith("so2_")} == {"C"}
+    finally:
+        await hj.sup.stop()
