@@ -24,7 +24,8 @@ from .rollups import DAY_MS, Granularity, ValidityRules, rollups
 from .routes_data import MAX_RANGE_MS, ts_param
 from .store import ROLES, ClaimError, ReadingQuery, SeriesQuery, Store
 
-PAGE = 5000  # rows per keyset page, for JSON pages and under a CSV stream
+PAGE = 5000  # rows per JSON page at most
+CSV_PAGE = 2000  # rows per keyset page under a CSV stream: what one stream holds in memory
 MAX_JSON_RANGE_MS = 31 * DAY_MS
 MAX_CSV_RANGE_MS = 400 * DAY_MS
 _ID = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -172,19 +173,19 @@ def _bounded(start: str, end: str, max_ms: int) -> tuple[int, int]:
 
 
 async def _csv_stream(store: Store, q: ReadingQuery) -> AsyncIterator[bytes]:
-    """CSV of every reading in ``q``, fetched in keyset pages of PAGE rows: memory stays one page."""
+    """CSV of every reading in ``q``, fetched in keyset pages of CSV_PAGE rows: memory stays one page."""
     cols = ("gateway", "device", "point", "ts", "ts_ms", "value", "unit", "quality", "seq")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
     after = q.after
     while True:
-        rows = await store.readings(dataclasses.replace(q, limit=PAGE, after=after))
+        rows = await store.readings(dataclasses.replace(q, limit=CSV_PAGE, after=after))
         writer.writerows([r[c] for c in cols] for r in rows)
         yield buf.getvalue().encode()
         buf.seek(0)
         buf.truncate()
-        if len(rows) < PAGE:
+        if len(rows) < CSV_PAGE:
             return
         after = (rows[-1]["ts_ms"], rows[-1]["point"])
 
