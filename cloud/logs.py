@@ -86,7 +86,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:  # any bug: log it with the request id, answer 500 without internals
-            logging.getLogger("cloud.api").exception("unhandled error in %s %s", scope["method"], scope["path"])
+            logging.getLogger("cloud.api").exception("unhandled error in %s %s", scope["method"], scope["path"],
+                                                     extra={"request_id": rid})
             if status != 500 or started_response:
                 raise
             body = json.dumps({"type": "about:blank", "title": "Server error", "status": 500,
@@ -101,6 +102,6 @@ class RequestContext:
             if self.observe is not None:
                 self.observe(scope["method"], template, status, seconds)
             access_log.info("%s %s %d", scope["method"], scope["path"], status,
-                            extra={"method": scope["method"], "path": scope["path"], "route": template,
-                                   "status": status, "duration_ms": round(seconds * 1000, 2)})
+                            extra={"request_id": rid, "method": scope["method"], "path": scope["path"],
+                                   "route": template, "status": status, "duration_ms": round(seconds * 1000, 2)})
             request_id.reset(token)
