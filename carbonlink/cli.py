@@ -34,6 +34,11 @@ def _mount() -> None:
     from simulators.sunspec_cli import app as inverter_app
 
     sim_app.add_typer(inverter_app, name="inverter")
+    from simulators.cems_cli import app as cems_app
+    from simulators.fleet_cli import app as fleet_app
+
+    sim_app.add_typer(cems_app, name="cems")
+    sim_app.add_typer(fleet_app, name="fleet")
     from simulators.forest_cli import forest as sim_forest
 
     sim_app.command("forest")(sim_forest)
@@ -209,64 +214,6 @@ def cloud_register(
 
 
 # --- simulators -------------------------------------------------------------------------------
-
-@sim_app.command("cems")
-def sim_cems(
-    modbus_port: Annotated[int | None, typer.Option("--modbus-port", "--port", help="serve Modbus TCP here")] = 5020,
-    opcua_port: Annotated[int | None, typer.Option(help="also serve OPC-UA here (opc.tcp://HOST:PORT)")] = None,
-    opcua_user: Annotated[str | None, typer.Option(help="require this OPC-UA username (with --opcua-password)")] = None,
-    opcua_password: Annotated[str | None, typer.Option(help="OPC-UA password")] = None,
-    hj212_to: Annotated[str | None, typer.Option(help="push HJ 212 uploads to a gateway at HOST:PORT")] = None,
-    hj212_interval: Annotated[float, typer.Option(help="seconds between real-time (CN 2011) uploads")] = 5.0,
-    mn: Annotated[str | None, typer.Option(help="HJ 212 station MN (24 characters)")] = None,
-    pw: Annotated[str | None, typer.Option(help="HJ 212 access password")] = None,
-) -> None:
-    """A CEMS stack: one model served over Modbus TCP and pushed over HJ 212, so both agree."""
-    from simulators.cems import CemsStack
-    from simulators.hj212_client import DEFAULT_MN, DEFAULT_PW, parse_host_port, run_hj212_client
-    from simulators.modbus_host import ModbusDeviceHost
-
-    target = None
-    if hj212_to:
-        try:
-            target = parse_host_port(hj212_to)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-    if modbus_port is None and target is None and opcua_port is None:
-        raise _fail("nothing to serve: give --modbus-port, --opcua-port and/or --hj212-to")
-    _logging("INFO")
-    stack = CemsStack()
-
-    async def go() -> None:
-        async with contextlib.AsyncExitStack() as es:
-            if modbus_port is not None:
-                await es.enter_async_context(ModbusDeviceHost(stack.fill, port=modbus_port))
-                err.print(f"CEMS stack on modbus://127.0.0.1:{modbus_port} (unit 1, point map 'cems')")
-            stop = asyncio.Event()
-            if opcua_port is not None:
-                from simulators.cems_opcua import run_cems_opcua
-
-                es.push_async_callback(_set_and_wait, stop, asyncio.create_task(
-                    run_cems_opcua(opcua_port, stop, stack=stack, username=opcua_user, password=opcua_password)))
-                err.print(f"CEMS stack on opc.tcp://127.0.0.1:{opcua_port} (0:Objects/2:CEMS/2:Stack1)")
-            if target is not None:
-                err.print(f"pushing HJ 212 to {target[0]}:{target[1]} every {hj212_interval:g} s")
-                await run_hj212_client(target[0], target[1], mn or DEFAULT_MN, pw or DEFAULT_PW, hj212_interval,
-                                       stop, stack=stack)
-            await asyncio.Event().wait()
-
-    _run(go())
-
-
-async def _set_and_wait(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
-    stop.set()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]{message}[/]")
-    return typer.Exit(2)
-
 
 def main() -> None:
     app()

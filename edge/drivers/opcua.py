@@ -24,6 +24,7 @@ GoodLocalOverride                                      S      the value (set by 
 Uncertain: EngineeringUnitsExceeded                    T      the value (over range)
 Uncertain: SubstituteValue                             S      the value
 Uncertain: LastUsableValue                             B      the value (stale: source lost)
+Uncertain: SensorCalibration                           C      the value (calibration gas)
 other Uncertain*                                       D      the value, marked invalid
 Bad: OutOfService                                      F      0 (instrument stopped)
 Bad: communication (NoCommunication, NotConnected,     B      0
@@ -73,6 +74,7 @@ _SPECIFIC_QUALITY = {
     S.UncertainEngineeringUnitsExceeded: Quality.OVER_RANGE,
     S.UncertainSubstituteValue: Quality.MANUAL,
     S.UncertainLastUsableValue: Quality.COMM_FAILURE,
+    S.UncertainSensorCalibration: Quality.CALIBRATION,  # the analyser reads span gas: HJ 212 flag C
     S.BadOutOfService: Quality.STOPPED,
     S.BadNoCommunication: Quality.COMM_FAILURE,
     S.BadNotConnected: Quality.COMM_FAILURE,
