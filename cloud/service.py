@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +18,7 @@ from .ingest import IngestService
 from .metrics import InstrumentedStore, Metrics
 from .settings import CloudSettings
 from .store import Store, open_store
+from .users_cli import first_admin_hint, has_credentials
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class CloudService:
 
     async def start(self) -> None:
         await self.store.open()
+        if not await has_credentials(self.store):  # the API needs an admin to make users: say how, once
+            log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.
         app = create_app(self.store, self.stats, settings=self.settings, metrics=self.metrics, control=self.control)
         config = uvicorn.Config(app, host=self.http_host, port=self.http_port, log_level="warning",
