@@ -499,7 +499,9 @@ class PostgresStore:
         ``latest`` (mismatches never reach it); cached per store, so the hot path is one dict lookup a row.
         """
         units = self._units
-        missing = {(p.gateway, d, pt) for p in fresh for d, pt, *_ in p.rows} - units.keys() if fresh else set()
+        # A batch has a few distinct (device, point, unit): look at those, not at every row.
+        distinct = [{(r[0], r[1], r[4]) for r in p.rows} for p in fresh]
+        missing = {(p.gateway, d, pt) for p, ds in zip(fresh, distinct, strict=True) for d, pt, _ in ds} - units.keys()
         if missing:
             keys = sorted(missing)
             for r in await con.fetch(
@@ -509,8 +511,11 @@ class PostgresStore:
                 units[(r[0], r[1], r[2])] = r[3]
         records: list[tuple[Any, ...]] = []
         wrong: dict[tuple[str, int], list[str]] = {}
-        for p in fresh:
+        for p, ds in zip(fresh, distinct, strict=True):
             gw, seq = p.gateway, p.seq
+            if all((units.get((gw, d, pt)) or units.setdefault((gw, d, pt), u)) == u for d, pt, u in ds):
+                records += [(gw, d, pt, ts, v, u, q, seq) for d, pt, ts, v, u, q in p.rows]
+                continue
             for d, pt, ts, v, u, q in p.rows:
                 unit = units.get((gw, d, pt)) or units.setdefault((gw, d, pt), u)  # the first unit registers
                 if unit == u:
