@@ -53,6 +53,10 @@ def _mount() -> None:
 
     # migrate, status, gaps, availability, rollups, export-influx sit beside serve under `carbonlink cloud`.
     cloud_app.registered_commands.extend(storage_app.registered_commands)
+    from cloud.users_cli import key_app, user_app
+
+    cloud_app.add_typer(user_app, name="user")
+    cloud_app.add_typer(key_app, name="key")
     from .faults.runner import app as faults_app
 
     app.add_typer(faults_app, name="faults")
@@ -163,11 +167,21 @@ def cloud_serve(
     client_id: Annotated[str, typer.Option(help="MQTT client id (unique per ingest worker)")] = "carbonlink-ingest",
 ) -> None:
     """Ingest telemetry, store it and serve the API and dashboard."""
+    from pydantic import ValidationError
+
+    from cloud.logs import configure
     from cloud.service import running_cloud
+    from cloud.settings import CloudSettings
 
     from .broker import EmbeddedBroker
 
-    _logging("INFO")
+    try:
+        settings = CloudSettings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        err.print(f"[red]cloud settings (CARBONLINK_* environment): {problems}[/]")
+        raise typer.Exit(2) from None
+    configure("INFO", settings.log_format)
 
     async def go() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -176,7 +190,7 @@ def cloud_serve(
                 url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))).url
             svc = await stack.enter_async_context(
                 running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
-                              shared_group=shared_group))
+                              shared_group=shared_group, settings=settings))
             err.print(f"cloud up: broker {url}, storage {db}, API {svc.dashboard_url}")
             await asyncio.Event().wait()
 
@@ -188,6 +202,7 @@ def cloud_register(
     gateway: Annotated[str, typer.Option(help="gateway id")],
     site: Annotated[str, typer.Option(help="site id")],
     public_key: Annotated[str, typer.Option(help="Ed25519 public key, hex")],
+    tenant: Annotated[str, typer.Option(help="tenant that owns it (API callers see only their tenant's)")],
     db: Annotated[str, typer.Option(help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
 ) -> None:
     """Register a gateway's public key so its batches are accepted."""
@@ -205,7 +220,8 @@ def cloud_register(
         store = open_store(db)
         await store.open()
         try:
-            await store.register_gateway(gateway, site, "ed25519", public_key)
+            await store.ensure_site(tenant, site)
+            await store.register_gateway(gateway, site, "ed25519", public_key, tenant=tenant)
         finally:
             await store.close()
 

@@ -79,12 +79,13 @@ def token(
     ttl: Annotated[int, typer.Option(help="seconds the token stays valid")] = 3600,
     db: Annotated[str | None, typer.Option(help="storage URL, when run on the cloud host")] = None,
     api: Annotated[str | None, typer.Option(help="cloud API URL, with --admin-token")] = None,
-    admin_token: Annotated[str | None, typer.Option(envvar="CARBONLINK_ADMIN_TOKEN", help="operator token")] = None,
+    admin_token: Annotated[str | None, typer.Option(
+        envvar="CARBONLINK_API_KEY", help="an API key of an installer, operator or admin of the tenant")] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Issue a one-time, expiring claim token for one gateway at a site."""
     if (db is None) == (api is None):
-        raise _fail("give either --db (on the cloud host) or --api with --admin-token")
+        raise _fail("give either --db (on the cloud host) or --api with --admin-token (an installer's API key)")
     if db is not None:
         from cloud.provisioning import issue_claim_token
         from cloud.store import ClaimError

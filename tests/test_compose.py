@@ -12,24 +12,25 @@ import yaml
 from tests.services import require
 
 COMPOSE = Path(__file__).parent.parent / "compose" / "docker-compose.yml"
+SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN")
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("docker-compose")
     require(exe is not None, "docker-compose", "apt-get install -y docker-compose")
     return subprocess.run([str(exe), "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD",
-                                                                                 "CARBONLINK_ADMIN_TOKEN")} | env)
+                          env={k: v for k, v in os.environ.items() if k not in SECRETS} | env)
 
 
 def test_compose_file_is_valid_and_scales_ingest() -> None:
-    proc = _config({"POSTGRES_PASSWORD": "pw", "CARBONLINK_ADMIN_TOKEN": "tok"})
+    proc = _config(dict.fromkeys(SECRETS, "s3cret-for-the-test"))
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     services = cfg["services"]
     assert {"mosquitto", "timescaledb", "ingest", "api", "migrate", "node-red"} <= set(services)
     assert services["ingest"]["deploy"]["replicas"] == 2
     assert "--shared-group" in " ".join(services["ingest"]["command"])
+    assert services["api"]["environment"]["CARBONLINK_ENVIRONMENT"] == "production"
 
 
 def test_compose_refuses_to_start_without_secrets() -> None:
