@@ -47,13 +47,23 @@ class DeviceSupervisor:
         self._task = asyncio.create_task(self.run(), name=f"supervisor {self.driver.describe()}")
         return self._task
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    async def stop(self, *, attempts: int = 20, wait_s: float = 0.5) -> None:
+        """Cancel the device's task and wait for it to end.
+
+        A library may swallow one cancellation (pymodbus can, mid-request, and then waits
+        on a reply that never comes), so cancel again until the task really ends.
+        """
+        task = self._task
+        if task is not None:
+            for _ in range(attempts):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=wait_s)
+                if done:
+                    break
+            else:
+                log.error("%s did not stop after %d cancellations; abandoning it", self.driver.describe(), attempts)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("%s ended with an error", self.driver.describe(), exc_info=task.exception())
         self.state = ConnectionState.STOPPED
 
     async def run(self) -> None:
