@@ -197,6 +197,82 @@ def cloud_serve(
     _run(go())
 
 
+dead_app = typer.Typer(help="Dead letters: what ingest refused, with the reason and the raw bytes.",
+                       no_args_is_help=True)
+cloud_app.add_typer(dead_app, name="dead-letters")
+
+
+@dead_app.command("list")
+def dead_list(
+    db: Annotated[str, typer.Option(envvar="CARBONLINK_DB", help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The newest dead letters, with their reason and whether a replay resolved them."""
+    from rich.table import Table
+
+    from cloud.store import open_store
+
+    async def go() -> list[dict[str, Any]]:
+        store = open_store(db)
+        await store.open()
+        try:
+            return await store.dead_letters(limit)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(go())
+    if json_out:
+        print(json.dumps(rows, default=str))
+        return
+    t = Table(title=f"dead letters ({len(rows)})")
+    for col in ("id", "gateway", "reason", "size", "resolution"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["id"]), str(r["gateway"]), r["reason"][:80], str(r["size"]), str(r.get("resolution") or ""))
+    Console().print(t)
+
+
+@dead_app.command("replay")
+def dead_replay(
+    letter: Annotated[list[int] | None, typer.Option("--id", help="dead letter id; repeat for several")] = None,
+    all_unresolved: Annotated[bool, typer.Option("--all-unresolved", help="every unresolved dead letter")] = False,
+    db: Annotated[str, typer.Option(envvar="CARBONLINK_DB", help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run refused batches through the ingest's checks again, after their cause was fixed."""
+    from rich.table import Table
+
+    from cloud.deadletters import replay
+    from cloud.store import open_store
+
+    if not letter and not all_unresolved:
+        err.print("[red]give --id N (repeatable) or --all-unresolved[/]")
+        raise typer.Exit(2)
+
+    async def go() -> list[Any]:
+        store = open_store(db)
+        await store.open()
+        try:
+            ids = list(letter or []) + (await store.unresolved_dead_letters() if all_unresolved else [])
+            return await replay(store, ids)
+        finally:
+            await store.close()
+
+    results = asyncio.run(go())
+    if json_out:
+        print(json.dumps([r.__dict__ for r in results]))
+    else:
+        t = Table(title="replay")
+        for col in ("id", "outcome", "detail"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(str(r.letter), r.outcome, r.detail[:100])
+        Console().print(t)
+    if any(r.outcome in ("still-refused", "unknown") for r in results):
+        raise typer.Exit(1)
+
+
 @cloud_app.command("register-gateway")
 def cloud_register(
     gateway: Annotated[str, typer.Option(help="gateway id")],

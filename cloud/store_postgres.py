@@ -178,7 +178,16 @@ async def _m4_api_identity(con: asyncpg.Connection, timescale: bool, retention_d
 
 
 # Versioned migrations, applied in order at open and by `carbonlink cloud migrate`; never edit a shipped one.
-MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity]
+async def _m5_dead_letter_replay(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    # Dead letters can be replayed once their cause is fixed; the outcome is kept beside the raw bytes.
+    await con.execute(_c("""
+    ALTER TABLE dead_letters ADD COLUMN resolved_ms bigint;
+    ALTER TABLE dead_letters ADD COLUMN resolution text;
+    """))
+
+
+MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
+                               _m5_dead_letter_replay]
 
 # Rows of one tenant: its gateways are the join key for readings, rollups, latest values and dead letters.
 IN_TENANT = "gateway IN (SELECT id FROM gateways WHERE tenant = ${})"
@@ -626,7 +635,7 @@ class PostgresStore:
             where.append(f"id < ${len(args)}")
         args.append(limit)
         rows = await self._rows(
-            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters"
+            "SELECT id, received_ms, topic, gateway, reason, resolved_ms, resolution, payload FROM dead_letters"
             + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY id DESC LIMIT ${len(args)}", *args)
         for r in rows:
             payload = bytes(r.pop("payload"))
@@ -862,6 +871,21 @@ class PostgresStore:
         rows = await self._rows("SELECT * FROM commands WHERE gateway = $1 ORDER BY created_ms DESC LIMIT $2",
                                 gateway, limit)
         return [_command_row(r) for r in rows]
+
+    # --- dead-letter replay ------------------------------------------------------------------------
+
+    async def dead_letter_raw(self, letter_id: int) -> tuple[str, bytes, int | None] | None:
+        row = await self.pool.fetchrow("SELECT topic, payload, resolved_ms FROM dead_letters WHERE id = $1", letter_id)
+        return (str(row[0]), bytes(row[1]), row[2]) if row else None
+
+    async def resolve_dead_letter(self, letter_id: int, resolution: str, ts_ms: int) -> None:
+        await self.pool.execute("UPDATE dead_letters SET resolved_ms = $1, resolution = $2 WHERE id = $3",
+                                ts_ms, resolution, letter_id)
+
+    async def unresolved_dead_letters(self, limit: int = 1000) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT id FROM dead_letters WHERE resolved_ms IS NULL ORDER BY id LIMIT $1", limit)
+        return [int(r[0]) for r in rows]
 
 
 def _command_row(r: dict[str, Any]) -> dict[str, Any]:

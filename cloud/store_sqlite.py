@@ -96,6 +96,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX gateways_tenant ON gateways(tenant);
     CREATE INDEX dead_letters_gateway ON dead_letters(gateway, id);
     """,
+    # 5: dead letters can be replayed once their cause is fixed; the outcome is kept beside the raw bytes.
+    """
+    ALTER TABLE dead_letters ADD COLUMN resolved_ms INTEGER;
+    ALTER TABLE dead_letters ADD COLUMN resolution TEXT;
+    """,
 ]
 
 # Rows of one tenant: its gateways are the join key for readings, latest values and dead letters.
@@ -307,7 +312,7 @@ class SqliteStore:
             where.append("id < ?")
             args.append(before_id)
         rows = await self._rows(
-            "SELECT id, received_ms, topic, gateway, reason, payload FROM dead_letters"
+            "SELECT id, received_ms, topic, gateway, reason, resolved_ms, resolution, payload FROM dead_letters"
             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?", (*args, limit))
         for r in rows:
             payload = bytes(r.pop("payload"))
@@ -551,6 +556,22 @@ class SqliteStore:
         rows = await self._rows("SELECT * FROM commands WHERE gateway = ? ORDER BY created_ms DESC LIMIT ?",
                                 (gateway, limit))
         return [_command_row(r) for r in rows]
+
+    # --- dead-letter replay ------------------------------------------------------------------------
+
+    async def dead_letter_raw(self, letter_id: int) -> tuple[str, bytes, int | None] | None:
+        row = await (await self.db.execute(
+            "SELECT topic, payload, resolved_ms FROM dead_letters WHERE id = ?", (letter_id,))).fetchone()
+        return (str(row[0]), bytes(row[1]), row[2]) if row else None
+
+    async def resolve_dead_letter(self, letter_id: int, resolution: str, ts_ms: int) -> None:
+        await self.db.execute("UPDATE dead_letters SET resolved_ms = ?, resolution = ? WHERE id = ?",
+                              (ts_ms, resolution, letter_id))
+
+    async def unresolved_dead_letters(self, limit: int = 1000) -> list[int]:
+        rows = await (await self.db.execute(
+            "SELECT id FROM dead_letters WHERE resolved_ms IS NULL ORDER BY id LIMIT ?", (limit,))).fetchall()
+        return [int(r[0]) for r in rows]
 
 
 def _command_row(r: dict[str, Any]) -> dict[str, Any]:
