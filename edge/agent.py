@@ -56,6 +56,7 @@ class EdgeAgent:
         self.point_filter: dict[str, frozenset[str]] = {}
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
+        self.uploaders = [u.build() for u in cfg.hj212_upload]
         self.uplink = Uplink(self.outbox, self.topics, mqtt_url or m.url, username=m.username,
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
                              max_inflight=m.max_inflight, sign=self.signer, policy=self.policy,
@@ -90,6 +91,8 @@ class EdgeAgent:
             return
         self.outbox.append(readings)
         self.produced += len(readings)
+        for up in self.uploaders:  # bounded queues: a slow platform never holds up the outbox
+            up.submit(readings)
         dev = readings[0].device
         self._last[dev] = readings
         if dev in self._fresh:
@@ -266,6 +269,8 @@ class EdgeAgent:
             self._restart(dev_id)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        for i, up in enumerate(self.uploaders):
+            self._tasks.append(asyncio.create_task(up.run(), name=f"hj212 upload {i}"))
 
     async def stop_devices(self) -> None:
         for s in list(self.supervisors.values()):

@@ -11,6 +11,7 @@ from carbonlink.configfile import load_yaml_config
 
 from .drivers.registry import DeviceConfig
 from .drivers.settings import StrictModel
+from .hj212.uploader import Hj212UploadConfig
 
 
 class GatewaySection(StrictModel):
@@ -61,6 +62,8 @@ class GatewayConfig(StrictModel):
     delivery: DeliverySection = DeliverySection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     devices: list[DeviceConfig] = Field(default_factory=list)
+    # Monitoring platforms (provincial/national) that receive this gateway's data in HJ 212 form.
+    hj212_upload: list[Hj212UploadConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_device_ids(self) -> GatewayConfig:
