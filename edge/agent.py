@@ -12,6 +12,7 @@ from typing import Any
 
 import aiomqtt
 
+from carbonlink.tasks import cancel_and_wait
 from carbonlink.topics import GatewayTopics
 from carbonlink.wire import Reading
 
@@ -290,9 +291,7 @@ class EdgeAgent:
 
     async def stop(self) -> None:
         await self.stop_devices()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, what="agent")
         self._tasks.clear()
         self._started = False
         self.outbox.close()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from carbonlink.backoff import Backoff
+from carbonlink.tasks import cancel_and_wait
 from carbonlink.wire import Reading
 
 from .drivers.base import ConnectionState, Driver, DriverError, DriverUnavailable
@@ -55,13 +56,7 @@ class DeviceSupervisor:
         """
         task = self._task
         if task is not None:
-            for _ in range(attempts):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=wait_s)
-                if done:
-                    break
-            else:
-                log.error("%s did not stop after %d cancellations; abandoning it", self.driver.describe(), attempts)
+            await cancel_and_wait([task], attempts=attempts, wait_s=wait_s, what="device")
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("%s ended with an error", self.driver.describe(), exc_info=task.exception())
         self.state = ConnectionState.STOPPED

@@ -288,7 +288,10 @@ class Uplink:
                 continue
             self.wakeup.clear()
             try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=min(0.2, self.ack_timeout))
+                # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation that
+                # coincides with the wakeup, and the agent then never stops.
+                async with asyncio.timeout(min(0.2, self.ack_timeout)):
+                    await self.wakeup.wait()
             except TimeoutError:
                 pass
 

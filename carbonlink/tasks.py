@@ -1,0 +1,33 @@
+"""Stopping tasks for certain.
+
+A task can lose a cancellation: a library that catches CancelledError mid-request
+(pymodbus does), or Python 3.11's asyncio.wait_for when the awaited thing finishes
+at the same moment. Whoever owns a task's lifecycle cancels until it really ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, attempts: int = 20, wait_s: float = 0.5,
+                          what: str = "task") -> list[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait for them, cancelling again those that keep running.
+
+    Returns the tasks that still run after ``attempts`` rounds (logged as errors).
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(attempts):
+        if not pending:
+            return []
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=wait_s)
+    for t in pending:
+        log.error("%s %s did not stop after %d cancellations; abandoning it", what, t.get_name(), attempts)
+    return list(pending)
