@@ -55,7 +55,7 @@ async def availability(store: Store, q: SeriesQuery, interval_ms: int | None = N
         interval = interval_ms or observed_interval_ms(hours)
         per_hour = {int(h["hour_ms"]): h for h in hours}
         expected_each = HOUR_MS // interval if interval else None
-        table = []
+        table: list[dict[str, Any]] = []
         for t in range(start, end, HOUR_MS):
             h = per_hour.get(t)
             received, valid = (int(h["n"]), int(h["q_n"])) if h else (0, 0)

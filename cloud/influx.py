@@ -86,7 +86,8 @@ class InfluxExporter:
 
     def export_rows(self, gateway: str, rows: Iterable[Row]) -> None:
         self._write.write(bucket=self.bucket, org=self.org, record=line_protocol(gateway, rows),
-                          write_precision=WritePrecision.MS)
+                          # influxdb-client defines WritePrecision.MS as a str but annotates write() with the class
+                          write_precision=WritePrecision.MS)  # type: ignore[arg-type]
 
     def export_batch(self, batch: PendingBatch) -> None:
         """Hook for the ingest: call with each committed batch."""

@@ -230,7 +230,7 @@ class Uplink:
         if self.sign is None:
             return []
         p = self.policy
-        out = []
+        out: list[tuple[int, int, bytes, str]] = []
         live_after = p.live_after_ms(now_wall)
         while self._lane_load("live") + sum(1 for b in out if b[3] == "live") < p.live_inflight:
             n = self.outbox.pending_count("live", live_after)
