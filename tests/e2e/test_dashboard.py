@@ -28,11 +28,16 @@ async def test_dashboard_shows_live_values(tmp_path: Path) -> None:
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                       "--disable-component-update", "--disable-sync", "--no-first-run"])
             page = await browser.new_page()
-            for _ in range(100):  # the demo's HTTP server comes up within a few seconds
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:  # the demo's HTTP server comes up within a few seconds
+                if demo.done():
+                    raise AssertionError(f"the demo ended before the page loaded: {demo.exception()!r}")
                 try:
                     await page.goto(f"http://127.0.0.1:{port}/", timeout=2000)
                     break
                 except Exception:  # connection refused until uvicorn listens
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
                     await asyncio.sleep(0.2)
             # Without credentials the page asks for a login and shows no data.
             await page.locator("#login").wait_for(timeout=10_000)
@@ -60,5 +65,5 @@ async def test_dashboard_shows_live_values(tmp_path: Path) -> None:
             await browser.close()
     finally:
         stop.set()
-        summary = await demo
+        summary = await asyncio.wait_for(demo, 90)  # it drains and stops; a hang must fail, not block the run
     assert summary.stored == summary.published > 0

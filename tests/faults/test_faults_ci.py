@@ -5,10 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from carbonlink.faults.runner import PROFILES, run_profile
 from tests.services import require
 
 
+@pytest.mark.timeout(600)  # seven faults in sequence with real outages: ~65 s idle, more on a loaded machine
 async def test_ci_profile_loses_nothing_and_doubles_nothing() -> None:
     require(bool(shutil.which("mosquitto")) or Path("/usr/sbin/mosquitto").exists(), "the mosquitto binary",
             "apt-get install -y mosquitto")
