@@ -143,7 +143,10 @@ class MQTTClient:
             if body:
                 self.sock.write(body)
             if tail:
-                self.sock.write(tail)
+                if hasattr(tail, "write_to"):
+                    tail.write_to(self.sock)  # e.g. a record streamed from flash
+                else:
+                    self.sock.write(tail)
         except OSError:
             self.close()
             raise

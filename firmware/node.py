@@ -81,7 +81,7 @@ class Node:
             if not readings:
                 return 0
             seq = self.next_seq()
-            msg = wire.batch(self.node_id, seq, hw.now_ms(), readings, self.secret)
+            msg = wire.batch_parts(self.node_id, seq, hw.now_ms(), readings, self.secret)
             del readings
             self.buf.append(seq, msg)
             self.counters["batches"] += 1

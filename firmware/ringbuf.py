@@ -7,6 +7,7 @@
 # is atomic on LittleFS), and whole segments are deleted once the cursor is past them. When the buffer
 # is full the oldest segment is dropped and its unsent records are counted as dropped.
 import os
+import gc
 import struct
 from binascii import crc32
 
@@ -17,8 +18,34 @@ MAX_PAYLOAD = 0xFFFF
 
 
 def _crc(hdr_tail, payload):
-    return crc32(payload, crc32(hdr_tail)) & 0xFFFFFFFF
+    c = crc32(hdr_tail)
+    for p in payload if isinstance(payload, (list, tuple)) else (payload,):
+        c = crc32(p, c)
+    return c & 0xFFFFFFFF
 
+
+
+STREAM = 2  # _records(payloads=STREAM): yield Stored handles instead of bytes
+
+
+class Stored:
+    # A record's payload left in flash: its length, and a way to copy it to a stream in chunks.
+    # Valid until the buffer moves on to the next record (it shares the segment's open file).
+    def __init__(self, f, off, n, chunk):
+        self.f, self.off, self.n, self.chunk = f, off, n, chunk
+
+    def __len__(self):
+        return self.n
+
+    def write_to(self, out):
+        f, buf, left = self.f, self.chunk, self.n
+        f.seek(self.off)
+        while left:
+            k = f.readinto(buf) if left >= len(buf) else f.readinto(memoryview(buf)[:left])
+            if not k:
+                raise OSError("record shrank while sending")
+            out.write(memoryview(buf)[:k])
+            left -= k
 
 class RingBuffer:
     def __init__(self, root, seg_bytes=16384, max_segs=16):
@@ -93,8 +120,13 @@ class RingBuffer:
                 if magic == MAGIC and n <= self.seg_bytes - HLEN and self._crc_file(f, hdr[2:8], n) == crc:
                     bad = False
                     payload = None
-                    if payloads:
+                    if payloads == STREAM:
+                        # Streamed from flash in small chunks: delivery never needs one contiguous
+                        # block of a record's size, which a fragmented 64 KB heap may not have.
+                        payload = Stored(f, off + HLEN, n, self._chunk)
+                    elif payloads:
                         f.seek(off + HLEN)
+                        gc.collect()  # the heap does not compact: free what is dead before a large block
                         payload = f.read(n)
                     yield tag, payload, off, off + HLEN + n
                     off += HLEN + n
@@ -190,8 +222,12 @@ class RingBuffer:
     # --- the interface ------------------------------------------------------------------------
 
     def append(self, tag, payload):
-        """Store one record durably; returns once it is on flash."""
-        n = len(payload)
+        """Store one record durably; returns once it is on flash. ``payload``: bytes, or a list of
+        pieces written one after another, so no block of the record's size is ever allocated."""
+        parts = payload if isinstance(payload, (list, tuple)) else (payload,)
+        n = 0
+        for p in parts:
+            n += len(p)
         if not 0 < n <= min(MAX_PAYLOAD, self.seg_bytes - HLEN):
             raise ValueError("record must be 1 byte to the segment size")
         size = self._size(self.tail)
@@ -201,12 +237,13 @@ class RingBuffer:
         hdr = MAGIC + tail + struct.pack("<I", _crc(tail, payload))
         with open(self._path(self.tail), "ab") as f:
             f.write(hdr)
-            f.write(payload)
+            for p in parts:
+                f.write(p)
         self.pending += 1
         if tag > self.last_tag:
             self.last_tag = tag
 
-    def each(self, limit):
+    def each(self, limit, stream=False):
         """The oldest unconsumed records one at a time: (tag, payload, position after it). Only one
         payload is in RAM at a time if the caller lets go of it before asking for the next."""
         n = 0
@@ -214,7 +251,7 @@ class RingBuffer:
         for seg in self._segs():
             if seg < hseg:
                 continue
-            recs = self._records(seg, hoff if seg == hseg else 0, False, True)
+            recs = self._records(seg, hoff if seg == hseg else 0, False, STREAM if stream else True)
             for tag, payload, _, end in recs:
                 yield tag, payload, (seg, end)
                 n += 1

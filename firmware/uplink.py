@@ -58,7 +58,7 @@ class Uplink:
         while True:
             self.n.feed()
             recs = []  # (tag, position after it): the payloads are not kept
-            for tag, payload, pos in self.n.buf.each(window):
+            for tag, payload, pos in self.n.buf.each(window, stream=True):
                 recs.append((tag, pos))
                 if tag not in self.acks:
                     c.publish(self.t_telemetry, payload, qos=1)

@@ -208,10 +208,16 @@ def sign(body, secret):
     return hexlify(hmac_sha256(secret, body))
 
 
-def batch(gateway, seq, created_ms, readings, secret):
-    """Build and sign a batch; returns the message bytes as published, built in one allocation."""
+def batch_parts(gateway, seq, created_ms, readings, secret):
+    """Build and sign a batch as the pieces of the message as published: the flash buffer writes
+    them one after another, so a 64 KB heap never needs a block of the whole message."""
     parts = _parts(gateway, seq, created_ms, readings, "hmac-sha256")
     parts.append(b',"v":1}')
     sig = sign(parts, secret)
     parts[-1] = b',"sig":"' + sig + b'","v":1}'
-    return b"".join(parts)
+    return parts
+
+
+def batch(gateway, seq, created_ms, readings, secret):
+    """Build and sign a batch; returns the message bytes as published."""
+    return b"".join(batch_parts(gateway, seq, created_ms, readings, secret))
