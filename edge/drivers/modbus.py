@@ -88,17 +88,14 @@ def check_status_points(points: Sequence[ModbusPoint]) -> None:
             raise ValueError(f"status point {p.name!r} applies_to unknown or non-value points: {', '.join(unknown)}")
 
 
-class ModbusTcpDevice(DeviceBase):
-    driver: Literal["modbus_tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255)
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
+class PointMapDevice(DeviceBase):
+    """Settings every Modbus-register device shares: its points, inline or from a bundled map."""
+
     points: list[ModbusPoint] = Field(default_factory=list)
     pointmap: str | None = Field(default=None, description="name of a bundled point map, e.g. 'cems'")
 
     @model_validator(mode="after")
-    def _points_or_map(self) -> ModbusTcpDevice:
+    def _points_or_map(self) -> PointMapDevice:
         if not self.points and not self.pointmap:
             raise ValueError("give either 'points' or 'pointmap'")
         check_status_points(self.resolved_points())  # a broken or unknown point map must stop start-up
@@ -111,6 +108,14 @@ class ModbusTcpDevice(DeviceBase):
 
         assert self.pointmap is not None
         return [ModbusPoint.model_validate(p) for p in load_pointmap(self.pointmap)]
+
+
+class ModbusTcpDevice(PointMapDevice):
+    driver: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255)
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 
 from carbonlink.wire import Reading
 
 from .base import DriverError
-from .modbus import ModbusPoint, ModbusTcpDriver
-from .settings import DeviceBase
+from .modbus import ModbusTcpDriver, PointMapDevice
 
 
-class ModbusRtuDevice(DeviceBase):
+class ModbusRtuDevice(PointMapDevice):
     driver: Literal["modbus_rtu"]
     serial_port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0 or /dev/serial/by-id/…")
     baudrate: int = Field(default=9600, ge=300, le=921600)
@@ -34,23 +33,6 @@ class ModbusRtuDevice(DeviceBase):
     stopbits: Literal[1, 2] = 1
     unit_id: int = Field(default=1, ge=1, le=247)  # 0 is broadcast, 248-255 reserved on serial lines
     timeout_s: float = Field(default=1.0, gt=0, le=60)
-    points: list[ModbusPoint] = Field(default_factory=list)
-    pointmap: str | None = Field(default=None, description="name of a bundled point map, e.g. 'cems'")
-
-    @model_validator(mode="after")
-    def _points_or_map(self) -> ModbusRtuDevice:
-        if not self.points and not self.pointmap:
-            raise ValueError("give either 'points' or 'pointmap'")
-        self.resolved_points()  # a broken or unknown point map must stop start-up, not the driver
-        return self
-
-    def resolved_points(self) -> list[ModbusPoint]:
-        if self.points:
-            return list(self.points)
-        from edge.pointmaps import load_pointmap
-
-        assert self.pointmap is not None
-        return [ModbusPoint.model_validate(p) for p in load_pointmap(self.pointmap)]
 
 
 class ModbusRtuDriver(ModbusTcpDriver):

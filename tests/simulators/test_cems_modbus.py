@@ -168,3 +168,14 @@ def test_stuck_drift_and_spikes_act_on_the_values() -> None:
     stack.clear_faults()
     stack.fill(regs)
     assert regs[STATUS_REGISTER] == 0 and struct.unpack(">f", struct.pack(">HH", *regs[0:2]))[0] > 0
+
+
+def test_rtu_devices_check_status_points_at_load_too() -> None:
+    # The RTU settings shared the point-map model but not its start-up checks; they share both now.
+    from edge.drivers.modbus_rtu import ModbusRtuDevice
+
+    points = [{"name": "a", "register": 0},
+              {"name": "s", "register": 9, "role": "status", "quality_map": {0: "N"}, "applies_to": ["nope"]}]
+    with pytest.raises(ValidationError, match="nope"):
+        ModbusRtuDevice.model_validate({"id": "r", "driver": "modbus_rtu", "serial_port": "/dev/ttyX",
+                                        "points": points})
