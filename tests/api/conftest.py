@@ -6,7 +6,6 @@ at plant-a, other owns gw-b at plant-b; both have a device cems-1 with points so
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,9 @@ from cloud.api import create_app
 from cloud.auth import create_api_key
 from cloud.metrics import InstrumentedStore, Metrics
 from cloud.settings import CloudSettings
-from cloud.store import ROLES, Store, open_store
+from cloud.store import ROLES, Store
 from edge.identity import public_key_hex
-from tests.services import require_postgres
-from tests.storage.conftest import drop_schema
+from tests.storage.conftest import throwaway_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 KEYS = {"gw-a": Ed25519PrivateKey.generate(), "gw-b": Ed25519PrivateKey.generate()}
@@ -33,20 +31,8 @@ JWT_SECRET = "j" * 40
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def raw_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    base = schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
-    else:
-        base, schema = require_postgres(), "clapi_" + uuid.uuid4().hex[:12]
-        url = f"{base}?schema={schema}"
-    s = open_store(url)
-    await s.open()
-    try:
+    async with throwaway_store(request.param, tmp_path, "clapi_") as s:
         yield s
-    finally:
-        await s.close()
-        if base and schema:
-            await drop_schema(base, schema)
 
 
 def signed(gateway: str, seq: int, readings: list[Reading]) -> Batch:

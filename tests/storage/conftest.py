@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,13 +31,14 @@ async def pg_url() -> AsyncIterator[str]:
     await drop_schema(base, schema)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+@contextlib.asynccontextmanager
+async def throwaway_store(kind: str, tmp_path: Path, prefix: str = "cltest_") -> AsyncIterator[Store]:
+    """An open store: SQLite on a temp file, or PostgreSQL in a unique schema dropped afterwards."""
     base = schema = None
-    if request.param == "sqlite":
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
     else:
-        base, schema = require_postgres(), "cltest_" + uuid.uuid4().hex[:12]
+        base, schema = require_postgres(), prefix + uuid.uuid4().hex[:12]
         url = f"{base}?schema={schema}"
     s = open_store(url)
     await s.open()
@@ -46,3 +48,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.close()
         if base and schema:
             await drop_schema(base, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with throwaway_store(request.param, tmp_path) as s:
+        yield s
