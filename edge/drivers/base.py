@@ -9,8 +9,9 @@ a driver never loops over reconnects itself and never touches MQTT.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,3 +67,20 @@ class Driver(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.kind}:{self.device_id}"
+
+
+async def ticks(interval_s: float) -> AsyncGenerator[None, None]:
+    """Yield at a fixed rate, starting now, for poll loops.
+
+    A caller that falls behind (a slow device or line) skips the missed ticks
+    rather than polling in a burst to catch up.
+    """
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        yield
+        next_at += interval_s
+        delay = next_at - loop.time()
+        if delay < 0:
+            next_at, delay = loop.time(), 0.0
+        await asyncio.sleep(delay)

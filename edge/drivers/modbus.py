@@ -17,10 +17,10 @@ status gives its own failure flag to the points it governs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -30,7 +30,7 @@ from pymodbus.exceptions import ModbusException
 
 from carbonlink.wire import Quality, Reading, now_ms
 
-from .base import Driver, DriverError
+from .base import Driver, DriverError, ticks
 from .settings import DeviceBase, StrictModel
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it logs every retry; we log failures once
@@ -182,16 +182,9 @@ class ModbusTcpDriver(Driver):
         try:
             if not await client.connect():
                 raise DriverError(f"cannot connect to {s.host}:{s.port}")
-            loop = asyncio.get_running_loop()
-            next_at = loop.time()
-            while True:
-                yield await self.poll_once(client)
-                next_at += s.poll_interval_s
-                delay = next_at - loop.time()
-                if delay < 0:  # fell behind (slow device): skip missed ticks rather than burst
-                    next_at = loop.time()
-                    delay = 0
-                await asyncio.sleep(delay)
+            async with aclosing(ticks(s.poll_interval_s)) as tick:
+                async for _ in tick:
+                    yield await self.poll_once(client)
         finally:
             client.close()
 

@@ -10,8 +10,8 @@ client, which this driver does not provide.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Literal
 
 from pydantic import Field
@@ -20,7 +20,7 @@ from pymodbus.client import AsyncModbusSerialClient
 
 from carbonlink.wire import Reading
 
-from .base import DriverError
+from .base import DriverError, ticks
 from .modbus import ModbusTcpDriver, PointMapDevice
 
 
@@ -50,14 +50,8 @@ class ModbusRtuDriver(ModbusTcpDriver):
         try:
             if not await client.connect():
                 raise DriverError(f"cannot open serial port {s.serial_port}")
-            loop = asyncio.get_running_loop()
-            next_at = loop.time()
-            while True:
-                yield await self.poll_once(client)  # type: ignore[arg-type]  # same read API as TCP
-                next_at += s.poll_interval_s
-                delay = next_at - loop.time()
-                if delay < 0:  # fell behind (slow line): skip missed ticks rather than burst
-                    next_at, delay = loop.time(), 0
-                await asyncio.sleep(delay)
+            async with aclosing(ticks(s.poll_interval_s)) as tick:
+                async for _ in tick:
+                    yield await self.poll_once(client)  # type: ignore[arg-type]  # same read API as TCP
         finally:
             client.close()

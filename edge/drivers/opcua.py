@@ -46,6 +46,7 @@ import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +58,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from carbonlink.wire import Quality, Reading, WireError, now_ms
 
-from .base import Driver, DriverError
+from .base import Driver, DriverError, ticks
 from .settings import DeviceBase, StrictModel
 
 log = logging.getLogger(__name__)
@@ -388,24 +389,21 @@ class OpcUaDriver(Driver):
         s = self.settings
         points = [p for _, p, _ in nodes]
         targets = [n for _, _, n in nodes]
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            if client.state is not UaClientState.CONNECTED:
-                self._link_dead = True
-                raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
-            try:
-                values = await client.read_attributes(targets)
-            except (ua.UaError, OSError, TimeoutError) as exc:
-                # a status code in reply means the link itself is alive
-                self._link_dead = not isinstance(exc, ua.UaStatusCodeError)
-                raise DriverError(f"{self.describe()} read: {_describe(exc)}") from exc
-            yield [self._reading(p, dv) for p, dv in zip(points, values, strict=True)]
-            next_at += s.poll_interval_s
-            delay = next_at - loop.time()
-            if delay < 0:  # fell behind: skip missed ticks rather than burst
-                next_at, delay = loop.time(), 0.0
-            await asyncio.sleep(delay)
+        async with aclosing(ticks(s.poll_interval_s)) as tick:
+            async for _ in tick:
+                yield await self._poll_once(client, points, targets)
+
+    async def _poll_once(self, client: Client, points: list[OpcUaNode], targets: list[Node]) -> list[Reading]:
+        if client.state is not UaClientState.CONNECTED:
+            self._link_dead = True
+            raise DriverError(f"{self.describe()}: connection lost ({client.state.value})")
+        try:
+            values = await client.read_attributes(targets)
+        except (ua.UaError, OSError, TimeoutError) as exc:
+            # a status code in reply means the link itself is alive
+            self._link_dead = not isinstance(exc, ua.UaStatusCodeError)
+            raise DriverError(f"{self.describe()} read: {_describe(exc)}") from exc
+        return [self._reading(p, dv) for p, dv in zip(points, values, strict=True)]
 
     # --- values ---------------------------------------------------------------------------
 

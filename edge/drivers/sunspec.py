@@ -27,11 +27,11 @@ counter epoch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,7 +41,7 @@ from pymodbus.exceptions import ModbusException
 
 from carbonlink.wire import Quality, Reading, now_ms
 
-from .base import Driver, DriverError
+from .base import Driver, DriverError, ticks
 from .modbus import EXCEPTION_QUALITY
 from .settings import DeviceBase
 
@@ -296,15 +296,9 @@ class SunSpecDriver(Driver):
             if not await client.connect():
                 raise DriverError(f"cannot connect to {s.host}:{s.port}")
             plan = await self.discover(client)
-            loop = asyncio.get_running_loop()
-            next_at = loop.time()
-            while True:
-                yield await self.poll_once(client, plan)
-                next_at += s.poll_interval_s
-                delay = next_at - loop.time()
-                if delay < 0:  # fell behind: skip missed ticks rather than burst
-                    next_at, delay = loop.time(), 0
-                await asyncio.sleep(delay)
+            async with aclosing(ticks(s.poll_interval_s)) as tick:
+                async for _ in tick:
+                    yield await self.poll_once(client, plan)
         finally:
             client.close()
 
