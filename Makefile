@@ -31,7 +31,7 @@ test: $(STAMP) npm
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy carbonlink edge cloud simulators rules
+	$(BIN)/mypy carbonlink
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

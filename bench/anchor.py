@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carbonlink.wire import Reading
-from cloud.anchor.chain import Chain, WindowKey, load_signer
-from cloud.anchor.merkle import MerkleTree, process_proof, reading_leaf
+from carbonlink.cloud.anchor.chain import Chain, WindowKey, load_signer
+from carbonlink.cloud.anchor.merkle import MerkleTree, process_proof, reading_leaf
+from carbonlink.kernel.wire import Reading
 
 T0 = 1_700_000_100_000
 

@@ -25,11 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from carbonlink.faults.runner import Broker, Proc  # noqa: E402
-from carbonlink.wire import Reading  # noqa: E402
-from cloud.store import open_store  # noqa: E402
-from edge.identity import load_or_create_key, public_key_hex  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
+from carbonlink.cloud.store import open_store  # noqa: E402
+from carbonlink.commands.faults.runner import Broker, Proc  # noqa: E402
+from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
+from carbonlink.edge.outbox import Outbox  # noqa: E402
+from carbonlink.kernel.wire import Reading  # noqa: E402
 
 
 def stored(db_path: Path) -> int:

@@ -23,11 +23,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from carbonlink.broker import EmbeddedBroker  # noqa: E402
-from carbonlink.ports import free_port  # noqa: E402
-from cloud.service import running_cloud  # noqa: E402
-from edge.identity import load_or_create_key, public_key_hex  # noqa: E402
-from simulators.modbus_host import ModbusDeviceHost, f32  # noqa: E402
+from carbonlink.cloud.broker import EmbeddedBroker  # noqa: E402
+from carbonlink.cloud.service import running_cloud  # noqa: E402
+from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
+from carbonlink.kernel.ports import free_port  # noqa: E402
+from carbonlink.simulators.modbus_host import ModbusDeviceHost, f32  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -40,7 +40,7 @@ import aiomqtt  # noqa: E402
 import asyncpg  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from carbonlink.wire import canonical_number, format_ts, now_ms  # noqa: E402
+from carbonlink.kernel.wire import canonical_number, format_ts, now_ms  # noqa: E402
 
 MOSQUITTO_CONF = "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 100\n"
 DEFAULT_DB = os.environ.get("CARBONLINK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -112,8 +112,8 @@ def peak_rss_mb() -> float:
 
 
 async def worker_main(db: str, mqtt: str, group: str, ident: str) -> None:
-    from cloud.ingest import IngestService
-    from cloud.store import open_store
+    from carbonlink.cloud.ingest import IngestService
+    from carbonlink.cloud.store import open_store
 
     store = open_store(db)
     await store.open()
@@ -135,7 +135,7 @@ async def worker_main(db: str, mqtt: str, group: str, ident: str) -> None:
 
 async def sink_main(mqtt: str, expect: int) -> None:
     """A do-nothing QoS 1 subscriber: counts messages, prints when the last one arrived."""
-    from carbonlink.mqtturl import MqttUrl
+    from carbonlink.kernel.mqtturl import MqttUrl
 
     url = MqttUrl.parse(mqtt)
     async with aiomqtt.Client(url.host, url.port, identifier="bench-sink-" + uuid.uuid4().hex[:6]) as c:
@@ -186,7 +186,7 @@ async def publish_all(mqtt_host: str, port: int, msgs: list[Message], conns: int
 
 
 async def raw_copy_rate(db: str, msgs: list[Message], chunk: int = 10_000) -> float:
-    from cloud.store_postgres import split_url
+    from carbonlink.cloud.store_postgres import split_url
 
     dsn, schema, _ = split_url(db)
     con = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"})
@@ -242,7 +242,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from cloud.store import open_store
+    from carbonlink.cloud.store import open_store
     from tests.services import own_mosquitto
 
     schema = "bench_" + uuid.uuid4().hex[:10]
@@ -257,7 +257,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               "readings": n_e2e, "messages": len(e2e_msgs), "generate_s": round(gen_s, 2)}
     store = open_store(db)
     await store.open()
-    from edge.identity import public_key_hex
+    from carbonlink.edge.identity import public_key_hex
 
     for gw, key in fleet.keys.items():
         await store.register_gateway(gw, fleet.site, "ed25519", public_key_hex(key))
@@ -332,7 +332,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             w.kill()
         await store.close()
         if not args.keep:
-            from cloud.store_postgres import split_url
+            from carbonlink.cloud.store_postgres import split_url
 
             con = await asyncpg.connect(split_url(db)[0])
             await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .configfile import ConfigError
-from .ports import port_free
+from carbonlink.kernel.configfile import ConfigError
+from carbonlink.kernel.ports import port_free
 
 app = typer.Typer(help="CarbonLink: measure, report and verify carbon from field devices.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -28,36 +28,36 @@ app.add_typer(sim_app, name="sim")
 
 
 def _mount() -> None:
-    from .provision_cli import app as provision_app
+    from carbonlink.commands.provision import app as provision_app
 
     app.add_typer(provision_app, name="provision")
-    from simulators.sunspec_cli import app as inverter_app
+    from carbonlink.simulators.sunspec_cli import app as inverter_app
 
     sim_app.add_typer(inverter_app, name="inverter")
-    from simulators.cems_cli import app as cems_app
-    from simulators.fleet_cli import app as fleet_app
+    from carbonlink.simulators.cems_cli import app as cems_app
+    from carbonlink.simulators.fleet_cli import app as fleet_app
 
     sim_app.add_typer(cems_app, name="cems")
     sim_app.add_typer(fleet_app, name="fleet")
-    from simulators.forest_cli import forest as sim_forest
+    from carbonlink.simulators.forest_cli import forest as sim_forest
 
     sim_app.command("forest")(sim_forest)
-    from edge.hj212.cli import app as hj212_app
+    from carbonlink.edge.hj212.cli import app as hj212_app
 
     app.add_typer(hj212_app, name="hj212")
-    from cloud.anchor.cli import anchor_app, verify_app
+    from carbonlink.cloud.anchor.cli import anchor_app, verify_app
 
     app.add_typer(anchor_app, name="anchor")
     app.add_typer(verify_app, name="verify")
-    from cloud.storage_cli import app as storage_app
+    from carbonlink.cloud.storage_cli import app as storage_app
 
     # migrate, status, gaps, availability, rollups, export-influx sit beside serve under `carbonlink cloud`.
     cloud_app.registered_commands.extend(storage_app.registered_commands)
-    from cloud.users_cli import key_app, user_app
+    from carbonlink.cloud.users_cli import key_app, user_app
 
     cloud_app.add_typer(user_app, name="user")
     cloud_app.add_typer(key_app, name="key")
-    from .faults.runner import app as faults_app
+    from carbonlink.commands.faults.runner import app as faults_app
 
     app.add_typer(faults_app, name="faults")
 
@@ -98,7 +98,7 @@ def demo(
     http_port: Annotated[int, typer.Option(help="dashboard port (a free one is used if taken)")] = 8080,
 ) -> None:
     """Run simulators, broker, cloud and an edge agent together, with a live dashboard."""
-    from .demo import run_demo
+    from carbonlink.commands.demo import run_demo
 
     _logging("WARNING")
     stop = asyncio.Event()
@@ -128,8 +128,8 @@ def edge_run(
     mqtt: Annotated[str | None, typer.Option(help="override the broker URL in the config")] = None,
 ) -> None:
     """Read the configured devices and deliver signed batches to the cloud."""
-    from edge.agent import EdgeAgent
-    from edge.config import load_gateway_config
+    from carbonlink.edge.agent import EdgeAgent
+    from carbonlink.edge.config import load_gateway_config
 
     try:
         cfg = load_gateway_config(config)
@@ -143,7 +143,7 @@ def edge_run(
 @edge_app.command("check")
 def edge_check(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
     """Validate a gateway config and print what it would read."""
-    from edge.config import load_gateway_config
+    from carbonlink.edge.config import load_gateway_config
 
     try:
         cfg = load_gateway_config(config)
@@ -169,11 +169,10 @@ def cloud_serve(
     """Ingest telemetry, store it and serve the API and dashboard."""
     from pydantic import ValidationError
 
-    from cloud.logs import configure
-    from cloud.service import running_cloud
-    from cloud.settings import CloudSettings
-
-    from .broker import EmbeddedBroker
+    from carbonlink.cloud.broker import EmbeddedBroker
+    from carbonlink.cloud.logs import configure
+    from carbonlink.cloud.service import running_cloud
+    from carbonlink.cloud.settings import CloudSettings
 
     try:
         settings = CloudSettings()
@@ -211,7 +210,7 @@ def dead_list(
     """The newest dead letters, with their reason and whether a replay resolved them."""
     from rich.table import Table
 
-    from cloud.store import open_store
+    from carbonlink.cloud.store import open_store
 
     async def go() -> list[dict[str, Any]]:
         store = open_store(db)
@@ -243,8 +242,8 @@ def dead_replay(
     """Run refused batches through the ingest's checks again, after their cause was fixed."""
     from rich.table import Table
 
-    from cloud.deadletters import replay
-    from cloud.store import open_store
+    from carbonlink.cloud.deadletters import replay
+    from carbonlink.cloud.store import open_store
 
     if not letter and not all_unresolved:
         err.print("[red]give --id N (repeatable) or --all-unresolved[/]")
@@ -282,7 +281,7 @@ def cloud_register(
     db: Annotated[str, typer.Option(help="storage URL")] = "sqlite:///var/cloud/cloud.sqlite",
 ) -> None:
     """Register a gateway's public key so its batches are accepted."""
-    from cloud.store import open_store
+    from carbonlink.cloud.store import open_store
 
     try:
         bytes.fromhex(public_key)

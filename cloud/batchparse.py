@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from carbonlink.wire import (
+from carbonlink.kernel.wire import (
     MAX_ABS_VALUE,
     MAX_READINGS_PER_BATCH,
     MAX_SEQ,

@@ -17,10 +17,10 @@ from typing import Any
 
 import aiomqtt
 
-from carbonlink import topics
-from carbonlink.backoff import Backoff
-from carbonlink.mqtturl import MqttUrl
-from carbonlink.wire import now_ms
+from carbonlink.kernel import topics
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.wire import now_ms
 
 from .shadows import Publish, ShadowService
 from .store import Store

@@ -14,7 +14,7 @@ import dataclasses
 import statistics
 from typing import Any
 
-from carbonlink.wire import format_ts
+from carbonlink.kernel.wire import format_ts
 
 from .rollups import HOUR_MS
 from .store import SeriesQuery, Store

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from carbonlink.wire import now_ms
+from carbonlink.kernel.wire import now_ms
 
 from .ingest import IngestProcessor, Outcome
 from .store import Store

@@ -19,10 +19,10 @@ import aiomqtt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from carbonlink import topics
-from carbonlink.backoff import Backoff
-from carbonlink.mqtturl import MqttUrl
-from carbonlink.wire import MAX_BATCH_BYTES, Batch, SigAlg, WireError, now_ms, parse_batch, verify_batch
+from carbonlink.kernel import topics
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, SigAlg, WireError, now_ms, parse_batch, verify_batch
 
 from .batchparse import FastParser
 from .store import GatewayRecord, PendingBatch, Store

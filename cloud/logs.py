@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-access_log = logging.getLogger("cloud.access")
+access_log = logging.getLogger("carbonlink.cloud.access")
 HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Attributes every LogRecord has; anything else was passed with extra= and goes into the JSON line.
@@ -86,8 +86,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:  # any bug: log it with the request id, answer 500 without internals
-            logging.getLogger("cloud.api").exception("unhandled error in %s %s", scope["method"], scope["path"],
-                                                     extra={"request_id": rid})
+            logging.getLogger("carbonlink.cloud.api").exception(
+                "unhandled error in %s %s", scope["method"], scope["path"], extra={"request_id": rid})
             if status != 500 or started_response:
                 raise
             body = json.dumps({"type": "about:blank", "title": "Server error", "status": 500,

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from carbonlink.wire import now_ms
+from carbonlink.kernel.wire import now_ms
 
 from .store import CommitResult, PendingBatch, Store
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from carbonlink import topics
-from carbonlink.wire import SigAlg, now_ms
+from carbonlink.kernel import topics
+from carbonlink.kernel.wire import SigAlg, now_ms
 
 from .store import ClaimError, Store
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from carbonlink.wire import format_ts
+from carbonlink.kernel.wire import format_ts
 
 from .store import QUALITY_FLAGS, SeriesQuery, Store
 

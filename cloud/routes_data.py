@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from carbonlink.wire import WireError, parse_ts
+from carbonlink.kernel.wire import WireError, parse_ts
 
 from . import completeness
 from .auth import Auditor, Reader, tenant_gateway

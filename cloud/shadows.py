@@ -24,8 +24,8 @@ from typing import Any, Literal
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from carbonlink import topics
-from carbonlink.wire import now_ms
+from carbonlink.kernel import topics
+from carbonlink.kernel.wire import now_ms
 
 from .store import Store
 

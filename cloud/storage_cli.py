@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carbonlink.wire import WireError, format_ts, parse_ts
+from carbonlink.kernel.wire import WireError, format_ts, parse_ts
 
 from .store import ReadingQuery, SeriesQuery, Store, open_store
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from carbonlink.wire import Batch, Quality, Reading, SigAlg
+from carbonlink.kernel.wire import Batch, Quality, Reading, SigAlg
 
 
 @dataclass(frozen=True)

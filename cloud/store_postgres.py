@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from carbonlink.wire import Batch, format_ts, now_ms
+from carbonlink.kernel.wire import Batch, format_ts, now_ms
 
 from .store import (
     KEY_GRACE_MS,

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiosqlite
 
-from carbonlink.wire import Batch, format_ts, now_ms
+from carbonlink.kernel.wire import Batch, format_ts, now_ms
 
 from .store import (
     KEY_GRACE_MS,

@@ -12,9 +12,9 @@ from typing import Any
 
 import aiomqtt
 
-from carbonlink.tasks import cancel_and_wait
-from carbonlink.topics import GatewayTopics
-from carbonlink.wire import Reading
+from carbonlink.kernel.tasks import cancel_and_wait
+from carbonlink.kernel.topics import GatewayTopics
+from carbonlink.kernel.wire import Reading
 
 from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from carbonlink import topics as T
-from carbonlink.topics import GatewayTopics
-from carbonlink.wire import now_ms
+from carbonlink.kernel import topics as T
+from carbonlink.kernel.topics import GatewayTopics
+from carbonlink.kernel.wire import now_ms
 
 log = logging.getLogger(__name__)
 

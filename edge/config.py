@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from carbonlink.configfile import load_yaml_config
+from carbonlink.kernel.configfile import load_yaml_config
 
 from .drivers.registry import DeviceConfig
 from .drivers.settings import StrictModel

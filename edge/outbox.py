@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, SigAlg, now_ms, sign_batch
+from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, SigAlg, now_ms, sign_batch
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from carbonlink import topics as T
-from carbonlink.topics import GatewayTopics
+from carbonlink.kernel import topics as T
+from carbonlink.kernel.topics import GatewayTopics
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from carbonlink.backoff import Backoff
-from carbonlink.tasks import cancel_and_wait
-from carbonlink.wire import Reading
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.tasks import cancel_and_wait
+from carbonlink.kernel.wire import Reading
 
 from .drivers.base import ConnectionState, Driver, DriverError, DriverUnavailable
 

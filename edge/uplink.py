@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import aiomqtt
 
-from carbonlink.backoff import Backoff
-from carbonlink.mqtturl import MqttUrl
-from carbonlink.topics import GatewayTopics
-from carbonlink.wire import now_ms
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.topics import GatewayTopics
+from carbonlink.kernel.wire import now_ms
 
 from .outbox import Outbox, Signer
 

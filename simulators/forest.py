@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edge.bthome import RawAdvert, encode
+from carbonlink.codecs.bthome import RawAdvert, encode
 
 DendrometerEncoding = Literal["count_um", "distance_mm"]
 DENDRO_OBJECT = {"count_um": 0x5B, "distance_mm": 0x40}

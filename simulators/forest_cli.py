@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from edge.bthome import RawAdvert, decode
+from carbonlink.codecs.bthome import RawAdvert, decode
 
 from .forest import DENDRO_OBJECT, Fault, Forest, run_forest
 

@@ -26,9 +26,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from carbonlink.backoff import Backoff
-from edge.hj212.codec import CN_MINUTE, CN_REALTIME, VERSION_2017, Hj212Error, StreamFramer, data_packets, parse_data
-from edge.hj212.readings import CODE_BY_NAME, format_datatime, format_value, make_qn
+from carbonlink.codecs.hj212.codec import (
+    CN_MINUTE,
+    CN_REALTIME,
+    VERSION_2017,
+    Hj212Error,
+    StreamFramer,
+    data_packets,
+    parse_data,
+)
+from carbonlink.codecs.hj212.readings import CODE_BY_NAME, format_datatime, format_value, make_qn
+from carbonlink.kernel.backoff import Backoff
 
 from .cems import CemsStack
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from carbonlink.ports import free_port as _free_port
+from carbonlink.kernel.ports import free_port as _free_port
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

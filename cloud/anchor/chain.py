@@ -26,6 +26,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ from web3.exceptions import (
 
 from .merkle import abi_encode, keccak
 
-ARTIFACT = Path(__file__).resolve().parents[2] / "contracts" / "build" / "AnchorRegistry.json"
+# Shipped as package data (contracts/build, installed as carbonlink.contracts): works from a wheel too.
+ARTIFACT = Path(str(files("carbonlink.contracts").joinpath("build", "AnchorRegistry.json")))
 KEY_ENV = "CARBONLINK_CHAIN_KEY"
 PASSWORD_ENV = "CARBONLINK_CHAIN_PASSWORD"
 ZERO_ROOT = b"\0" * 32

@@ -16,7 +16,7 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from carbonlink.wire import WireError, parse_ts
+from carbonlink.kernel.wire import WireError, parse_ts
 
 from .chain import KEY_ENV, PASSWORD_ENV, Chain, ChainError, load_signer
 from .jobs import AnchorService, AnchorSettings, Job
@@ -73,7 +73,7 @@ def _jobs_table(jobs: list[Job], title: str) -> Table:
     table = Table(title=title)
     for col in ("id", "site", "window (UTC)", "part", "readings", "state", "block", "tx / last error"):
         table.add_column(col)
-    from carbonlink.wire import format_ts
+    from carbonlink.kernel.wire import format_ts
 
     for j in jobs:
         table.add_row(str(j.id), j.site, f"{format_ts(j.start_ms)[:16]} +{(j.end_ms - j.start_ms) // 1000}s",

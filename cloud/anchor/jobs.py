@@ -36,7 +36,7 @@ from typing import Any
 
 import aiosqlite
 
-from carbonlink.wire import Quality, Reading, WireError, parse_ts
+from carbonlink.kernel.wire import Quality, Reading, WireError, parse_ts
 
 from .chain import AlreadyAnchored, Chain, ChainError, WindowKey
 from .merkle import MerkleTree, reading_leaf

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from carbonlink.wire import Reading, canonical_number
+from carbonlink.kernel.wire import Reading, canonical_number
 
 try:  # the C keccak is ~4x faster than pycryptodome's; both give the same digest
     from sha3 import keccak_256 as _keccak_256  # type: ignore[import-not-found,import-untyped,unused-ignore]

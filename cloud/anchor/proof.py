@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from web3.exceptions import TransactionNotFound, Web3Exception
 
-from carbonlink.wire import Reading, SigAlg, WireError, canonical_number, format_ts, parse_batch, verify_batch
+from carbonlink.kernel.wire import Reading, SigAlg, WireError, canonical_number, format_ts, parse_batch, verify_batch
 
 from .chain import Chain, ChainError, WindowKey
 from .jobs import ANCHORED, AnchorService, row_reading

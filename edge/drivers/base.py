@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from carbonlink.wire import Reading
+from carbonlink.kernel.wire import Reading
 
 
 class ConnectionState(enum.StrEnum):

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from carbonlink.wire import Reading, now_ms
-from edge.bthome import UUID16, UUID128, BTHomeError, Measurement, RawAdvert, advertised_mac, decode
+from carbonlink.codecs.bthome import UUID16, UUID128, BTHomeError, Measurement, RawAdvert, advertised_mac, decode
+from carbonlink.kernel.wire import Reading, now_ms
 
 from .base import Driver, DriverUnavailable
 from .settings import DeviceBase, StrictModel
 
 if TYPE_CHECKING:
-    from simulators.forest import Forest
+    from carbonlink.simulators.forest import Forest
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class BleBthomeDriver(Driver):
     # --- sources ---------------------------------------------------------------------------
 
     def _simulator_source(self) -> AdvertSource:
-        from simulators.forest import Forest, Tree
+        from carbonlink.simulators.forest import Forest, Tree
 
         s = self.settings
         trees = [Tree(sn.mac.upper(), sn.id, self.keys[sn.mac.upper()], sn.dendrometer, seed=i)

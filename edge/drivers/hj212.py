@@ -19,10 +19,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from carbonlink.wire import Reading
-from edge.hj212.codec import VERSION_2017, Packet
-from edge.hj212.readings import packet_to_readings
-from edge.hj212.server import Hj212Server, ServerConfig
+from carbonlink.codecs.hj212.codec import VERSION_2017, Packet
+from carbonlink.codecs.hj212.readings import packet_to_readings
+from carbonlink.edge.hj212.server import Hj212Server, ServerConfig
+from carbonlink.kernel.wire import Reading
 
 from .base import Driver
 from .settings import DeviceBase

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from carbonlink.wire import Quality, Reading, now_ms
+from carbonlink.kernel.wire import Quality, Reading, now_ms
 
 from .base import Driver, DriverError, ticks
 from .settings import DeviceBase, StrictModel
@@ -104,7 +104,7 @@ class PointMapDevice(DeviceBase):
     def resolved_points(self) -> list[ModbusPoint]:
         if self.points:
             return list(self.points)
-        from edge.pointmaps import load_pointmap
+        from carbonlink.edge.pointmaps import load_pointmap
 
         assert self.pointmap is not None
         return [ModbusPoint.model_validate(p) for p in load_pointmap(self.pointmap)]

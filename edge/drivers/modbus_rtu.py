@@ -18,7 +18,7 @@ from pydantic import Field
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 
-from carbonlink.wire import Reading
+from carbonlink.kernel.wire import Reading
 
 from .base import DriverError, ticks
 from .modbus import ModbusTcpDriver, PointMapDevice

@@ -56,7 +56,7 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from carbonlink.wire import Quality, Reading, WireError, now_ms
+from carbonlink.kernel.wire import Quality, Reading, WireError, now_ms
 
 from .base import Driver, DriverError, ticks
 from .settings import DeviceBase, StrictModel

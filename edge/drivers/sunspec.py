@@ -39,7 +39,7 @@ from pydantic import Field, field_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from carbonlink.wire import Quality, Reading, now_ms
+from carbonlink.kernel.wire import Quality, Reading, now_ms
 
 from .base import Driver, DriverError, ticks
 from .modbus import EXCEPTION_QUALITY

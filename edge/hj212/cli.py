@@ -10,9 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carbonlink.wire import format_ts
-
-from .codec import (
+from carbonlink.codecs.hj212.codec import (
     DATA_CNS,
     MAX_DATA_LEN,
     VERSION_2017,
@@ -25,7 +23,8 @@ from .codec import (
     make_flag,
     parse_data,
 )
-from .readings import format_datatime, make_qn, packet_to_readings
+from carbonlink.codecs.hj212.readings import format_datatime, make_qn, packet_to_readings
+from carbonlink.kernel.wire import format_ts
 
 app = typer.Typer(help="HJ 212-2017 packets: decode what a unit sends, encode test packets.", no_args_is_help=True)
 out = Console()

@@ -23,9 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from edge.drivers.base import DriverCounters
-
-from .codec import (
+from carbonlink.codecs.hj212.codec import (
     CN_DATA_REPLY,
     CN_REQUEST_REPLY,
     DATA_CNS,
@@ -39,6 +37,7 @@ from .codec import (
     parse_data,
     reply_packet,
 )
+from carbonlink.edge.drivers.base import DriverCounters
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from carbonlink.backoff import Backoff
-from carbonlink.wire import Quality, Reading, canonical_number
-from edge.drivers.settings import StrictModel
-
-from .codec import (
+from carbonlink.codecs.hj212.codec import (
     CN_DATA_REPLY,
     CN_REQUEST_REPLY,
     VERSION_2017,
@@ -43,7 +39,10 @@ from .codec import (
     data_packets,
     parse_data,
 )
-from .readings import format_datatime, make_qn, parse_point
+from carbonlink.codecs.hj212.readings import format_datatime, make_qn, parse_point
+from carbonlink.edge.drivers.settings import StrictModel
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.wire import Quality, Reading, canonical_number
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from carbonlink.broker import EmbeddedBroker
-from cloud.store import Store, open_store
+from carbonlink.cloud.broker import EmbeddedBroker
+from carbonlink.cloud.store import Store, open_store
 from tests.services import require_mosquitto_service
 
 

@@ -8,11 +8,11 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.wire import Batch, Reading, format_ts, sign_batch
-from cloud.api import create_app
-from cloud.auth import create_api_key
-from cloud.store import Store
-from edge.identity import public_key_hex
+from carbonlink.cloud.api import create_app
+from carbonlink.cloud.auth import create_api_key
+from carbonlink.cloud.store import Store
+from carbonlink.edge.identity import public_key_hex
+from carbonlink.kernel.wire import Batch, Reading, format_ts, sign_batch
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

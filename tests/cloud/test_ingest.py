@@ -9,11 +9,11 @@ import uuid
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.mqtturl import MqttUrl
-from carbonlink.wire import MAX_BATCH_BYTES, Batch, Reading, sign_batch
-from cloud.ingest import IngestProcessor, IngestService, Outcome
-from cloud.store import Store
-from edge.identity import public_key_hex
+from carbonlink.cloud.ingest import IngestProcessor, IngestService, Outcome
+from carbonlink.cloud.store import Store
+from carbonlink.edge.identity import public_key_hex
+from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Reading, sign_batch
 
 KEY = Ed25519PrivateKey.generate()
 

@@ -6,9 +6,9 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from carbonlink.demo import TENANT_ID, run_demo
-from cloud.auth import create_api_key
-from cloud.store import open_store
+from carbonlink.cloud.auth import create_api_key
+from carbonlink.cloud.store import open_store
+from carbonlink.commands.demo import TENANT_ID, run_demo
 from tests.services import free_port, require
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonlink.demo import run_demo
+from carbonlink.commands.demo import run_demo
 from tests.services import require_mosquitto_service
 
 

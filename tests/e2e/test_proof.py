@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from carbonlink.demo import TENANT_ID, run_demo
-from cloud.anchor.proof import bundle_for, verify_bundle
-from cloud.api import create_app
-from cloud.auth import create_api_key
-from cloud.store import open_store
+from carbonlink.cloud.anchor.proof import bundle_for, verify_bundle
+from carbonlink.cloud.api import create_app
+from carbonlink.cloud.auth import create_api_key
+from carbonlink.cloud.store import open_store
+from carbonlink.commands.demo import TENANT_ID, run_demo
 
 
 async def test_demo_readings_are_provable_after_restart(tmp_path: Path, port: int) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from carbonlink.configfile import ConfigError
-from edge.config import load_gateway_config
+from carbonlink.edge.config import load_gateway_config
+from carbonlink.kernel.configfile import ConfigError
 
 GOOD = """
 gateway: {id: gw-1, site: plant-a, key_file: gw.key}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import require
+from tests.services import ROOT, require
 
-ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 MP_TESTS = Path(__file__).parent / "mp"
 VECTORS = ROOT / "tests" / "vectors"

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cloud.ingest import IngestService
-from cloud.store_sqlite import SqliteStore
+from carbonlink.cloud.ingest import IngestService
+from carbonlink.cloud.store_sqlite import SqliteStore
 
 from .conftest import mp_argv, mp_env
 

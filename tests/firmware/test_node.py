@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from carbonlink.wire import parse_batch
+from carbonlink.kernel.wire import parse_batch
 from tests.services import require_mosquitto_service
 
 from .nodekit import READINGS_PER_BATCH, cloud, make_node, run_node

@@ -8,7 +8,7 @@ import struct
 from decimal import Decimal
 from pathlib import Path
 
-from carbonlink.wire import WireError, canonical_number
+from carbonlink.kernel.wire import WireError, canonical_number
 
 from .conftest import VECTORS, assert_all_ok, run_mp
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 from typer.testing import CliRunner
 
-from edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
-from simulators.cems import LAYOUT
-from simulators.cems_cli import app
-from tests.services import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
+from carbonlink.simulators.cems import LAYOUT
+from carbonlink.simulators.cems_cli import app
+from tests.services import ROOT, free_port
 
 
 def test_bad_flags_say_what_to_use() -> None:
@@ -29,7 +26,7 @@ def test_bad_flags_say_what_to_use() -> None:
 async def test_fault_flag_then_commands_typed_at_run_time() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from simulators.cems_cli import app; app()",
+        sys.executable, "-c", "from carbonlink.simulators.cems_cli import app; app()",
         "--modbus-port", str(port), "--mode", "calibration", "--json",
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)

@@ -8,12 +8,12 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from carbonlink.wire import Reading
-from edge.drivers.base import DriverError
-from edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
-from edge.supervisor import DeviceSupervisor
-from simulators.cems import LAYOUT, STATUS_REGISTER, CemsStack, Mode
-from simulators.modbus_host import ModbusDeviceHost
+from carbonlink.edge.drivers.base import DriverError
+from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
+from carbonlink.edge.supervisor import DeviceSupervisor
+from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import LAYOUT, STATUS_REGISTER, CemsStack, Mode
+from carbonlink.simulators.modbus_host import ModbusDeviceHost
 
 
 def device(port: int, **kw: object) -> ModbusTcpDevice:
@@ -172,7 +172,7 @@ def test_stuck_drift_and_spikes_act_on_the_values() -> None:
 
 def test_rtu_devices_check_status_points_at_load_too() -> None:
     # The RTU settings shared the point-map model but not its start-up checks; they share both now.
-    from edge.drivers.modbus_rtu import ModbusRtuDevice
+    from carbonlink.edge.drivers.modbus_rtu import ModbusRtuDevice
 
     points = [{"name": "a", "register": 0},
               {"name": "s", "register": 9, "role": "status", "quality_map": {0: "N"}, "applies_to": ["nope"]}]

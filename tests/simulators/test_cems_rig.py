@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from asyncua import ua
 
-from carbonlink.wire import Reading
-from edge.drivers.hj212 import Hj212ServerDevice, Hj212ServerDriver
-from edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
-from edge.drivers.opcua import OpcUaDevice, OpcUaDriver, quality_for
-from edge.supervisor import DeviceSupervisor
-from simulators.cems import LAYOUT, Mode
-from simulators.cems_cli import CemsRig, apply_command
-from simulators.cems_opcua import MODE_STATUS, UNITS
-from simulators.hj212_client import SENT
+from carbonlink.edge.drivers.hj212 import Hj212ServerDevice, Hj212ServerDriver
+from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
+from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver, quality_for
+from carbonlink.edge.supervisor import DeviceSupervisor
+from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import LAYOUT, Mode
+from carbonlink.simulators.cems_cli import CemsRig, apply_command
+from carbonlink.simulators.cems_opcua import MODE_STATUS, UNITS
+from carbonlink.simulators.hj212_client import SENT
 from tests.services import free_port
 
 

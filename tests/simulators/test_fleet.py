@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from edge.config import GatewayConfig
-from edge.drivers.base import DriverError
-from edge.drivers.registry import build_driver
-from simulators.cems import LAYOUT
-from simulators.fleet import start_fleet
-from simulators.fleet_cli import app, apply_command
-from tests.sunspec.test_simulator import consecutive_free_ports
+from carbonlink.edge.config import GatewayConfig
+from carbonlink.edge.drivers.base import DriverError
+from carbonlink.edge.drivers.registry import build_driver
+from carbonlink.simulators.cems import LAYOUT
+from carbonlink.simulators.fleet import start_fleet
+from carbonlink.simulators.fleet_cli import app, apply_command
+from tests.services import ROOT
+from tests.simulators.sunspec.test_simulator import consecutive_free_ports
 
-ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = {"gateway": {"id": "gw-fleet", "site": "load", "key_file": "gw.key", "data_dir": "edge"}}
 
 
@@ -68,7 +67,7 @@ def test_bad_fleet_flags() -> None:
 async def test_fleet_command_prints_endpoints_and_gateway_yaml() -> None:
     first = consecutive_free_ports(3)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from simulators.fleet_cli import app; app()",
+        sys.executable, "-c", "from carbonlink.simulators.fleet_cli import app; app()",
         "--cems", "2", "--inverters", "1", "--forest-trees", "2", "--first-port", str(first), "--json",
         "--gateway-yaml", cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)

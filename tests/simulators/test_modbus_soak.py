@@ -7,18 +7,16 @@ import asyncio
 import logging
 import sys
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
-from carbonlink.backoff import Backoff
-from carbonlink.wire import Reading
-from edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver, ReadBlock
-from edge.supervisor import DeviceSupervisor
-from simulators.cems import CemsStack
-from simulators.modbus_host import ModbusDeviceHost
-
-ROOT = Path(__file__).resolve().parents[2]
+from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver, ReadBlock
+from carbonlink.edge.supervisor import DeviceSupervisor
+from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import CemsStack
+from carbonlink.simulators.modbus_host import ModbusDeviceHost
+from tests.services import ROOT
 
 
 def device(port: int, **kw: object) -> ModbusTcpDevice:
@@ -30,7 +28,8 @@ async def test_long_poll_run_does_not_grow_memory(port: int) -> None:
     """Thousands of polls as fast as the simulator answers; the simulator runs in its own process, so
     everything traced here is the driver's side."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from simulators.cems_cli import app; app()", "--modbus-port", str(port), "--json",
+        sys.executable, "-c", "from carbonlink.simulators.cems_cli import app; app()",
+        "--modbus-port", str(port), "--json",
         cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -84,7 +83,7 @@ async def test_reconnects_after_a_long_outage_and_logs_once_each_way(port: int,
     got = Collector()
     sup = DeviceSupervisor(ModbusTcpDriver("cems", device(port, poll_interval_s=0.05)), got,
                            backoff=Backoff(initial=0.05, cap=0.3))
-    caplog.set_level(logging.INFO, logger="edge.supervisor")
+    caplog.set_level(logging.INFO, logger="carbonlink.edge.supervisor")
     async with ModbusDeviceHost(stack.fill, port=port, faults=stack.faults) as host:
         sup.start()
         try:
@@ -96,7 +95,7 @@ async def test_reconnects_after_a_long_outage_and_logs_once_each_way(port: int,
             await sup.stop()
     c = sup.counters
     assert c.errors >= 8 and c.reconnects == 1  # many failed attempts, one recovery
-    records = [r for r in caplog.records if r.name == "edge.supervisor"]
+    records = [r for r in caplog.records if r.name == "carbonlink.edge.supervisor"]
     assert [r.levelname for r in records] == ["WARNING", "INFO"]
     assert "recovered after" in records[1].getMessage()
 
@@ -118,7 +117,7 @@ async def test_supervisor_survives_an_unexpected_exception_and_logs_it_once(port
     got = Collector()
     drv = FlakyDriver("cems", device(port, poll_interval_s=0.05))
     sup = DeviceSupervisor(drv, got, backoff=Backoff(initial=0.05, cap=0.1))
-    caplog.set_level(logging.INFO, logger="edge.supervisor")
+    caplog.set_level(logging.INFO, logger="carbonlink.edge.supervisor")
     async with ModbusDeviceHost(stack.fill, port=port, faults=stack.faults):
         task = sup.start()
         try:
@@ -131,6 +130,6 @@ async def test_supervisor_survives_an_unexpected_exception_and_logs_it_once(port
             await got.more()
         finally:
             await sup.stop()
-    records = [r for r in caplog.records if r.name == "edge.supervisor"]
+    records = [r for r in caplog.records if r.name == "carbonlink.edge.supervisor"]
     assert [r.levelname for r in records] == ["ERROR", "INFO"]  # once with the traceback, once on recovery
     assert records[0].exc_info is not None and records[0].exc_info[0] is KeyError

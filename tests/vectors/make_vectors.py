@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.wire import Batch, Reading, canonical_number, parse_ts, sign_batch
+from carbonlink.kernel.wire import Batch, Reading, canonical_number, parse_ts, sign_batch
 
 HERE = Path(__file__).parent
 # Published test keys: never use them for a real device.

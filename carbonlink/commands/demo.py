@@ -1,0 +1,166 @@
+"""`carbonlink demo`: simulators → edge agent → MQTT → cloud → dashboard, on embedded defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from carbonlink.kernel.ports import free_port, port_free
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ID = "gw-demo-01"
+SITE_ID = "demo-plant"
+TENANT_ID = "demo"
+
+
+@dataclass
+class DemoSummary:
+    produced: int
+    published: int
+    stored: int
+    rejected: int
+    duplicates: int
+    unacked: int
+    seconds: float
+    dashboard: str
+    mqtt: str
+    drained: bool
+    anchored_windows: int = 0
+    anchored_readings: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def write_gateway_config(path: Path, *, cems_port: int, inverter_port: int, mqtt_url: str) -> Path:
+    cfg = {
+        "gateway": {"id": GATEWAY_ID, "site": SITE_ID, "key_file": "gateway.key", "data_dir": "edge"},
+        "mqtt": {"url": mqtt_url},
+        "batch": {"max_readings": 500, "max_age_s": 1.0},
+        "devices": [
+            {"id": "cems-stack-1", "driver": "modbus_tcp", "host": "127.0.0.1", "port": cems_port,
+             "poll_interval_s": 1.0, "pointmap": "cems"},
+            {"id": "inverter-1", "driver": "sunspec", "host": "127.0.0.1", "port": inverter_port,
+             "poll_interval_s": 1.0},
+            # No radio here: the BLE driver decodes the forest simulator's BTHome adverts instead.
+            {"id": "forest-plot-1", "driver": "ble_bthome", "source": "simulator", "poll_interval_s": 2.0,
+             "sensors": [{"mac": f"D2:FC:00:00:00:{i:02X}", "id": f"tree-{i:03d}"} for i in range(1, 6)]},
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by `carbonlink demo`; edit a copy for your own gateway.\n"
+                    + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _broker(mqtt_url: str | None) -> AsyncIterator[str]:
+    if mqtt_url:
+        yield mqtt_url
+        return
+    from carbonlink.cloud.broker import EmbeddedBroker
+
+    async with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | None, http_port: int,
+                   live: bool = True, stop: asyncio.Event | None = None,
+                   anchor_window_s: int = 10) -> DemoSummary:
+    from carbonlink.cloud.anchor.jobs import AnchorSettings, running_anchor
+    from carbonlink.cloud.auth import create_api_key
+    from carbonlink.cloud.service import running_cloud
+    from carbonlink.edge.agent import EdgeAgent
+    from carbonlink.edge.config import load_gateway_config
+    from carbonlink.edge.identity import public_key_hex
+    from carbonlink.simulators.cems import CemsStack
+    from carbonlink.simulators.modbus_host import ModbusDeviceHost
+    from carbonlink.simulators.sunspec import SunSpecInverter
+
+    stop = stop or asyncio.Event()
+    if not port_free(http_port):
+        http_port = free_port()
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(_broker(mqtt_url))
+        cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=free_port()))
+        inverter = await stack.enter_async_context(SunSpecInverter(port=free_port()))
+        cfg_path = write_gateway_config(data_dir / "gateway.yaml", cems_port=cems.port,
+                                        inverter_port=inverter.port, mqtt_url=url)
+        cfg = load_gateway_config(cfg_path)
+        cloud = await stack.enter_async_context(
+            running_cloud(f"sqlite:///{data_dir / 'cloud.sqlite'}", url, http_port=http_port,
+                          client_id=f"carbonlink-ingest-demo-{http_port}"))
+        # Anchoring: windows of readings → Merkle roots → the AnchorRegistry on an in-process EVM whose
+        # transactions are journaled in the data folder, so proofs still verify after the demo restarts.
+        anchor = await stack.enter_async_context(running_anchor(
+            data_dir / "cloud.sqlite", f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
+            settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
+        agent = EdgeAgent(cfg)
+        await cloud.store.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
+                                           tenant=TENANT_ID)
+        # A dashboard login for this run only: an admin key in the URL fragment (never sent to the server
+        # in requests; the page keeps it in sessionStorage), revoked when the demo stops.
+        key_id, key = await create_api_key(cloud.store, TENANT_ID, "admin", "carbonlink demo dashboard")
+        stack.push_async_callback(lambda: cloud.store.revoke_api_key(TENANT_ID, key_id, int(time.time() * 1000)))
+        login_url = f"{cloud.dashboard_url}#key={key}"
+        await agent.start()
+        try:
+            await _watch(agent, cloud, duration, stop, live, login_url)
+        finally:
+            await agent.stop_devices()
+            drained = await agent.drain(within=15.0)
+            stats = agent.stats()
+            await agent.stop()
+        c = cloud.ingest.counters
+        anchored = await anchor.jobs(state="anchored")
+        return DemoSummary(
+            produced=stats.produced, published=stats.published, stored=c.readings_stored,
+            rejected=c.rejected_readings, duplicates=c.readings_duplicate, unacked=stats.unacked_batches,
+            seconds=round(time.monotonic() - started, 1), dashboard=cloud.dashboard_url, mqtt=url,
+            drained=drained, anchored_windows=len(anchored),
+            anchored_readings=sum(j.count for j in anchored),
+        )
+
+
+async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.Event, live: bool,
+                 login_url: str) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(stderr=True)
+    deadline = None if duration is None else time.monotonic() + duration
+
+    def line() -> Text:
+        s, c = agent.stats(), cloud.ingest.counters
+        devs = " ".join(f"{k}:{v['state']}" for k, v in s.devices.items())
+        return Text.assemble(
+            ("CarbonLink demo ", "bold green"), (f"dashboard {login_url}  ", "cyan"),
+            f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
+            f"rejected {c.rejected_readings}  link {s.link}  {devs}  ",
+            ("Ctrl-C to stop" if deadline is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
+        )
+
+    async def wait() -> None:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(0.25)
+            if live_view is not None:
+                live_view.update(line())
+
+    live_view: Live | None = None
+    if live:
+        console.print(f"Dashboard (logged in as the demo's admin while it runs): [bold cyan]{login_url}[/]")
+        with Live(line(), console=console, refresh_per_second=4, transient=False) as live_view:
+            await wait()
+    else:
+        await wait()

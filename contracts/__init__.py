@@ -1,0 +1,1 @@
+"""Solidity sources and their compiled artifacts, shipped as package data (build/*.json)."""

@@ -1,0 +1,112 @@
+"""The ingest's fast path accepts exactly what the wire accepts; group commit keeps the ack/dead-letter rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carbonlink.cloud.batchparse import FastParser
+from carbonlink.cloud.ingest import IngestProcessor, Outcome
+from carbonlink.cloud.store import Store
+from carbonlink.edge.identity import public_key_hex
+from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Reading, WireError, parse_batch, sign_batch
+
+KEY = Ed25519PrivateKey.generate()
+T0 = 1_709_251_200_000
+values = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-9.9e14, max_value=9.9e14),
+                   st.integers(min_value=-10**14, max_value=10**14))
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\'), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(texts, texts, st.integers(0, 10**12), values, st.sampled_from("NFMSDCTB")),
+                min_size=1, max_size=8))
+def test_fast_parse_matches_parse_batch(items: list[tuple[str, str, int, float, str]]) -> None:
+    try:
+        rs = tuple(Reading.make(d, p, T0 + ts, v, "mg/m³", q) for d, p, ts, v, q in items)
+    except WireError:
+        return  # e.g. a control character: not a batch anyone can sign
+    raw = sign_batch(Batch("gw-1", 7, T0, rs), KEY).to_bytes()
+    fast = FastParser().parse(raw)
+    slow = parse_batch(raw)
+    expected = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in slow.readings]
+    if fast is not None:  # None only sends it down the slow path
+        assert fast.rows == expected and (fast.gateway, fast.seq, fast.created_ms) == ("gw-1", 7, T0)
+        assert fast.digest(fast.signed_bytes(raw) or b"") == slow.digest()
+
+
+def test_fast_parse_refuses_what_the_wire_refuses() -> None:
+    good = json.loads(sign_batch(Batch("gw-1", 1, T0, (Reading.make("d", "p", T0, 1.5, "u"),)), KEY).to_bytes())
+    fp = FastParser()
+    assert fp.parse(json.dumps(good).encode()) is not None
+    for path, bad in ((("readings", 0, "value"), float("nan")), (("readings", 0, "value"), True),
+                      (("readings", 0, "quality"), "X"), (("readings", 0, "ts"), "2024-02-30T00:00:00.000Z"),
+                      (("readings", 0, "device"), 'a"b'), (("seq",), 0), (("v",), 2), (("sig",), "XY"),
+                      (("readings", 0, "value"), 1e300), (("readings", 0, "unit"), "u" * 40)):
+        obj = json.loads(json.dumps(good))
+        target = obj
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = bad
+        raw = json.dumps(obj).encode()
+        assert fp.parse(raw) is None, path
+        try:
+            parse_batch(raw)
+            raise AssertionError(f"parse_batch accepted {path}={bad!r}")
+        except WireError:
+            pass
+
+
+async def test_handle_many_matches_handle(store: Store) -> None:
+    await store.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY))
+    other = Ed25519PrivateKey.generate()
+    t = "cl/site-1/gw-1/telemetry"
+
+    def b(seq: int, key: Ed25519PrivateKey = KEY, n: int = 3, gw: str = "gw-1") -> bytes:
+        rs = tuple(Reading.make("cems-1", "so2", T0 + seq * 1000 + i, 1.0 + i, "mg/m³") for i in range(n))
+        return sign_batch(Batch(gw, seq, T0, rs), key).to_bytes()
+
+    msgs = [(t, b(1)), (t, b"\x00junk"), (t, b(2, other)), (t, b(1)), ("cl/site-1/gw-1/other", b(3)),
+            (t, b"x" * (MAX_BATCH_BYTES + 1)), (t, b(4)), (t, b(5, gw="gw-2")), (t, b(4, n=2))]
+    acks: list[tuple[str, dict[str, object]]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        acks.append((topic, json.loads(payload)))
+
+    p = IngestProcessor(store, publish)
+    out = await p.handle_many(msgs)
+    assert out == [Outcome.COMMITTED, Outcome.REJECTED, Outcome.REJECTED, Outcome.DUPLICATE, Outcome.REJECTED,
+                   Outcome.REJECTED, Outcome.COMMITTED, Outcome.REJECTED, Outcome.REJECTED]
+    reasons = [d["reason"] for d in await store.dead_letters()][::-1]
+    for expected in ("not UTF-8 JSON", "signature does not match", "not a telemetry topic", "over the",
+                     "arrived on", "already committed with different content"):
+        assert any(expected in r for r in reasons), (expected, reasons)
+    assert sorted((a["seq"], a["status"]) for _, a in acks) == [
+        (1, "committed"), (1, "duplicate"), (2, "rejected"), (4, "committed"), (4, "rejected"), (5, "rejected")]
+    assert (await store.counts())["readings"] == 6 and p.counters.readings_stored == 6
+
+
+def test_bench_smoke() -> None:
+    """bench/ingest.py end to end with small counts: nothing lost, every batch acked as committed."""
+    from tests.services import require_postgres
+
+    db = require_postgres()
+    spec = importlib.util.spec_from_file_location("bench_ingest", Path(__file__).parents[3] / "bench" / "ingest.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_ingest"] = mod
+    spec.loader.exec_module(mod)
+    import asyncio
+
+    args = mod.parse_args(["--db", db, "--gateways", "4", "--readings", "4000", "--batch", "100",
+                           "--steady-rate", "2000", "--steady-seconds", "1", "--steady-batch", "50", "--timeout", "30"])
+    r = asyncio.run(mod.run(args))
+    assert r["lost"] == 0 and r["stored"] == r["published"] == 6000
+    assert r["e2e_complete"] and r["steady_complete"] and r["ack_statuses"] == {"committed": 80}
+    assert all(x > 0 for x in r["worker_peak_rss_mb"])

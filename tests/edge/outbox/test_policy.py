@@ -1,0 +1,105 @@
+"""Lanes, quota overflow and bad acks, on the outbox and uplink directly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from carbonlink.edge.outbox import KeySigner, Outbox
+from carbonlink.edge.uplink import DeliveryPolicy, Uplink
+from carbonlink.kernel.topics import GatewayTopics
+from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
+
+KEY = Ed25519PrivateKey.generate()
+T0 = 1_699_999_980_000  # a minute boundary
+
+
+def sign(b: Batch) -> Batch:
+    return sign_batch(b, KEY)
+
+
+def test_lanes_share_one_increasing_sequence(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d", "p", T0 + i, i, "u") for i in range(100)], added_ms=T0)  # backlog
+    ob.append([Reading.make("d", "live", T0 + 10**6 + i, i, "u") for i in range(5)], added_ms=T0 + 10**6)
+    live_after = T0 + 10**6 - 1
+    assert ob.pending_count("live", live_after) == 5 and ob.pending_count("backlog", live_after) == 100
+    live = ob.cut_batch(50, sign, lane="live", live_after_ms=live_after)
+    back = ob.cut_batch(60, sign, lane="backlog", live_after_ms=live_after)
+    back2 = ob.cut_batch(60, sign, lane="backlog", live_after_ms=live_after)
+    assert live and back and back2
+    assert (live.seq, back.seq, back2.seq) == (1, 2, 3) and (live.n, back.n, back2.n) == (5, 60, 40)
+    assert {r.point for r in parse_batch(live.payload).readings} == {"live"}
+    # The backlog replays in order: oldest first, contiguous.
+    stamps = [r.ts_ms for b in (back, back2) for r in parse_batch(b.payload).readings]
+    assert stamps == [T0 + i for i in range(100)]
+    assert ob.pending_count() == 0 and [b.lane for b in ob.unacked()] == ["live", "backlog", "backlog"]
+
+
+def test_batches_respect_the_byte_limit(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d" * 100, "p" * 100, T0 + i, i, "u") for i in range(3000)])
+    sizes = []
+    while (b := ob.cut_batch(3000, sign, max_bytes=200_000)) is not None:
+        sizes.append(len(b.payload))
+    assert len(sizes) > 1 and max(sizes) <= 200_000 and ob.pending_count() == 0
+
+
+def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    # Three minutes of 1 Hz data on two points, long buffered; plus fresh live data that must stay raw.
+    raw = [Reading.make("stack", pt, T0 + s * 1000, float(s % 60) + (10 if pt == "nox" else 0), "mg/m3",
+                        "D" if (pt, s) == ("so2", 61) else "N")
+           for s in range(180) for pt in ("so2", "nox")]
+    ob.append(raw, added_ms=T0)
+    ob.append([Reading.make("stack", "so2", T0 + 10**7, 1.0, "mg/m3")], added_ms=T0 + 10**7)
+    before = ob.used_bytes()
+    assert ob.enforce_quota(before * 10, keep_after_ms=T0 + 1) is None  # under quota: nothing happens
+    report = ob.enforce_quota(1, keep_after_ms=T0 + 1, chunk=100)
+    assert report is not None and report.raw == 360 and report.aggregates == 12 and report.still_over
+    rows = {(r[0], r[1]): (r[2], r[3]) for r in ob.db.execute("SELECT point, ts_ms, value, quality FROM pending")}
+    assert rows[("so2@1m", T0)] == (29.5, "N") and rows[("so2@1m.n", T0)] == (60.0, "N")
+    assert rows[("nox@1m", T0 + 60_000)] == (39.5, "N")
+    assert rows[("so2@1m", T0 + 60_000)][1] == "D"  # the worst flag of the minute is kept
+    assert rows[("so2", T0 + 10**7)] == (1.0, "N")  # live data is never rolled up
+    assert ob.metrics() == {"rolled_up_raw": 360, "rolled_up_agg": 12, "quota_exceeded": 1}
+    events = [json.loads(body) for _, body in ob.events()]
+    assert events[-1]["type"] == "outbox_overflow" and events[-1]["raw"] == 360
+    # A late raw reading for a minute already rolled up is merged while its aggregate is still here.
+    ob.append([Reading.make("stack", "so2", T0 + 500, 89.5, "mg/m3")], added_ms=T0)
+    ob.enforce_quota(1, keep_after_ms=T0 + 1)
+    rows = {(r[0], r[1]): r[2] for r in ob.db.execute("SELECT point, ts_ms, value FROM pending")}
+    assert rows[("so2@1m.n", T0)] == 61.0 and abs(rows[("so2@1m", T0)] - (29.5 * 60 + 89.5) / 61) < 1e-9
+    # Sum of counts = raw readings replaced: nothing dropped.
+    total = sum(v for (p, _), v in rows.items() if p.endswith("@1m.n"))
+    assert total == 361
+
+
+def test_bad_acks_change_nothing(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d", "p", T0, 1.0, "u")])
+    b = ob.cut_batch(10, sign)
+    assert b is not None
+    up = Uplink(ob, GatewayTopics("s", "gw-1"), "mqtt://127.0.0.1:1", sign=sign, policy=DeliveryPolicy())
+    up.handle_ack(b'{"seq": 99, "status": "committed"}')  # never issued
+    up.handle_ack(b"not json")
+    up.handle_ack(b'{"seq": "x"}')
+    assert ob.unacked_count() == (1, 1) and up.counters.bogus_acks == 3 and up.counters.readings_acked == 0
+    assert json.loads(ob.events()[-1][1]) == {"next_seq": 2, "seq": 99, "type": "unknown_ack"}
+    up.handle_ack(json.dumps({"seq": b.seq, "status": "committed"}).encode())
+    up.handle_ack(json.dumps({"seq": b.seq, "status": "duplicate"}).encode())  # a repeat: harmless
+    assert ob.unacked_count() == (0, 0) and up.counters.readings_acked == 1
+    assert up.counters.unknown_acks == 4 and up.counters.bogus_acks == 3
+
+
+def test_key_signer_writes_the_same_bytes_as_the_wire_module(tmp_path: Path) -> None:
+    readings = tuple(Reading.make("d", "p", T0 + i, i / 3, "u") for i in range(20))
+    for key in (KEY, b"secret-for-hmac-nodes"):
+        b = Batch("gw-1", 7, T0, readings)
+        assert KeySigner(key).payload(b) == sign_batch(b, key).to_bytes()
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append(readings)
+    cut = ob.cut_batch(100, KeySigner(KEY))
+    assert cut is not None and parse_batch(cut.payload).readings == readings
