@@ -240,3 +240,17 @@ async def tenant_gateway(store: Store, principal: Principal, gateway_id: str) ->
     if rec is None or rec.tenant != principal.tenant:
         raise not_found("gateway", gateway_id)
     return {"id": rec.id, "tenant": rec.tenant, "site": rec.site, "alg": rec.alg, "revoked": rec.revoked}
+
+
+async def has_credentials(store: Store) -> bool:
+    """Whether any tenant has a user or an API key (else the operator must make the first admin)."""
+    for t in await store.list_tenants():
+        if await store.list_users(t["id"]) or await store.list_api_keys(t["id"]):
+            return True
+    return False
+
+
+def first_admin_hint(db: str) -> str:
+    return ("no API users or keys yet: make the first admin with\n"
+            f"  carbonlink cloud user add --tenant TENANT --username NAME --role admin --db '{db}'\n"
+            f"  (or an API key: carbonlink cloud key create --tenant TENANT --role admin --db '{db}')")

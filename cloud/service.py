@@ -13,12 +13,12 @@ from typing import Any
 import uvicorn
 
 from .api import create_app
+from .auth import first_admin_hint, has_credentials
 from .commands import ControlLink
 from .ingest import IngestService
 from .metrics import InstrumentedStore, Metrics
 from .settings import CloudSettings
 from .store import Store, open_store
-from .users_cli import first_admin_hint, has_credentials
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from carbonlink.codecs.bthome import RawAdvert, decode
 
 from .forest import DENDRO_OBJECT, Fault, Forest, run_forest
 
-app = typer.Typer(help="A forest plot of trees with BTHome v2 sensors (soil, climate, battery, dendrometer).")
+app = typer.Typer(add_completion=False,
+                  help="A forest plot of trees with BTHome v2 sensors (soil, climate, battery, dendrometer).")
 
 FAULT_RE = re.compile(r"^(?P<tree>\d+):(?P<kind>[a-z_]+)(@(?P<after>\d+(\.\d+)?))?$")
 

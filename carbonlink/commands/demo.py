@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
+from carbonlink.commands.common import err, setup_logging
 from carbonlink.kernel.ports import free_port, port_free
 
 log = logging.getLogger(__name__)
@@ -164,3 +168,37 @@ async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.E
             await wait()
     else:
         await wait()
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float | None, typer.Option(help="stop by itself after this many seconds")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON summary at the end")] = False,
+    mqtt: Annotated[str | None, typer.Option(help="external broker, e.g. mqtt://127.0.0.1:1883")] = None,
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases and keys")] = Path("var/demo"),
+    http_port: Annotated[int, typer.Option(help="dashboard port (a free one is used if taken)")] = 8080,
+) -> None:
+    """Run simulators, broker, cloud and an edge agent together, with a live dashboard."""
+    setup_logging("WARNING")
+    stop = asyncio.Event()
+
+    async def go() -> Any:
+        task = asyncio.ensure_future(run_demo(duration=duration, data_dir=data_dir, mqtt_url=mqtt,
+                                              http_port=http_port, live=not json_out, stop=stop))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)  # a clean stop: drain, then summarise
+        return await task
+
+    summary = asyncio.run(go())
+    if json_out:
+        print(json.dumps(summary.as_dict()))
+    else:
+        err.print(f"stopped: produced {summary.produced}, published {summary.published}, "
+                  f"stored {summary.stored}, rejected {summary.rejected}")

@@ -6,7 +6,6 @@ Installer (next to the gateway): claim, rotate-key
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -17,12 +16,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from carbonlink.commands.common import err, fail, out, with_store
+
 app = typer.Typer(help="Register gateways and devices, issue credentials, write configs.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 # Device templates an installer picks from: driver settings plus a bundled point map.
 TEMPLATES: dict[str, dict[str, Any]] = {
@@ -30,11 +28,6 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "inverter": {"driver": "modbus_tcp", "pointmap": "inverter", "port": 502, "poll_interval_s": 5.0},
 }
 _DEVICE_SPEC = re.compile(r"(?P<id>[A-Za-z0-9_.:-]{1,64})=(?P<template>[a-z_]+)@(?P<host>[^:\s]+)(:(?P<port>\d{1,5}))?")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]{message}[/]")
-    return typer.Exit(code)
 
 
 def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
@@ -47,15 +40,7 @@ def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
     out.print(t)
 
 
-async def _with_store(db: str, fn: Any) -> Any:
-    from carbonlink.cloud.store import open_store
 
-    store = open_store(db)
-    await store.open()
-    try:
-        return await fn(store)
-    finally:
-        await store.close()
 
 
 def parse_device(spec: str) -> dict[str, Any]:
@@ -85,22 +70,22 @@ def token(
 ) -> None:
     """Issue a one-time, expiring claim token for one gateway at a site."""
     if (db is None) == (api is None):
-        raise _fail("give either --db (on the cloud host) or --api with --admin-token (an installer's API key)")
+        raise fail("give either --db (on the cloud host) or --api with --admin-token (an installer's API key)")
     if db is not None:
         from carbonlink.cloud.provisioning import issue_claim_token
         from carbonlink.cloud.store import ClaimError
 
         try:
-            tok, expires = asyncio.run(_with_store(db, lambda s: issue_claim_token(s, tenant, site, ttl)))
+            tok, expires = with_store(db, lambda s: issue_claim_token(s, tenant, site, ttl))
         except ClaimError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         data = {"token": tok, "tenant": tenant, "site": site, "expires_ms": expires}
     else:
         r = httpx.post(f"{api.rstrip('/')}/api/provision/claim-tokens",  # type: ignore[union-attr]
                        json={"tenant": tenant, "site": site, "ttl_s": ttl},
                        headers={"Authorization": f"Bearer {admin_token or ''}"}, timeout=30)
         if r.status_code != 201:
-            raise _fail(f"the cloud refused: {r.status_code} {r.json().get('detail', r.text)}")
+            raise fail(f"the cloud refused: {r.status_code} {r.json().get('detail', r.text)}")
         data = r.json()
     _emit(data, json_out, "Claim token (give it to the installer; it works once)")
 
@@ -124,25 +109,25 @@ def claim(
     if gateway is None:
         gateway = typer.prompt("Gateway id") if interactive else None
     if not token or not gateway:
-        raise _fail("--token and --gateway are required (or run interactively)")
+        raise fail("--token and --gateway are required (or run interactively)")
     devices = []
     for spec in device or []:
         try:
             devices.append(parse_device(spec))
         except ValueError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     cfg_path = out_dir / "gateway.yaml"
     if cfg_path.exists():
-        raise _fail(f"{cfg_path} exists; move it away or choose another --out")
+        raise fail(f"{cfg_path} exists; move it away or choose another --out")
     # The private key is made here and never leaves this machine; only its public half is sent.
     key = load_or_create_key(out_dir / "gateway.key")
     try:
         r = httpx.post(f"{api.rstrip('/')}/api/provision/claim", timeout=30,
                        json={"token": token, "gateway": gateway, "alg": "ed25519", "key": public_key_hex(key)})
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the cloud at {api}: {exc}; check the URL and the network") from None
+        raise fail(f"cannot reach the cloud at {api}: {exc}; check the URL and the network") from None
     if r.status_code != 201:
-        raise _fail(f"claim refused ({r.status_code}): {r.json().get('detail', r.text)}")
+        raise fail(f"claim refused ({r.status_code}): {r.json().get('detail', r.text)}")
     res = r.json()
     cfg = {
         "gateway": {"id": gateway, "site": res["site"], "key_file": "gateway.key", "data_dir": "var/edge"},
@@ -180,7 +165,7 @@ def broker_files(
 
     generated = ingest_password is None
     ingest_password = ingest_password or secrets.token_urlsafe(24)
-    passwd, acl = asyncio.run(_with_store(db, lambda s: make_files(s, mosquitto_password_hash(ingest_password))))
+    passwd, acl = with_store(db, lambda s: make_files(s, mosquitto_password_hash(ingest_password)))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("passwd", passwd), ("acl", acl)):
         fd = os.open(out_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -205,8 +190,8 @@ def revoke(
     async def go(s: Store) -> bool:
         return await s.set_revoked(gateway, True)
 
-    if not asyncio.run(_with_store(db, go)):
-        raise _fail(f"gateway {gateway!r} is not registered")
+    if not with_store(db, go):
+        raise fail(f"gateway {gateway!r} is not registered")
     err.print(f"revoked {gateway}; now run `carbonlink provision broker-files` and reload Mosquitto")
 
 
@@ -232,7 +217,7 @@ def rotate_key(
     r = httpx.post(f"{api.rstrip('/')}/api/gateways/{cfg.gateway.id}/rotate-key",
                    json={"public_key": new_hex, "signature": sig}, timeout=30)
     if r.status_code != 200:
-        raise _fail(f"rotation refused ({r.status_code}): {r.json().get('detail', r.text)}")
+        raise fail(f"rotation refused ({r.status_code}): {r.json().get('detail', r.text)}")
     kf = cfg.gateway.key_file
     kf.replace(kf.with_suffix(kf.suffix + ".old"))
     pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -303,17 +288,17 @@ def node(
     try:
         sensors = node_sensors(soil or [], bthome or [], sensors_json)
     except (ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if out.exists():
-        raise _fail(f"{out} exists; move it away or choose another --out")
+        raise fail(f"{out} exists; move it away or choose another --out")
     secret = pysecrets.token_bytes(32).hex()
     try:
         r = httpx.post(f"{api.rstrip('/')}/api/provision/claim", timeout=30,
                        json={"token": token, "gateway": node_id, "alg": "hmac-sha256", "key": secret})
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach the cloud at {api}: {exc}; check the URL and the network") from None
+        raise fail(f"cannot reach the cloud at {api}: {exc}; check the URL and the network") from None
     if r.status_code != 201:
-        raise _fail(f"claim refused ({r.status_code}): {r.json().get('detail', r.text)}")
+        raise fail(f"claim refused ({r.status_code}): {r.json().get('detail', r.text)}")
     res = r.json()
     cfg: dict[str, Any] = {
         "node_id": node_id, "site": res["site"], "secret_hex": secret,

@@ -29,6 +29,7 @@ MAX_READINGS_PER_BATCH = 10_000
 MAX_ABS_VALUE = 1e15  # beyond this a double no longer holds every integer exactly
 MAX_SEQ = 2**53 - 1  # JSON numbers above this lose precision in many parsers
 MAX_STRING = 128
+MAX_BATCH_DEPTH = 3  # batch object > readings list > reading object: nothing deeper is ever valid
 
 # Identifiers and units: no quote, backslash or control character, so canonical
 # JSON never needs an escape and every implementation writes the same bytes.
@@ -130,6 +131,29 @@ def parse_ts(text: str) -> int:
     except ValueError as exc:
         raise WireError(f"timestamp {text!r} is not a valid date: {exc}") from None
     return int(dt.timestamp()) * 1000 + int(text[20:23])
+
+
+_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_EMPTY_PAIR_RE = re.compile(rb"\[\]|\{\}")
+
+
+def check_depth(raw: bytes, limit: int) -> None:
+    """Refuse JSON nested deeper than ``limit`` before any parser sees it.
+
+    Strings are blanked (their brackets do not count), everything but brackets is dropped, then
+    innermost pairs are removed a level at a time: ``limit`` passes at C speed, whatever the input.
+    A parser's own recursion guard is not enough: a library may raise the interpreter's limit.
+    """
+    shape = _STRING_RE.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not shape:
+            return
+        shape, n = _EMPTY_PAIR_RE.subn(b"", shape)
+        if n == 0:
+            raise WireError("message is not JSON: its brackets do not match")
+    if shape:
+        raise WireError(f"message nests deeper than {limit} levels")
 
 
 def now_ms() -> int:
@@ -258,9 +282,10 @@ def parse_batch(raw: bytes) -> Batch:
     """Parse and validate a message; raises WireError naming the first broken rule."""
     if len(raw) > MAX_BATCH_BYTES:
         raise WireError(f"message is {len(raw)} bytes, over the {MAX_BATCH_BYTES}-byte limit")
+    check_depth(raw, MAX_BATCH_DEPTH)
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(f"message is not UTF-8 JSON: {exc}") from None
     check_batch_fields(obj)
     seq = obj["seq"]

@@ -108,3 +108,35 @@ def test_oversized_and_garbage_messages_refused() -> None:
         parse_batch(b"[1,2,3]")
     with pytest.raises(WireError):
         parse_batch(b'{"readings": 1e999}')
+
+
+@pytest.mark.parametrize("raw,ok", [
+    (b'{"a":[1,{"b":[2]}]}', False),
+    (b'{"a":[1,{"b":2}]}', True),
+    (b'{"s":"[[[[[[[[[[[["}', True),
+    (b'{"s":"\\"[[[[[[["}', True),
+    (b"[" * 100_000, False),
+    (b"[" * 50_000 + b"]" * 50_000, False),
+    (b"]]", False),
+])
+def test_depth_is_bounded_before_parsing(raw: bytes, ok: bool) -> None:
+    from carbonlink.kernel.wire import check_depth
+
+    if ok:
+        check_depth(raw, 3)
+    else:
+        with pytest.raises(WireError):
+            check_depth(raw, 3)
+
+
+def test_a_deep_batch_is_refused_even_with_a_raised_recursion_limit() -> None:
+    """py_ecc (through web3) raises the recursion limit; the C JSON parser would then overflow the stack."""
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(WireError, match=r"not JSON|deeper"):
+            parse_batch(b"[" * 100_000)
+    finally:
+        sys.setrecursionlimit(old)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from carbonlink.cloud.anchor.cli import anchor_app, verify_app
 from carbonlink.cloud.anchor.jobs import AnchorSettings, running_anchor
+from carbonlink.commands.anchor import anchor_app, verify_app
 from carbonlink.kernel.wire import format_ts
 from tests.cloud.anchor.conftest import T0, Plant
 

@@ -11,9 +11,10 @@ import typer
 from typer.testing import CliRunner
 
 from carbonlink.cloud.api import create_app
+from carbonlink.cloud.auth import has_credentials
 from carbonlink.cloud.settings import CloudSettings
 from carbonlink.cloud.store import open_store
-from carbonlink.cloud.users_cli import has_credentials, key_app, user_app
+from carbonlink.commands.users import key_app, user_app
 
 cli = typer.Typer()
 cli.add_typer(user_app, name="user")

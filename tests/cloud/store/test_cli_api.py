@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
 from carbonlink.cloud.routes_data import create_data_router
-from carbonlink.cloud.storage_cli import app
 from carbonlink.cloud.store import Store
+from carbonlink.commands.storage import app
 from carbonlink.kernel.wire import Batch, Reading, parse_ts, sign_batch
 from tests.cloud.store.conftest import drop_schema
 from tests.services import require_postgres

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from carbonlink.codecs.hj212.codec import decode_frame
-from carbonlink.edge.hj212.cli import app
+from carbonlink.commands.hj212 import app
 
 runner = CliRunner()
 STD = "##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&1C80"

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from carbonlink.cloud.store import ReadingQuery, SeriesQuery, Store
+from carbonlink.commands.common import DbOpt, JsonOpt, fail, with_store
+from carbonlink.commands.common import out as console
 from carbonlink.kernel.wire import WireError, format_ts, parse_ts
 
-from .store import ReadingQuery, SeriesQuery, Store, open_store
-
 app = typer.Typer(help="Cloud storage: schema migrations, data completeness, rollups, export.", no_args_is_help=True)
-console = Console()
 T = TypeVar("T")
-DbOpt = Annotated[str, typer.Option("--db", envvar="CARBONLINK_DB",
-                                    help="storage URL: sqlite:///path or postgresql://user@host/db")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
-
-def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _with_store(db: str, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        try:
-            store = open_store(db)
-        except ValueError as exc:
-            _fail(str(exc))
-        try:
-            await store.open()
-        except OSError as exc:
-            _fail(f"cannot reach the database at {db}: {exc}; is it running?")
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def _ts(name: str, text: str) -> int:
@@ -52,7 +24,7 @@ def _ts(name: str, text: str) -> int:
     except WireError:
         if text.isdigit():
             return int(text)
-    _fail(f"--{name} must be YYYY-MM-DDTHH:MM:SS.mmmZ or epoch milliseconds, got {text!r}")
+    raise fail(f"--{name} must be YYYY-MM-DDTHH:MM:SS.mmmZ or epoch milliseconds, got {text!r}")
     raise AssertionError
 
 
@@ -65,7 +37,7 @@ def migrate(db: DbOpt, as_json: JsonOpt = False) -> None:
             "partitioned" if db.startswith("postgres") else "sqlite")
         return {"url": db.split("@")[-1], "schema_version": version, "layout": layout}
 
-    out = _with_store(db, go)
+    out = with_store(db, go)
     if as_json:
         print(json.dumps(out))
     else:
@@ -75,7 +47,7 @@ def migrate(db: DbOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(db: DbOpt, as_json: JsonOpt = False) -> None:
     """Row counts per table."""
-    counts = _with_store(db, lambda s: s.counts())
+    counts = with_store(db, lambda s: s.counts())
     if as_json:
         print(json.dumps(counts))
         return
@@ -88,7 +60,7 @@ def status(db: DbOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def gaps(gateway: str, db: DbOpt, as_json: JsonOpt = False) -> None:
     """Batch sequence numbers a gateway sent that the cloud does not have."""
-    out = _with_store(db, lambda s: s.seq_gaps(gateway))
+    out = with_store(db, lambda s: s.seq_gaps(gateway))
     if as_json:
         print(json.dumps(out))
         return
@@ -102,12 +74,12 @@ def gaps(gateway: str, db: DbOpt, as_json: JsonOpt = False) -> None:
 def availability(device: str, start: str, end: str, db: DbOpt, point: str | None = None,
                  as_json: JsonOpt = False) -> None:
     """Expected vs received readings per point and hour."""
-    from .completeness import availability as avail
+    from carbonlink.cloud.completeness import availability as avail
 
     q = SeriesQuery(device, _ts("start", start), _ts("end", end), point)
     if q.end_ms <= q.start_ms:
-        _fail("end must be after start")
-    out = _with_store(db, lambda s: avail(s, q))
+        raise fail("end must be after start")
+    out = with_store(db, lambda s: avail(s, q))
     if as_json:
         print(json.dumps(out))
         return
@@ -124,12 +96,12 @@ def rollups(device: str, start: str, end: str, db: DbOpt, point: str | None = No
             granularity: Annotated[str, typer.Option(help="hour, day or month")] = "hour",
             as_json: JsonOpt = False) -> None:
     """Statistics per point and period with HJ 76 validity."""
-    from .rollups import rollups as roll
+    from carbonlink.cloud.rollups import rollups as roll
 
     if granularity not in ("hour", "day", "month"):
-        _fail("--granularity must be hour, day or month")
+        raise fail("--granularity must be hour, day or month")
     q = SeriesQuery(device, _ts("start", start), _ts("end", end), point)
-    out = _with_store(db, lambda s: roll(s, q, granularity))  # type: ignore[arg-type]
+    out = with_store(db, lambda s: roll(s, q, granularity))  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(out))
         return
@@ -149,12 +121,12 @@ def export_influx(device: str, db: DbOpt,
                   start: str | None = None, end: str | None = None, as_json: JsonOpt = False) -> None:
     """Copy one device's stored readings to InfluxDB 2 (needs the influx extra)."""
     try:
-        from .influx import InfluxExporter, export_range
+        from carbonlink.cloud.influx import InfluxExporter, export_range
     except ImportError:
-        _fail("influxdb-client is not installed: pip install 'carbonlink[influx]'")
+        raise fail("influxdb-client is not installed: pip install 'carbonlink[influx]'") from None
     ex = InfluxExporter(url, token, org, bucket)
     q = ReadingQuery(device, start_ms=_ts("start", start) if start else None, end_ms=_ts("end", end) if end else None)
-    n = _with_store(db, lambda s: export_range(s, ex, q))
+    n = with_store(db, lambda s: export_range(s, ex, q))
     ex.close()
     out = {"read": n, "written": ex.counters.written, "failed": ex.counters.failed, "retries": ex.counters.retries,
            "since": format_ts(q.start_ms) if q.start_ms else None}

@@ -13,24 +13,20 @@ from typing import Annotated, Any
 
 import typer
 from eth_account import Account
-from rich.console import Console
 from rich.table import Table
 
-from carbonlink.kernel.wire import WireError, parse_ts
-
-from .chain import KEY_ENV, PASSWORD_ENV, Chain, ChainError, load_signer
-from .jobs import AnchorService, AnchorSettings, Job
-from .proof import BundleError, build_bundle, verify_bundle
+from carbonlink.cloud.anchor.chain import KEY_ENV, PASSWORD_ENV, Chain, ChainError, load_signer
+from carbonlink.cloud.anchor.jobs import AnchorService, AnchorSettings, Job
+from carbonlink.cloud.anchor.proof import BundleError, build_bundle, verify_bundle
+from carbonlink.commands.common import DEFAULT_DB, err, fail, out
+from carbonlink.kernel.wire import WireError, format_ts, parse_ts
 
 anchor_app = typer.Typer(help="Anchor committed readings on chain: one Merkle root per site window.",
                          no_args_is_help=True)
 verify_app = typer.Typer(help="Proof bundles: prove a reading, or check a bundle against a chain node.",
                          no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
 
-DEFAULT_DB = "sqlite:///var/cloud/cloud.sqlite"
 DEFAULT_CHAIN = "evm:///var/cloud/chain.jsonl"
 
 DbOpt = Annotated[str, typer.Option(help="cloud storage URL (sqlite:///…)")]
@@ -41,18 +37,13 @@ KeystoreOpt = Annotated[Path | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]{message}[/]")
-    return typer.Exit(code)
-
-
 def _ts(text: str) -> int:
     if text.isdigit():
         return int(text)
     try:
         return parse_ts(text)
     except WireError as exc:
-        raise _fail(f"--ts: {exc}; or give milliseconds since the epoch") from None
+        raise fail(f"--ts: {exc}; or give milliseconds since the epoch") from None
 
 
 def _site_windows(items: list[str]) -> dict[str, int]:
@@ -60,7 +51,7 @@ def _site_windows(items: list[str]) -> dict[str, int]:
     for item in items:
         site, _, seconds = item.partition("=")
         if not site or not seconds.isdigit() or int(seconds) <= 0:
-            raise _fail(f"--site-window {item!r} must be SITE=SECONDS, e.g. plant-7=600")
+            raise fail(f"--site-window {item!r} must be SITE=SECONDS, e.g. plant-7=600")
         result[site] = int(seconds)
     return result
 
@@ -73,8 +64,6 @@ def _jobs_table(jobs: list[Job], title: str) -> Table:
     table = Table(title=title)
     for col in ("id", "site", "window (UTC)", "part", "readings", "state", "block", "tx / last error"):
         table.add_column(col)
-    from carbonlink.kernel.wire import format_ts
-
     for j in jobs:
         table.add_row(str(j.id), j.site, f"{format_ts(j.start_ms)[:16]} +{(j.end_ms - j.start_ms) // 1000}s",
                       str(j.part), str(j.count), j.state, str(j.block or ""),
@@ -122,7 +111,7 @@ def anchor_run(
     try:
         result = asyncio.run(go())
     except (ChainError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         return
     if result is not None:
@@ -152,7 +141,7 @@ def anchor_jobs(
     try:
         jobs = asyncio.run(go())
     except (FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_out:
         print(json.dumps([j.to_dict() for j in jobs], indent=2))
     else:
@@ -181,7 +170,7 @@ def anchor_deploy(
     try:
         result = asyncio.run(go())
     except ChainError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_out:
         print(json.dumps(result))
     else:
@@ -197,9 +186,9 @@ def anchor_new_key(
     """Create an anchoring key in an encrypted keystore (password from $CARBONLINK_CHAIN_PASSWORD)."""
     password = os.environ.get(PASSWORD_ENV)
     if not password:
-        raise _fail(f"set ${PASSWORD_ENV} to the keystore password first")
+        raise fail(f"set ${PASSWORD_ENV} to the keystore password first")
     if out_file.exists():
-        raise _fail(f"{out_file} exists; refusing to overwrite a key")
+        raise fail(f"{out_file} exists; refusing to overwrite a key")
     account = Account.create()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(Account.encrypt(account.key, password)))
@@ -234,7 +223,7 @@ def verify_reading(
     try:
         bundle = asyncio.run(go())
     except (BundleError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     text = json.dumps(bundle, indent=2)
     if out_file is not None:
         out_file.write_text(text + "\n")
@@ -269,9 +258,9 @@ def verify_bundle_cmd(
         text = file.read_text()
         secret = bytes.fromhex(hmac_secret) if hmac_secret else None
     except OSError as exc:
-        raise _fail(f"cannot read {file}: {exc}") from None
+        raise fail(f"cannot read {file}: {exc}") from None
     except ValueError:
-        raise _fail("--hmac-secret must be hex") from None
+        raise fail("--hmac-secret must be hex") from None
     report = asyncio.run(verify_bundle(text, rpc, hmac_secret=secret))
     if json_out:
         print(json.dumps({**report.to_dict(), "chain_checked": rpc is not None}, indent=2))

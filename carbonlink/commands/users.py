@@ -6,22 +6,18 @@ host, against the storage URL, with no API involved.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .store import ROLES, Store, open_store
+from carbonlink.cloud.store import ROLES
+from carbonlink.commands.common import DEFAULT_DB, err, fail, table, with_store
 
 user_app = typer.Typer(help="API users: username, password, role in one tenant.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys: for scripts and scrapers; shown once.", no_args_is_help=True)
-out, err = Console(), Console(stderr=True)
 T = TypeVar("T")
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -29,46 +25,13 @@ Db = Annotated[str, typer.Option(envvar="CARBONLINK_DB", help="storage URL: sqli
 Tenant = Annotated[str, typer.Option(help="tenant id (made if new)")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 RoleOpt = Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)} (see cloud/auth.py)")]
-DEFAULT_DB = "sqlite:///var/cloud/cloud.sqlite"
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]{message}[/]")
-    return typer.Exit(2)
 
 
 def _check(tenant: str, role: str | None = None) -> None:
     if not _ID.fullmatch(tenant):
-        raise _fail(f"--tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        raise fail(f"--tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     if role is not None and role not in ROLES:
-        raise _fail(f"--role {role!r} is not a role; use one of {', '.join(ROLES)}")
-
-
-def _with_store(db: str, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async def go() -> T:
-        try:
-            store = open_store(db)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        try:
-            await store.open()
-        except OSError as exc:
-            raise _fail(f"cannot open storage {db}: {exc}") from None
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None:
-    t = Table(title=title)
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r[c]) for c in cols))
-    out.print(t)
+        raise fail(f"--role {role!r} is not a role; use one of {', '.join(ROLES)}")
 
 
 @user_app.command("add")
@@ -82,17 +45,17 @@ def user_add(
     json_out: Json = False,
 ) -> None:
     """Add a user (the first admin of a tenant, for one)."""
-    from .auth import create_user
+    from carbonlink.cloud.auth import create_user
 
     _check(tenant, role)
     if not _ID.fullmatch(username):
-        raise _fail(f"--username {username!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        raise fail(f"--username {username!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 12:
-        raise _fail("the password must have at least 12 characters")
-    if not _with_store(db, lambda s: create_user(s, username, tenant, role, password)):
-        raise _fail(f"username {username!r} is taken; choose another or `carbonlink cloud user remove` it first")
+        raise fail("the password must have at least 12 characters")
+    if not with_store(db, lambda s: create_user(s, username, tenant, role, password)):
+        raise fail(f"username {username!r} is taken; choose another or `carbonlink cloud user remove` it first")
     if json_out:
         print(json.dumps({"username": username, "tenant": tenant, "role": role}))
     else:
@@ -104,19 +67,19 @@ def user_add(
 def user_list(tenant: Tenant, db: Db = DEFAULT_DB, json_out: Json = False) -> None:
     """The tenant's users."""
     _check(tenant)
-    rows = _with_store(db, lambda s: s.list_users(tenant))
+    rows = with_store(db, lambda s: s.list_users(tenant))
     if json_out:
         print(json.dumps(rows))
     else:
-        _table(rows, ["username", "role", "created_ms"], f"users of {tenant}")
+        table(rows, ["username", "role", "created_ms"], f"users of {tenant}")
 
 
 @user_app.command("remove")
 def user_remove(username: Annotated[str, typer.Option()], tenant: Tenant, db: Db = DEFAULT_DB) -> None:
     """Remove a user; their login tokens stop working at once."""
     _check(tenant)
-    if not _with_store(db, lambda s: s.delete_user(tenant, username)):
-        raise _fail(f"no user {username!r} in tenant {tenant!r}; see `carbonlink cloud user list`")
+    if not with_store(db, lambda s: s.delete_user(tenant, username)):
+        raise fail(f"no user {username!r} in tenant {tenant!r}; see `carbonlink cloud user list`")
     err.print(f"removed {username}")
 
 
@@ -129,10 +92,10 @@ def key_create(
     json_out: Json = False,
 ) -> None:
     """Make an API key and print it once; only its hash is kept."""
-    from .auth import create_api_key
+    from carbonlink.cloud.auth import create_api_key
 
     _check(tenant, role)
-    key_id, key = _with_store(db, lambda s: create_api_key(s, tenant, role, name))
+    key_id, key = with_store(db, lambda s: create_api_key(s, tenant, role, name))
     if json_out:
         print(json.dumps({"id": key_id, "key": key, "tenant": tenant, "role": role, "name": name}))
     else:
@@ -145,11 +108,11 @@ def key_create(
 def key_list(tenant: Tenant, db: Db = DEFAULT_DB, json_out: Json = False) -> None:
     """The tenant's API keys (ids, roles and names; never the keys)."""
     _check(tenant)
-    rows = _with_store(db, lambda s: s.list_api_keys(tenant))
+    rows = with_store(db, lambda s: s.list_api_keys(tenant))
     if json_out:
         print(json.dumps(rows))
     else:
-        _table(rows, ["id", "role", "name", "created_ms", "revoked_ms"], f"API keys of {tenant}")
+        table(rows, ["id", "role", "name", "created_ms", "revoked_ms"], f"API keys of {tenant}")
 
 
 @key_app.command("revoke")
@@ -158,20 +121,6 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (clk_<id
     """Revoke an API key; it stops working at once."""
     _check(tenant)
     key_id = key_id.removeprefix("clk_").split("_")[0]
-    if not _with_store(db, lambda s: s.revoke_api_key(tenant, key_id, int(time.time() * 1000))):
-        raise _fail(f"no active key {key_id!r} in tenant {tenant!r}; see `carbonlink cloud key list`")
+    if not with_store(db, lambda s: s.revoke_api_key(tenant, key_id, int(time.time() * 1000))):
+        raise fail(f"no active key {key_id!r} in tenant {tenant!r}; see `carbonlink cloud key list`")
     err.print(f"revoked {key_id}")
-
-
-async def has_credentials(store: Store) -> bool:
-    """Whether any tenant has a user or an API key (else the operator must make the first admin)."""
-    for t in await store.list_tenants():
-        if await store.list_users(t["id"]) or await store.list_api_keys(t["id"]):
-            return True
-    return False
-
-
-def first_admin_hint(db: str) -> str:
-    return ("no API users or keys yet: make the first admin with\n"
-            f"  carbonlink cloud user add --tenant TENANT --username NAME --role admin --db '{db}'\n"
-            f"  (or an API key: carbonlink cloud key create --tenant TENANT --role admin --db '{db}')")

@@ -1,0 +1,194 @@
+"""Events: what a gateway reports besides readings, signed like batches.
+
+Alerts raised by rules, anomalies found by the model, batches the cloud refused, an outbox that
+overflowed or was found corrupt, an HJ 212 station that gave a wrong password: each is one event,
+kept in the gateway's outbox until the cloud acknowledges that it stored it, so alerts raised
+while offline reach the cloud later with their original times.
+
+One event per MQTT message on ``cl/{site}/{gateway}/events``. Identity is (gateway, id); the id is
+made on the gateway (random, so it survives a lost outbox), and a redelivered event is stored
+once. The body is a small JSON object for the kind's own fields. The rules are in
+``docs/wire-format.md`` ("Events").
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .wire import WIRE_VERSION, SigAlg, WireError, check_depth, format_ts, parse_ts
+
+MAX_EVENT_BYTES = 16 * 1024
+MAX_BODY_DEPTH = 8
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,3}")  # e.g. alert.raised, outbox.corrupt
+_TEXT_RE = re.compile(r'[^"\\\x00-\x1f\x7f]{1,128}')
+_HEX_RE = re.compile(r"[0-9a-f]*")
+FIELDS = {"alg", "body", "device", "gateway", "id", "kind", "point", "severity", "sig", "ts", "v"}
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+def new_event_id() -> str:
+    """A random id: unique without coordination, also after a gateway lost its outbox."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    gateway: str
+    id: str
+    kind: str
+    ts_ms: int
+    severity: Severity = Severity.INFO
+    device: str | None = None
+    point: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    alg: SigAlg = SigAlg.ED25519
+    sig: str = ""
+    v: int = WIRE_VERSION
+
+    @classmethod
+    def make(cls, gateway: str, kind: str, ts_ms: int, *, severity: str = "info", device: str | None = None,
+             point: str | None = None, body: dict[str, Any] | None = None, id: str | None = None) -> Event:
+        """Validated constructor: the same rules the cloud applies when it parses one."""
+        event = cls(gateway, id or new_event_id(), kind, ts_ms, _severity(severity), device, point, body or {})
+        check_event(event)
+        return event
+
+    def _obj(self, with_sig: bool) -> dict[str, Any]:
+        obj: dict[str, Any] = {"alg": self.alg.value, "body": self.body, "device": self.device,
+                               "gateway": self.gateway, "id": self.id, "kind": self.kind, "point": self.point,
+                               "severity": self.severity.value, "ts": format_ts(self.ts_ms), "v": self.v}
+        if with_sig:
+            obj["sig"] = self.sig
+        return obj
+
+    def signing_bytes(self) -> bytes:
+        """Canonical bytes without the signature: sorted keys, no spaces, ASCII only."""
+        return _dumps(self._obj(with_sig=False))
+
+    def to_bytes(self) -> bytes:
+        if not self.sig:
+            raise WireError("event is not signed")
+        return _dumps(self._obj(with_sig=True))
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _severity(value: Any) -> Severity:
+    try:
+        return Severity(value)
+    except ValueError:
+        raise WireError(f"severity {value!r} is not one of {[s.value for s in Severity]}") from None
+
+
+def check_event(event: Event) -> None:
+    if not isinstance(event.gateway, str) or not _TEXT_RE.fullmatch(event.gateway):
+        raise WireError(f"event gateway {event.gateway!r} is not a valid identifier")
+    if not isinstance(event.id, str) or not _ID_RE.fullmatch(event.id):
+        raise WireError(f"event id {event.id!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    if not isinstance(event.kind, str) or not _KIND_RE.fullmatch(event.kind):
+        raise WireError(f"event kind {event.kind!r} must be dotted lowercase words, e.g. alert.raised")
+    if isinstance(event.ts_ms, bool) or not isinstance(event.ts_ms, int) or not 0 <= event.ts_ms < 253402300800000:
+        raise WireError(f"event time {event.ts_ms!r} must be integer milliseconds between 1970 and 9999")
+    for name in ("device", "point"):
+        value = getattr(event, name)
+        if value is not None and (not isinstance(value, str) or not _TEXT_RE.fullmatch(value)):
+            raise WireError(f"event {name} {value!r} is not a valid identifier")
+    if not isinstance(event.body, dict):
+        raise WireError("event body must be a JSON object")
+    try:
+        size = len(_dumps(event.body))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"event body is not plain JSON (finite numbers, strings, lists, objects): {exc}") from None
+    if size > MAX_EVENT_BYTES // 2:
+        raise WireError(f"event body is {size} bytes, over the {MAX_EVENT_BYTES // 2}-byte limit")
+
+
+def parse_event(raw: bytes) -> Event:
+    """Parse and validate one event message; raises WireError naming the first broken rule."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise WireError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    check_depth(raw, MAX_BODY_DEPTH + 1)
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"event is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireError("an event must be a JSON object")
+    if set(obj) != FIELDS:
+        extra, missing = set(obj) - FIELDS, FIELDS - set(obj)
+        raise WireError(f"event fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    if obj["v"] != WIRE_VERSION:
+        raise WireError(f"wire version {obj['v']!r} is not supported (expected {WIRE_VERSION})")
+    try:
+        alg = SigAlg(obj["alg"])
+    except ValueError:
+        raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
+    sig = obj["sig"]
+    if not isinstance(sig, str) or not _HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
+        raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
+    event = Event(obj["gateway"], obj["id"], obj["kind"], parse_ts(obj["ts"]), _severity(obj["severity"]),
+                  obj["device"], obj["point"], obj["body"], alg, sig)
+    check_event(event)
+    return event
+
+
+def sign_event(event: Event, key: Ed25519PrivateKey | bytes) -> Event:
+    if isinstance(key, Ed25519PrivateKey):
+        unsigned = replace(event, alg=SigAlg.ED25519, sig="")
+        return replace(unsigned, sig=key.sign(unsigned.signing_bytes()).hex())
+    unsigned = replace(event, alg=SigAlg.HMAC_SHA256, sig="")
+    return replace(unsigned, sig=hmac.new(key, unsigned.signing_bytes(), hashlib.sha256).hexdigest())
+
+
+def verify_event(event: Event, key: Ed25519PublicKey | bytes, raw: bytes | None = None) -> None:
+    """Raise WireError unless the signature matches (over the received bytes, or the canonical ones)."""
+    candidates = []
+    if raw is not None:
+        member = f',"sig":"{event.sig}"'.encode()
+        if raw.count(member) == 1:
+            candidates.append(raw.replace(member, b""))
+    candidates.append(event.signing_bytes())
+    for data in candidates:
+        if event.alg is SigAlg.ED25519:
+            if not isinstance(key, Ed25519PublicKey):
+                raise WireError("event is signed with ed25519 but the device is registered with a secret")
+            try:
+                key.verify(bytes.fromhex(event.sig), data)
+                return
+            except InvalidSignature:
+                continue
+        elif not isinstance(key, Ed25519PublicKey):
+            if hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), event.sig):
+                return
+        else:
+            raise WireError("event is signed with hmac-sha256 but the device is registered with a key")
+    raise WireError(f"event signature does not match the key registered for gateway {event.gateway!r}")
+
+
+class EventSink(Protocol):
+    """Where edge components (rules, the anomaly model, the outbox, drivers) report events.
+
+    The agent's implementation signs the event and keeps it in the outbox until the cloud acks it;
+    a component never talks to MQTT itself.
+    """
+
+    def emit(self, kind: str, *, ts_ms: int, severity: str = "info", device: str | None = None,
+             point: str | None = None, body: dict[str, Any] | None = None) -> None: ...
