@@ -159,13 +159,13 @@ class ShadowService:
         self.publish = publish
 
     async def _site(self, gateway: str) -> str:
-        rec = await self.store.get_gateway(gateway)
+        rec = await self.store.registry.get_gateway(gateway)
         if rec is None:
             raise ShadowError(404, f"gateway {gateway!r} is not registered")
         return rec.site
 
     async def _load(self, gateway: str) -> tuple[int, dict[str, Any]]:
-        got = await self.store.get_shadow(gateway)
+        got = await self.store.control.get_shadow(gateway)
         return got if got is not None else (0, empty_doc())
 
     async def get(self, gateway: str) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class ShadowService:
                 raise ShadowError(413, f"the shadow would be {size} bytes, over the {MAX_SHADOW_BYTES}-byte limit")
             if all(new[k] == doc.get(k) for k in ("desired", "reported", "rejected")):
                 return view(gateway, current, doc)  # nothing changed (only stamps would): the version stays
-            if await self.store.put_shadow(gateway, current, new, ts):
+            if await self.store.control.put_shadow(gateway, current, new, ts):
                 out = view(gateway, current + 1, new)
                 if desired is not None and new["desired"] != doc["desired"]:
                     await self._notify(site, gateway, out)
