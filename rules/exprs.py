@@ -141,7 +141,7 @@ class ExprCompiler:
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.pins: dict[int, U.Unit] = {}
+        self.pins: dict[str, U.Unit] = {}  # one unit per input of a rule: value, or a point
         self.agg_index: dict[int, int] = {}
 
     # --- types and unit pinning -----------------------------------------------------------
@@ -213,12 +213,12 @@ class ExprCompiler:
         return self._pinned(e)
 
     def _pinned(self, e: Name) -> Typ:
-        unit = self.pins.get(id(e))
+        unit = self.pins.get(_pin_key(e))
         if unit is None and self.scope.catalogue_units is not None:
             name = "" if (e.name == "value" and not e.quoted) else e.name
             unit = self.scope.catalogue_units.get(name)
             if unit is not None:
-                self.pins[id(e)] = unit
+                self.pins[_pin_key(e)] = unit
         return Typ("num", unit)
 
     def _want_num(self, t: Typ, e: Expr, op: str) -> None:
@@ -260,9 +260,9 @@ class ExprCompiler:
             if self.scope.window and not e.quoted and e.name in ROW_FIELDS | {"device", "point"}:
                 return False
             if e.quoted or e.name not in READING_FIELDS - {"value"}:
-                if id(e) in self.pins:
-                    return self.pins[id(e)].compatible(unit)
-                self.pins[id(e)] = unit
+                if _pin_key(e) in self.pins:
+                    return self.pins[_pin_key(e)].compatible(unit)
+                self.pins[_pin_key(e)] = unit
                 return True
             return False
         if isinstance(e, Unary) and e.op == "-":
@@ -468,7 +468,7 @@ class ExprCompiler:
             return lambda c: c.key[idx]
         if not e.quoted and n in READING_FIELDS:
             if n == "value":
-                unit = self.pins.get(id(e))
+                unit = self.pins.get(_pin_key(e))
                 if unit is None:
                     return lambda c: c.r.value  # type: ignore[union-attr]
                 conv = Converter(unit)
@@ -478,7 +478,7 @@ class ExprCompiler:
             if n == "quality":
                 return lambda c: c.r.quality.value  # type: ignore[union-attr]
             return lambda c: getattr(c.r, n)
-        unit = self.pins.get(id(e))
+        unit = self.pins.get(_pin_key(e))
         conv2 = Converter(unit) if unit is not None else None
 
         def other_point(c: Ctx) -> float | None:
@@ -601,8 +601,9 @@ class ExprCompiler:
             f0 = fs[0]
             digits = int(e.args[1].value) if len(e.args) == 2 and isinstance(e.args[1], Num) else 0
             return lambda c: None if (x := f0(c)) is None else round(x, digits)
-        math_fn: Callable[[float], Any] = {"abs": abs, "sqrt": math.sqrt, "ln": math.log, "log10": math.log10,
-                                             "exp": math.exp, "floor": math.floor, "ceil": math.ceil}[name]
+        fns: dict[str, Callable[[float], Any]] = {"abs": abs, "sqrt": math.sqrt, "ln": math.log, "log10": math.log10,
+                                                  "exp": math.exp, "floor": math.floor, "ceil": math.ceil}
+        math_fn = fns[name]
         f1 = fs[0]
 
         def apply(c: Ctx) -> float | None:
@@ -615,6 +616,10 @@ class ExprCompiler:
                 c.notes.append(f"{name}() is not defined for {x!r}")
                 return None
         return apply
+
+
+def _pin_key(e: Name) -> str:
+    return "value" if e.name == "value" and not e.quoted else "point:" + e.name
 
 
 def _pos(e: Expr) -> Pos:

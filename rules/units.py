@@ -125,8 +125,9 @@ def converter(src: Unit, dst: Unit) -> tuple[float, float]:
     """(a, b) with value_in_dst = value_in_src * a + b; UnitError if the dimensions differ."""
     if src.dim != dst.dim:
         raise UnitError(f"{src.symbol or 'no unit'} cannot be converted to {dst.symbol or 'no unit'}")
-    a = src.scale / dst.scale
-    b = (src.offset - dst.offset) / dst.scale
+    # Rounded to 15 digits: 1e-3 / 1e-6 is 1000, not 999.9999999999999.
+    a = float(f"{src.scale / dst.scale:.15g}")
+    b = float(f"{(src.offset - dst.offset) / dst.scale:.15g}")
     return a, b
 
 
