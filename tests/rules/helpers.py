@@ -27,7 +27,7 @@ class ListSink:
         return [e for k, e in self.events if k == kind]
 
 
-def R(device: str, point: str, ts: int, value: float, unit: str = "mg/m³", q: str = "N") -> Reading:  # noqa: N802
+def R(device: str, point: str, ts: int, value: float, unit: str = "mg/m³", q: str = "N") -> Reading:
     return Reading(device, point, ts, float(value), unit, Quality(q))
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from carbonlink.kernel.wire import Reading
 from carbonlink.rules import AlertChange, Derived, Notify
-from carbonlink.rules.document import RuleDoc, RuleSetDoc, Silence
 from carbonlink.rules.compiler import compile_ruleset
+from carbonlink.rules.document import RuleDoc, RuleSetDoc, Silence
 from carbonlink.rules.engine import Engine
 
 from .helpers import ListSink, R, engine, rows
@@ -99,7 +99,7 @@ def test_threshold_with_hysteresis_and_debounce() -> None:
     # 250,260 then 150 resets the debounce; raised 3 s after 4000; 190 keeps it (hysteresis); cleared after 2 s < 180
     assert changes == [("raised", 7000, 4000), ("cleared", 13000, 4000)]
     raised = next(o for o in out if isinstance(o, AlertChange))
-    assert raised.subject == "gw-1/c1/so2" and [r.ts_ms for r in raised.evidence][0] == 4000
+    assert raised.subject == "gw-1/c1/so2" and raised.evidence[0].ts_ms == 4000
     assert raised.alert_id == next(o for o in out if isinstance(o, AlertChange) and o.kind == "cleared").alert_id
 
 
