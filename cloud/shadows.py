@@ -67,6 +67,7 @@ class DesiredState(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     batch: DesiredBatch | None = None
     devices: dict[str, DesiredDevice] | None = None
+    rules: dict[str, Any] | None = None  # a rule-set document, compiled below
 
 
 def check_desired(desired: dict[str, Any]) -> None:
@@ -75,6 +76,21 @@ def check_desired(desired: dict[str, Any]) -> None:
     except ValidationError as exc:
         parts = [f"desired.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ShadowError(422, "; ".join(parts)) from None
+    if desired.get("rules") is not None:
+        _check_rules(desired["rules"])
+
+
+def _check_rules(doc: dict[str, Any]) -> None:
+    """A rule set that would not compile on the gateway is refused here, with the rule and position."""
+    from carbonlink.rules import RuleSetDoc, RuleSetError, compile_ruleset
+
+    try:
+        compile_ruleset(RuleSetDoc.model_validate(doc))
+    except ValidationError as exc:
+        parts = [f"desired.rules.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
+        raise ShadowError(422, "; ".join(parts)) from None
+    except RuleSetError as exc:
+        raise ShadowError(422, "; ".join(str(e) for e in exc.errors[:10])) from None
 
 
 # --- document operations (pure) ------------------------------------------------------------
