@@ -154,6 +154,10 @@ class IngestProcessor:
         # Metrics hooks (cloud/metrics.py): every committed batch, every dead letter by kind.
         self.on_commit: Callable[[int, int, CommitResult, int], None] | None = None  # created, size, result, now
         self.on_dead: Callable[[str], None] | None = None
+        # Consumers of what was committed (cloud rules, carbon recompute): called after the acks went out,
+        # once per newly committed batch, with the gateway's record (tenant, site). A consumer that
+        # raises is logged; it never holds up the ingest.
+        self.batch_listeners: list[Callable[[GatewayRecord, PendingBatch], None]] = []
 
     async def _gateway(self, gateway_id: str) -> tuple[GatewayRecord | None, list[VerifyKey]]:
         """The gateway's record and its usable keys: the current one first, then recently rotated ones."""
@@ -227,7 +231,21 @@ class IngestProcessor:
                 acks.append((item.parts, event_ack))
         # Everything is committed by now; the acks go out together rather than one broker round trip each.
         await asyncio.gather(*(self._ack(parts, body) for parts, body in acks))
+        if self.batch_listeners:
+            self._tell_listeners([b for b in batches if outcomes[b.index] is Outcome.COMMITTED])
         return outcomes
+
+    def _tell_listeners(self, committed: list[_Item]) -> None:
+        for item in committed:
+            p = item.pending
+            hit = self._keys.get(p.gateway) if p is not None else None
+            if p is None or hit is None or hit[1] is None:
+                continue
+            for listener in self.batch_listeners:
+                try:
+                    listener(hit[1], p)
+                except Exception:  # a consumer's bug must not stop ingest
+                    log.exception("batch listener %r failed on %s#%s", listener, p.gateway, p.seq)
 
     # --- batches ------------------------------------------------------------------------------------
 
