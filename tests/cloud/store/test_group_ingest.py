@@ -136,7 +136,8 @@ def test_bench_smoke() -> None:
     import asyncio
 
     args = mod.parse_args(["--db", db, "--gateways", "4", "--readings", "4000", "--batch", "100",
-                           "--steady-rate", "2000", "--steady-seconds", "1", "--steady-batch", "50", "--timeout", "30"])
+                           "--steady-rate", "2000", "--steady-seconds", "1", "--steady-batch", "50", "--timeout", "30",
+                           "--skip-nodered"])
     r = asyncio.run(mod.run(args))
     assert r["lost"] == 0 and r["stored"] == r["published"] == 6000
     assert r["e2e_complete"] and r["steady_complete"] and r["ack_statuses"] == {"committed": 80}
