@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from carbonlink.commands.faults.lab import port_open
+from carbonlink.commands.faults.lab import port_open, stop_process
 from carbonlink.kernel.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,9 +106,5 @@ def running(mqtt_port: int, pg: dict[str, object], table: str) -> Iterator[str]:
         time.sleep(2.0)  # the MQTT node connects and subscribes after the deploy
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()

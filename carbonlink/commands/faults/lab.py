@@ -266,6 +266,16 @@ class Gateway:
         return row
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], within: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited ``within`` seconds: every helper process the lab starts."""
+    proc.terminate()
+    try:
+        proc.wait(within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -299,8 +309,4 @@ def own_mosquitto(extra_conf: str = "", port: int | None = None,
                 time.sleep(0.05)
             yield f"mqtt://127.0.0.1:{port}", port, Path(d)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 5)
