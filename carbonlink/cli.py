@@ -28,6 +28,7 @@ GROUPS: dict[str, Lazy] = {
                    "per site window.", ("cloud", "chain")),
     "verify": Lazy("carbonlink.commands.anchor:verify_app", "Proof bundles: prove a reading, check a bundle "
                    "against a chain node.", ("cloud", "chain")),
+    "carbon": Lazy("carbonlink.commands.carbon:app", "Carbon accounting: formulas, accounts, reports.", ()),
     "faults": Lazy("carbonlink.commands.faults.runner:app", "The fault lab: kill, cut and restart real "
                    "processes; count what was lost.", ("edge", "cloud", "sim")),
 }
