@@ -203,7 +203,7 @@ def render_pdf(acc: Accounts, lang: str) -> bytes:
 
     heading(t("sources", lang))
     grid([[t("source", lang), t("site", lang), t("category", lang), t("t", lang), t("detail", lang)]]
-         + [[s.source_id, s.site, t(s.category, lang), tonnes(s.t_co2e, 6) if s.category == "sink" else tonnes(s.t_co2e),
+         + [[s.source_id, s.site, t(s.category, lang), tonnes(s.t_co2e, 6 if s.category == "sink" else 3),
              "; ".join(f"{k} {v}" for k, v in sorted(s.detail.items()))] for s in acc.total.sources],
          (34, 22, 34, 26, 64))
 
