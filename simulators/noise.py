@@ -20,6 +20,7 @@ class SmoothNoise:
             raise ValueError("knot_s must be positive")
         self.seed, self.knot_s = seed, knot_s
         self._cache: dict[tuple[str, int], float] = {}
+        self._pair: dict[str, tuple[int, float, float]] = {}  # per stream: the last interval's two knots
 
     def knot(self, name: str, k: int) -> float:
         key = (name, k)
@@ -38,7 +39,10 @@ class SmoothNoise:
         x = t / self.knot_s
         k = math.floor(x)
         w = (1.0 - math.cos(math.pi * (x - k))) / 2.0
-        return (1.0 - w) * self.knot(name, k) + w * self.knot(name, k + 1)
+        pair = self._pair.get(name)
+        if pair is None or pair[0] != k:
+            pair = self._pair[name] = (k, self.knot(name, k), self.knot(name, k + 1))
+        return (1.0 - w) * pair[1] + w * pair[2]
 
     def uniform(self, name: str, k: int) -> float:
         """A uniform number in [0, 1) for event ``k`` of stream ``name``."""

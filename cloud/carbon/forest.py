@@ -8,8 +8,8 @@ Per tree, in this order (pure, deterministic):
 3. zero-growth method (Zweifel 2016): growth is counted only when a reading exceeds the previous maximum;
    dips below it are tree water deficit (stem shrinkage), flagged as information and never counted,
    least of all as an emission; a new maximum rising faster than the species' ``max_radial_growth_um_day``
-   (per radius; a band reads circumference) is a sensor fault (drift, slipped band): the excess is not
-   counted and the tree is flagged;
+   (per radius; a band reads circumference) is a sensor fault (a slipped band, a knocked sensor): the
+   step is taken out of every later reading as an offset, the tree is flagged, and no growth comes of it;
 4. ΔD from the growth of the maximum: band dendrometer ΔD = ΔC/π, point dendrometer ΔD ≈ 2Δr;
    D₀ and D₁ from the tree's measured DBH at its reference reading;
 5. ΔCO2 = [B(D₁) − B(D₀)] · (1 + R) · CF · 44/12 with the species' allometric equation
@@ -126,7 +126,9 @@ def account_tree(cfg: TreeConfig, readings: Sequence[DendroReading], *, start_ms
         m_at = good[0].ts_ms if good else start_ms
         start_max: Decimal | None = baseline_max_um
         deepest = Decimal(0)
-        for r, v in zip(good, clean, strict=True):
+        offset = Decimal(0)  # level shifts (a slipped band, a knocked sensor) taken out of later readings
+        for r, raw in zip(good, clean, strict=True):
+            v = raw - offset
             if r.ts_ms >= start_ms and start_max is None:
                 start_max = m if m is not None else v
             if m is None:
@@ -136,7 +138,8 @@ def account_tree(cfg: TreeConfig, readings: Sequence[DendroReading], *, start_ms
                 allowed = per_day_limit * Decimal(r.ts_ms - m_at) / DAY_MS + 3 * rules.noise_um
                 if v - m > allowed:
                     faults["implausible_growth"] = faults.get("implausible_growth", 0) + 1
-                    v = m + allowed
+                    offset += v - m  # the sensor moved, not the tree: no growth from this step on
+                    v = m
                 m, m_at = v, r.ts_ms
             elif r.ts_ms >= start_ms:
                 deepest = max(deepest, m - v)

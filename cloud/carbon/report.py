@@ -72,6 +72,11 @@ def tonnes(x: Decimal | None, places: int = 3) -> str:
     return "—" if x is None else f"{x:,.{places}f}"
 
 
+def short(x: Decimal) -> str:
+    """A factor for people: at most 8 significant digits (the JSON and CSV keep every digit)."""
+    return str(x) if len(x.as_tuple().digits) <= 8 else f"{x:.8g}"
+
+
 def pct(c: Coverage) -> str:
     return "—" if c.hours == 0 else f"{Decimal(100 * c.valid) / Decimal(c.hours):.1f} %"
 
@@ -219,7 +224,7 @@ def render_pdf(acc: Accounts, lang: str) -> bytes:
 
     heading(t("factors", lang))
     grid([[t("factor", lang), t("value", lang), t("unit", lang), t("source", lang)]]
-         + [[f.key + (" *" if f.status != "verified" else ""), str(f.value), f.unit, f.source]
+         + [[f.key + (" *" if f.status != "verified" else ""), short(f.value), f.unit, f.source]
             for f in acc.factors], (48, 22, 22, 88))
     pdf.set_font("cjk", size=8)
     pdf.ln(2)

@@ -21,7 +21,7 @@ availability (look-back)       gap length          substitute value
 Chinese CEMS operators apply; UNVERIFIED against the text of HJ 75-2017, configurable).
 ``none``: nothing is substituted; such hours stay missing.
 
-Until the look-back holds ``min_history_h`` valid hours (720, as §75.33 starts after 720 quality-assured
+Until the monitor's history holds ``min_history_h`` valid hours (720, as §75.33 starts after 720 quality-assured
 hours), the initial procedure applies: the mean of the hour before and after. The look-back is the
 ``lookback_h`` hours before the gap (720 by default); availability is the share of them that are valid.
 Percentiles use the nearest-rank method on the valid look-back values. A gap still open at the end of the
@@ -60,7 +60,7 @@ class SubstitutionPolicy:
     method: Literal["part75", "hj75", "none"] = "part75"
     lookback_h: int = 720
     tiers: tuple[Tier, ...] = field(default=())
-    min_history_h: int = 720  # fewer valid look-back hours: the initial procedure (mean before/after)
+    min_history_h: int = 720  # fewer valid hours of history: the initial procedure
 
     def __post_init__(self) -> None:
         if not 1 <= self.lookback_h <= 26_280:
@@ -182,8 +182,8 @@ def _fill(by_hour: dict[int, HourIn], valid_hours: list[int], policy: Substituti
             ba_note = "hour before (gap still open: provisional)" if b is not None else "hour after"
         else:
             mean_ba, ba_note = None, ""
-        if len(look) < policy.min_history_h and mean_ba is not None:
-            return mean_ba, (f"{ba_note}; initial procedure ({len(look)} valid look-back hours < "
+        if j < policy.min_history_h and mean_ba is not None:  # j: valid hours before the gap, all history
+            return mean_ba, (f"{ba_note}; initial procedure ({j} valid hours of history < "
                              f"{policy.min_history_h}); gap {gap_h} h")
         for tier in policy.tiers:
             if availability < tier.min_availability_pct or (tier.max_gap_h is not None and gap_h > tier.max_gap_h):
