@@ -79,6 +79,7 @@ class Organisation:
     trees: Sequence[TreeInput] = ()
     activity: Sequence[ActivityRow] = ()
     notes: tuple[str, ...] = field(default=())
+    grid_latest_as_proxy: bool = False  # a year without a published grid factor uses the newest, marked
 
 
 def sub_periods(kind: str, year: int, month: int | None, tz_offset_min: int) -> list[tuple[str, int, int]]:
@@ -156,7 +157,8 @@ def build_accounts(org: Organisation, *, kind: Literal["monthly", "annual"], yea
         for c, ep in energy:
             part = EnergyPeriod(ep.device_id, a * 1000, b * 1000,
                                 [h for h in ep.hours if a * 1000 <= h.hour_ms < b * 1000], ep.steps)
-            t, refs = grid_emissions(part, fs, grid=c.grid, tz_offset_min=org.tz_offset_min)
+            t, refs = grid_emissions(part, fs, grid=c.grid, tz_offset_min=org.tz_offset_min,
+                                     latest_as_proxy=org.grid_latest_as_proxy)
             use(refs)
             mwh = part.mwh
             detail = {"mwh": str(mwh)}

@@ -281,7 +281,7 @@ def year_of(ts_ms: int, tz_offset_min: int) -> int:
 
 
 def grid_emissions(period: EnergyPeriod, factors: Any, *, grid: str = "CN", kind: str = "average",
-                   tz_offset_min: int = 480) -> tuple[Decimal, list[Any]]:
+                   tz_offset_min: int = 480, latest_as_proxy: bool = False) -> tuple[Decimal, list[Any]]:
     """t CO2 of a period's energy at the grid factor of each hour's local year (avoided CO2 of generation,
     or location-based scope 2 of electricity bought): Σ MWh(year) × EF(grid, year), 1 g resolution.
 
@@ -294,7 +294,7 @@ def grid_emissions(period: EnergyPeriod, factors: Any, *, grid: str = "CN", kind
     refs = []
     with localcontext(fm.CONTEXT):
         for y, wh in sorted(by_year.items()):
-            ref = factors.grid_factor(y, grid, kind)
+            ref = factors.grid_factor(y, grid, kind, latest_as_proxy=latest_as_proxy)
             refs.append(ref)
             total += fm.round_fixed(fm.grid_co2(wh / fm.MILLION, ref.value), 6)
     return total, refs

@@ -170,10 +170,19 @@ class FactorSet:
     def version(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(self.versions.items()))
 
-    def grid_factor(self, year: int, grid: str = "CN", kind: str = "average") -> FactorRef:
+    def grid_factor(self, year: int, grid: str = "CN", kind: str = "average", *,
+                    latest_as_proxy: bool = False) -> FactorRef:
+        """The factor for ``year``. Official factors appear a year or two late; with ``latest_as_proxy`` a
+        year after the newest one uses the newest, marked as a proxy (status ``unverified``, the key says
+        which year stands for which), never silently."""
         ref = self.grid.get((grid, year, kind))
+        years = sorted(y for g, y, k in self.grid if g == grid and k == kind)
+        if ref is None and latest_as_proxy and years and year > years[-1]:
+            newest = self.grid[(grid, years[-1], kind)]
+            return FactorRef(newest.table, newest.version, f"{grid}/{kind}/{years[-1]} as proxy for {year}",
+                             newest.value, newest.unit, f"{newest.source} (proxy: no {year} factor published)",
+                             "unverified")
         if ref is None:
-            years = sorted(y for g, y, k in self.grid if g == grid and k == kind)
             grids = sorted({g for g, _, _ in self.grid})
             have = (f"it has {grid}/{kind} for {', '.join(map(str, years))}" if years
                     else f"it has no {grid}/{kind} factors (grids: {', '.join(grids)})")

@@ -84,3 +84,12 @@ def test_a_folder_of_ones_own_can_add_a_year(tmp_path: Path) -> None:
     (folder / "limits.toml").unlink()
     with pytest.raises(FactorTableError, match=r"limits\.toml"):
         FactorSet.load(folder)
+
+
+def test_a_later_year_may_use_the_newest_factor_only_as_a_marked_proxy() -> None:
+    fs = FactorSet.default()
+    proxy = fs.grid_factor(2025, latest_as_proxy=True)
+    assert proxy.value == D("0.5306") and proxy.status == "unverified" and "proxy for 2025" in proxy.key
+    assert fs.grid_factor(2023, latest_as_proxy=True) == fs.grid_factor(2023)
+    with pytest.raises(CarbonInputError):
+        fs.grid_factor(2019, latest_as_proxy=True)  # an earlier year is never guessed
