@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from carbonlink.cloud.store import open_store  # noqa: E402
-from carbonlink.commands.faults.runner import Broker, Proc  # noqa: E402
+from carbonlink.commands.faults.lab import Broker, Proc  # noqa: E402
 from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
 from carbonlink.edge.outbox import Outbox  # noqa: E402
 from carbonlink.kernel.wire import Reading  # noqa: E402
@@ -51,7 +51,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int) -> dict[
         gw_dir = work / "gw"
         gw_dir.mkdir()
         key = load_or_create_key(gw_dir / "gw.key")
-        await store.register_gateway("gw-drain", "bench", "ed25519", public_key_hex(key))
+        await store.registry.register_gateway("gw-drain", "bench", "ed25519", public_key_hex(key))
         await store.close()
         cfg = {"gateway": {"id": "gw-drain", "site": "bench", "key_file": "gw.key", "data_dir": "edge"},
                "mqtt": {"url": broker.url, "ack_timeout_s": 30},

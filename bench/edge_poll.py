@@ -73,7 +73,7 @@ async def main(devices: int, points: int, seconds: float, warmup: float) -> dict
             }
             (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
             key = load_or_create_key(work / "gw.key")
-            await cloud.store.register_gateway("gw-bench", "bench", "ed25519", public_key_hex(key))
+            await cloud.store.registry.register_gateway("gw-bench", "bench", "ed25519", public_key_hex(key))
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "carbonlink.cli", "edge", "run", "--config", str(work / "gateway.yaml"),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from carbonlink.commands.faults.lab import port_open
 from tests.firmware.conftest import compile_firmware
 from tests.firmware.nodekit import cloud, make_node, run_node
-from tests.services import port_open
 
 BUFFER = {"segment_bytes": 16384, "max_segments": 8}
 

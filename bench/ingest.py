@@ -186,13 +186,15 @@ async def publish_all(mqtt_host: str, port: int, msgs: list[Message], conns: int
 
 
 async def raw_copy_rate(db: str, msgs: list[Message], chunk: int = 10_000) -> float:
-    from carbonlink.cloud.store_postgres import split_url
+    from carbonlink.cloud.store.postgres import split_url
 
     dsn, schema, _ = split_url(db)
     con = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"})
     try:
         await con.execute("CREATE TABLE copy_probe (LIKE readings INCLUDING ALL)")
-        rows = [r for m in msgs for r in m.rows]
+        ids: dict[tuple[str, str, str], int] = {}
+        rows = [(ids.setdefault((gw, d, p), len(ids) + 1), ts, v, q, seq) for m in msgs
+                for gw, d, p, ts, v, _u, q, seq in m.rows]
         t0 = time.perf_counter()
         for i in range(0, len(rows), chunk):
             async with con.transaction():
@@ -243,7 +245,7 @@ def pct(values: list[float], p: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from carbonlink.cloud.store import open_store
-    from tests.services import own_mosquitto
+    from carbonlink.commands.faults.lab import own_mosquitto
 
     schema = "bench_" + uuid.uuid4().hex[:10]
     db = f"{args.db}?schema={schema}"
@@ -260,7 +262,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from carbonlink.edge.identity import public_key_hex
 
     for gw, key in fleet.keys.items():
-        await store.register_gateway(gw, fleet.site, "ed25519", public_key_hex(key))
+        await store.registry.register_gateway(gw, fleet.site, "ed25519", public_key_hex(key))
     workers: list[subprocess.Popen[str]] = []
     try:
         with own_mosquitto(MOSQUITTO_CONF) as (mqtt, port, _):
@@ -323,7 +325,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["worker_peak_rss_mb"] = [round(s["peak_rss_mb"], 1) for s in stats]
             result["worker_readings"] = [s["readings_stored"] for s in stats]
         published = n_e2e + sum(len(m.rows) for m in steady_msgs)
-        stored = (await store.counts())["readings"]
+        stored = (await store.data.counts())["readings"]
         result.update(published=published, stored=stored, lost=published - stored)
         result["e2e_vs_copy"] = result["e2e_rate"] / result["copy_rate"]
         result["e2e_vs_broker"] = result["e2e_rate"] / result["broker_rate"]
@@ -332,7 +334,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             w.kill()
         await store.close()
         if not args.keep:
-            from carbonlink.cloud.store_postgres import split_url
+            from carbonlink.cloud.store.postgres import split_url
 
             con = await asyncpg.connect(split_url(db)[0])
             await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

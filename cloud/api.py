@@ -25,11 +25,11 @@ from carbonlink import __version__
 from . import auth
 from .auth import Auditor, Authenticator, Permission, Principal, Reader, not_found, tenant_gateway
 from .logs import RequestContext
-from .metrics import CONTENT_TYPE, InstrumentedStore, Metrics
+from .metrics import CONTENT_TYPE, Metrics, instrument
 from .routes_data import ts_param
 from .routes_resources import create_resources_router, parse_cursor
 from .settings import CloudSettings
-from .store import ReadingQuery, Store
+from .store import ReadingQuery, Store, encode_cursor
 
 if TYPE_CHECKING:
     from .commands import ControlLink
@@ -142,11 +142,12 @@ class PrincipalPublic(BaseModel):
 def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, *,
                settings: CloudSettings | None = None, metrics: Metrics | None = None,
                control: ControlLink | None = None) -> FastAPI:
-    """The app. Pass the ``metrics`` whose InstrumentedStore the ingest writes through, to expose its figures."""
+    """The app. Pass the service's ``metrics`` (and ``stats``) to expose the ingest's figures."""
     settings = settings or CloudSettings()
-    metrics = metrics or Metrics(stats)
-    if not isinstance(store, InstrumentedStore):
-        store = InstrumentedStore(store, metrics)  # type: ignore[assignment]
+    if metrics is None:
+        metrics = Metrics(stats)
+        if store.db.observer is None:
+            instrument(store, metrics)
     app = FastAPI(title="CarbonLink", version=__version__, responses=_ERRORS,
                   description="Signed telemetry from field gateways: tenants, sites, gateways, devices, points,"
                               " readings, rollups and proofs. Authenticate with `Authorization: Bearer <API key or"
@@ -166,9 +167,19 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return problem(422, "; ".join(parts)[:2000])
 
-    @app.get("/health", tags=["service"], summary="Liveness; open to all")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "storage": store.url.split("://")[0]}
+    @app.get("/health", tags=["service"], summary="Liveness and readiness; open to all",
+             responses={503: {"description": "the store is refusing writes: ingest holds its messages"}})
+    async def health() -> JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "storage": store.dialect}
+        ingest = (stats() if stats is not None else {}).get("ingest", {})
+        if ingest:
+            body["ingest"] = ingest.get("state")
+        if ingest.get("state") == "store-retry":
+            # Say that the store refuses, not why in detail: the reason may name hosts; it is in the logs.
+            body["status"] = "degraded"
+            body["problem"] = "the store refuses writes; ingest holds its messages and retries"
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["service"], response_class=Response,
              summary="Prometheus metrics; Authorization: Bearer <CARBONLINK_METRICS_TOKEN>")
@@ -198,19 +209,19 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
 
     @app.get("/api/gateways", tags=["fleet"], summary="The tenant's gateways")
     async def gateways(p: Reader) -> list[dict[str, Any]]:
-        return await store.list_gateways(p.tenant)
+        return await store.registry.list_gateways(p.tenant)
 
     @app.get("/api/devices", tags=["fleet"], summary="The tenant's devices, per gateway")
     async def devices(p: Reader) -> list[dict[str, Any]]:
-        return await store.list_devices(p.tenant)
+        return await store.data.list_devices(p.tenant)
 
     @app.get("/api/latest", tags=["data"], summary="Latest value of every point")
     async def latest(p: Reader, device: Annotated[str | None, Query(max_length=128)] = None) -> list[dict[str, Any]]:
-        return await store.latest(device, p.tenant)
+        return await store.data.latest(device, p.tenant)
 
     @app.get("/api/stats", tags=["service"], summary="The tenant's counts and the ingest's state")
     async def get_stats(p: Reader) -> dict[str, Any]:
-        out: dict[str, Any] = await store.counts(p.tenant)
+        out: dict[str, Any] = await store.data.counts(p.tenant)
         if stats is not None:
             out["ingest"] = {"state": stats().get("ingest", {}).get("state")}
         return out
@@ -218,9 +229,10 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     @app.get("/api/dead-letters", tags=["data"], summary="Refused messages and readings, with the reason")
     async def dead_letters(p: Auditor, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                            before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> list[dict[str, Any]]:
-        return await store.dead_letters(limit, p.tenant, before_id)
+        return await store.audit.dead_letters(limit, p.tenant, before_id)
 
-    @app.get("/api/readings", tags=["data"], summary="Raw readings of a device, one keyset page at a time")
+    @app.get("/api/readings", tags=["data"],
+             summary="Raw readings of a device: keyset pages, point by point in time order")
     async def readings(
         p: Reader,
         device: Annotated[str, Query(min_length=1, max_length=128)],
@@ -236,8 +248,8 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise HTTPException(422, "end must be after start")
         after = parse_cursor(cursor)
-        rows = await store.readings(ReadingQuery(device, point, gateway, start_ms, end_ms, limit, after, p.tenant))
-        next_cursor = f"{rows[-1]['ts_ms']}~{rows[-1]['point']}" if len(rows) == limit else None
+        rows = await store.data.readings(ReadingQuery(device, point, gateway, start_ms, end_ms, limit, after, p.tenant))
+        next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
         return {"items": rows, "count": len(rows), "next_cursor": next_cursor}
 
     @app.get("/api/proof", tags=["proofs"], summary="The proof bundle of one reading")
@@ -249,14 +261,12 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         ts: Annotated[str, Query(description="ISO UTC with ms, or epoch ms")],
     ) -> dict[str, Any]:
         """Its signed batch, Merkle proof, root and anchoring transaction."""
-        from .anchor.proof import BundleError, bundle_for
+        from .anchor.proof import BundleError, build_bundle
 
         ts_ms = ts_param("ts", ts)
         await tenant_gateway(store, p, gateway)
-        if not store.url.startswith("sqlite:///"):
-            raise HTTPException(501, "proof bundles are served from the SQLite store for now")
         try:
-            return await bundle_for(store.url, gateway, device, point, ts_ms)
+            return await build_bundle(store, gateway, device, point, ts_ms)
         except BundleError as exc:
             msg = str(exc)
             raise HTTPException(409 if "not yet" in msg or "sealed" in msg or "anchored" in msg else 404, msg) from None
@@ -285,7 +295,7 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        html = resources.files("cloud").joinpath("web/dashboard.html").read_text("utf-8")
+        html = resources.files("carbonlink.cloud").joinpath("web/dashboard.html").read_text("utf-8")
         return HTMLResponse(html.replace("{{version}}", __version__))
 
     return app

@@ -118,7 +118,7 @@ async def create_api_key(store: Store, tenant: str, role: str, name: str) -> tup
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     key_id, key, digest = new_api_key()
-    await store.add_api_key(key_id, tenant, role, name, digest, int(time.time() * 1000))
+    await store.access.add_api_key(key_id, tenant, role, name, digest, int(time.time() * 1000))
     return key_id, key
 
 
@@ -127,7 +127,7 @@ async def create_user(store: Store, username: str, tenant: str, role: str, passw
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     digest = await asyncio.to_thread(hash_password, password)
-    return await store.add_user(username, tenant, role, digest, int(time.time() * 1000))
+    return await store.access.add_user(username, tenant, role, digest, int(time.time() * 1000))
 
 
 def issue_token(settings: CloudSettings, username: str, tenant: str, role: str) -> str:
@@ -138,7 +138,7 @@ def issue_token(settings: CloudSettings, username: str, tenant: str, role: str) 
 
 async def login(store: Store, settings: CloudSettings, username: str, password: str) -> str | None:
     """A login token, or None for a wrong username or password (the caller does not learn which)."""
-    user = await store.get_user(username)
+    user = await store.access.get_user(username)
     ok = await asyncio.to_thread(password_matches, user["password_hash"] if user else _DUMMY_HASH, password)
     if not ok or user is None:
         return None
@@ -161,7 +161,7 @@ class Authenticator:
 
     async def from_api_key(self, key: str) -> Principal:
         parts = split_api_key(key)
-        row = await self.store.get_api_key(parts[0]) if parts else None
+        row = await self.store.access.get_api_key(parts[0]) if parts else None
         if parts is None or row is None or not hmac.compare_digest(row["secret_hash"], _sha256(parts[1])):
             raise unauthorized("unknown API key")
         if row["revoked_ms"] is not None:
@@ -177,7 +177,7 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise unauthorized("invalid login token") from None
         # A deleted user, or one whose role changed, loses the old token's rights at once.
-        user = await self.store.get_user(str(claims["sub"]))
+        user = await self.store.access.get_user(str(claims["sub"]))
         if user is None or user["tenant"] != claims.get("tenant") or user["role"] != claims.get("role"):
             raise unauthorized("login token no longer valid; log in again")
         return Principal(user["username"], user["tenant"], user["role"], "jwt")
@@ -236,7 +236,7 @@ def same_tenant(principal: Principal, tenant: str) -> None:
 
 async def tenant_gateway(store: Store, principal: Principal, gateway_id: str) -> dict[str, Any]:
     """The gateway's record as the API shows it, if it belongs to the caller's tenant; else 404."""
-    rec = await store.get_gateway(gateway_id)
+    rec = await store.registry.get_gateway(gateway_id)
     if rec is None or rec.tenant != principal.tenant:
         raise not_found("gateway", gateway_id)
     return {"id": rec.id, "tenant": rec.tenant, "site": rec.site, "alg": rec.alg, "revoked": rec.revoked}
@@ -244,10 +244,7 @@ async def tenant_gateway(store: Store, principal: Principal, gateway_id: str) ->
 
 async def has_credentials(store: Store) -> bool:
     """Whether any tenant has a user or an API key (else the operator must make the first admin)."""
-    for t in await store.list_tenants():
-        if await store.list_users(t["id"]) or await store.list_api_keys(t["id"]):
-            return True
-    return False
+    return await store.access.has_credentials()
 
 
 def first_admin_hint(db: str) -> str:

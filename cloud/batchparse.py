@@ -12,17 +12,19 @@ so their checks are cached; the caches are bounded.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from carbonlink.kernel.wire import (
+    HEX_RE,
     MAX_ABS_VALUE,
     MAX_READINGS_PER_BATCH,
     MAX_SEQ,
     QUALITY_CODES,
+    TEXT_RE,
+    UNIT_RE,
     WIRE_VERSION,
     SigAlg,
     WireError,
@@ -31,9 +33,6 @@ from carbonlink.kernel.wire import (
 
 from .store import Row
 
-_TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')  # the wire's identifier rule
-_UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
-_HEX_RE = re.compile(r"^[0-9a-f]*$")
 _ALGS = {a.value: a for a in SigAlg}
 _CACHE_MAX = 100_000
 _MAX_TS = 253402300800000
@@ -68,7 +67,7 @@ class FastParser:
     def _ok_text(self, s: Any) -> bool:
         if s in self._texts:
             return True
-        if type(s) is not str or not _TEXT_RE.fullmatch(s):
+        if type(s) is not str or not TEXT_RE.fullmatch(s):
             return False
         if len(self._texts) > _CACHE_MAX:
             self._texts.clear()
@@ -78,7 +77,7 @@ class FastParser:
     def _ok_unit(self, s: Any) -> bool:
         if s in self._units:
             return True
-        if type(s) is not str or not _UNIT_RE.fullmatch(s):
+        if type(s) is not str or not UNIT_RE.fullmatch(s):
             return False
         if len(self._units) > _CACHE_MAX:
             self._units.clear()
@@ -108,12 +107,12 @@ class FastParser:
         """The batch, or None when the fast path cannot vouch for it (call parse_batch then)."""
         try:
             b = _DECODER.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):  # incl. invalid UTF-8 in a string
             return None
         seq, alg, sig, readings = b.seq, b.alg, b.sig, b.readings
         if b.v != WIRE_VERSION or not 1 <= seq <= MAX_SEQ or alg not in _ALGS:
             return None
-        if len(sig) not in (64, 128) or not _HEX_RE.fullmatch(sig):
+        if len(sig) not in (64, 128) or not HEX_RE.fullmatch(sig):
             return None
         if not 0 < len(readings) <= MAX_READINGS_PER_BATCH or not self._ok_text(b.gateway):
             return None

@@ -47,7 +47,7 @@ class CommandService:
     async def send(self, gateway: str, name: str, args: dict[str, Any] | None = None, *,
                    wait_s: float = 10.0) -> dict[str, Any]:
         """Send and wait; returns the stored command with status ok, error, rejected, expired or timeout."""
-        rec = await self.store.get_gateway(gateway)
+        rec = await self.store.registry.get_gateway(gateway)
         if rec is None:
             raise CommandError(404, f"gateway {gateway!r} is not registered")
         if rec.revoked:
@@ -64,7 +64,7 @@ class CommandService:
         cid = uuid.uuid4().hex
         created = now_ms()
         deadline = created + int(wait_s * 1000)
-        await self.store.add_command(cid, gateway, name, args, created, deadline)
+        await self.store.control.add_command(cid, gateway, name, args, created, deadline)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[cid] = fut
         body = {"id": cid, "name": name, "args": args, "deadline_ms": deadline}
@@ -74,10 +74,10 @@ class CommandService:
             try:
                 await asyncio.wait_for(asyncio.shield(fut), wait_s)
             except TimeoutError:
-                await self.store.finish_command(cid, "timeout", None, now_ms())
+                await self.store.control.finish_command(cid, "timeout", None, now_ms())
         finally:
             self._waiting.pop(cid, None)
-        got = await self.store.get_command(cid)
+        got = await self.store.control.get_command(cid)
         assert got is not None
         return got
 
@@ -89,14 +89,14 @@ class CommandService:
         except (ValueError, KeyError, TypeError):
             log.warning("malformed command result on %s: %r", topic, raw[:200])
             return
-        cmd = await self.store.get_command(cid)
+        cmd = await self.store.control.get_command(cid)
         if cmd is None or parts is None or cmd["gateway"] != parts[1]:
             log.warning("result on %s for a command this gateway was not sent: %s", topic, cid)
             return
         result = msg.get("result") if isinstance(msg.get("result"), dict) else {"error": msg.get("error")}
         if status not in ("ok", "error", "rejected", "expired"):
             status = "error"
-        await self.store.finish_command(cid, status, result, now_ms())
+        await self.store.control.finish_command(cid, status, result, now_ms())
         fut = self._waiting.get(cid)
         if fut is not None and not fut.done():
             fut.set_result(msg)

@@ -23,12 +23,12 @@ DEFAULT_LATE_MS = 5 * 60_000
 
 
 async def seq_gaps(store: Store, gateway: str, limit: int = 1000) -> dict[str, Any]:
-    return await store.seq_gaps(gateway, limit)
+    return await store.data.seq_gaps(gateway, limit)
 
 
 async def late_batches(store: Store, gateway: str, min_delay_ms: int = DEFAULT_LATE_MS,
                        limit: int = 1000) -> list[dict[str, Any]]:
-    rows = await store.late_batches(gateway, min_delay_ms, limit)
+    rows = await store.data.late_batches(gateway, min_delay_ms, limit)
     for r in rows:
         r["created"], r["received"] = format_ts(r["created_ms"]), format_ts(r["received_ms"])
     return rows
@@ -44,7 +44,7 @@ def observed_interval_ms(hours: list[dict[str, Any]]) -> int | None:
 async def availability(store: Store, q: SeriesQuery, interval_ms: int | None = None) -> list[dict[str, Any]]:
     """Per point series: every hour of [start, end) with expected, received and valid reading counts."""
     start, end = q.start_ms // HOUR_MS * HOUR_MS, -(-q.end_ms // HOUR_MS) * HOUR_MS
-    rows = await store.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
+    rows = await store.data.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
     series: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
     for r in rows:
         series.setdefault((r["gateway"], r["point"]), []).append(r)

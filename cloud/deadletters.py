@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from carbonlink.kernel.wire import now_ms
 
-from .ingest import IngestProcessor, Outcome
+from .ingest import IngestProcessor, Outcome, _Item, _Refused
 from .store import Store
 
 
@@ -29,16 +29,15 @@ class _ReplayProcessor(IngestProcessor):
 
     last_reason: str = ""
 
-    async def _reject(self, topic: str, raw: bytes, reason: str, gateway: str | None, received: int,
-                      seq: int | None, n: int, parts: tuple[str, str, str] | None) -> None:
-        self.last_reason = reason
+    async def _reject(self, item: _Item, exc: _Refused) -> None:
+        self.last_reason = exc.reason
 
 
 async def replay(store: Store, letter_ids: list[int]) -> list[ReplayResult]:
     proc = _ReplayProcessor(store, publish=None, key_cache_s=0)  # no acks: the sender has moved on
     out: list[ReplayResult] = []
     for letter in letter_ids:
-        found = await store.dead_letter_raw(letter)
+        found = await store.audit.dead_letter_raw(letter)
         if found is None:
             out.append(ReplayResult(letter, "unknown", "no dead letter with this id"))
             continue
@@ -51,6 +50,6 @@ async def replay(store: Store, letter_ids: list[int]) -> list[ReplayResult]:
         if outcome is Outcome.REJECTED:
             out.append(ReplayResult(letter, "still-refused", proc.last_reason))
             continue
-        await store.resolve_dead_letter(letter, f"replayed: {outcome.value}", now_ms())
+        await store.audit.resolve_dead_letter(letter, f"replayed: {outcome.value}", now_ms())
         out.append(ReplayResult(letter, outcome.value))
     return out

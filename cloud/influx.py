@@ -100,11 +100,8 @@ class InfluxExporter:
 
 async def export_range(store: Store, exporter: InfluxExporter, q: ReadingQuery, page: int = 5000) -> int:
     """Copy stored readings of one device (and range) to InfluxDB, page by page; returns the count."""
-    total, after = 0, q.after
-    while True:
-        rows = await store.readings(ReadingQuery(q.device, q.point, q.gateway, q.start_ms, q.end_ms, page, after))
-        if not rows:
-            return total
+    total = 0
+    async for rows in store.data.stream_readings(q, chunk=page):
         by_gw: dict[str, list[Row]] = {}
         for r in rows:
             by_gw.setdefault(r["gateway"], []).append(
@@ -112,6 +109,4 @@ async def export_range(store: Store, exporter: InfluxExporter, q: ReadingQuery, 
         for gw, rs in by_gw.items():
             exporter.export_rows(gw, rs)
         total += len(rows)
-        after = (rows[-1]["ts_ms"], rows[-1]["point"])
-        if len(rows) < page:
-            return total
+    return total

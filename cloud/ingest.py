@@ -1,8 +1,11 @@
-"""Ingest: verify, commit, then acknowledge; every bad message becomes a dead letter.
+"""Ingest: judge each message alone, commit the good ones together, then acknowledge.
 
-The order matters: the ack goes out only after the commit, so a gateway deletes
-a batch from its outbox only once the cloud really has it. Ingest never crashes
-on input: anything it cannot use is stored with the reason and the raw bytes.
+The order matters: the ack goes out only after the commit, so a gateway deletes a batch from its
+outbox only once the cloud really has it. Each message is judged on its own: one that cannot be
+parsed, verified or stored because of its own content becomes a dead letter (raw bytes and reason),
+is answered with a ``rejected`` ack when its sender can be told, and is acknowledged to the broker,
+while the rest of its group commits. Only a failure of the store itself makes the group wait and
+retry (``/health`` says so meanwhile): nothing is dropped, nothing is acked before it is stored.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiomqtt
 from cryptography.exceptions import InvalidSignature
@@ -21,46 +24,32 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.events import parse_event, verify_event
 from carbonlink.kernel.mqtturl import MqttUrl
-from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, SigAlg, WireError, now_ms, parse_batch, verify_batch
+from carbonlink.kernel.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_DEPTH,
+    MAX_SEQ,
+    Batch,
+    SigAlg,
+    WireError,
+    check_depth,
+    format_ts,
+    now_ms,
+    parse_batch,
+    verify_batch,
+)
 
 from .batchparse import FastParser
-from .store import GatewayRecord, PendingBatch, Store
+from .mqtt_ack import ManualAckClient
+from .store import CommitResult, GatewayRecord, PendingBatch, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 VerifyKey = Ed25519PublicKey | bytes
-
-
-def verify_with_any(batch: Batch, keys: list[VerifyKey], raw: bytes) -> None:
-    """Verify against the current key, then against keys retired by a recent rotation."""
-    error: WireError | None = None
-    for key in keys:
-        try:
-            verify_batch(batch, key, raw)
-            return
-        except WireError as exc:
-            error = error or exc
-    raise error or WireError("no key to verify with")
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, seq: int | None, n: int) -> None:
-        super().__init__(reason)
-        self.reason, self.seq, self.n = reason, seq, n
-
-
-def _verify_ed25519(keys: list[VerifyKey], sig: str, signed: bytes) -> bool:
-    sig_bytes = bytes.fromhex(sig)
-    for key in keys:
-        if isinstance(key, Ed25519PublicKey):
-            try:
-                key.verify(sig_bytes, signed)
-                return True
-            except InvalidSignature:
-                continue
-    return False
+Clock = Callable[[], int]
+MIN_TS_MS = 946_684_800_000  # 2000-01-01: no CEMS reading of ours is older; anything before is a clock fault
 
 
 class Outcome(enum.StrEnum):
@@ -76,28 +65,111 @@ class IngestCounters:
     batches_duplicate: int = 0
     readings_stored: int = 0
     readings_duplicate: int = 0
+    readings_refused: int = 0  # inside committed batches: wrong unit, or a time outside the accepted range
     rejected_messages: int = 0
     rejected_readings: int = 0  # readings inside refused batches, where the count was known
+    events_stored: int = 0
     connects: int = 0
+    store_retries: int = 0
+
+
+@dataclass(frozen=True)
+class TimeRules:
+    """Readings stamped too far in the future (a gateway clock that jumped) or before a plausible floor are
+    refused: stored, a reading at 9999-12-31 would pin a point's latest value forever."""
+
+    max_future_ms: int = 10 * 60_000
+    min_ts_ms: int = MIN_TS_MS
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, seq: int | None = None, n: int = 0, event_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.seq, self.n, self.event_id = reason, seq, n, event_id
+
+
+@dataclass
+class _Item:
+    index: int
+    topic: str
+    raw: bytes
+    received: int
+    parts: tuple[str, str, str] | None
+    pending: PendingBatch | None = None
+    refused_times: list[str] = field(default_factory=list)
+
+
+def verify_with_any(batch: Batch, keys: list[VerifyKey], raw: bytes) -> None:
+    """Verify against the current key, then against keys retired by a recent rotation."""
+    error: WireError | None = None
+    for key in keys:
+        try:
+            verify_batch(batch, key, raw)
+            return
+        except WireError as exc:
+            error = error or exc
+    raise error or WireError("no key to verify with")
+
+
+def _verify_ed25519(keys: list[VerifyKey], sig: str, signed: bytes) -> bool:
+    sig_bytes = bytes.fromhex(sig)
+    for key in keys:
+        if isinstance(key, Ed25519PublicKey):
+            try:
+                key.verify(sig_bytes, signed)
+                return True
+            except InvalidSignature:
+                continue
+    return False
+
+
+def _claimed_seq(raw: bytes) -> int | None:
+    """The seq a refused message says it has, so its sender can be told (and stop resending it).
+
+    Only the gateway itself can publish on its telemetry topic (broker ACL), so answering the seq it
+    claims cannot make another gateway drop anything.
+    """
+    try:
+        check_depth(raw, MAX_BATCH_DEPTH)
+        obj = json.loads(raw.decode("utf-8", "replace"))  # a broken string elsewhere must not hide the seq
+    except (WireError, ValueError, RecursionError):
+        return None
+    seq = obj.get("seq") if isinstance(obj, dict) else None
+    return seq if type(seq) is int and 1 <= seq <= MAX_SEQ else None
 
 
 class IngestProcessor:
-    """Message in, outcome out. Transport-free so it can be tested and reused by every worker."""
+    """Messages in, outcomes out. Transport-free so it can be tested and reused by every worker and by replay."""
 
-    def __init__(self, store: Store, publish: Publish | None = None, key_cache_s: float = 10.0) -> None:
+    def __init__(self, store: Store, publish: Publish | None = None, key_cache_s: float = 10.0, *,
+                 clock: Clock = now_ms, time_rules: TimeRules | None = None) -> None:
         self.store = store
         self.publish = publish
         self.counters = IngestCounters()
+        self.clock = clock
+        self.time_rules = time_rules or TimeRules()
         self._keys: dict[str, tuple[float, GatewayRecord | None, list[VerifyKey]]] = {}
         self.key_cache_s = key_cache_s
         self._fast = FastParser()
+        # Metrics hooks (cloud/metrics.py): every committed batch, every dead letter by kind.
+        self.on_commit: Callable[[int, int, CommitResult, int], None] | None = None  # created, size, result, now
+        self.on_dead: Callable[[str], None] | None = None
+        # Consumers of what was committed (cloud rules, carbon recompute): called after the acks went out,
+        # once per newly committed batch, with the gateway's record (tenant, site). A consumer that
+        # raises is logged; it never holds up the ingest.
+        self.batch_listeners: list[Callable[[GatewayRecord, PendingBatch], None]] = []
 
     async def _gateway(self, gateway_id: str) -> tuple[GatewayRecord | None, list[VerifyKey]]:
         """The gateway's record and its usable keys: the current one first, then recently rotated ones."""
         hit = self._keys.get(gateway_id)
         if hit and time.monotonic() - hit[0] < self.key_cache_s:
             return hit[1], hit[2]
-        rec = await self.store.get_gateway(gateway_id)
+        try:
+            rec = await self.store.registry.get_gateway(gateway_id)
+        except Exception as exc:
+            if self.store.db.is_unavailable(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
         keys: list[VerifyKey] = []
         if rec is not None:
             for text in (rec.key, *rec.previous_keys):
@@ -110,120 +182,83 @@ class IngestProcessor:
         self._keys.pop(gateway_id, None)
 
     async def handle(self, topic: str, raw: bytes) -> Outcome:
-        self.counters.messages += 1
-        received = now_ms()
-        parts = topics.split(topic)
-        topic_gw = parts[1] if parts else None
-        seq: int | None = None
-        n_readings = 0
-        try:
-            if parts is None or parts[2] != topics.TELEMETRY:
-                raise WireError(f"topic {topic!r} is not a telemetry topic cl/{{site}}/{{gateway}}/telemetry")
-            if len(raw) > MAX_BATCH_BYTES:
-                raise WireError(f"message is {len(raw)} bytes, over the {MAX_BATCH_BYTES}-byte limit")
-            batch = parse_batch(raw)
-            seq, n_readings = batch.seq, len(batch.readings)
-            if batch.gateway != topic_gw:
-                raise WireError(f"batch says gateway {batch.gateway!r} but arrived on {topic_gw!r}'s topic")
-            rec, keys = await self._gateway(batch.gateway)
-            if rec is None or not keys:
-                raise WireError(f"gateway {batch.gateway!r} is not registered")
-            if rec.revoked:
-                raise WireError(f"gateway {batch.gateway!r} is revoked")
-            if rec.site != parts[0]:
-                raise WireError(f"gateway {batch.gateway!r} belongs to site {rec.site!r}, not {parts[0]!r}")
-            verify_with_any(batch, keys, raw)
-        except WireError as exc:
-            await self._reject(topic, raw, str(exc), topic_gw, received, seq, n_readings, parts)
-            return Outcome.REJECTED
-        result = await self.store.commit_batch(batch, raw, received)
-        if result.status == "conflict":
-            await self._reject(topic, raw, f"seq {batch.seq} was already committed with different content"
-                               " (a replay, or a gateway that lost its outbox state)", topic_gw, received,
-                               batch.seq, n_readings, parts)
-            return Outcome.REJECTED
-        if result.status == "duplicate":
-            self.counters.batches_duplicate += 1
-            self.counters.readings_duplicate += n_readings
-            outcome = Outcome.DUPLICATE
-        else:
-            self.counters.batches_committed += 1
-            self.counters.readings_stored += result.inserted
-            self.counters.readings_duplicate += result.duplicates
-            outcome = Outcome.COMMITTED
-        await self._ack(parts, {"seq": batch.seq, "status": outcome.value})
-        return outcome
-
-    async def _reject(self, topic: str, raw: bytes, reason: str, gateway: str | None, received: int,
-                      seq: int | None, n: int, parts: tuple[str, str, str] | None) -> None:
-        self.counters.rejected_messages += 1
-        self.counters.rejected_readings += n
-        log.warning("dead letter from %s: %s", topic, reason)
-        await self.store.dead_letter(topic, raw, reason, gateway, received)
-        if seq is not None:
-            # Tell the sender so it stops resending a batch that can never be accepted.
-            await self._ack(parts, {"seq": seq, "status": "rejected", "reason": reason[:500]})
-
-    async def _ack(self, parts: tuple[str, str, str] | None, body: dict[str, object]) -> None:
-        if self.publish is None or parts is None:
-            return
-        ack_topic = f"{topics.ROOT}/{parts[0]}/{parts[1]}/{topics.ACK}"
-        await self.publish(ack_topic, json.dumps(body, separators=(",", ":")).encode())
-
-    # --- group commit: the throughput path (bench/ingest.py) ----------------------------------------
-    # Same checks, same dead letters and same acks as handle(), but every good batch of a group goes
-    # into one transaction (one COPY), and the acks go out after that commit.
+        return (await self.handle_many([(topic, raw)]))[0]
 
     async def handle_many(self, messages: list[tuple[str, bytes]]) -> list[Outcome]:
-        outcomes: list[Outcome] = [Outcome.REJECTED] * len(messages)
-        pending: list[tuple[int, PendingBatch, tuple[str, str, str]]] = []
+        """Judge each message, commit the good batches in one transaction, store events, then ack.
+
+        Raises ``StoreUnavailable`` when the database itself fails: then nothing of the group was
+        acknowledged and the caller retries the whole group later (dead letters written before the
+        failure are written again: a refusal is idempotent only in its effect on the gateway).
+        """
+        outcomes = [Outcome.REJECTED] * len(messages)
+        batches: list[_Item] = []
+        events: list[_Item] = []
         for i, (topic, raw) in enumerate(messages):
             self.counters.messages += 1
-            received = now_ms()
-            parts = topics.split(topic)
+            item = _Item(i, topic, raw, self.clock(), topics.split(topic))
+            kind = item.parts[2] if item.parts else None
             try:
-                item = await self._prepare(topic, raw, received, parts)
+                if kind == topics.TELEMETRY:
+                    item.pending = await self._prepare(item)
+                    batches.append(item)
+                elif kind == topics.EVENTS:
+                    events.append(item)
+                else:
+                    raise _Refused(f"topic {topic!r} is not a telemetry topic cl/{{site}}/{{gateway}}/telemetry"
+                                   " (nor .../events)")
             except _Refused as exc:
-                await self._reject(topic, raw, exc.reason, parts[1] if parts else None, received, exc.seq, exc.n,
-                                   parts)
-                continue
-            assert parts is not None  # _prepare refuses anything else
-            pending.append((i, item, parts))
-        results = await self.store.commit_many([p for _, p, _ in pending]) if pending else []
+                await self._reject(item, exc)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # a bug of ours must not stop ingest for everyone: this message only
+                log.exception("message on %s could not be judged", topic)
+                await self._reject(item, _Refused(f"cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})",
+                                                  _claimed_seq(raw) if kind == topics.TELEMETRY else None))
         acks: list[tuple[tuple[str, str, str], dict[str, object]]] = []
-        for (i, item, parts), result in zip(pending, results, strict=True):
-            n = len(item.rows)
-            if result.status == "conflict":
-                await self._reject(f"{topics.ROOT}/{parts[0]}/{parts[1]}/{parts[2]}", item.raw,
-                                   f"seq {item.seq} was already committed with different content"
-                                   " (a replay, or a gateway that lost its outbox state)", item.gateway,
-                                   item.received_ms, item.seq, n, parts)
-                continue
-            if result.status == "duplicate":
-                self.counters.batches_duplicate += 1
-                self.counters.readings_duplicate += n
-                outcomes[i] = Outcome.DUPLICATE
-            else:
-                self.counters.batches_committed += 1
-                self.counters.readings_stored += result.inserted
-                self.counters.readings_duplicate += result.duplicates
-                outcomes[i] = Outcome.COMMITTED
-            acks.append((parts, {"seq": item.seq, "status": outcomes[i].value}))
-        # All committed by now; the acks go out together rather than one broker round trip each.
+        if batches:
+            for item, outcome in zip(batches, await self._commit(batches), strict=True):
+                outcomes[item.index] = outcome
+                if outcome is not Outcome.REJECTED and item.parts is not None and item.pending is not None:
+                    body: dict[str, object] = {"seq": item.pending.seq, "status": outcome.value}
+                    if item.refused_times:
+                        body["refused"] = len(item.refused_times)
+                    acks.append((item.parts, body))
+        for item in events:
+            outcome, event_ack = await self._event(item)
+            outcomes[item.index] = outcome
+            if event_ack is not None and item.parts is not None:
+                acks.append((item.parts, event_ack))
+        # Everything is committed by now; the acks go out together rather than one broker round trip each.
         await asyncio.gather(*(self._ack(parts, body) for parts, body in acks))
+        if self.batch_listeners:
+            self._tell_listeners([b for b in batches if outcomes[b.index] is Outcome.COMMITTED])
         return outcomes
 
-    async def _prepare(self, topic: str, raw: bytes, received: int,
-                       parts: tuple[str, str, str] | None) -> PendingBatch:
-        """A verified batch, or _Refused with the reason handle() would give."""
-        topic_gw = parts[1] if parts else None
+    def _tell_listeners(self, committed: list[_Item]) -> None:
+        for item in committed:
+            p = item.pending
+            hit = self._keys.get(p.gateway) if p is not None else None
+            if p is None or hit is None or hit[1] is None:
+                continue
+            for listener in self.batch_listeners:
+                try:
+                    listener(hit[1], p)
+                except Exception:  # a consumer's bug must not stop ingest
+                    log.exception("batch listener %r failed on %s#%s", listener, p.gateway, p.seq)
+
+    # --- batches ------------------------------------------------------------------------------------
+
+    async def _prepare(self, item: _Item) -> PendingBatch:
+        """A verified batch, or _Refused with the reason."""
+        raw, parts = item.raw, item.parts
+        assert parts is not None
+        topic_gw = parts[1]
+        if len(raw) > MAX_BATCH_BYTES:
+            raise _Refused(f"message is {len(raw)} bytes, over the {MAX_BATCH_BYTES}-byte limit")
         seq: int | None = None
         n = 0
         try:
-            if parts is None or parts[2] != topics.TELEMETRY:
-                raise WireError(f"topic {topic!r} is not a telemetry topic cl/{{site}}/{{gateway}}/telemetry")
-            if len(raw) > MAX_BATCH_BYTES:
-                raise WireError(f"message is {len(raw)} bytes, over the {MAX_BATCH_BYTES}-byte limit")
             fast = self._fast.parse(raw)
             batch = parse_batch(raw) if fast is None else None  # the slow path names the broken rule
             gateway = fast.gateway if fast else batch.gateway  # type: ignore[union-attr]
@@ -241,33 +276,180 @@ class IngestProcessor:
             if fast is not None:
                 signed = fast.signed_bytes(raw)
                 if signed is not None and fast.alg is SigAlg.ED25519 and _verify_ed25519(keys, fast.sig, signed):
-                    return PendingBatch(fast.gateway, fast.seq, fast.created_ms, received, fast.digest(signed),
-                                        raw, fast.rows, fast.alg.value)
+                    pending = PendingBatch(fast.gateway, fast.seq, fast.created_ms, item.received,
+                                           fast.digest(signed), raw, fast.rows, fast.alg.value)
+                    return self._check_times(item, pending)
                 batch = parse_batch(raw)  # HMAC, non-canonical bytes or a bad signature: the general path
             assert batch is not None
             verify_with_any(batch, keys, raw)
-            return PendingBatch.from_batch(batch, raw, received)
+            return self._check_times(item, PendingBatch.from_batch(batch, raw, item.received))
         except WireError as exc:
-            raise _Refused(str(exc), seq, n) from None
+            raise _Refused(str(exc), seq if seq is not None else _claimed_seq(raw), n) from None
+
+    def _check_times(self, item: _Item, p: PendingBatch) -> PendingBatch:
+        """Readings outside [floor, now + skew] are left out of the commit and kept in a dead letter."""
+        high = item.received + self.time_rules.max_future_ms
+        low = self.time_rules.min_ts_ms
+        if all(low <= r[2] <= high for r in p.rows):
+            return p
+        keep = [r for r in p.rows if low <= r[2] <= high]
+        item.refused_times = [f"{r[0]}/{r[1]}@{format_ts(r[2])}" for r in p.rows if not low <= r[2] <= high]
+        return PendingBatch(p.gateway, p.seq, p.created_ms, p.received_ms, p.digest, p.raw, keep, p.alg)
+
+    async def _commit(self, batches: list[_Item]) -> list[Outcome]:
+        """Commit the group; if the group fails for a reason that is not the store's, find the batch at fault."""
+        items = [b.pending for b in batches if b.pending is not None]
+        try:
+            results = await self.store.data.commit_many(items, now=self.clock())
+        except Exception as exc:
+            if self.store.db.is_unavailable(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if len(batches) == 1:
+                log.warning("batch on %s cannot be stored: %s", batches[0].topic, exc)
+                await self._reject(batches[0], _Refused(
+                    f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})",
+                    batches[0].pending.seq if batches[0].pending else None,
+                    len(batches[0].pending.rows) if batches[0].pending else 0))
+                return [Outcome.REJECTED]
+            # One message spoils the transaction for all: commit them one by one to find it.
+            return [o for b in batches for o in await self._commit([b])]
+        outcomes = []
+        now = self.clock()
+        for item, result in zip(batches, results, strict=True):
+            p = item.pending
+            assert p is not None
+            if self.on_commit is not None:  # counts readings, lag, and unit dead letters
+                self.on_commit(p.created_ms, len(p.rows), result, now)
+            if result.status == "conflict":
+                await self._reject(item, _Refused(f"seq {p.seq} was already committed with different content"
+                                                  " (a replay, or a gateway that lost its outbox state)", p.seq,
+                                                  len(p.rows)))
+                outcomes.append(Outcome.REJECTED)
+                continue
+            if item.refused_times:
+                await self._dead(item, f"batch {p.seq}: {len(item.refused_times)} reading(s) stamped before"
+                                 f" {format_ts(self.time_rules.min_ts_ms)} or more than"
+                                 f" {self.time_rules.max_future_ms // 1000} s after arrival: "
+                                 + "; ".join(item.refused_times[:10]))
+                self.counters.readings_refused += len(item.refused_times)
+                if self.on_dead is not None:
+                    self.on_dead("time")
+            self.counters.readings_refused += result.unit_mismatches
+            if result.status == "duplicate":
+                self.counters.batches_duplicate += 1
+                self.counters.readings_duplicate += len(p.rows)
+                outcomes.append(Outcome.DUPLICATE)
+            else:
+                self.counters.batches_committed += 1
+                self.counters.readings_stored += result.inserted
+                self.counters.readings_duplicate += result.duplicates
+                outcomes.append(Outcome.COMMITTED)
+        return outcomes
+
+    # --- events -------------------------------------------------------------------------------------
+
+    async def _event(self, item: _Item) -> tuple[Outcome, dict[str, object] | None]:
+        parts = item.parts
+        assert parts is not None
+        event_id: str | None = None
+        try:
+            try:
+                event = parse_event(item.raw)
+            except WireError as exc:
+                raise _Refused(str(exc)) from None
+            event_id = event.id
+            if event.gateway != parts[1]:
+                raise _Refused(f"event says gateway {event.gateway!r} but arrived on {parts[1]!r}'s topic",
+                               event_id=event_id)
+            rec, keys = await self._gateway(event.gateway)
+            if rec is None or not keys or rec.revoked or rec.site != parts[0]:
+                raise _Refused(f"gateway {event.gateway!r} is not registered at site {parts[0]!r} or is revoked",
+                               event_id=event_id)
+            error: WireError | None = None
+            for key in keys:
+                try:
+                    verify_event(event, key, item.raw)
+                    error = None
+                    break
+                except WireError as exc:
+                    error = error or exc
+            if error is not None:
+                raise _Refused(str(error), event_id=event_id)
+            try:
+                stored = await self.store.audit.add_event(event.gateway, event.id, event.kind, event.severity.value,
+                                                          event.ts_ms, item.received, event.device, event.point,
+                                                          event.body, item.raw)
+            except Exception as exc:
+                if self.store.db.is_unavailable(exc):
+                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise _Refused(f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})", event_id=event_id) \
+                    from None
+            self.counters.events_stored += int(stored)
+            status = Outcome.COMMITTED if stored else Outcome.DUPLICATE
+            return status, {"event": event.id, "status": status.value}
+        except _Refused as exc:
+            exc.event_id = event_id
+            await self._reject(item, exc)
+            return Outcome.REJECTED, None
+
+    # --- refusals and acks --------------------------------------------------------------------------
+
+    async def _dead(self, item: _Item, reason: str) -> None:
+        gateway = item.parts[1] if item.parts else None
+        try:
+            await self.store.audit.dead_letter(item.topic, item.raw, reason, gateway, item.received)
+        except Exception as exc:
+            if self.store.db.is_unavailable(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            # The bytes themselves cannot be stored (e.g. the database refuses them): keep the reason.
+            log.error("dead letter from %s could not store its raw bytes (%s); reason kept: %s",
+                      item.topic, exc, reason)
+            await self.store.audit.dead_letter(item.topic, b"", f"{reason} [raw bytes unstorable: {exc}]",
+                                               gateway, item.received)
+
+    async def _reject(self, item: _Item, exc: _Refused) -> None:
+        self.counters.rejected_messages += 1
+        self.counters.rejected_readings += exc.n
+        log.warning("dead letter from %s: %s", item.topic, exc.reason)
+        await self._dead(item, exc.reason)
+        if self.on_dead is not None:
+            self.on_dead("refused")
+        # Tell the sender, so it quarantines what can never be accepted instead of resending it forever.
+        if exc.seq is not None:
+            await self._ack(item.parts, {"seq": exc.seq, "status": "rejected", "reason": exc.reason[:500]})
+        elif exc.event_id is not None:
+            await self._ack(item.parts, {"event": exc.event_id, "status": "rejected", "reason": exc.reason[:500]})
+
+    async def _ack(self, parts: tuple[str, str, str] | None, body: dict[str, object]) -> None:
+        if self.publish is None or parts is None:
+            return
+        ack_topic = f"{topics.ROOT}/{parts[0]}/{parts[1]}/{topics.ACK}"
+        await self.publish(ack_topic, json.dumps(body, separators=(",", ":")).encode())
 
     async def handle_status(self, topic: str, raw: bytes) -> None:
         parts = topics.split(topic)
         status = raw.decode("utf-8", "replace").strip()
         if parts and status in ("online", "offline"):
-            await self.store.set_gateway_status(parts[1], status, now_ms())
+            try:
+                await self.store.registry.set_gateway_status(parts[1], status, self.clock())
+            except Exception as exc:
+                if self.store.db.is_unavailable(exc):
+                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                log.warning("status of %s not recorded: %s", parts[1], exc)
 
 
 class IngestService:
-    """Subscribes to all telemetry on a broker and feeds the processor; reconnects forever."""
+    """Subscribes to all telemetry and events on a broker and feeds the processor; reconnects forever."""
 
     def __init__(self, store: Store, url: str, *, client_id: str = "carbonlink-ingest",
-                 shared_group: str | None = None) -> None:
+                 shared_group: str | None = None, clock: Clock = now_ms) -> None:
         self.store = store
         self.url = MqttUrl.parse(url)
         self.client_id = client_id
         self.shared_group = shared_group  # MQTT 5 shared subscription ($share/group/...) on Mosquitto
-        self.processor = IngestProcessor(store)
+        self.processor = IngestProcessor(store, clock=clock)
         self.state = "disconnected"
+        self.store_error: str | None = None  # why the store refuses, while it does
         self.connected = asyncio.Event()
         self.backoff = Backoff(initial=0.2, cap=10.0)
         self.max_group = 200  # messages per group commit; the broker's in-flight window caps it too
@@ -281,21 +463,16 @@ class IngestService:
         while True:
             try:
                 self.state = "connecting"
-                client = aiomqtt.Client(self.url.host, self.url.port, identifier=self.client_id,
-                                        clean_session=False, keepalive=30)
-                # PUBACK only after the commit or the dead letter (aiomqtt does not expose paho's manual
-                # acks, hence the private handle): the broker keeps what is not stored yet, so a killed
-                # worker loses nothing, and its in-flight window bounds what a worker holds in memory.
-                client._client.manual_ack_set(True)
+                client = ManualAckClient(self.url.host, self.url.port, identifier=self.client_id,
+                                         clean_session=False, keepalive=30)
                 async with client:
                     async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
                         await client.publish(topic, payload, qos=1)
 
                     self.processor.publish = publish
-                    telemetry = topics.ALL_TELEMETRY
-                    if self.shared_group:
-                        telemetry = f"$share/{self.shared_group}/{telemetry}"
-                    await client.subscribe(telemetry, qos=1)
+                    share = f"$share/{self.shared_group}/" if self.shared_group else ""
+                    await client.subscribe(share + topics.ALL_TELEMETRY, qos=1)
+                    await client.subscribe(share + topics.ALL_EVENTS, qos=1)
                     await client.subscribe(topics.ALL_STATUS, qos=1)
                     self.state = "connected"
                     self.counters.connects += 1
@@ -313,41 +490,42 @@ class IngestService:
                     log.warning("ingest lost broker %s: %s; retrying", self.url, exc)
                 await asyncio.sleep(self.backoff.next_delay())
 
-    # --- group commit loop: the throughput path ------------------------------------------------------
-
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        """Take whatever is queued (up to max_group), commit it as one group, then PUBACK each message."""
+    async def _consume(self, client: ManualAckClient) -> None:
+        """Take whatever is queued (up to max_group), judge and commit it as one group, then PUBACK each."""
         messages = client.messages
         while True:
             group = [await anext(messages)]
             while len(messages) and len(group) < self.max_group:
                 group.append(await anext(messages))
-            telemetry: list[tuple[str, bytes]] = []
+            work: list[tuple[str, bytes]] = []
             for m in group:
                 raw = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
                 t = str(m.topic)
                 if t.endswith("/" + topics.STATUS):
-                    await self.processor.handle_status(t, raw)
+                    await self._until_stored(self.processor.handle_status, t, raw)
                 else:
-                    telemetry.append((t, raw))
-            if telemetry:
-                await self._commit_group(telemetry)
+                    work.append((t, raw))
+            if work:
+                await self._until_stored(self.processor.handle_many, work)
             for m in group:
-                if m.qos > 0:
-                    client._client.ack(m.mid, m.qos)
+                client.ack(m)
 
-    async def _commit_group(self, telemetry: list[tuple[str, bytes]]) -> None:
-        """Retry until the store takes the group: nothing is acknowledged, nothing dropped, meanwhile."""
+    async def _until_stored(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Retry while the store itself fails: nothing is acknowledged, nothing dropped, meanwhile."""
         backoff = Backoff(initial=0.2, cap=5.0)
+        failing_since: float | None = None
         while True:
             try:
-                await self.processor.handle_many(telemetry)
-                return
-            except aiomqtt.MqttError:
-                raise
-            except Exception as exc:  # the store is down or refusing: keep the messages and retry
-                self.state = "store-retry"
-                log.warning("ingest cannot commit %d messages (%s: %s); retrying", len(telemetry),
-                            type(exc).__name__, exc)
+                await fn(*args)
+            except StoreUnavailable as exc:
+                self.state, self.store_error = "store-retry", str(exc)
+                self.counters.store_retries += 1
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("ingest cannot reach the store (%s); holding the group and retrying", exc)
                 await asyncio.sleep(backoff.next_delay())
-                self.state = "connected"
+                continue
+            if failing_since is not None:
+                log.info("store is back after %.1f s; ingest goes on", time.monotonic() - failing_since)
+                self.state, self.store_error = "connected", None
+            return

@@ -1,10 +1,10 @@
 """Prometheus metrics for the cloud (prometheus-client), one registry per app.
 
 What is measured and where:
-- ``InstrumentedStore`` wraps the store the ingest and the API share: database latency per
-  operation; per committed batch its size, its lag (now minus the batch's ``created`` time, i.e.
-  edge to committed) and readings stored; dead letters by kind. ``rate(carbonlink_ingest_readings_total[1m])``
-  is the ingest rate.
+- ``instrument(store, metrics)``: database latency per statement (label: verb and table).
+- The ingest reports every committed batch (``observe_commit``): its size, its lag (now minus the batch's
+  ``created`` time, i.e. edge to committed) and readings stored; and dead letters by kind.
+  ``rate(carbonlink_ingest_readings_total[1m])`` is the ingest rate.
 - ``Metrics.observe_http`` is fed by ``cloud.logs.RequestContext``: requests by route template and status.
 - ``stats`` (the service's ingest state and counters) is read at scrape time.
 
@@ -15,7 +15,6 @@ are fleet-wide, across tenants. Without that setting, /metrics is off (404).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,9 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from carbonlink.kernel.wire import now_ms
-
-from .store import CommitResult, PendingBatch, Store
+from .store import CommitResult, Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -73,6 +70,11 @@ class Metrics:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)
 
+    def attach(self, processor: Any) -> None:
+        """Count what an ``IngestProcessor`` commits and refuses (its ``on_commit`` and ``on_dead`` hooks)."""
+        processor.on_commit = self.observe_commit
+        processor.on_dead = lambda kind: self.dead_letters.labels(kind).inc()
+
     def observe_commit(self, created_ms: int, size: int, result: CommitResult, now: int) -> None:
         self.batches.labels(result.status).inc()
         if result.status == "committed":
@@ -86,45 +88,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class InstrumentedStore:
-    """The same store, with every call timed and every commit counted; use it in place of the store."""
+def instrument(store: Store, metrics: Metrics) -> None:
+    """Time every statement of ``store`` (label: verb and table, e.g. ``insert batches``)."""
+    def observe(label: str, seconds: float) -> None:
+        metrics.db_seconds.labels(label).observe(seconds)
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
-        self._store, self._metrics = store, metrics
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr) or name.startswith("_"):
-            return attr
-        hist = self._metrics.db_seconds.labels(name)
-
-        async def timed(*args: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return await attr(*args, **kw)
-            finally:
-                hist.observe(time.perf_counter() - t)
-
-        return timed
-
-    async def commit_batch(self, batch: Any, raw: bytes, received_ms: int) -> CommitResult:
-        t = time.perf_counter()
-        result: CommitResult = await self._store.commit_batch(batch, raw, received_ms)
-        self._metrics.db_seconds.labels("commit_batch").observe(time.perf_counter() - t)
-        self._metrics.observe_commit(batch.created_ms, len(batch.readings), result, now_ms())
-        return result
-
-    async def commit_many(self, items: list[PendingBatch]) -> list[CommitResult]:
-        t = time.perf_counter()
-        results: list[CommitResult] = await self._store.commit_many(items)
-        self._metrics.db_seconds.labels("commit_many").observe(time.perf_counter() - t)
-        now = now_ms()
-        for p, res in zip(items, results, strict=True):
-            self._metrics.observe_commit(p.created_ms, len(p.rows), res, now)
-        return results
-
-    async def dead_letter(self, topic: str, raw: bytes, reason: str, gateway: str | None, received_ms: int) -> None:
-        t = time.perf_counter()
-        await self._store.dead_letter(topic, raw, reason, gateway, received_ms)
-        self._metrics.db_seconds.labels("dead_letter").observe(time.perf_counter() - t)
-        self._metrics.dead_letters.labels("refused").inc()
+    store.db.observer = observe

@@ -135,7 +135,7 @@ async def rollups(store: Store, q: SeriesQuery, granularity: Granularity = "hour
     """Statistics per point and period over [start, end), widened to whole periods."""
     rules = rules or ValidityRules()
     start, end = align(q.start_ms, q.end_ms, granularity, rules)
-    rows = await store.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
+    rows = await store.data.hour_rollups(dataclasses.replace(q, start_ms=start, end_ms=end))  # keeps q.tenant
     hours = [hour_record(r, rules) for r in rows]
     if granularity == "hour":
         return hours

@@ -56,6 +56,6 @@ def create_control_router(control: ControlLink) -> APIRouter:
     @router.get("/{gateway}/commands")
     async def list_commands(gateway: GatewayId,
                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        return await control.commands.store.list_commands(gateway, limit)
+        return await control.commands.store.control.list_commands(gateway, limit)
 
     return router

@@ -74,7 +74,7 @@ def provisioning_router(store: Store) -> APIRouter:
     @r.post("/api/gateways/{gateway_id}/revoke")
     async def revoke(p: Provisioner, gateway_id: str) -> dict[str, Any]:
         await tenant_gateway(store, p, gateway_id)
-        if not await store.set_revoked(gateway_id, True):
+        if not await store.registry.set_revoked(gateway_id, True):
             raise HTTPException(404, f"gateway {gateway_id!r} is not registered")
         return {"gateway": gateway_id, "revoked": True}
 

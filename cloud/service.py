@@ -13,10 +13,10 @@ from typing import Any
 import uvicorn
 
 from .api import create_app
-from .auth import first_admin_hint, has_credentials
+from .auth import first_admin_hint
 from .commands import ControlLink
 from .ingest import IngestService
-from .metrics import InstrumentedStore, Metrics
+from .metrics import Metrics, instrument
 from .settings import CloudSettings
 from .store import Store, open_store
 
@@ -29,9 +29,11 @@ class CloudService:
                  settings: CloudSettings | None = None) -> None:
         self.settings = settings or CloudSettings()
         self.metrics = Metrics(self.stats)
-        # Ingest and API write through one instrumented store: /metrics sees commits, lag and DB latency.
-        self.store: Store = InstrumentedStore(open_store(store_url), self.metrics)  # type: ignore[assignment]
+        # Ingest and API share one store; /metrics sees its statement latency, commits, lag and dead letters.
+        self.store: Store = open_store(store_url)
+        instrument(self.store, self.metrics)
         self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group)
+        self.metrics.attach(self.ingest.processor)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
         self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
         self.http_host, self.http_port = http_host, http_port
@@ -43,11 +45,12 @@ class CloudService:
         return f"http://{self.http_host}:{self.http_port}/"
 
     def stats(self) -> dict[str, Any]:
-        return {"ingest": {"state": self.ingest.state, **asdict(self.ingest.counters)}}
+        return {"ingest": {"state": self.ingest.state, "store_error": self.ingest.store_error,
+                           **asdict(self.ingest.counters)}}
 
     async def start(self) -> None:
         await self.store.open()
-        if not await has_credentials(self.store):  # the API needs an admin to make users: say how, once
+        if not await self.store.access.has_credentials():  # the API needs an admin to make users: say how, once
             log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.
         app = create_app(self.store, self.stats, settings=self.settings, metrics=self.metrics, control=self.control)

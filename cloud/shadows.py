@@ -67,6 +67,7 @@ class DesiredState(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     batch: DesiredBatch | None = None
     devices: dict[str, DesiredDevice] | None = None
+    rules: dict[str, Any] | None = None  # a rule-set document, compiled below
 
 
 def check_desired(desired: dict[str, Any]) -> None:
@@ -75,6 +76,21 @@ def check_desired(desired: dict[str, Any]) -> None:
     except ValidationError as exc:
         parts = [f"desired.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ShadowError(422, "; ".join(parts)) from None
+    if desired.get("rules") is not None:
+        _check_rules(desired["rules"])
+
+
+def _check_rules(doc: dict[str, Any]) -> None:
+    """A rule set that would not compile on the gateway is refused here, with the rule and position."""
+    from carbonlink.rules import RuleSetDoc, RuleSetError, compile_ruleset
+
+    try:
+        compile_ruleset(RuleSetDoc.model_validate(doc))
+    except ValidationError as exc:
+        parts = [f"desired.rules.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
+        raise ShadowError(422, "; ".join(parts)) from None
+    except RuleSetError as exc:
+        raise ShadowError(422, "; ".join(str(e) for e in exc.errors[:10])) from None
 
 
 # --- document operations (pure) ------------------------------------------------------------
@@ -159,13 +175,13 @@ class ShadowService:
         self.publish = publish
 
     async def _site(self, gateway: str) -> str:
-        rec = await self.store.get_gateway(gateway)
+        rec = await self.store.registry.get_gateway(gateway)
         if rec is None:
             raise ShadowError(404, f"gateway {gateway!r} is not registered")
         return rec.site
 
     async def _load(self, gateway: str) -> tuple[int, dict[str, Any]]:
-        got = await self.store.get_shadow(gateway)
+        got = await self.store.control.get_shadow(gateway)
         return got if got is not None else (0, empty_doc())
 
     async def get(self, gateway: str) -> dict[str, Any]:
@@ -202,7 +218,7 @@ class ShadowService:
                 raise ShadowError(413, f"the shadow would be {size} bytes, over the {MAX_SHADOW_BYTES}-byte limit")
             if all(new[k] == doc.get(k) for k in ("desired", "reported", "rejected")):
                 return view(gateway, current, doc)  # nothing changed (only stamps would): the version stays
-            if await self.store.put_shadow(gateway, current, new, ts):
+            if await self.store.control.put_shadow(gateway, current, new, ts):
                 out = view(gateway, current + 1, new)
                 if desired is not None and new["desired"] != doc["desired"]:
                     await self._notify(site, gateway, out)

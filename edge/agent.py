@@ -21,6 +21,7 @@ from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
 from .outbox import KeySigner, Outbox
+from .rules_runner import LogSink, RulesRunner
 from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
 from .uplink import DeliveryPolicy, Uplink
@@ -55,6 +56,10 @@ class EdgeAgent:
         self.devices: dict[str, Any] = {d.id: d for d in cfg.devices}  # current settings, shadow applied
         self.supervisors: dict[str, DeviceSupervisor] = {}
         self.point_filter: dict[str, frozenset[str]] = {}
+        # rules before the shadow: the shadow's saved desired state may carry a rule set
+        self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
+                                 sink=getattr(self, "events", None) or LogSink(), derived=self.outbox.append,
+                                 publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
         self.uploaders = [u.build() for u in cfg.hj212_upload]
@@ -92,6 +97,7 @@ class EdgeAgent:
             return
         self.outbox.append(readings)
         self.produced += len(readings)
+        self.rules.feed(readings)  # never raises: a failing rule is disabled with an event
         for up in self.uploaders:  # bounded queues: a slow platform never holds up the outbox
             up.submit(readings)
         dev = readings[0].device
@@ -167,7 +173,10 @@ class EdgeAgent:
         return {"log_level": logging.getLevelName(logging.getLogger().level),
                 "batch": {"max_readings": self.policy.live_max_readings,
                           "max_age_s": float(self.policy.live_max_age_s)},
-                "devices": devices}
+                "devices": devices, "rules": self.rules.state()}
+
+    def set_rules(self, doc: Any) -> str | None:
+        return self.rules.apply(doc)
 
     def set_log_level(self, level: str) -> None:
         logging.getLogger().setLevel(level)
@@ -269,6 +278,7 @@ class EdgeAgent:
         for dev_id in self.devices:
             self._restart(dev_id)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self.rules.run(), name="rules"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         for i, up in enumerate(self.uploaders):
             self._tasks.append(asyncio.create_task(up.run(), name=f"hj212 upload {i}"))

@@ -13,6 +13,7 @@ with the reason, never silently ignored)::
     log_level: DEBUG | INFO | WARNING | ERROR
     batch: {max_readings: 1..10000, max_age_s: (0, 3600]}
     devices: {<id>: {enabled: bool, poll_interval_s: (0, 86400], points: [names]}}
+    rules: a rule-set document (docs/rules.md); the last good set is kept when one fails to compile
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ShadowTarget(Protocol):
     def set_batch(self, max_readings: int | None, max_age_s: float | None) -> None: ...
     def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
                    points: list[str] | None) -> None: ...
+    def set_rules(self, doc: Any) -> str | None: ...  # None when applied, else the reason it was refused
 
 
 def _number(v: Any) -> bool:
@@ -108,6 +110,11 @@ def plan(desired: dict[str, Any], devices: dict[str, set[str] | None]) -> tuple[
                     devs[dev] = d
             if devs:
                 ok[key] = devs
+        elif key == "rules":
+            if isinstance(value, dict):
+                ok[key] = value  # compiled (and refused with positions) by the rules runner
+            else:
+                rejected[key] = "must be a rule-set object"
         else:
             rejected[key] = "unknown key"
     return ok, rejected
@@ -162,6 +169,10 @@ class EdgeShadow:
         for dev, d in ok.get("devices", {}).items():
             self.target.set_device(dev, enabled=d.get("enabled"), poll_interval_s=d.get("poll_interval_s"),
                                    points=d.get("points"))
+        if "rules" in ok:
+            refused = self.target.set_rules(ok["rules"])
+            if refused:
+                self.rejected["rules"] = refused
         self.applied += 1
         for path, reason in self.rejected.items():
             log.warning("desired %s rejected: %s", path, reason)

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from eth_account import Account
 from rich.table import Table
 
 from carbonlink.cloud.anchor.chain import KEY_ENV, PASSWORD_ENV, Chain, ChainError, load_signer
+from carbonlink.cloud.anchor.ethereum import Account
 from carbonlink.cloud.anchor.jobs import AnchorService, AnchorSettings, Job
 from carbonlink.cloud.anchor.proof import BundleError, build_bundle, verify_bundle
-from carbonlink.commands.common import DEFAULT_DB, err, fail, out
+from carbonlink.commands.common import DEFAULT_DB, err, fail, out, store_for
 from carbonlink.kernel.wire import WireError, format_ts, parse_ts
 
 anchor_app = typer.Typer(help="Anchor committed readings on chain: one Merkle root per site window.",
@@ -95,7 +95,8 @@ def anchor_run(
     async def go() -> dict[str, Any] | None:
         node = await _chain(chain, keystore, contract)
         try:
-            async with AnchorService(db, node, settings) as service:
+            async with store_for(db, create=False) as store:
+                service = AnchorService(store, node, settings)
                 address = await service.ensure_registry()
                 err.print(f"anchoring to AnchorRegistry {address} on chain {await node.chain_id()}")
                 if not once:
@@ -118,7 +119,7 @@ def anchor_run(
         if json_out:
             print(json.dumps(result, indent=2))
         else:
-            out.print(f"scanned {result['scanned']} batches, sealed {len(result['sealed'])} windows,"
+            out.print(f"scanned {result['scanned']} hours, sealed {len(result['sealed'])} windows,"
                       f" anchored {len(result['anchored'])}, failed {len(result['failed'])}")
         if result["failed"]:
             raise typer.Exit(1)
@@ -135,8 +136,8 @@ def anchor_jobs(
     """List anchoring jobs, newest first."""
 
     async def go() -> list[Job]:
-        async with AnchorService(db) as service:
-            return await service.jobs(state=state, site=site, limit=limit)
+        async with store_for(db, create=False) as store:
+            return await AnchorService(store).jobs(state=state, site=site, limit=limit)
 
     try:
         jobs = asyncio.run(go())
@@ -217,8 +218,8 @@ def verify_reading(
     ts_ms = _ts(ts)
 
     async def go() -> dict[str, Any]:
-        async with AnchorService(db) as service:
-            return await build_bundle(service, gateway, device, point, ts_ms)
+        async with store_for(db, create=False) as store:
+            return await build_bundle(store, gateway, device, point, ts_ms)
 
     try:
         bundle = asyncio.run(go())

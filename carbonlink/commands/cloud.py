@@ -82,7 +82,7 @@ def dead_list(
         store = open_store(db)
         await store.open()
         try:
-            return await store.dead_letters(limit)
+            return await store.audit.dead_letters(limit)
         finally:
             await store.close()
 
@@ -119,7 +119,7 @@ def dead_replay(
         store = open_store(db)
         await store.open()
         try:
-            ids = list(letter or []) + (await store.unresolved_dead_letters() if all_unresolved else [])
+            ids = list(letter or []) + (await store.audit.unresolved_dead_letters() if all_unresolved else [])
             return await replay(store, ids)
         finally:
             await store.close()
@@ -161,8 +161,8 @@ def cloud_register(
         store = open_store(db)
         await store.open()
         try:
-            await store.ensure_site(tenant, site)
-            await store.register_gateway(gateway, site, "ed25519", public_key, tenant=tenant)
+            await store.registry.ensure_site(tenant, site)
+            await store.registry.register_gateway(gateway, site, "ed25519", public_key, tenant=tenant)
         finally:
             await store.close()
 

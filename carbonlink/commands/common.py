@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -35,9 +36,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-async def open_store(db: str) -> Store:
-    """An open store for ``db``, or a clear failure when the URL is wrong or the database is unreachable."""
+async def open_store(db: str, *, create: bool = True) -> Store:
+    """An open store for ``db``, or a clear failure when the URL is wrong or the database is unreachable.
+
+    ``create=False`` for commands that only read: a SQLite file that is not there is an error, not a new,
+    empty database.
+    """
     from carbonlink.cloud.store import open_store as _open
+
+    if not create and _sqlite_missing(db):
+        raise fail(f"{db.removeprefix('sqlite:///')} does not exist: start the cloud store first"
+                   " (carbonlink cloud serve) or pass --db with the cloud's storage URL")
 
     try:
         store = _open(db)
@@ -48,6 +57,20 @@ async def open_store(db: str) -> Store:
     except OSError as exc:
         raise fail(f"cannot reach the database at {redact_url(db)}: {exc}; is it running?") from None
     return store
+
+
+def _sqlite_missing(db: str) -> bool:
+    return db.startswith("sqlite:///") and not os.path.exists(db.removeprefix("sqlite:///").partition("?")[0])
+
+
+@contextlib.asynccontextmanager
+async def store_for(db: str, *, create: bool = True) -> AsyncIterator[Store]:
+    """An open store for the length of a block (``async with store_for(db) as store``)."""
+    store = await open_store(db, create=create)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def with_store(db: str, fn: Callable[[Store], Awaitable[T]]) -> T:

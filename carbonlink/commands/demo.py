@@ -107,15 +107,16 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         # Anchoring: windows of readings → Merkle roots → the AnchorRegistry on an in-process EVM whose
         # transactions are journaled in the data folder, so proofs still verify after the demo restarts.
         anchor = await stack.enter_async_context(running_anchor(
-            data_dir / "cloud.sqlite", f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
+            cloud.store, f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
             settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
         agent = EdgeAgent(cfg)
-        await cloud.store.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
-                                           tenant=TENANT_ID)
+        await cloud.store.registry.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
+                                                    tenant=TENANT_ID)
         # A dashboard login for this run only: an admin key in the URL fragment (never sent to the server
         # in requests; the page keeps it in sessionStorage), revoked when the demo stops.
         key_id, key = await create_api_key(cloud.store, TENANT_ID, "admin", "carbonlink demo dashboard")
-        stack.push_async_callback(lambda: cloud.store.revoke_api_key(TENANT_ID, key_id, int(time.time() * 1000)))
+        stack.push_async_callback(
+            lambda: cloud.store.access.revoke_api_key(TENANT_ID, key_id, int(time.time() * 1000)))
         login_url = f"{cloud.dashboard_url}#key={key}"
         await agent.start()
         try:

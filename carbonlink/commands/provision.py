@@ -188,7 +188,7 @@ def revoke(
     from carbonlink.cloud.store import Store
 
     async def go(s: Store) -> bool:
-        return await s.set_revoked(gateway, True)
+        return await s.registry.set_revoked(gateway, True)
 
     if not with_store(db, go):
         raise fail(f"gateway {gateway!r} is not registered")

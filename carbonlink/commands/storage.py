@@ -47,7 +47,7 @@ def migrate(db: DbOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(db: DbOpt, as_json: JsonOpt = False) -> None:
     """Row counts per table."""
-    counts = with_store(db, lambda s: s.counts())
+    counts = with_store(db, lambda s: s.data.counts())
     if as_json:
         print(json.dumps(counts))
         return
@@ -60,7 +60,7 @@ def status(db: DbOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def gaps(gateway: str, db: DbOpt, as_json: JsonOpt = False) -> None:
     """Batch sequence numbers a gateway sent that the cloud does not have."""
-    out = with_store(db, lambda s: s.seq_gaps(gateway))
+    out = with_store(db, lambda s: s.data.seq_gaps(gateway))
     if as_json:
         print(json.dumps(out))
         return

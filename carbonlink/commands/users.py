@@ -67,7 +67,7 @@ def user_add(
 def user_list(tenant: Tenant, db: Db = DEFAULT_DB, json_out: Json = False) -> None:
     """The tenant's users."""
     _check(tenant)
-    rows = with_store(db, lambda s: s.list_users(tenant))
+    rows = with_store(db, lambda s: s.access.list_users(tenant))
     if json_out:
         print(json.dumps(rows))
     else:
@@ -78,7 +78,7 @@ def user_list(tenant: Tenant, db: Db = DEFAULT_DB, json_out: Json = False) -> No
 def user_remove(username: Annotated[str, typer.Option()], tenant: Tenant, db: Db = DEFAULT_DB) -> None:
     """Remove a user; their login tokens stop working at once."""
     _check(tenant)
-    if not with_store(db, lambda s: s.delete_user(tenant, username)):
+    if not with_store(db, lambda s: s.access.delete_user(tenant, username)):
         raise fail(f"no user {username!r} in tenant {tenant!r}; see `carbonlink cloud user list`")
     err.print(f"removed {username}")
 
@@ -108,7 +108,7 @@ def key_create(
 def key_list(tenant: Tenant, db: Db = DEFAULT_DB, json_out: Json = False) -> None:
     """The tenant's API keys (ids, roles and names; never the keys)."""
     _check(tenant)
-    rows = with_store(db, lambda s: s.list_api_keys(tenant))
+    rows = with_store(db, lambda s: s.access.list_api_keys(tenant))
     if json_out:
         print(json.dumps(rows))
     else:
@@ -121,6 +121,6 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (clk_<id
     """Revoke an API key; it stops working at once."""
     _check(tenant)
     key_id = key_id.removeprefix("clk_").split("_")[0]
-    if not with_store(db, lambda s: s.revoke_api_key(tenant, key_id, int(time.time() * 1000))):
+    if not with_store(db, lambda s: s.access.revoke_api_key(tenant, key_id, int(time.time() * 1000))):
         raise fail(f"no active key {key_id!r} in tenant {tenant!r}; see `carbonlink cloud key list`")
     err.print(f"revoked {key_id}")

@@ -32,11 +32,12 @@ MAX_STRING = 128
 MAX_BATCH_DEPTH = 3  # batch object > readings list > reading object: nothing deeper is ever valid
 
 # Identifiers and units: no quote, backslash or control character, so canonical
-# JSON never needs an escape and every implementation writes the same bytes.
-_TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')
-_UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
+# JSON never needs an escape and every implementation writes the same bytes. Public: the
+# ingest's fast parser (cloud/batchparse.py) applies exactly these rules.
+TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')
+UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-_HEX_RE = re.compile(r"^[0-9a-f]*$")
+HEX_RE = re.compile(r"^[0-9a-f]*$")
 
 
 class WireError(ValueError):
@@ -161,7 +162,7 @@ def now_ms() -> int:
 
 
 def _check_text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _TEXT_RE.fullmatch(value):
+    if not isinstance(value, str) or not TEXT_RE.fullmatch(value):
         raise WireError(
             f"{name} must be 1-{MAX_STRING} characters without quotes, backslashes or control characters,"
             f" got {value!r}"
@@ -190,7 +191,7 @@ class Reading:
         """Validated constructor; the value is normalised to its canonical form."""
         _check_text("device", device)
         _check_text("point", point)
-        if not isinstance(unit, str) or not _UNIT_RE.fullmatch(unit):
+        if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit):
             raise WireError(
                 f"unit must be 0-32 characters without quotes, backslashes or control characters, got {unit!r}")
         if quality not in QUALITY_CODES:
@@ -296,7 +297,7 @@ def parse_batch(raw: bytes) -> Batch:
     except ValueError:
         raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
     sig = obj["sig"]
-    if not isinstance(sig, str) or not _HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
+    if not isinstance(sig, str) or not HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
         raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
     readings = obj["readings"]
     if not isinstance(readings, list) or not readings:

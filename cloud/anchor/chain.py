@@ -30,18 +30,18 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_tester.exceptions import TransactionFailed
-from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import (
+from .ethereum import (
+    Account,
+    AsyncHTTPProvider,
+    AsyncWeb3,
     ContractCustomError,
     ContractLogicError,
+    LocalAccount,
     TimeExhausted,
+    TransactionFailed,
     TransactionNotFound,
     Web3Exception,
 )
-
 from .merkle import abi_encode, keccak
 
 # Shipped as package data (contracts/build, installed as carbonlink.contracts): works from a wheel too.

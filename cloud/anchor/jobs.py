@@ -1,10 +1,10 @@
 """Anchoring jobs: committed readings -> per-site time windows -> Merkle root -> AnchorRegistry.
 
-Works on the cloud's SQLite database (the store's ``batches``, ``readings``, ``gateways`` and ``latest``
-tables are only read) and keeps its own state in its own tables:
+Works through the store (``store.anchors``), on SQLite and PostgreSQL alike:
 
-- ``anchor_scan``: the rowid of the last ``batches`` row looked at. New batches mark the (site, window)
-  pairs their readings fall in as dirty (``anchor_dirty``).
+- The ingest marks every (gateway, hour) it commits in ``anchor_pending``; a scan turns those marks into
+  the (site, window) pairs they overlap (``anchor_dirty``) and clears each mark unless a commit touched
+  it meanwhile.
 - A dirty window is *sealed* once it has ended and ``settle_s`` has passed (time for in-flight batches
   to commit): in one transaction the window's readings that are in no job yet become a job
   (``anchor_jobs``), each with its leaf hash (``anchor_leaves``, keyed by the reading's identity, so a
@@ -25,59 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
+from carbonlink.kernel.wire import Quality, Reading
 
-from carbonlink.kernel.wire import Quality, Reading, WireError, parse_ts
-
+from ..store import HOUR_MS, Store
 from .chain import AlreadyAnchored, Chain, ChainError, WindowKey
 from .merkle import MerkleTree, reading_leaf
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS anchor_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS anchor_dirty (
-    site TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, PRIMARY KEY (site, start_ms, end_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS anchor_jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    site TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, part INTEGER NOT NULL,
-    window_id TEXT NOT NULL UNIQUE, count INTEGER NOT NULL, root TEXT NOT NULL,
-    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-    next_try_ms INTEGER NOT NULL DEFAULT 0,
-    chain_id INTEGER, contract TEXT, tx_hash TEXT, block INTEGER,
-    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
-    UNIQUE (site, start_ms, end_ms, part)
-);
-CREATE INDEX IF NOT EXISTS anchor_jobs_state ON anchor_jobs(state, next_try_ms);
-CREATE TABLE IF NOT EXISTS anchor_leaves (
-    gateway TEXT NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL, ts_ms INTEGER NOT NULL,
-    job INTEGER NOT NULL, leaf BLOB NOT NULL,
-    PRIMARY KEY (gateway, device, point, ts_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS anchor_leaves_job ON anchor_leaves(job);
-"""
-
 PENDING, SENDING, ANCHORED, CONFLICT = "pending", "sending", "anchored", "conflict"
-
-_WINDOW_READINGS = """
-SELECT r.gateway, r.device, r.point, r.ts_ms, r.value, r.unit, r.quality, r.seq
-FROM (SELECT DISTINCT l.gateway, l.device FROM latest l JOIN gateways g ON g.id = l.gateway
-      WHERE g.site = ?) d
-JOIN readings r ON r.device = d.device AND r.gateway = d.gateway AND r.ts_ms >= ? AND r.ts_ms < ?
-WHERE NOT EXISTS (SELECT 1 FROM anchor_leaves a WHERE a.gateway = r.gateway AND a.device = r.device
-                  AND a.point = r.point AND a.ts_ms = r.ts_ms)
-"""
-
 
 @dataclass(frozen=True)
 class AnchorSettings:
@@ -137,62 +100,28 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def row_reading(row: Sequence[Any]) -> tuple[str, int, Reading]:
-    """(gateway, seq, Reading) from a ``readings`` row: gateway, device, point, ts_ms, value, unit, quality, seq."""
-    gateway, device, point, ts_ms, value, unit, quality, seq = row
-    return gateway, int(seq), Reading(device, point, int(ts_ms), float(value), unit, Quality(quality))
+def row_reading(row: dict[str, Any]) -> tuple[str, int, Reading]:
+    """(gateway, seq, Reading) from a stored reading row (gateway, device, point, ts_ms, value, unit, quality, seq)."""
+    return row["gateway"], int(row["seq"]), Reading(row["device"], row["point"], int(row["ts_ms"]),
+                                                    float(row["value"]), row["unit"], Quality(row["quality"]))
 
 
 class AnchorService:
     """Seals windows into jobs and anchors them; every step is safe to repeat after a crash."""
 
-    def __init__(self, db_path: str | Path, chain: Chain | None = None,
-                 settings: AnchorSettings | None = None) -> None:
-        self.path = Path(str(db_path).removeprefix("sqlite:///"))
+    def __init__(self, store: Store, chain: Chain | None = None, settings: AnchorSettings | None = None) -> None:
+        self.store = store
+        self.anchors = store.anchors
         self.chain = chain
         self.settings = settings or AnchorSettings()
-        self._db: aiosqlite.Connection | None = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("anchor service is not open; call await service.open() first")
-        return self._db
-
-    async def open(self) -> None:
-        if not self.path.exists():
-            raise FileNotFoundError(f"{self.path} does not exist: start the cloud store first")
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        row = await (await self._db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('batches','readings','gateways')"
-        )).fetchone()
-        if not row or row[0] != 3:
-            await self.close()
-            raise RuntimeError(f"{self.path} has no cloud store tables: open the store (carbonlink cloud serve) first")
-        await self._db.executescript(SCHEMA)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def __aenter__(self) -> AnchorService:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # --- state ----------------------------------------------------------------------------
 
     async def _get_state(self, key: str) -> str | None:
-        row = await (await self.db.execute("SELECT value FROM anchor_state WHERE key = ?", (key,))).fetchone()
-        return None if row is None else str(row[0])
+        return await self.anchors.get_state(key)
 
     async def _set_state(self, key: str, value: str) -> None:
-        await self.db.execute("INSERT INTO anchor_state(key, value) VALUES (?, ?)"
-                              " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        await self.anchors.set_state(key, value)
 
     async def ensure_registry(self, deploy: bool = True) -> str:
         """The registry address for this chain: the chain's, the recorded one, or a new deployment."""
@@ -223,53 +152,33 @@ class AnchorService:
     # --- scan and seal ----------------------------------------------------------------------
 
     async def scan(self) -> int:
-        """Mark the windows touched by batches committed since the last scan as dirty.
-
-        A rowid watermark is enough: SQLite has one writer at a time, so a batch committed later
-        always has a larger rowid than every batch already visible.
-        """
+        """Turn the hours the ingest marked into dirty (site, window) pairs; returns the marks consumed."""
         total = 0
         while True:
-            mark = int(await self._get_state("batches_rowid") or 0)
-            rows = list(await (await self.db.execute(
-                "SELECT b.rowid, b.payload, g.site FROM batches b JOIN gateways g ON g.id = b.gateway"
-                " WHERE b.rowid > ? ORDER BY b.rowid LIMIT ?", (mark, self.settings.scan_batch))).fetchall())
-            if not rows:
+            marks = await self.anchors.pending_hours(self.settings.scan_batch)
+            if not marks:
                 return total
             dirty: set[tuple[str, int, int]] = set()
-            for rowid, payload, site in rows:
-                width = self.settings.window_ms(site)
-                try:
-                    stamps = {parse_ts(r["ts"]) for r in json.loads(payload)["readings"]}
-                except (ValueError, KeyError, TypeError, WireError) as exc:
-                    # committed batches were validated by ingest; one that is not parseable now is logged
-                    log.error("batch rowid %s cannot be read for anchoring: %s", rowid, exc)
-                    continue
-                for ts in stamps:
-                    start = ts - ts % width
-                    dirty.add((site, start, start + width))
-                mark = rowid
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(
-                    "INSERT OR IGNORE INTO anchor_dirty(site, start_ms, end_ms) VALUES (?,?,?)", sorted(dirty))
-                await self._set_state("batches_rowid", str(mark))
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            total += len(rows)
+            for m in marks:
+                width = self.settings.window_ms(m["site"])
+                hour = int(m["hour_ms"])
+                start = hour - hour % width
+                while start < hour + HOUR_MS:
+                    dirty.add((m["site"], start, start + width))
+                    start += width
+            await self.anchors.mark_windows(dirty, marks)
+            total += len(marks)
+            if len(marks) < self.settings.scan_batch:
+                return total
 
     async def seal(self, now_ms: int | None = None) -> list[Job]:
         """Turn every dirty window that has ended (plus settle time) into a job with its root."""
         now = _now_ms() if now_ms is None else now_ms
         settle = int(self.settings.settle_s * 1000)
-        due = await (await self.db.execute(
-            "SELECT site, start_ms, end_ms FROM anchor_dirty WHERE end_ms + ? <= ? ORDER BY start_ms, site",
-            (settle, now))).fetchall()
         jobs = []
-        for site, start, end in due:
-            job = await self._seal_one(site, int(start), int(end), now)
+        for w in await self.anchors.due_windows(settle, now):
+            site, start, end = w["site"], int(w["start_ms"]), int(w["end_ms"])
+            job = await self._seal_one(site, start, end, now)
             if job is not None:
                 jobs.append(job)
                 log.info("sealed window %s [%s, %s) part %s: %s readings, root %s",
@@ -277,43 +186,19 @@ class AnchorService:
         return jobs
 
     async def _seal_one(self, site: str, start: int, end: int, now: int) -> Job | None:
-        db = self.db
         # Read and hash outside the write transaction so ingest is not held up by a large window; a
         # reading committed meanwhile marks the window dirty again and goes into the next part.
-        rows = list(await (await db.execute(_WINDOW_READINGS, (site, start, end))).fetchall())
-        leaves: list[bytes] = []
+        rows = await self.anchors.window_readings(site, start, end)
         tree: MerkleTree | None = None
+        leaves: list[bytes] = []
         if rows:
             leaves, tree = await asyncio.to_thread(_leaves_and_tree, rows)
-        job_id = None
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if tree is not None:
-                row = await (await db.execute(
-                    "SELECT count(*) FROM anchor_jobs WHERE site = ? AND start_ms = ? AND end_ms = ?",
-                    (site, start, end))).fetchone()
-                part = int(row[0]) if row else 0
-                key = WindowKey(site, start, end, part)
-                cur = await db.execute(
-                    "INSERT INTO anchor_jobs(site, start_ms, end_ms, part, window_id, count, root, state,"
-                    " created_ms, updated_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (site, start, end, part, "0x" + key.id.hex(), len(rows), "0x" + tree.root.hex(), PENDING,
-                     now, now))
-                job_id = cur.lastrowid
-                # the primary key makes a reading part of one job only, even with two services racing
-                await db.executemany(
-                    "INSERT INTO anchor_leaves(gateway, device, point, ts_ms, job, leaf) VALUES (?,?,?,?,?,?)",
-                    [(r[0], r[1], r[2], r[3], job_id, leaf) for r, leaf in zip(rows, leaves, strict=True)])
-            await db.execute("DELETE FROM anchor_dirty WHERE site = ? AND start_ms = ? AND end_ms = ?",
-                             (site, start, end))
-            await db.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            await db.execute("ROLLBACK")
-            log.warning("window %s [%s, %s) changed while sealing, retried next tick: %s", site, start, end, exc)
-            return None
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        job_id = await self.anchors.seal(
+            site, start, end, (lambda part: "0x" + WindowKey(site, start, end, part).id.hex()) if tree else None,
+            "0x" + tree.root.hex() if tree else None,
+            [(int(r["series"]), int(r["ts_ms"]), leaf) for r, leaf in zip(rows, leaves, strict=True)], now)
+        if job_id is None and tree is not None:
+            log.warning("window %s [%s, %s) changed while sealing, retried next tick", site, start, end)
         return None if job_id is None else await self.job(job_id)
 
     # --- send -------------------------------------------------------------------------------
@@ -321,16 +206,14 @@ class AnchorService:
     async def send(self, now_ms: int | None = None) -> tuple[list[Job], list[Job]]:
         """Anchor every job that is due; returns (anchored, failed this time)."""
         now = _now_ms() if now_ms is None else now_ms
-        rows = await (await self.db.execute(
-            "SELECT id FROM anchor_jobs WHERE state IN (?, ?) AND next_try_ms <= ? ORDER BY id",
-            (PENDING, SENDING, now))).fetchall()
-        if not rows:
+        due = await self.anchors.due_jobs((PENDING, SENDING), now)
+        if not due:
             return [], []
         await self.ensure_registry()
         anchored: list[Job] = []
         failed: list[Job] = []
-        for (job_id,) in rows:
-            job = await self.job(int(job_id))
+        for job_id in due:
+            job = await self.job(job_id)
             try:
                 done = await self._anchor(job)
             except ChainError as exc:
@@ -378,8 +261,7 @@ class AnchorService:
 
     async def _update(self, job_id: int, **values: Any) -> None:
         values["updated_ms"] = _now_ms()
-        sets = ", ".join(f"{k} = ?" for k in values)
-        await self.db.execute(f"UPDATE anchor_jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+        await self.anchors.update_job(job_id, **values)
 
     # --- run ----------------------------------------------------------------------------------
 
@@ -395,7 +277,7 @@ class AnchorService:
         while True:
             try:
                 await self.run_once()
-            except (ChainError, aiosqlite.Error, OSError) as exc:
+            except (ChainError, OSError) as exc:
                 log.warning("anchoring tick failed, next in %.0f s: %s", interval_s, exc)
             await asyncio.sleep(interval_s)
 
@@ -409,31 +291,23 @@ class AnchorService:
 
     async def jobs(self, *, state: str | None = None, site: str | None = None, job_id: int | None = None,
                    limit: int = 100) -> list[Job]:
-        where, args = [], []
-        for col, val in (("state", state), ("site", site), ("id", job_id)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        sql = ("SELECT " + ", ".join(Job.__dataclass_fields__) + " FROM anchor_jobs"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
-        rows = await (await self.db.execute(sql, (*args, limit))).fetchall()
-        return [Job(*r) for r in rows]
+        rows = await self.anchors.jobs(state=state, site=site, job_id=job_id, limit=limit)
+        return [Job(**r) for r in rows]
 
     async def job_leaves(self, job_id: int) -> list[bytes]:
-        rows = await (await self.db.execute("SELECT leaf FROM anchor_leaves WHERE job = ?", (job_id,))).fetchall()
-        return [bytes(r[0]) for r in rows]
+        return await self.anchors.job_leaves(job_id)
 
 
-def _leaves_and_tree(rows: Sequence[Sequence[Any]]) -> tuple[list[bytes], MerkleTree]:
+def _leaves_and_tree(rows: Sequence[dict[str, Any]]) -> tuple[list[bytes], MerkleTree]:
     leaves = [reading_leaf(*row_reading(r)) for r in rows]
     return leaves, MerkleTree.build(leaves)
 
 
 @contextlib.asynccontextmanager
-async def running_anchor(db: str | Path, chain_url: str, *, settings: AnchorSettings | None = None,
+async def running_anchor(store: Store, chain_url: str, *, settings: AnchorSettings | None = None,
                          contract: str | None = None, keystore: Path | None = None,
                          interval_s: float = 10.0) -> AsyncIterator[AnchorService]:
-    """Run the anchoring loop in the background (for ``carbonlink demo`` / ``cloud serve``).
+    """Run the anchoring loop in the background (for ``carbonlink demo`` / ``cloud serve``) on an open store.
 
     Connects the chain (signing key from ``keystore`` or the environment, see ``chain.load_signer``),
     deploys or finds the registry, then scans, seals and sends every ``interval_s`` until the block exits.
@@ -441,9 +315,8 @@ async def running_anchor(db: str | Path, chain_url: str, *, settings: AnchorSett
     from .chain import load_signer
 
     chain = await Chain.connect(chain_url, signer=load_signer(keystore), contract=contract)
-    service = AnchorService(db, chain, settings)
+    service = AnchorService(store, chain, settings)
     try:
-        await service.open()
         await service.ensure_registry()
         task = asyncio.create_task(service.run(interval_s), name="anchor")
         try:
@@ -453,5 +326,4 @@ async def running_anchor(db: str | Path, chain_url: str, *, settings: AnchorSett
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
-        await service.close()
         await chain.close()

@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from web3.exceptions import TransactionNotFound, Web3Exception
 
 from carbonlink.kernel.wire import Reading, SigAlg, WireError, canonical_number, format_ts, parse_batch, verify_batch
 
+from ..store import Store, open_store
 from .chain import Chain, ChainError, WindowKey
-from .jobs import ANCHORED, AnchorService, row_reading
+from .ethereum import TransactionNotFound, Web3Exception
+from .jobs import ANCHORED, Job, row_reading
 from .merkle import (
     READING_FIELDS,
     READING_TYPES,
@@ -57,11 +57,11 @@ _TREES: OrderedDict[tuple[str, int], MerkleTree] = OrderedDict()
 _TREE_CACHE = 8
 
 
-async def _tree(service: AnchorService, job_id: int, root: str) -> MerkleTree:
-    key = (str(service.path), job_id)
+async def _tree(store: Store, job_id: int, root: str) -> MerkleTree:
+    key = (store.url, job_id)
     tree = _TREES.get(key)
     if tree is None or "0x" + tree.root.hex() != root:
-        tree = MerkleTree.build(await service.job_leaves(job_id))
+        tree = MerkleTree.build(await store.anchors.job_leaves(job_id))
         _TREES[key] = tree
         while len(_TREES) > _TREE_CACHE:
             _TREES.popitem(last=False)
@@ -69,39 +69,34 @@ async def _tree(service: AnchorService, job_id: int, root: str) -> MerkleTree:
     return tree
 
 
-async def build_bundle(service: AnchorService, gateway: str, device: str, point: str, ts_ms: int) -> dict[str, Any]:
-    """The proof bundle of one stored, anchored reading (the API returns exactly this)."""
-    db = service.db
-    row = await (await db.execute(
-        "SELECT gateway, device, point, ts_ms, value, unit, quality, seq FROM readings"
-        " WHERE gateway = ? AND device = ? AND point = ? AND ts_ms = ?", (gateway, device, point, ts_ms))).fetchone()
+async def build_bundle(store: Store, gateway: str, device: str, point: str, ts_ms: int) -> dict[str, Any]:
+    """The proof bundle of one stored, anchored reading (the API returns exactly this), on any back end."""
+    row = await store.data.reading(gateway, device, point, ts_ms)
     if row is None:
         raise BundleError(f"no reading {gateway}/{device}/{point} at {format_ts(ts_ms)}: check the ids and time")
     gw, seq, reading = row_reading(row)
-    found = await (await db.execute(
-        "SELECT job, leaf FROM anchor_leaves WHERE gateway = ? AND device = ? AND point = ? AND ts_ms = ?",
-        (gateway, device, point, ts_ms))).fetchone()
+    found = await store.anchors.leaf_of(int(row["series"]), ts_ms)
     if found is None:
         raise BundleError("the reading's window has not been sealed yet: wait for the window to end"
                           " (plus settle time) and the anchor service to run")
-    job = await service.job(int(found[0]))
+    rows = await store.anchors.jobs(job_id=found[0])
+    job = Job(**rows[0])
     if job.state != ANCHORED:
         raise BundleError(f"the reading's window is sealed but not anchored yet (job {job.id} is {job.state}"
                           f"{': ' + job.last_error if job.last_error else ''})")
     values = reading_values(gw, seq, reading)
     leaf = leaf_hash(READING_TYPES, values)
-    if leaf != bytes(found[1]):
+    if leaf != found[1]:
         raise BundleError("the stored reading no longer matches the leaf anchored for it: the database was"
                           " changed after anchoring")
-    tree = await _tree(service, job.id, job.root)
+    tree = await _tree(store, job.id, job.root)
     proof = tree.proof_at(tree.position_of(leaf))
-    batch = await (await db.execute("SELECT payload FROM batches WHERE gateway = ? AND seq = ?",
-                                    (gw, seq))).fetchone()
-    gw_row = await (await db.execute("SELECT alg, key FROM gateways WHERE id = ?", (gw,))).fetchone()
-    if batch is None or gw_row is None:
+    raw = await store.anchors.batch_payload(gw, seq)
+    rec = await store.registry.get_gateway(gw)
+    if raw is None or rec is None:
         raise BundleError(f"batch {gw}#{seq} or gateway {gw} is missing from the store")
-    payload = bytes(batch[0]).decode()
-    signed = parse_batch(payload.encode())
+    payload = raw.decode()
+    signed = parse_batch(raw)
     return {
         "carbonlink_proof": BUNDLE_VERSION,
         "reading": {"gateway": gw, "seq": seq, "device": reading.device, "point": reading.point,
@@ -110,7 +105,7 @@ async def build_bundle(service: AnchorService, gateway: str, device: str, point:
                     "quality": reading.quality.value},
         "batch": {"payload": payload, "alg": signed.alg.value, "signature": signed.sig,
                   # the secret of an HMAC node is never put in a bundle
-                  "public_key": gw_row[1] if gw_row[0] == SigAlg.ED25519 else None},
+                  "public_key": rec.key if rec.alg == SigAlg.ED25519 else None},
         "leaf": {"types": list(READING_TYPES), "fields": list(READING_FIELDS), "values": values,
                  "hash": "0x" + leaf.hex()},
         "proof": ["0x" + p.hex() for p in proof],
@@ -123,10 +118,10 @@ async def build_bundle(service: AnchorService, gateway: str, device: str, point:
     }
 
 
-async def bundle_for(db: str | Path, gateway: str, device: str, point: str, ts_ms: int) -> dict[str, Any]:
-    """``build_bundle`` on a store path or ``sqlite:///`` URL, opening and closing the database."""
-    async with AnchorService(db) as service:
-        return await build_bundle(service, gateway, device, point, ts_ms)
+async def bundle_for(url: str, gateway: str, device: str, point: str, ts_ms: int) -> dict[str, Any]:
+    """``build_bundle`` on a storage URL, opening and closing the store."""
+    async with open_store(url) as store:
+        return await build_bundle(store, gateway, device, point, ts_ms)
 
 
 # --- verification -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from carbonlink.cloud.broker import EmbeddedBroker
 from carbonlink.cloud.store import Store, open_store
+from tests.cloud.store.conftest import throwaway_store
 from tests.services import require_mosquitto_service
 
 
@@ -18,6 +19,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.open()
     yield s
     await s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The same test on both back ends (PostgreSQL in a throwaway schema)."""
+    async with throwaway_store(request.param, tmp_path, "clcloud_") as s:
+        yield s
 
 
 @pytest.fixture(params=["amqtt", "mosquitto"])

@@ -20,12 +20,12 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 @pytest.fixture
 async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    await store.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY), tenant="t1")
+    await store.registry.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY), tenant="t1")
     for seq in range(1, 4):
         rs = tuple(Reading.make("cems-1", p, T0 + (seq * 10 + i) * 1000, seq * 10 + i, "mg/m³")
                    for i in range(10) for p in ("so2", "nox"))
         b = sign_batch(Batch("gw-1", seq, T0, rs), KEY)
-        await store.commit_batch(b, b.to_bytes(), T0)
+        await store.data.commit_batch(b, b.to_bytes(), T0)
     transport = httpx.ASGITransport(app=create_app(store))
     _, key = await create_api_key(store, "t1", "analyst", "test")  # tests/api covers auth itself
     async with httpx.AsyncClient(transport=transport, base_url="http://test",
@@ -46,12 +46,12 @@ async def test_health_and_listings(client: httpx.AsyncClient) -> None:
 
 
 async def test_readings_paging_and_ranges(client: httpx.AsyncClient) -> None:
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[str, int]] = []  # pages run point by point, each in time order
     cursor = None
     while True:
         params = {"device": "cems-1", "limit": 7} | ({"cursor": cursor} if cursor else {})
         page = (await client.get("/api/readings", params=params)).json()
-        seen += [(r["ts_ms"], r["point"]) for r in page["items"]]
+        seen += [(r["point"], r["ts_ms"]) for r in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
             break

@@ -25,7 +25,7 @@ def batch(gw: str, seq: int, n: int = 3, key: Ed25519PrivateKey = KEY) -> bytes:
 
 
 async def test_processor_outcomes(store: Store) -> None:
-    await store.register_gateway("gw-a", "site-1", "ed25519", public_key_hex(KEY))
+    await store.registry.register_gateway("gw-a", "site-1", "ed25519", public_key_hex(KEY))
     acks: list[tuple[str, dict[str, object]]] = []
 
     async def publish(topic: str, payload: bytes) -> None:
@@ -41,21 +41,21 @@ async def test_processor_outcomes(store: Store) -> None:
     raw = batch("gw-a", 1)
     again = raw.replace(b'"seq":1,', b'"seq":2,')
     assert await p.handle(t, again) is Outcome.REJECTED  # the signature covers seq, so this is tampering
-    assert (await store.counts())["readings"] == 3
+    assert (await store.data.counts())["readings"] == 3
     assert p.counters.readings_stored == 3 and p.counters.readings_duplicate == 3
     # A correctly signed batch that reuses seq 1 with other readings is refused, not taken as a duplicate.
     other = sign_batch(Batch("gw-a", 1, 1_700_000_000_000, (Reading.make("cems-1", "nox", 5, 1.0, "mg/m³"),)), KEY)
     assert await p.handle(t, other.to_bytes()) is Outcome.REJECTED
-    letters = await store.dead_letters()
+    letters = await store.audit.dead_letters()
     assert "already committed with different content" in letters[0]["reason"]
     assert acks[-1] == ("cl/site-1/gw-a/ack", {"seq": 1, "status": "rejected", "reason": letters[0]["reason"]})
 
 
 async def test_dead_letters_over_a_real_broker(store: Store, broker_url: str) -> None:
     site, gw, other = "site-" + uuid.uuid4().hex[:6], "gw-" + uuid.uuid4().hex[:6], "gw-x" + uuid.uuid4().hex[:5]
-    await store.register_gateway(gw, site, "ed25519", public_key_hex(KEY))
+    await store.registry.register_gateway(gw, site, "ed25519", public_key_hex(KEY))
     impostor = Ed25519PrivateKey.generate()
-    await store.register_gateway(other, site, "ed25519", public_key_hex(impostor))
+    await store.registry.register_gateway(other, site, "ed25519", public_key_hex(impostor))
     svc = IngestService(store, broker_url, client_id="test-ingest-" + uuid.uuid4().hex[:8])
     task = asyncio.create_task(svc.run())
     await asyncio.wait_for(svc.connected.wait(), 10)
@@ -82,12 +82,12 @@ async def test_dead_letters_over_a_real_broker(store: Store, broker_url: str) ->
                     if any(a["status"] == "committed" for a in acks):
                         break
         for _ in range(100):
-            if len(await store.dead_letters()) >= len(cases):
+            if len(await store.audit.dead_letters()) >= len(cases):
                 break
             await asyncio.sleep(0.05)
     finally:
         task.cancel()
-    letters = await store.dead_letters()
+    letters = await store.audit.dead_letters()
     reasons = " | ".join(d["reason"] for d in letters)
     for expected in cases:
         assert expected in reasons, f"no dead letter saying {expected!r} in {reasons}"
@@ -96,4 +96,4 @@ async def test_dead_letters_over_a_real_broker(store: Store, broker_url: str) ->
     assert svc.counters.rejected_messages == len(cases)
     assert svc.counters.rejected_readings == 9  # three parseable batches of 3 readings
     assert {"seq": 5, "status": "rejected"}.items() <= next(a for a in acks if a["seq"] == 5).items()
-    assert (await store.counts())["readings"] == 3
+    assert (await store.data.counts())["readings"] == 3

@@ -59,13 +59,13 @@ async def test_claim_flow_over_the_api(api: httpx.AsyncClient, store: Store) -> 
     assert r.status_code == 201, r.text
     creds = r.json()["mqtt"]
     assert r.json()["site"] == "plant-a" and creds["username"] == "gw-a1"
-    acc = (await store.broker_accounts())[0]
+    acc = (await store.registry.broker_accounts())[0]
     assert check_mosquitto_password(creds["password"], acc["mqtt_password_hash"])
     assert creds["password"] not in json.dumps(acc)  # only the hash is kept
     # Reuse is refused, and a refused claim changes nothing.
     r = await api.post("/api/provision/claim", json=body | {"gateway": "gw-a2"})
     assert r.status_code == 410 and "already used" in r.json()["detail"]
-    assert await store.get_gateway("gw-a2") is None
+    assert await store.registry.get_gateway("gw-a2") is None
     # The claimed gateway's batches are accepted on its site's topic.
     p = IngestProcessor(store)
     assert await p.handle("cl/plant-a/gw-a1/telemetry", batch("gw-a1", 1, key)) is Outcome.COMMITTED
@@ -75,7 +75,7 @@ async def test_expired_unknown_and_malformed_claims(store: Store) -> None:
     from carbonlink.cloud import provisioning
 
     token, _ = await issue_claim_token(store, "acme", "plant-a", 60)
-    await store.add_claim_token(provisioning.hash_token("clt_old"), "acme", "plant-a", 0, 1000)
+    await store.registry.add_claim_token(provisioning.hash_token("clt_old"), "acme", "plant-a", 0, 1000)
     key = public_key_hex(Ed25519PrivateKey.generate())
     with pytest.raises(ClaimError, match="expired"):
         await provisioning.claim(store, "clt_old", "gw-x", "ed25519", key)
@@ -121,7 +121,7 @@ async def test_revoked_gateway_is_refused(api: httpx.AsyncClient, store: Store) 
     assert r.status_code == 200
     p = IngestProcessor(store)
     assert await p.handle("cl/plant-a/gw-v/telemetry", batch("gw-v", 1, key)) is Outcome.REJECTED
-    assert "revoked" in (await store.dead_letters())[0]["reason"]
+    assert "revoked" in (await store.audit.dead_letters())[0]["reason"]
     # A revoked id cannot be claimed again, and loses its broker account.
     token2, _ = await issue_claim_token(store, "acme", "plant-a", 600)
     with pytest.raises(ClaimError, match="revoked"):

@@ -16,7 +16,7 @@ from carbonlink.edge.shadow import plan
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     s = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
     await s.open()
-    await s.register_gateway("gw-1", "site-1", "ed25519", "00" * 32)
+    await s.registry.register_gateway("gw-1", "site-1", "ed25519", "00" * 32)
     yield s
     await s.close()
 

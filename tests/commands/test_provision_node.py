@@ -31,7 +31,7 @@ async def test_node_config_validates_in_the_firmware(tmp_path: Path) -> None:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, stderr.decode()
-        rec = await cloud.store.get_gateway("node-forest-07")
+        rec = await cloud.store.registry.get_gateway("node-forest-07")
     cfg = json.loads(out.read_text())
     assert rec is not None and rec.alg == "hmac-sha256" and rec.key == cfg["secret_hex"] and rec.site == "forest-a"
     assert cfg["mqtt"]["port"] == 8883 and cfg["sensors"][1]["devices"] == {"A4:C1:38:12:34:56": "tree-0007-air"}

@@ -58,7 +58,7 @@ async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
             cfg_path = gateway_yaml(tmp_path, gw, url, sim.port)
             cfg = load_gateway_config(cfg_path)
             agent = EdgeAgent(cfg, config_path=cfg_path)
-            await store.register_gateway(gw, SITE, "ed25519", public_key_hex(agent.key))
+            await store.registry.register_gateway(gw, SITE, "ed25519", public_key_hex(agent.key))
             control = ControlLink(store, url, client_id="ctl-" + gw)
             app = FastAPI()
             app.include_router(create_control_router(control))

@@ -23,7 +23,8 @@ async def test_demo_pipeline_stores_everything_once(tmp_path: Path, broker: str,
     assert s.produced > 0 and s.published == s.produced
     assert s.stored == s.published and s.rejected == 0 and s.duplicates == 0
     db = sqlite3.connect(tmp_path / "cloud.sqlite")
-    rows = db.execute("SELECT device, point, value, quality FROM readings").fetchall()
+    rows = db.execute("SELECT s.device, s.point, r.value, r.quality FROM readings r"
+                      " JOIN series s ON s.id = r.series").fetchall()
     assert len(rows) == s.stored
     devices = {r[0] for r in rows}
     # All three families: CEMS over Modbus TCP, the inverter over SunSpec, the forest over BTHome.

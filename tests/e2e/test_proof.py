@@ -22,7 +22,8 @@ async def test_demo_readings_are_provable_after_restart(tmp_path: Path, port: in
     assert s.anchored_windows >= 1 and s.anchored_readings > 0
     db = sqlite3.connect(tmp_path / "cloud.sqlite")
     gateway, device, point, ts_ms = db.execute(
-        "SELECT gateway, device, point, ts_ms FROM anchor_leaves ORDER BY ts_ms LIMIT 1").fetchone()
+        "SELECT s.gateway, s.device, s.point, a.ts_ms FROM anchor_leaves a JOIN series s ON s.id = a.series"
+        " ORDER BY a.ts_ms LIMIT 1").fetchone()
     db.close()
     # The demo is gone; the API (a new process would do the same) still builds the bundle...
     store = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
@@ -40,7 +41,7 @@ async def test_demo_readings_are_provable_after_restart(tmp_path: Path, port: in
             assert missing.status_code == 404
     finally:
         await store.close()
-    assert bundle == await bundle_for(tmp_path / "cloud.sqlite", gateway, device, point, ts_ms)
+    assert bundle == await bundle_for(f"sqlite:///{tmp_path / 'cloud.sqlite'}", gateway, device, point, ts_ms)
     # ...and a fresh process verifies it against the chain replayed from the demo's journal.
     (tmp_path / "bundle.json").write_text(json.dumps(bundle))
     chain = f"evm:///{tmp_path / 'chain.jsonl'}"

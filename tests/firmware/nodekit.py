@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from carbonlink.cloud.ingest import IngestService
-from carbonlink.cloud.store_sqlite import SqliteStore
+from carbonlink.cloud.store import open_store
 
 from .conftest import mp_argv, mp_env
 
@@ -79,9 +79,9 @@ async def run_node(d: Path, cycles: int, heap: str | None = None, time_limit: fl
 @contextlib.asynccontextmanager
 async def cloud(tmp: Path, url: str, cfg: dict[str, Any]) -> AsyncIterator[IngestService]:
     """The real ingest with a SQLite store, the node registered with its HMAC secret."""
-    store = SqliteStore(f"sqlite:///{tmp / 'cloud.db'}")
+    store = open_store(f"sqlite:///{tmp / 'cloud.db'}")
     await store.open()
-    await store.register_gateway(cfg["node_id"], cfg["site"], "hmac-sha256", cfg["secret_hex"])
+    await store.registry.register_gateway(cfg["node_id"], cfg["site"], "hmac-sha256", cfg["secret_hex"])
     svc = IngestService(store, url, client_id=f"ingest-{uuid.uuid4().hex[:8]}")
     task = asyncio.create_task(svc.run())
     try:

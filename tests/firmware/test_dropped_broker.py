@@ -86,11 +86,11 @@ async def test_connection_cut_mid_publish_loses_nothing(tmp_path: Path) -> None:
             assert proxy.cut_done == 3, out
             assert "uplink True" in out and stats["pending"] == 0, out
             assert svc.counters.batches_committed == 6
-            counts = await svc.store.counts()
+            counts = await svc.store.data.counts()
             assert counts["readings"] >= 6 * READINGS_PER_BATCH
-            cur = await svc.store.db.execute("SELECT count(*) FROM readings WHERE gateway=?", (cfg["node_id"],))
-            row = await cur.fetchone()
-            assert row is not None and row[0] == 6 * READINGS_PER_BATCH
+            n = await svc.store.db.fetchval("SELECT count(*) FROM readings r JOIN series s ON s.id = r.series"
+                                            " WHERE s.gateway = ?", cfg["node_id"])
+            assert n == 6 * READINGS_PER_BATCH
             assert out.count("uplink:") == 3  # three failed sessions, each retried after a backoff
     finally:
         await proxy.stop()

@@ -37,4 +37,4 @@ async def test_full_buffer_delivered_in_a_64k_heap(tmp_path: Path, mpy_dir: Path
         assert out.count("uplink True") == 2, out
         assert stats["pending"] == 0
         assert svc.counters.batches_committed == pending + 2
-        assert (await svc.store.counts())["readings"] >= (pending + 2) * READINGS_PER_BATCH
+        assert (await svc.store.data.counts())["readings"] >= (pending + 2) * READINGS_PER_BATCH

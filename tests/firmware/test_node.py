@@ -23,7 +23,7 @@ async def test_batches_reach_the_cloud_and_are_acked(tmp_path: Path) -> None:
         assert stats["pending"] == 0 and stats["corrupt"] == 0
         store = svc.store
         assert svc.counters.batches_committed == 3
-        rows = await store.latest()
+        rows = await store.data.latest()
         mine = {(r["device"], r["point"]): r["value"] for r in rows if r["gateway"] == cfg["node_id"]}
         # Values went through integer fixed-point on the node and arrive exact.
         assert mine[("flow-1", "flow")] == 12.34 and mine[("flow-1", "temp")] == -3.6
@@ -31,14 +31,13 @@ async def test_batches_reach_the_cloud_and_are_acked(tmp_path: Path) -> None:
         assert mine[("soil-2", "soil_temperature")] == -1 and mine[("air-1", "temperature")] == 21.5
         assert mine[("air-1", "humidity")] == 50.55 and mine[("air-1", "battery")] == 97
         assert len(mine) == READINGS_PER_BATCH
-        counts = await store.counts()
+        counts = await store.data.counts()
         assert counts.get("dead_letters", 0) == 0
-        gws = {g["id"]: g for g in await store.list_gateways()}
+        gws = {g["id"]: g for g in await store.registry.list_gateways()}
         assert gws[cfg["node_id"]]["status"] == "offline"  # said goodbye before deep sleep
         # Stored payloads are exactly what CPython's parser accepts, seqs strictly increasing.
-        cur = await store.db.execute("SELECT seq, payload FROM batches WHERE gateway=? ORDER BY seq", (cfg["node_id"],))
-        got = await cur.fetchall()
-        seqs = [parse_batch(bytes(p)).seq for _, p in got]
+        got = await store.db.fetch("SELECT seq, payload FROM batches WHERE gateway = ? ORDER BY seq", cfg["node_id"])
+        seqs = [parse_batch(bytes(r["payload"])).seq for r in got]
         assert seqs == sorted(seqs) and len(seqs) == 3 and seqs[1] == seqs[0] + 1
 
 
@@ -51,7 +50,7 @@ async def test_buffered_offline_then_delivered_in_order(tmp_path: Path) -> None:
         assert out.count("uplink None") == 6 and out.count("uplink True") == 1, out
         assert stats["pending"] == 3  # wakes 5-7 wait for wake 8
         assert svc.counters.batches_committed == 4
-        counts = await svc.store.counts()
+        counts = await svc.store.data.counts()
         assert counts["readings"] >= 4 * READINGS_PER_BATCH
 
 

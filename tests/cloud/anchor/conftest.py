@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from carbonlink.cloud.store_sqlite import SqliteStore
+from carbonlink.cloud.store import Store
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
+from tests.cloud.store.conftest import throwaway_store
 from tests.services import ROOT, free_port, require
 
 CONTRACTS = ROOT / "contracts"
@@ -89,7 +90,7 @@ def other_account() -> LocalAccount:
 class Plant:
     """A store with one registered gateway that commits signed batches as ingest would."""
 
-    def __init__(self, store: SqliteStore, gateway: str = "gw-1", site: str = "site-a") -> None:
+    def __init__(self, store: Store, gateway: str = "gw-1", site: str = "site-a") -> None:
         self.store, self.gateway, self.site = store, gateway, site
         self.key = Ed25519PrivateKey.generate()
         self.seq = 0
@@ -99,12 +100,12 @@ class Plant:
         return self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
     async def register(self) -> None:
-        await self.store.register_gateway(self.gateway, self.site, "ed25519", self.public_hex)
+        await self.store.registry.register_gateway(self.gateway, self.site, "ed25519", self.public_hex)
 
     async def send(self, readings: list[Reading], received_ms: int | None = None) -> Batch:
         self.seq += 1
         batch = sign_batch(Batch(self.gateway, self.seq, readings[0].ts_ms, tuple(readings)), self.key)
-        await self.store.commit_batch(batch, batch.to_bytes(), received_ms or readings[-1].ts_ms + 1000)
+        await self.store.data.commit_batch(batch, batch.to_bytes(), received_ms or readings[-1].ts_ms + 1000)
         return batch
 
     async def cems(self, start_ms: int, minutes: int, every_s: int = 60) -> list[Reading]:
@@ -120,14 +121,13 @@ class Plant:
         return out
 
 
-@pytest.fixture
-async def plant(tmp_path: Path) -> Iterator[Plant]:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
-    await store.open()
-    p = Plant(store)
-    await p.register()
-    yield p
-    await store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+async def plant(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Plant]:
+    """A plant on each back end: anchoring, proofs and verify must pass the same tests on both."""
+    async with throwaway_store(request.param, tmp_path, prefix="clanchor_") as store:
+        p = Plant(store)
+        await p.register()
+        yield p
 
 
 def oz_verify(request: dict) -> dict:

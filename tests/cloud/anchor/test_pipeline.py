@@ -1,4 +1,4 @@
-"""From signed readings in a SQLite store to a root on a real hardhat node to a verified proof bundle."""
+"""Signed readings in a store (SQLite and PostgreSQL) to a root on a hardhat node to a verified proof bundle."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ AFTER = T0 + 3600_000  # an hour later: every window of the test data has ended 
 
 async def anchored(plant: Plant, url: str, account) -> tuple[AnchorService, Chain]:
     chain = await Chain.connect(url, signer=account)
-    service = AnchorService(plant.store.path, chain, AnchorSettings(window_s=300, settle_s=60))
-    await service.open()
-    return service, chain
+    return AnchorService(plant.store, chain, AnchorSettings(window_s=300, settle_s=60)), chain
 
 
 async def test_full_run_to_verified_bundle(plant: Plant, hardhat_url: str, dev_account) -> None:
@@ -30,7 +28,7 @@ async def test_full_run_to_verified_bundle(plant: Plant, hardhat_url: str, dev_a
     service, chain = await anchored(plant, hardhat_url, dev_account)
     try:
         tick = await service.run_once(now_ms=T0 + 5 * 60_000)  # first window ended, not settled yet
-        assert tick.scanned == 10 and tick.sealed == []
+        assert tick.scanned == 1 and tick.sealed == []  # one (gateway, hour) mark
         tick = await service.run_once(now_ms=AFTER)
         assert [(j.start_ms, j.count) for j in tick.sealed] == [(T0, 15), (T0 + 300_000, 15)]
         assert [j.state for j in tick.anchored] == [ANCHORED, ANCHORED]
@@ -38,7 +36,7 @@ async def test_full_run_to_verified_bundle(plant: Plant, hardhat_url: str, dev_a
         assert job.chain_id == 31337 and job.tx_hash and job.block and job.contract == chain.address
 
         r = readings[4]
-        bundle = await build_bundle(service, plant.gateway, r.device, r.point, r.ts_ms)
+        bundle = await build_bundle(plant.store, plant.gateway, r.device, r.point, r.ts_ms)
         assert bundle["root"] == job.root and bundle["window"]["count"] == 15
         report = await verify_bundle(bundle, hardhat_url)
         assert report.ok, report.to_dict()
@@ -48,7 +46,7 @@ async def test_full_run_to_verified_bundle(plant: Plant, hardhat_url: str, dev_a
         # The same proof, checked by OpenZeppelin's own JS library, with the tree rebuilt from all leaves.
         window_values = []
         for x in readings[:15]:
-            b = await build_bundle(service, plant.gateway, x.device, x.point, x.ts_ms)
+            b = await build_bundle(plant.store, plant.gateway, x.device, x.point, x.ts_ms)
             window_values.append(b["leaf"]["values"])
         oz = oz_verify({"types": bundle["leaf"]["types"], "root": bundle["root"], "value": bundle["leaf"]["values"],
                         "proof": bundle["proof"], "values": window_values})
@@ -58,7 +56,6 @@ async def test_full_run_to_verified_bundle(plant: Plant, hardhat_url: str, dev_a
         again = await service.run_once(now_ms=AFTER)
         assert again.sealed == [] and again.anchored == []
     finally:
-        await service.close()
         await chain.close()
 
 
@@ -68,9 +65,8 @@ async def test_tampering_is_named(plant: Plant, hardhat_url: str, dev_account) -
     try:
         await service.run_once(now_ms=AFTER)
         r = readings[1]
-        good = await build_bundle(service, plant.gateway, r.device, r.point, r.ts_ms)
+        good = await build_bundle(plant.store, plant.gateway, r.device, r.point, r.ts_ms)
     finally:
-        await service.close()
         await chain.close()
 
     def failing(report) -> dict[str, str]:
@@ -127,13 +123,12 @@ async def test_late_readings_go_into_the_next_part(plant: Plant, hardhat_url: st
         await plant.send([late], received_ms=AFTER)
         second = await service.run_once(now_ms=AFTER + 1)
         assert [(j.start_ms, j.part, j.count) for j in second.anchored] == [(T0, 1, 1)]
-        bundle = await build_bundle(service, plant.gateway, "cems-2", "SO2", late.ts_ms)
+        bundle = await build_bundle(plant.store, plant.gateway, "cems-2", "SO2", late.ts_ms)
         assert bundle["proof"] == [] and bundle["leaf"]["hash"] == bundle["root"]  # a one-leaf tree
         assert (await verify_bundle(bundle, chain)).ok
         # what the API returns: the same bundle, from the database path alone
-        assert await bundle_for(f"sqlite:///{plant.store.path}", plant.gateway, "cems-2", "SO2", late.ts_ms) == bundle
+        assert await bundle_for(plant.store.url, plant.gateway, "cems-2", "SO2", late.ts_ms) == bundle
     finally:
-        await service.close()
         await chain.close()
 
 
@@ -150,7 +145,6 @@ async def test_restart_never_loses_or_double_anchors(plant: Plant, hardhat_url: 
         receipt = await chain.anchor(first.window, bytes.fromhex(first.root[2:]), first.count)
         await service._update(first.id, state=SENDING)
     finally:
-        await service.close()
         await chain.close()
 
     service, chain = await anchored(plant, hardhat_url, dev_account)  # the restart
@@ -163,7 +157,6 @@ async def test_restart_never_loses_or_double_anchors(plant: Plant, hardhat_url: 
         assert await chain.w3.eth.get_transaction_count(dev_account.address) == nonce + 1
         assert (await chain.get_window(WindowKey("site-a", T0, T0 + 300_000).id)).reading_count == 15
     finally:
-        await service.close()
         await chain.close()
 
 
@@ -182,7 +175,6 @@ async def test_chain_down_is_retried_later(plant: Plant, hardhat_url: str, dev_a
         anchored_now, _ = await service.send(now_ms=job.next_try_ms)
         assert [j.state for j in anchored_now] == [ANCHORED]
     finally:
-        await service.close()
         await chain.close()
 
 
@@ -190,15 +182,15 @@ async def test_hmac_node_bundle_keeps_the_secret_out(plant: Plant, tmp_path) -> 
     """A constrained node signs with a shared secret: the bundle never carries it, so that one check
     is 'unverifiable' for the public and passes for whoever holds the secret."""
     secret = b"node-secret-0123456789abcdef"
-    await plant.store.register_gateway("node-7", "site-a", "hmac-sha256", secret.hex())
+    await plant.store.registry.register_gateway("node-7", "site-a", "hmac-sha256", secret.hex())
     r = Reading.make("soil-1", "moisture", T0 + 5_000, 23.75, "%")
     batch = sign_batch(Batch("node-7", 1, r.ts_ms, (r,)), secret)
-    await plant.store.commit_batch(batch, batch.to_bytes(), r.ts_ms + 1000)
+    await plant.store.data.commit_batch(batch, batch.to_bytes(), r.ts_ms + 1000)
     chain = await Chain.connect(f"evm://{tmp_path / 'chain.jsonl'}")
     try:
-        async with AnchorService(plant.store.path, chain, AnchorSettings(settle_s=0)) as service:
-            await service.run_once(now_ms=AFTER)
-            bundle = await build_bundle(service, "node-7", "soil-1", "moisture", r.ts_ms)
+        service = AnchorService(plant.store, chain, AnchorSettings(settle_s=0))
+        await service.run_once(now_ms=AFTER)
+        bundle = await build_bundle(plant.store, "node-7", "soil-1", "moisture", r.ts_ms)
         assert bundle["batch"]["public_key"] is None and secret.hex() not in str(bundle)
         public = await verify_bundle(bundle, chain)
         assert public.ok and {c.name: c.status for c in public.checks}["signature"] == "unverifiable"
@@ -221,5 +213,4 @@ async def test_a_different_root_on_chain_is_a_conflict(plant: Plant, hardhat_url
         assert job.state == "conflict" and "chain holds root 0x7777" in (job.last_error or "")
         assert (await service.send(now_ms=AFTER + 10**9)) == ([], [])  # left for a human, not retried
     finally:
-        await service.close()
         await chain.close()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
-from carbonlink.cloud.metrics import InstrumentedStore, Metrics
+from carbonlink.cloud.metrics import Metrics, instrument
 from carbonlink.cloud.settings import CloudSettings
 from carbonlink.cloud.store import ROLES, Store
 from carbonlink.edge.identity import public_key_hex
@@ -41,12 +41,12 @@ def signed(gateway: str, seq: int, readings: list[Reading]) -> Batch:
 
 async def seed(store: Store) -> None:
     for gw, tenant, site in (("gw-a", "acme", "plant-a"), ("gw-b", "other", "plant-b")):
-        await store.register_gateway(gw, site, "ed25519", public_key_hex(KEYS[gw]), tenant=tenant)
+        await store.registry.register_gateway(gw, site, "ed25519", public_key_hex(KEYS[gw]), tenant=tenant)
         for seq in range(1, 4):
             rs = [Reading.make("cems-1", p, T0 + (seq * 10 + i) * 1000, seq * 10 + i, "mg/m³")
                   for i in range(10) for p in ("so2", "nox")]
             b = signed(gw, seq, rs)
-            await store.commit_batch(b, b.to_bytes(), T0 + seq * 1000)
+            await store.data.commit_batch(b, b.to_bytes(), T0 + seq * 1000)
 
 
 @dataclass
@@ -65,7 +65,8 @@ class Api:
 async def api(raw_store: Store) -> AsyncIterator[Api]:
     await seed(raw_store)
     metrics = Metrics()
-    store: Store = InstrumentedStore(raw_store, metrics)  # type: ignore[assignment]
+    store = raw_store
+    instrument(store, metrics)
     settings = CloudSettings(environment="production", jwt_secret=JWT_SECRET, metrics_token=METRICS_TOKEN,
                              max_body_bytes=64 * 1024)
     keys = {role: (await create_api_key(store, "acme", role, f"{role} key"))[1] for role in ROLES}

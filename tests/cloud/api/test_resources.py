@@ -48,12 +48,12 @@ async def test_walk_the_hierarchy(api: Api) -> None:
 async def test_readings_pages_and_rollups(api: Api) -> None:
     h = api.as_("analyst")
     rng = {"start": str(T0), "end": format_ts(T0 + HOUR)}
-    seen: list[tuple[int, str]] = []
+    seen: list[tuple[str, int]] = []  # pages run point by point, each in time order
     cursor = None
     while True:
         params: dict[str, Any] = rng | {"limit": 7} | ({"cursor": cursor} if cursor else {})
         page = (await api.client.get(f"{DEV}/readings", params=params, headers=h)).json()
-        seen += [(x["ts_ms"], x["point"]) for x in page["items"]]
+        seen += [(x["point"], x["ts_ms"]) for x in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
             break
@@ -106,7 +106,7 @@ async def test_csv_streams_a_large_range_in_bounded_memory(api: Api) -> None:
     n = 100_000  # one reading a second for ~28 hours
     for start in range(0, n, 5000):
         rows = [("stack-big", "so2", T0 + i * 1000, float(i % 997), "mg/m³", "N") for i in range(start, start + 5000)]
-        await api.store.commit_many([PendingBatch("gw-a", 100 + start // 5000, T0, T0, f"d{start}", b"{}", rows)])
+        await api.store.data.commit_many([PendingBatch("gw-a", 100 + start // 5000, T0, T0, f"d{start}", b"{}", rows)])
     app = api.client._transport.app  # type: ignore[attr-defined]
     base = f"{SITE}/gateways/gw-a/devices/stack-big/points/so2/readings?start={T0}&format=csv&end="
 

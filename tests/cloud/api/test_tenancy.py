@@ -32,7 +32,7 @@ async def test_another_tenants_things_are_404(api: Api, path: str) -> None:
 async def test_writes_on_another_tenants_things_are_404(api: Api) -> None:
     admin = api.as_("admin")
     assert_problem(await api.client.post("/api/gateways/gw-b/revoke", headers=admin), 404)
-    assert (await api.store.get_gateway("gw-b")).revoked is False  # type: ignore[union-attr]
+    assert (await api.store.registry.get_gateway("gw-b")).revoked is False  # type: ignore[union-attr]
     assert_problem(await api.client.post("/api/provision/claim-tokens", headers=admin,
                                          json={"tenant": "other", "site": "plant-b"}), 404)
     # A site id of another tenant is not revealed either, inside one's own tenant.
@@ -66,9 +66,9 @@ async def test_flat_listings_show_only_the_callers_tenant(api: Api) -> None:
 
 
 async def test_dead_letters_are_per_tenant(api: Api) -> None:
-    await api.store.dead_letter("cl/plant-b/gw-b/telemetry", b"junk-b", "bad b", "gw-b", T0)
-    await api.store.dead_letter("cl/plant-a/gw-a/telemetry", b"junk-a", "bad a", "gw-a", T0)
-    await api.store.dead_letter("cl/x/gw-unknown/telemetry", b"junk-x", "bad x", "gw-unknown", T0)
+    await api.store.audit.dead_letter("cl/plant-b/gw-b/telemetry", b"junk-b", "bad b", "gw-b", T0)
+    await api.store.audit.dead_letter("cl/plant-a/gw-a/telemetry", b"junk-a", "bad a", "gw-a", T0)
+    await api.store.audit.dead_letter("cl/x/gw-unknown/telemetry", b"junk-x", "bad x", "gw-unknown", T0)
     for key, reason in (("auditor", "bad a"), ("other-admin", "bad b")):
         rows = (await api.client.get("/api/dead-letters", headers=api.as_(key))).json()
         assert [r["reason"] for r in rows] == [reason]

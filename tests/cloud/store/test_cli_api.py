@@ -51,12 +51,12 @@ def test_cli_gaps_and_bad_time(tmp_path: Path) -> None:
 
 
 async def test_data_endpoints(store: Store) -> None:
-    await store.register_gateway("gw-1", "site-1", "ed25519", "00" * 32, tenant="t1")
+    await store.registry.register_gateway("gw-1", "site-1", "ed25519", "00" * 32, tenant="t1")
     key = Ed25519PrivateKey.generate()
     rs = tuple(Reading.make("cems-1", "so2", T0 + m * 60_000, float(m), "mg/m³") for m in range(50))
     for seq in (1, 3):
         b = sign_batch(Batch("gw-1", seq, T0, rs if seq == 1 else rs[:1]), key)
-        await store.commit_batch(b, b.to_bytes(), T0 + 1000)
+        await store.data.commit_batch(b, b.to_bytes(), T0 + 1000)
     app_ = create_app(store)
     app_.include_router(create_data_router(store))
     assert isinstance(app_, FastAPI)

@@ -22,21 +22,21 @@ async def test_replay_after_registration(store: Store) -> None:
     # The gateway published before it was registered: refused, kept as a dead letter.
     assert await p.handle("cl/site-1/gw-late/telemetry", signed("gw-late", 1, key)) is Outcome.REJECTED
     assert await p.handle("cl/site-1/gw-late/telemetry", signed("gw-late", 2, stranger)) is Outcome.REJECTED
-    letters = sorted(d["id"] for d in await store.dead_letters())
-    assert len(letters) == 2 and (await store.counts())["readings"] == 0
-    await store.ensure_site("acme", "site-1")
-    await store.register_gateway("gw-late", "site-1", "ed25519", public_key_hex(key), tenant="acme")
+    letters = sorted(d["id"] for d in await store.audit.dead_letters())
+    assert len(letters) == 2 and (await store.data.counts())["readings"] == 0
+    await store.registry.ensure_site("acme", "site-1")
+    await store.registry.register_gateway("gw-late", "site-1", "ed25519", public_key_hex(key), tenant="acme")
 
     results = await replay(store, [*letters, 999_999])
     assert [r.outcome for r in results] == ["committed", "still-refused", "unknown"]
     assert "signature does not match" in results[1].detail
-    assert (await store.counts())["readings"] == 3
+    assert (await store.data.counts())["readings"] == 3
     # The forged one stays unresolved and no new dead letter was written for it.
-    assert await store.unresolved_dead_letters() == [letters[1]]
-    assert len(await store.dead_letters()) == 2
+    assert await store.audit.unresolved_dead_letters() == [letters[1]]
+    assert len(await store.audit.dead_letters()) == 2
     # A second replay changes nothing.
     again = await replay(store, letters)
     assert [r.outcome for r in again] == ["already-resolved", "still-refused"]
-    assert (await store.counts())["readings"] == 3
-    row = next(d for d in await store.dead_letters() if d["id"] == letters[0])
+    assert (await store.data.counts())["readings"] == 3
+    row = next(d for d in await store.audit.dead_letters() if d["id"] == letters[0])
     assert row["resolution"] == "replayed: committed" and row["resolved_ms"]

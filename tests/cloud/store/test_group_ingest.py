@@ -64,7 +64,7 @@ def test_fast_parse_refuses_what_the_wire_refuses() -> None:
 
 
 async def test_handle_many_matches_handle(store: Store) -> None:
-    await store.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY))
+    await store.registry.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY))
     other = Ed25519PrivateKey.generate()
     t = "cl/site-1/gw-1/telemetry"
 
@@ -83,13 +83,13 @@ async def test_handle_many_matches_handle(store: Store) -> None:
     out = await p.handle_many(msgs)
     assert out == [Outcome.COMMITTED, Outcome.REJECTED, Outcome.REJECTED, Outcome.DUPLICATE, Outcome.REJECTED,
                    Outcome.REJECTED, Outcome.COMMITTED, Outcome.REJECTED, Outcome.REJECTED]
-    reasons = [d["reason"] for d in await store.dead_letters()][::-1]
+    reasons = [d["reason"] for d in await store.audit.dead_letters()][::-1]
     for expected in ("not UTF-8 JSON", "signature does not match", "not a telemetry topic", "over the",
                      "arrived on", "already committed with different content"):
         assert any(expected in r for r in reasons), (expected, reasons)
     assert sorted((a["seq"], a["status"]) for _, a in acks) == [
         (1, "committed"), (1, "duplicate"), (2, "rejected"), (4, "committed"), (4, "rejected"), (5, "rejected")]
-    assert (await store.counts())["readings"] == 6 and p.counters.readings_stored == 6
+    assert (await store.data.counts())["readings"] == 6 and p.counters.readings_stored == 6
 
 
 def test_bench_smoke() -> None:

@@ -112,7 +112,7 @@ async def test_export_range_from_store(influx: FakeInflux, tmp_path: Path) -> No
     await store.open()
     rs = tuple(Reading.make("cems-1", "so2", T0 + i * 1000, float(i), "mg/m³") for i in range(120))
     b = sign_batch(Batch("gw-1", 1, T0, rs), Ed25519PrivateKey.generate())
-    await store.commit_batch(b, b.to_bytes(), T0)
+    await store.data.commit_batch(b, b.to_bytes(), T0)
     ex = InfluxExporter(influx.url, "tok", "org", "carbon", batch_size=50, flush_interval_ms=1500)
     assert await export_range(store, ex, ReadingQuery("cems-1"), page=40) == 120
     ex.close()

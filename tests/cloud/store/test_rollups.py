@@ -22,7 +22,7 @@ async def put(store: Store, gw: str, readings: list[Reading], first_seq: int = 1
     seq = first_seq
     for i in range(0, len(readings), size):
         b, raw = signed(gw, seq, readings[i:i + size])
-        assert (await store.commit_batch(b, raw, T0)).status == "committed"
+        assert (await store.data.commit_batch(b, raw, T0)).status == "committed"
         seq += 1
     return seq
 
@@ -62,9 +62,9 @@ async def test_day_needs_twenty_valid_hours_and_redelivery_counts_once(store: St
     next_seq = await put(store, "gw-1", day1 + day2)
     # Redelivery of a whole batch and the same readings under a new seq change nothing.
     b, raw = signed("gw-1", 1, (day1 + day2)[:500])
-    assert (await store.commit_batch(b, raw, T0)).status == "duplicate"
+    assert (await store.data.commit_batch(b, raw, T0)).status == "duplicate"
     b, raw = signed("gw-1", next_seq, (day1 + day2)[:10])
-    res = await store.commit_batch(b, raw, T0)
+    res = await store.data.commit_batch(b, raw, T0)
     assert (res.status, res.inserted, res.duplicates) == ("committed", 0, 10)
     days = await rollups(store, SeriesQuery("cems-1", T0, T0 + 2 * DAY_MS), "day")
     assert [(d["start"], d["valid_hours"], d["valid"]) for d in days] == [
@@ -81,11 +81,11 @@ async def test_group_commit_attribution(store: Store) -> None:
     b2, raw2 = signed("gw-1", 2, rs[4:])  # overlaps b1 by two readings
     b3, raw3 = signed("gw-1", 1, rs[:3])  # seq 1 again with other content: a conflict, not a duplicate
     p1 = PendingBatch.from_batch(b1, raw1, T0)
-    res = await store.commit_many([p1, PendingBatch.from_batch(b2, raw2, T0), p1,
+    res = await store.data.commit_many([p1, PendingBatch.from_batch(b2, raw2, T0), p1,
                                    PendingBatch.from_batch(b3, raw3, T0)])
     assert [(r.status, r.inserted, r.duplicates) for r in res] == [
         ("committed", 6, 0), ("committed", 4, 2), ("duplicate", 0, 6), ("conflict", 0, 3)]
-    assert (await store.counts())["readings"] == 10
+    assert (await store.data.counts())["readings"] == 10
     (h,) = await rollups(store, SeriesQuery("cems-1", T0, T0 + HOUR_MS))
     assert h["n"] == 10 and h["valid_minutes"] == 10
 
@@ -105,10 +105,10 @@ def test_month_rules() -> None:
 
 
 async def test_gaps_and_late_batches(store: Store) -> None:
-    await store.register_gateway("gw-1", "site-1", "ed25519", "00" * 32)
+    await store.registry.register_gateway("gw-1", "site-1", "ed25519", "00" * 32)
     for seq in (3, 4, 7, 9):
         b, raw = signed("gw-1", seq, [Reading.make("cems-1", "so2", T0 + seq, 1.0, "mg/m³")])
-        await store.commit_batch(b, raw, T0 + (3_600_000 if seq == 4 else 1_000))
+        await store.data.commit_batch(b, raw, T0 + (3_600_000 if seq == 4 else 1_000))
     gaps = await seq_gaps(store, "gw-1")
     assert gaps["missing"] == [[1, 2], [5, 6], [8, 8]] and gaps["missing_batches"] == 5
     assert gaps["last_seq"] == 9 and gaps["batches"] == 4

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonlink.commands.faults.runner import PROFILES, run_profile
+from carbonlink.commands.faults.scenarios import PROFILES, run_profile
 from tests.services import require
 
 
