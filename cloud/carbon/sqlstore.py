@@ -1,0 +1,312 @@
+"""Carbon accounting in SQL on the store's hour rollups, written once for SQLite and PostgreSQL.
+
+Tables (created by ``ensure_schema``; carbon's own, beside the store's migrations):
+
+* ``carbon_sources``: a stack of a tenant's site, its source type, reference O2 and substitution policy;
+* ``carbon_points``: which series (``series.id``) feeds which role of the stack (flow, temp, p_static,
+  moisture, o2, co2, so2, nox, dust) and the linear map from the series' unit to the formula's unit;
+* ``carbon_hours``: per stack and hour the status (valid, substituted, missing), reading count, dry
+  standard flow, and CO2 and pollutant mass in whole grams (integers, so sums are exact on both engines);
+* ``carbon_revisions``: every change a recomputation made to an hour, before and after;
+* ``carbon_allowances``: a tenant's allowance per year.
+
+``account_hours`` computes a range of hours of one stack with one INSERT … SELECT over ``rollup_hour``
+(pivoting the stack's series per hour, HJ 75 App. A in SQL arithmetic, HJ 76 validity from the rollup's
+valid minutes); only the hours that are not valid are then substituted in Python (``substitution``), and
+figures rounded to grams half up (``_round``: the one dialect hook). ``recompute`` does the same for the
+hours a late batch touched and records revisions. ``day_totals`` aggregates in SQL per site and local
+day; months and years are sums of days.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from . import formulas as fm
+from .calculator import FORMULA_SET_VERSION
+from .cems import UNITS, StackConfig
+from .errors import CarbonInputError
+from .factors import FactorSet
+from .substitution import HourIn, SubstitutionPolicy, substitute
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+ROLES = ("flow", "temp", "p_static", "moisture", "o2", "co2", "so2", "nox", "dust")
+POLLUTANTS = ("so2", "nox", "dust")
+FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g")
+CONC_UNITS = {"mg/m³": Decimal(1), "mg/m3": Decimal(1), "mg/Nm³": Decimal(1), "mg/Nm3": Decimal(1)}
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS carbon_sources (
+        source_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
+        config TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS carbon_points (
+        source_id TEXT NOT NULL, role TEXT NOT NULL, series INTEGER NOT NULL, factor DOUBLE PRECISION NOT NULL,
+        offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role))""",
+    "CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series)",
+    """CREATE TABLE IF NOT EXISTS carbon_hours (
+        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, tenant TEXT NOT NULL, site TEXT NOT NULL,
+        status TEXT NOT NULL, params_valid INTEGER NOT NULL, readings INTEGER NOT NULL,
+        qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
+        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (source_id, hour_ms))""",
+    "CREATE INDEX IF NOT EXISTS carbon_hours_tenant ON carbon_hours (tenant, hour_ms)",
+    """CREATE TABLE IF NOT EXISTS carbon_revisions (
+        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
+        at_ms BIGINT NOT NULL, cause TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS carbon_revisions_source ON carbon_revisions (source_id, hour_ms)",
+    """CREATE TABLE IF NOT EXISTS carbon_allowances (
+        tenant TEXT NOT NULL, year INTEGER NOT NULL, t TEXT NOT NULL, PRIMARY KEY (tenant, year))""",
+]
+
+
+async def ensure_schema(db: Any) -> None:
+    for stmt in SCHEMA:
+        await db.execute(stmt)
+
+
+def _round(db: Any, expr: str) -> str:
+    """Whole grams, half up, for a non-negative double: the one place the engines differ (PostgreSQL casts
+    a double to bigint by rounding, SQLite by truncating)."""
+    if db.dialect == "postgresql":
+        return f"CAST(floor(({expr}) + 0.5) AS BIGINT)"
+    return f"CAST(({expr}) + 0.5 AS INTEGER)"
+
+
+@dataclass(frozen=True)
+class StackSource:
+    source_id: str
+    tenant: str
+    site: str
+    config: StackConfig
+
+
+async def register_stack(db: Any, *, tenant: str, site: str, config: StackConfig, gateway: str, device: str,
+                         points: Mapping[str, str] | None = None, pressure_kind: str = "absolute",
+                         created_ms: int = 0) -> StackSource:
+    """A stack's series by role (default point names are the CEMS point map's), with unit maps, checked."""
+    names = dict(zip(ROLES, ("flow", "temp", "pressure", "moisture", "o2", "co2", "so2", "nox", "dust"), strict=True))
+    names.update(points or {})
+    rows = await db.fetch("SELECT id, point, unit FROM series WHERE gateway = ? AND device = ?", gateway, device)
+    by_point = {r["point"]: r for r in rows}
+    maps = []
+    for role in ROLES:
+        r = by_point.get(names[role])
+        if r is None:
+            raise CarbonInputError(f"stack {config.stack_id} {role}", f"no series {gateway}/{device}/{names[role]}",
+                                   "register the stack after its first readings arrived, or name the point")
+        table = UNITS.get(role, CONC_UNITS)
+        factor = table.get(r["unit"])
+        if factor is None:
+            raise CarbonInputError(f"{names[role]} [{r['unit']}]", "a unit this method does not take",
+                                   f"send {role} in one of {', '.join(table)}")
+        offset = -config.p_atm_pa if role == "p_static" and pressure_kind == "absolute" else Decimal(0)
+        maps.append((config.stack_id, role, int(r["id"]), float(factor), float(offset)))
+    o2_ref = None if config.o2_ref_pct is None else str(config.o2_ref_pct)
+    cfg = {"source_type": config.source_type, "o2_ref_pct": o2_ref,
+           "p_atm_pa": str(config.p_atm_pa), "method": config.substitution.method,
+           "lookback_h": config.substitution.lookback_h, "gateway": gateway, "device": device}
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM carbon_points WHERE source_id = ?", config.stack_id)
+        await tx.execute("DELETE FROM carbon_sources WHERE source_id = ?", config.stack_id)
+        await tx.execute("INSERT INTO carbon_sources (source_id, tenant, site, kind, config, created_ms)"
+                         " VALUES (?, ?, ?, 'stack', ?, ?)", config.stack_id, tenant, site, json.dumps(cfg),
+                         created_ms)
+        await tx.executemany("INSERT INTO carbon_points (source_id, role, series, factor, offset_v)"
+                             " VALUES (?, ?, ?, ?, ?)", maps)
+    return StackSource(config.stack_id, tenant, site, config)
+
+
+def _pivot(valid_minutes: int) -> str:
+    cols = ", ".join(f"max(CASE WHEN p.role = '{r}' THEN r.vsum / r.q_n * p.factor + p.offset_v END) AS {r}"
+                     for r in ROLES)
+    return (f"SELECT p.source_id, r.hour_ms, {cols},"
+            f" sum(CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END) AS nvalid,"
+            " sum(r.n) AS readings"
+            " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
+            " WHERE p.source_id = ? AND r.hour_ms >= ? AND r.hour_ms < ?"
+            " GROUP BY p.source_id, r.hour_ms")
+
+
+def _hour_sql(db: Any, valid_minutes: int) -> str:
+    qsn = "flow * 273.0 / (273.0 + temp) * (p_atm + p_static) / 101325.0 * (1.0 - moisture / 100.0)"
+    co2 = _round(db, f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
+    masses = ", ".join(_round(db, f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
+    return (
+        "INSERT INTO carbon_hours (source_id, hour_ms, tenant, site, status, params_valid, readings, qsn_m3,"
+        " co2_g, so2_g, nox_g, dust_g, note, formula_version)"
+        f" SELECT source_id, hour_ms, ?, ?, CASE WHEN nvalid = {len(ROLES)} THEN 'valid' ELSE 'invalid' END,"
+        f" nvalid, readings, qsn, {co2}, {masses}, '', ?"
+        f" FROM (SELECT b.*, {qsn} AS qsn FROM (SELECT a.*, CAST(? AS DOUBLE PRECISION) AS p_atm"
+        f" FROM ({_pivot(valid_minutes)}) a) b) c")
+
+
+async def account_hours(db: Any, src: StackSource, start_ms: int, end_ms: int, *, valid_minutes: int = 45,
+                        factors: FactorSet | None = None) -> dict[str, int]:
+    """Compute hours [start, end) of one stack: valid hours in one SQL statement, the rest substituted.
+
+    Returns counts by status."""
+    start_ms, end_ms = start_ms - start_ms % HOUR_MS, -(-end_ms // HOUR_MS) * HOUR_MS
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM carbon_hours WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ?",
+                         src.source_id, start_ms, end_ms)
+        await tx.execute(_hour_sql(db, valid_minutes), src.tenant, src.site, FORMULA_SET_VERSION,
+                         float(src.config.p_atm_pa), src.source_id, start_ms, end_ms)
+    await _substitute(db, src, start_ms, end_ms, valid_minutes)
+    rows = await db.fetch("SELECT status, count(*) AS n FROM carbon_hours WHERE source_id = ? AND hour_ms >= ?"
+                          " AND hour_ms < ? GROUP BY status", src.source_id, start_ms, end_ms)
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+async def _substitute(db: Any, src: StackSource, start_ms: int, end_ms: int, valid_minutes: int) -> None:
+    """The hours that are not valid (or have no row at all): substituted per role, in Python."""
+    summary = await db.fetchrow(
+        "SELECT count(*) AS n, sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END) AS ok FROM carbon_hours"
+        " WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ?", src.source_id, start_ms, end_ms)
+    if summary is not None and int(summary["ok"] or 0) == (end_ms - start_ms) // HOUR_MS:
+        return  # every hour valid: nothing to substitute (the common case, one cheap query)
+    valid = {int(r["hour_ms"]) for r in await db.fetch(
+        "SELECT hour_ms FROM carbon_hours WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ? AND status = 'valid'",
+        src.source_id, start_ms, end_ms)}
+    todo = [h for h in range(start_ms, end_ms, HOUR_MS) if h not in valid]
+    if not todo:
+        return
+    policy: SubstitutionPolicy = src.config.substitution
+    lo = todo[0] - policy.lookback_h * HOUR_MS
+    hi = todo[-1] + 25 * HOUR_MS
+    rows = await db.fetch(_pivot(valid_minutes), src.source_id, lo, hi)
+    # each role's validity comes from its own rollup: ask per role
+    per_role = await db.fetch(
+        "SELECT p.role, r.hour_ms, r.vsum / r.q_n * p.factor + p.offset_v AS v,"
+        f" CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END AS ok"
+        " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
+        " WHERE p.source_id = ? AND r.hour_ms >= ? AND r.hour_ms < ?", src.source_id, lo, hi)
+    readings = {int(r["hour_ms"]): int(r["readings"] or 0) for r in rows}
+    series: dict[str, list[HourIn]] = {role: [] for role in ROLES}
+    for r in per_role:
+        v = r["v"]
+        series[r["role"]].append(HourIn(int(r["hour_ms"]) // 1000, None if v is None else Decimal(repr(float(v))),
+                                        bool(r["ok"]) and v is not None))
+    filled = {role: {o.hour * 1000: o for o in substitute(series[role], policy, start=todo[0] // 1000,
+                                                          end=todo[-1] // 1000 + 3600)} for role in ROLES}
+    out: list[tuple[Any, ...]] = []
+    for h in todo:
+        cells = {role: filled[role][h] for role in ROLES}
+        if any(c.value is None for c in cells.values()):
+            out.append((src.source_id, h, src.tenant, src.site, "missing", 0, readings.get(h, 0), None, None, None,
+                        None, None, "no value to substitute from", FORMULA_SET_VERSION))
+            continue
+        v = {role: c.value for role, c in cells.items()}
+        q = fm.std_dry_flow(v["flow"], v["temp"], v["p_static"], src.config.p_atm_pa, v["moisture"])  # type: ignore[arg-type]
+        co2 = fm.co2_cems(v["co2"], q, Decimal(1)) * 1_000_000  # type: ignore[arg-type]
+        masses = [fm.mass_rate(v[p], q) * 1000 for p in POLLUTANTS]  # type: ignore[arg-type]
+        grams = [int(fm.round_fixed(x, 0)) for x in (co2, *masses)]
+        subst = sorted(role for role, c in cells.items() if c.status == "substituted")
+        note = "; ".join(f"{role}: {cells[role].note}" for role in subst)[:1000]
+        out.append((src.source_id, h, src.tenant, src.site, "substituted", 0, readings.get(h, 0), float(q), *grams,
+                    note, FORMULA_SET_VERSION))
+    async with db.transaction() as tx:
+        for h in todo:
+            await tx.execute("DELETE FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", src.source_id, h)
+        await tx.executemany(
+            "INSERT INTO carbon_hours (source_id, hour_ms, tenant, site, status, params_valid, readings, qsn_m3,"
+            " co2_g, so2_g, nox_g, dust_g, note, formula_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            out)
+
+
+async def load_stack(db: Any, source_id: str) -> StackSource:
+    row = await db.fetchrow("SELECT * FROM carbon_sources WHERE source_id = ?", source_id)
+    if row is None:
+        raise CarbonInputError(f"source {source_id!r}", "not registered", "register the stack first")
+    cfg = json.loads(row["config"])
+    sc = StackConfig(source_id, cfg["source_type"], None if cfg["o2_ref_pct"] is None else Decimal(cfg["o2_ref_pct"]),
+                     p_atm_pa=Decimal(cfg["p_atm_pa"]),
+                     substitution=SubstitutionPolicy(method=cfg["method"], lookback_h=cfg["lookback_h"]))
+    return StackSource(source_id, row["tenant"], row["site"], sc)
+
+
+async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, cause: str = "late data") -> int:
+    """Recompute the stack-hours a refresh of (gateway, hour) touched; keep each change as a revision.
+
+    Only those hours change; days, months and years are sums of hours, so they follow. Returns the
+    number of fields revised."""
+    touched = sorted(set(hours))
+    if not touched:
+        return 0
+    revised = 0
+    sources = await db.fetch("SELECT DISTINCT p.source_id, s.gateway FROM carbon_points p JOIN series s"
+                             " ON s.id = p.series")
+    by_gateway: dict[str, set[str]] = {}
+    for r in sources:
+        by_gateway.setdefault(r["gateway"], set()).add(r["source_id"])
+    for gw, hour in touched:
+        for sid in sorted(by_gateway.get(gw, ())):
+            src = await load_stack(db, sid)
+            before = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", sid, hour)
+            await account_hours(db, src, hour, hour + HOUR_MS)
+            after = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", sid, hour)
+            changes = [(sid, hour, f, None if before is None else _txt(before[f]), None if after is None else
+                        _txt(after[f]), at_ms, cause)
+                       for f in ("status", "readings", *FIGURES)
+                       if (None if before is None else _txt(before[f])) != (None if after is None else _txt(after[f]))]
+            if changes:
+                await db.executemany("INSERT INTO carbon_revisions (source_id, hour_ms, field, before_v, after_v,"
+                                     " at_ms, cause) VALUES (?, ?, ?, ?, ?, ?, ?)", changes)
+                revised += len(changes)
+    return revised
+
+
+def _txt(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+async def day_totals(db: Any, tenant: str, start_ms: int, end_ms: int, *, tz_offset_min: int = 480,
+                     site: str | None = None) -> list[dict[str, Any]]:
+    """Per site and local day: grams of CO2 and pollutants and hours by status, aggregated in SQL."""
+    off = tz_offset_min * 60_000
+    where = " AND site = ?" if site else ""
+    args: list[Any] = [tenant, start_ms, end_ms] + ([site] if site else [])
+    rows = await db.fetch(
+        f"SELECT site, (hour_ms + {off}) / {DAY_MS} AS day, count(DISTINCT source_id) AS sources,"
+        " sum(co2_g) AS co2_g, sum(so2_g) AS so2_g, sum(nox_g) AS nox_g, sum(dust_g) AS dust_g,"
+        " sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END) AS valid,"
+        " sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
+        " sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
+        " sum(readings) AS readings"
+        f" FROM carbon_hours WHERE tenant = ? AND hour_ms >= ? AND hour_ms < ?{where}"
+        " GROUP BY site, (hour_ms + " + str(off) + f") / {DAY_MS} ORDER BY site, day", *args)
+    return [{k: (int(v) if v is not None and k != "site" else v) for k, v in r.items()} for r in rows]
+
+
+def tonnes(grams: int | None) -> Decimal:
+    return Decimal(grams or 0) / 1_000_000
+
+
+async def hour_provenance(db: Any, source_id: str, hour_ms: int) -> dict[str, Any]:
+    """Everything a figure of one stack-hour rests on: the hour's row, each role's rollup (readings, valid
+    minutes, flags), the revisions, and the anchored roots that cover the hour's readings."""
+    row = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", source_id, hour_ms)
+    if row is None:
+        raise CarbonInputError(f"{source_id} hour {hour_ms}", "not accounted", "account the period first")
+    inputs = await db.fetch(
+        "SELECT p.role, p.series, s.gateway, s.device, s.point, s.unit, r.n, r.q_n, r.valid_minutes, r.vsum"
+        " FROM carbon_points p JOIN series s ON s.id = p.series"
+        " LEFT JOIN rollup_hour r ON r.series = p.series AND r.hour_ms = ? WHERE p.source_id = ? ORDER BY p.role",
+        hour_ms, source_id)
+    roots = await db.fetch(
+        "SELECT DISTINCT j.window_id, j.root, j.tx_hash, j.block, j.state FROM anchor_leaves l"
+        " JOIN anchor_jobs j ON j.id = l.job JOIN carbon_points p ON p.series = l.series"
+        " WHERE p.source_id = ? AND l.ts_ms >= ? AND l.ts_ms < ? ORDER BY j.window_id",
+        source_id, hour_ms, hour_ms + HOUR_MS)
+    revisions = await db.fetch("SELECT field, before_v, after_v, at_ms, cause FROM carbon_revisions"
+                               " WHERE source_id = ? AND hour_ms = ? ORDER BY at_ms, field", source_id, hour_ms)
+    return {"hour": {k: v for k, v in row.items()}, "inputs": [dict(r) for r in inputs],
+            "anchored_roots": [dict(r) for r in roots], "revisions": [dict(r) for r in revisions],
+            "formula_version": row["formula_version"], "factor_versions": FactorSet.default().versions}
+
+
+def grams_of(rows: Sequence[Mapping[str, Any]], key: str) -> int:
+    return sum(int(r[key] or 0) for r in rows)
