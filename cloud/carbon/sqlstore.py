@@ -20,6 +20,7 @@ day; months and years are sums of days.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,18 +43,17 @@ CONC_UNITS = {"mg/m³": Decimal(1), "mg/m3": Decimal(1), "mg/Nm³": Decimal(1), 
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS carbon_sources (
-        source_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
-        config TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
+        source_id TEXT PRIMARY KEY, src INTEGER NOT NULL UNIQUE, tenant TEXT NOT NULL, site TEXT NOT NULL,
+        kind TEXT NOT NULL, p_atm_pa DOUBLE PRECISION NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS carbon_points (
-        source_id TEXT NOT NULL, role TEXT NOT NULL, series INTEGER NOT NULL, factor DOUBLE PRECISION NOT NULL,
-        offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role))""",
+        source_id TEXT NOT NULL, src INTEGER NOT NULL, role TEXT NOT NULL, series INTEGER NOT NULL,
+        factor DOUBLE PRECISION NOT NULL, offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role))""",
     "CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series)",
     """CREATE TABLE IF NOT EXISTS carbon_hours (
-        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, tenant TEXT NOT NULL, site TEXT NOT NULL,
-        status TEXT NOT NULL, params_valid INTEGER NOT NULL, readings INTEGER NOT NULL,
+        src INTEGER NOT NULL, hour_ms BIGINT NOT NULL, status TEXT NOT NULL, params_valid INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
         qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
-        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (source_id, hour_ms))""",
-    "CREATE INDEX IF NOT EXISTS carbon_hours_tenant ON carbon_hours (tenant, hour_ms)",
+        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (src, hour_ms))""",
     """CREATE TABLE IF NOT EXISTS carbon_revisions (
         source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
         at_ms BIGINT NOT NULL, cause TEXT NOT NULL)""",
@@ -82,6 +82,7 @@ class StackSource:
     tenant: str
     site: str
     config: StackConfig
+    src: int  # the source's integer key (carbon_hours is keyed by it: small rows, fast aggregates)
 
 
 async def register_stack(db: Any, *, tenant: str, site: str, config: StackConfig, gateway: str, device: str,
@@ -110,38 +111,43 @@ async def register_stack(db: Any, *, tenant: str, site: str, config: StackConfig
            "p_atm_pa": str(config.p_atm_pa), "method": config.substitution.method,
            "lookback_h": config.substitution.lookback_h, "gateway": gateway, "device": device}
     async with db.transaction() as tx:
+        src = await tx.fetchval("SELECT src FROM carbon_sources WHERE source_id = ?", config.stack_id)
+        if src is None:
+            src = int(await tx.fetchval("SELECT coalesce(max(src), 0) + 1 FROM carbon_sources"))
         await tx.execute("DELETE FROM carbon_points WHERE source_id = ?", config.stack_id)
         await tx.execute("DELETE FROM carbon_sources WHERE source_id = ?", config.stack_id)
-        await tx.execute("INSERT INTO carbon_sources (source_id, tenant, site, kind, config, created_ms)"
-                         " VALUES (?, ?, ?, 'stack', ?, ?)", config.stack_id, tenant, site, json.dumps(cfg),
-                         created_ms)
-        await tx.executemany("INSERT INTO carbon_points (source_id, role, series, factor, offset_v)"
-                             " VALUES (?, ?, ?, ?, ?)", maps)
-    return StackSource(config.stack_id, tenant, site, config)
+        await tx.execute("INSERT INTO carbon_sources (source_id, src, tenant, site, kind, p_atm_pa, config, created_ms)"
+                         " VALUES (?, ?, ?, ?, 'stack', ?, ?, ?)", config.stack_id, int(src), tenant, site,
+                         float(config.p_atm_pa), json.dumps(cfg), created_ms)
+        await tx.executemany("INSERT INTO carbon_points (source_id, src, role, series, factor, offset_v)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", [(m[0], int(src), *m[1:]) for m in maps])
+    return StackSource(config.stack_id, tenant, site, config, int(src))
 
 
-def _pivot(valid_minutes: int) -> str:
+def _pivot(valid_minutes: int, where: str = "p.src = ?") -> str:
     cols = ", ".join(f"max(CASE WHEN p.role = '{r}' THEN r.vsum / r.q_n * p.factor + p.offset_v END) AS {r}"
                      for r in ROLES)
-    return (f"SELECT p.source_id, r.hour_ms, {cols},"
+    return (f"SELECT p.src, r.hour_ms, {cols},"
             f" sum(CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END) AS nvalid,"
             " sum(r.n) AS readings"
             " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
-            " WHERE p.source_id = ? AND r.hour_ms >= ? AND r.hour_ms < ?"
-            " GROUP BY p.source_id, r.hour_ms")
+            f" WHERE {where} AND r.hour_ms >= ? AND r.hour_ms < ?"
+            " GROUP BY p.src, r.hour_ms")
 
 
-def _hour_sql(db: Any, valid_minutes: int) -> str:
-    qsn = "flow * 273.0 / (273.0 + temp) * (p_atm + p_static) / 101325.0 * (1.0 - moisture / 100.0)"
+def _hour_sql(db: Any, valid_minutes: int, where: str = "p.src = ?") -> str:
+    """Every stack-hour of the pivot, computed and inserted by one statement (its parameters: the pivot's
+    ``where`` values, then start and end)."""
+    qsn = "flow * 273.0 / (273.0 + temp) * (c.p_atm_pa + p_static) / 101325.0 * (1.0 - moisture / 100.0)"
     co2 = _round(db, f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
     masses = ", ".join(_round(db, f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
     return (
-        "INSERT INTO carbon_hours (source_id, hour_ms, tenant, site, status, params_valid, readings, qsn_m3,"
+        "INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, qsn_m3,"
         " co2_g, so2_g, nox_g, dust_g, note, formula_version)"
-        f" SELECT source_id, hour_ms, ?, ?, CASE WHEN nvalid = {len(ROLES)} THEN 'valid' ELSE 'invalid' END,"
-        f" nvalid, readings, qsn, {co2}, {masses}, '', ?"
-        f" FROM (SELECT b.*, {qsn} AS qsn FROM (SELECT a.*, CAST(? AS DOUBLE PRECISION) AS p_atm"
-        f" FROM ({_pivot(valid_minutes)}) a) b) c")
+        f" SELECT src, hour_ms, CASE WHEN nvalid = {len(ROLES)} THEN 'valid' ELSE 'invalid' END,"
+        f" nvalid, readings, qsn, {co2}, {masses}, '', '{FORMULA_SET_VERSION}'"
+        f" FROM (SELECT a.*, {qsn} AS qsn FROM ({_pivot(valid_minutes, where)}) a"
+        " JOIN carbon_sources c ON c.src = a.src) b")
 
 
 async def account_hours(db: Any, src: StackSource, start_ms: int, end_ms: int, *, valid_minutes: int = 45,
@@ -149,41 +155,63 @@ async def account_hours(db: Any, src: StackSource, start_ms: int, end_ms: int, *
     """Compute hours [start, end) of one stack: valid hours in one SQL statement, the rest substituted.
 
     Returns counts by status."""
+    return await account_sources(db, [src], start_ms, end_ms, valid_minutes=valid_minutes)
+
+
+async def account_sources(db: Any, sources: Sequence[StackSource], start_ms: int, end_ms: int, *,
+                          valid_minutes: int = 45, parallel: int = 2) -> dict[str, int]:
+    """Hours [start, end) of many stacks at once: one DELETE and one INSERT … SELECT for all of them (the
+    database aggregates every stack's rollups in one pass), then substitution where an hour is not valid."""
+    if not sources:
+        return {}
     start_ms, end_ms = start_ms - start_ms % HOUR_MS, -(-end_ms // HOUR_MS) * HOUR_MS
-    async with db.transaction() as tx:
-        await tx.execute("DELETE FROM carbon_hours WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ?",
-                         src.source_id, start_ms, end_ms)
-        await tx.execute(_hour_sql(db, valid_minutes), src.tenant, src.site, FORMULA_SET_VERSION,
-                         float(src.config.p_atm_pa), src.source_id, start_ms, end_ms)
-    await _substitute(db, src, start_ms, end_ms, valid_minutes)
-    rows = await db.fetch("SELECT status, count(*) AS n FROM carbon_hours WHERE source_id = ? AND hour_ms >= ?"
-                          " AND hour_ms < ? GROUP BY status", src.source_id, start_ms, end_ms)
+    ids = [s.src for s in sources]
+    marks = ",".join("?" * len(ids))
+
+    async def compute(chunk: list[int]) -> None:
+        m = ",".join("?" * len(chunk))
+        async with db.transaction() as tx:
+            if db.dialect == "postgresql":  # room to hash-aggregate a year of many stacks in memory
+                await tx.execute("SET LOCAL work_mem = '256MB'")
+            await tx.execute(f"DELETE FROM carbon_hours WHERE src IN ({m}) AND hour_ms >= ? AND hour_ms < ?",
+                             *chunk, start_ms, end_ms)
+            await tx.execute(_hour_sql(db, valid_minutes, f"p.src IN ({m})"), *chunk, start_ms, end_ms)
+
+    # PostgreSQL runs an INSERT … SELECT on one core: split the stacks over ``parallel`` connections.
+    n = max(1, min(parallel if db.dialect == "postgresql" else 1, len(ids)))
+    await asyncio.gather(*(compute(ids[i::n]) for i in range(n)))
+    expected = (end_ms - start_ms) // HOUR_MS
+    full = await db.fetch(
+        "SELECT src FROM carbon_hours WHERE src IN (" + marks + ") AND hour_ms >= ? AND hour_ms < ?"
+        " GROUP BY src HAVING sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END) = ?", *ids, start_ms, end_ms,
+        expected)
+    complete = {int(r["src"]) for r in full}
+    for src in sources:
+        if src.src not in complete:
+            await _substitute(db, src, start_ms, end_ms, valid_minutes)
+    rows = await db.fetch(f"SELECT status, count(*) AS n FROM carbon_hours WHERE src IN ({marks})"
+                          " AND hour_ms >= ? AND hour_ms < ? GROUP BY status", *ids, start_ms, end_ms)
     return {r["status"]: int(r["n"]) for r in rows}
 
 
 async def _substitute(db: Any, src: StackSource, start_ms: int, end_ms: int, valid_minutes: int) -> None:
     """The hours that are not valid (or have no row at all): substituted per role, in Python."""
-    summary = await db.fetchrow(
-        "SELECT count(*) AS n, sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END) AS ok FROM carbon_hours"
-        " WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ?", src.source_id, start_ms, end_ms)
-    if summary is not None and int(summary["ok"] or 0) == (end_ms - start_ms) // HOUR_MS:
-        return  # every hour valid: nothing to substitute (the common case, one cheap query)
     valid = {int(r["hour_ms"]) for r in await db.fetch(
-        "SELECT hour_ms FROM carbon_hours WHERE source_id = ? AND hour_ms >= ? AND hour_ms < ? AND status = 'valid'",
-        src.source_id, start_ms, end_ms)}
+        "SELECT hour_ms FROM carbon_hours WHERE src = ? AND hour_ms >= ? AND hour_ms < ? AND status = 'valid'",
+        src.src, start_ms, end_ms)}
     todo = [h for h in range(start_ms, end_ms, HOUR_MS) if h not in valid]
     if not todo:
         return
     policy: SubstitutionPolicy = src.config.substitution
     lo = todo[0] - policy.lookback_h * HOUR_MS
     hi = todo[-1] + 25 * HOUR_MS
-    rows = await db.fetch(_pivot(valid_minutes), src.source_id, lo, hi)
+    rows = await db.fetch(_pivot(valid_minutes), src.src, lo, hi)
     # each role's validity comes from its own rollup: ask per role
     per_role = await db.fetch(
         "SELECT p.role, r.hour_ms, r.vsum / r.q_n * p.factor + p.offset_v AS v,"
         f" CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END AS ok"
         " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
-        " WHERE p.source_id = ? AND r.hour_ms >= ? AND r.hour_ms < ?", src.source_id, lo, hi)
+        " WHERE p.src = ? AND r.hour_ms >= ? AND r.hour_ms < ?", src.src, lo, hi)
     readings = {int(r["hour_ms"]): int(r["readings"] or 0) for r in rows}
     series: dict[str, list[HourIn]] = {role: [] for role in ROLES}
     for r in per_role:
@@ -196,7 +224,7 @@ async def _substitute(db: Any, src: StackSource, start_ms: int, end_ms: int, val
     for h in todo:
         cells = {role: filled[role][h] for role in ROLES}
         if any(c.value is None for c in cells.values()):
-            out.append((src.source_id, h, src.tenant, src.site, "missing", 0, readings.get(h, 0), None, None, None,
+            out.append((src.src, h, "missing", 0, readings.get(h, 0), None, None, None,
                         None, None, "no value to substitute from", FORMULA_SET_VERSION))
             continue
         v = {role: c.value for role, c in cells.items()}
@@ -206,14 +234,14 @@ async def _substitute(db: Any, src: StackSource, start_ms: int, end_ms: int, val
         grams = [int(fm.round_fixed(x, 0)) for x in (co2, *masses)]
         subst = sorted(role for role, c in cells.items() if c.status == "substituted")
         note = "; ".join(f"{role}: {cells[role].note}" for role in subst)[:1000]
-        out.append((src.source_id, h, src.tenant, src.site, "substituted", 0, readings.get(h, 0), float(q), *grams,
+        out.append((src.src, h, "substituted", 0, readings.get(h, 0), float(q), *grams,
                     note, FORMULA_SET_VERSION))
     async with db.transaction() as tx:
         for h in todo:
-            await tx.execute("DELETE FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", src.source_id, h)
+            await tx.execute("DELETE FROM carbon_hours WHERE src = ? AND hour_ms = ?", src.src, h)
         await tx.executemany(
-            "INSERT INTO carbon_hours (source_id, hour_ms, tenant, site, status, params_valid, readings, qsn_m3,"
-            " co2_g, so2_g, nox_g, dust_g, note, formula_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, qsn_m3,"
+            " co2_g, so2_g, nox_g, dust_g, note, formula_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             out)
 
 
@@ -225,7 +253,7 @@ async def load_stack(db: Any, source_id: str) -> StackSource:
     sc = StackConfig(source_id, cfg["source_type"], None if cfg["o2_ref_pct"] is None else Decimal(cfg["o2_ref_pct"]),
                      p_atm_pa=Decimal(cfg["p_atm_pa"]),
                      substitution=SubstitutionPolicy(method=cfg["method"], lookback_h=cfg["lookback_h"]))
-    return StackSource(source_id, row["tenant"], row["site"], sc)
+    return StackSource(source_id, row["tenant"], row["site"], sc, int(row["src"]))
 
 
 async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, cause: str = "late data") -> int:
@@ -245,9 +273,9 @@ async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, ca
     for gw, hour in touched:
         for sid in sorted(by_gateway.get(gw, ())):
             src = await load_stack(db, sid)
-            before = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", sid, hour)
+            before = await db.fetchrow("SELECT * FROM carbon_hours WHERE src = ? AND hour_ms = ?", src.src, hour)
             await account_hours(db, src, hour, hour + HOUR_MS)
-            after = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", sid, hour)
+            after = await db.fetchrow("SELECT * FROM carbon_hours WHERE src = ? AND hour_ms = ?", src.src, hour)
             changes = [(sid, hour, f, None if before is None else _txt(before[f]), None if after is None else
                         _txt(after[f]), at_ms, cause)
                        for f in ("status", "readings", *FIGURES)
@@ -267,17 +295,19 @@ async def day_totals(db: Any, tenant: str, start_ms: int, end_ms: int, *, tz_off
                      site: str | None = None) -> list[dict[str, Any]]:
     """Per site and local day: grams of CO2 and pollutants and hours by status, aggregated in SQL."""
     off = tz_offset_min * 60_000
-    where = " AND site = ?" if site else ""
+    where = " AND c.site = ?" if site else ""
     args: list[Any] = [tenant, start_ms, end_ms] + ([site] if site else [])
+    bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
     rows = await db.fetch(
-        f"SELECT site, (hour_ms + {off}) / {DAY_MS} AS day, count(DISTINCT source_id) AS sources,"
-        " sum(co2_g) AS co2_g, sum(so2_g) AS so2_g, sum(nox_g) AS nox_g, sum(dust_g) AS dust_g,"
-        " sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END) AS valid,"
-        " sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
-        " sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
-        " sum(readings) AS readings"
-        f" FROM carbon_hours WHERE tenant = ? AND hour_ms >= ? AND hour_ms < ?{where}"
-        " GROUP BY site, (hour_ms + " + str(off) + f") / {DAY_MS} ORDER BY site, day", *args)
+        f"SELECT c.site, {bucket} AS day, count(DISTINCT h.src) AS sources,"
+        " sum(h.co2_g) AS co2_g, sum(h.so2_g) AS so2_g, sum(h.nox_g) AS nox_g, sum(h.dust_g) AS dust_g,"
+        " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
+        " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
+        " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
+        " sum(h.readings) AS readings"
+        " FROM carbon_hours h JOIN carbon_sources c ON c.src = h.src"
+        f" WHERE c.tenant = ? AND h.hour_ms >= ? AND h.hour_ms < ?{where}"
+        f" GROUP BY c.site, {bucket} ORDER BY c.site, day", *args)
     return [{k: (int(v) if v is not None and k != "site" else v) for k, v in r.items()} for r in rows]
 
 
@@ -288,7 +318,8 @@ def tonnes(grams: int | None) -> Decimal:
 async def hour_provenance(db: Any, source_id: str, hour_ms: int) -> dict[str, Any]:
     """Everything a figure of one stack-hour rests on: the hour's row, each role's rollup (readings, valid
     minutes, flags), the revisions, and the anchored roots that cover the hour's readings."""
-    row = await db.fetchrow("SELECT * FROM carbon_hours WHERE source_id = ? AND hour_ms = ?", source_id, hour_ms)
+    row = await db.fetchrow("SELECT h.* FROM carbon_hours h JOIN carbon_sources c ON c.src = h.src"
+                            " WHERE c.source_id = ? AND h.hour_ms = ?", source_id, hour_ms)
     if row is None:
         raise CarbonInputError(f"{source_id} hour {hour_ms}", "not accounted", "account the period first")
     inputs = await db.fetch(
