@@ -1,19 +1,20 @@
-"""`carbonlink carbon …`: the auditor's calculator, activity-data checks and reports.
+"""`carbonlink carbon …`: the auditor's calculator, activity-data checks, reports and accounts.
 
-``formula`` needs no extra (the formulas import only the standard library); ``report`` needs the
-cloud extra for the PDF library and imports it only when it runs.
+``formula`` needs no extra (the formulas import only the standard library); ``report`` and the
+commands with ``--db`` (register-stack, account, accounts, sources, allowance) need the cloud extra
+and import it only when they run.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from .common import JsonOpt, emit, fail, out
+from .common import DbOpt, JsonOpt, emit, fail, out, with_store
 
 app = typer.Typer(help="Carbon accounting: formulas, accounts, reports.", no_args_is_help=True,
                   add_completion=False)
@@ -105,3 +106,129 @@ def report(accounts: Annotated[Path, typer.Option("--accounts", help="accounts J
     else:
         output.write_bytes(data)
         out.print(f"wrote {output} ({len(data):,} bytes)")
+
+
+def _ts(name: str, value: str) -> int:
+    from carbonlink.kernel.wire import WireError, parse_ts
+
+    try:
+        return parse_ts(value)
+    except (WireError, ValueError, OverflowError):
+        pass
+    if value.isdigit() and len(value) <= 15:
+        return int(value)
+    raise fail(f"--{name} must be YYYY-MM-DDTHH:MM:SS.mmmZ or epoch milliseconds")
+
+
+@app.command("register-stack")
+def register_stack_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
+                       site: Annotated[str, typer.Option(help="site id")],
+                       gateway: Annotated[str, typer.Option(help="the gateway that publishes the stack")],
+                       device: Annotated[str, typer.Option(help="the CEMS device id")],
+                       source_id: Annotated[str, typer.Option("--source-id", help="the stack's id in the accounts")],
+                       source_type: Annotated[str, typer.Option(help="reference-O2 source type")] = "coal_boiler",
+                       pressure: Annotated[str, typer.Option(help="the pressure point is 'absolute' or "
+                                                                  "'static'")] = "absolute") -> None:
+    """Account a CEMS stack: map its series (point map 'cems' names) to the formulas' inputs."""
+    from carbonlink.cloud.carbon import sqlstore
+    from carbonlink.cloud.carbon.cems import StackConfig
+    from carbonlink.cloud.carbon.errors import CarbonInputError
+
+    async def go(store: Any) -> None:
+        await sqlstore.ensure_schema(store.db)
+        try:
+            await sqlstore.register_stack(store.db, tenant=tenant, site=site, gateway=gateway, device=device,
+                                          config=StackConfig(source_id, source_type), pressure_kind=pressure)
+        except CarbonInputError as exc:
+            raise fail(escape(str(exc))) from None
+        out.print(f"registered {source_id} ({gateway}/{device}) for {tenant}/{site}")
+
+    with_store(db, go)
+
+
+@app.command("account")
+def account_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
+                start: Annotated[str, typer.Option(help="ISO UTC or epoch ms")],
+                end: Annotated[str, typer.Option(help="ISO UTC or epoch ms")], as_json: JsonOpt = False) -> None:
+    """(Re)compute the tenant's stack-hours from the hour rollups."""
+    from carbonlink.cloud.carbon import sqlstore
+
+    s, e = _ts("start", start), _ts("end", end)
+
+    async def go(store: Any) -> dict[str, int]:
+        await sqlstore.ensure_schema(store.db)
+        ids = [r["source_id"] for r in await store.db.fetch(
+            "SELECT source_id FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
+        if not ids:
+            raise fail(f"tenant {tenant!r} has no registered sources; run `carbonlink carbon register-stack` first")
+        srcs = [await sqlstore.load_stack(store.db, i) for i in ids]
+        return await sqlstore.account_sources(store.db, srcs, s, e)
+
+    emit(with_store(db, go), as_json, "stack-hours by status")
+
+
+@app.command("accounts")
+def accounts_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
+                 start: Annotated[str, typer.Option(help="ISO UTC or epoch ms")],
+                 end: Annotated[str, typer.Option(help="ISO UTC or epoch ms")],
+                 granularity: Annotated[str, typer.Option(help="day, month or year")] = "month",
+                 as_json: JsonOpt = False) -> None:
+    """Scope-1 emissions, pollutant mass and coverage per site and period."""
+    from carbonlink.cloud.carbon import sqlstore
+    from carbonlink.cloud.carbon.errors import CarbonInputError
+
+    s, e = _ts("start", start), _ts("end", end)
+
+    async def go(store: Any) -> list[dict[str, Any]]:
+        await sqlstore.ensure_schema(store.db)
+        try:
+            return await sqlstore.periods(store.db, tenant, granularity, s, e)
+        except CarbonInputError as exc:
+            raise fail(escape(str(exc))) from None
+
+    rows = with_store(db, go)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    emit([{"site": r["site"], "period": r["period"], "scope1_t": r["scope1_t"],
+           "valid/subst/missing h": "/".join(str(r["coverage"][k]) for k in ("valid", "substituted", "missing"))}
+          for r in rows], False, f"{tenant}: accounts by {granularity}")
+
+
+@app.command("sources")
+def sources_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")], as_json: JsonOpt = False) -> None:
+    """The tenant's accounted sources."""
+    from carbonlink.cloud.carbon import sqlstore
+
+    async def go(store: Any) -> list[dict[str, Any]]:
+        await sqlstore.ensure_schema(store.db)
+        return [dict(r) for r in await store.db.fetch(
+            "SELECT source_id, site, kind FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
+
+    emit(with_store(db, go), as_json, f"{tenant}: sources", ["source_id", "site", "kind"])
+
+
+@app.command("allowance")
+def allowance_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
+                  year: Annotated[int, typer.Option(help="calendar year")],
+                  tonnes: Annotated[str, typer.Option("--t", help="allowance in t CO2")]) -> None:
+    """Set a tenant's allowance (quota) for a year; the forecast compares against it."""
+    from decimal import Decimal, InvalidOperation
+
+    from carbonlink.cloud.carbon import sqlstore
+    from carbonlink.cloud.carbon.errors import CarbonInputError
+
+    try:
+        t = Decimal(tonnes)
+    except InvalidOperation:
+        raise fail(f"--t {tonnes!r} is not a number of tonnes") from None
+
+    async def go(store: Any) -> None:
+        await sqlstore.ensure_schema(store.db)
+        try:
+            await sqlstore.set_allowance(store.db, tenant, year, t)
+        except CarbonInputError as exc:
+            raise fail(escape(str(exc))) from None
+        out.print(f"{tenant} {year}: allowance {t} t CO2")
+
+    with_store(db, go)

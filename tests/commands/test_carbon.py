@@ -102,3 +102,51 @@ def test_report_renders_an_accounts_file(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "accounts JSON" in res.output
     res = runner.invoke(app, ["carbon", "report", "--accounts", str(src), "--format", "pdf"])
     assert res.exit_code == 2 and "--out" in res.output
+
+
+def test_accounts_from_a_store_register_account_list_and_allowance(tmp_path: Path) -> None:
+    import asyncio
+
+    from carbonlink.cloud.carbon.sqlstore import ensure_schema
+    from carbonlink.cloud.store import open_store
+    from carbonlink.simulators.cems import CemsStack
+    from tests.cloud.carbon.simdata import MARCH, stack_hours
+    from tests.cloud.carbon.sqldata import add_series, rollup_rows, write_rollups
+
+    db = f"sqlite:///{tmp_path / 'c.sqlite'}"
+
+    async def seed() -> None:
+        store = open_store(db)
+        await store.open()
+        try:
+            await ensure_schema(store.db)
+            series = await add_series(store.db, "gw-1", "cems-1")
+            hours = stack_hours(CemsStack(seed=7, clock=lambda: MARCH), MARCH, 48, step_s=900, fuel=False)
+            await write_rollups(store.db, rollup_rows(series, hours))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    res = runner.invoke(app, ["carbon", "accounts", "--db", db, "--tenant", "acme", "--start", str(MARCH * 1000),
+                              "--end", str((MARCH + 86400) * 1000)])
+    assert res.exit_code == 0  # nothing registered yet: an empty table
+    res = runner.invoke(app, ["carbon", "account", "--db", db, "--tenant", "acme", "--start", str(MARCH * 1000),
+                              "--end", str((MARCH + 2 * 86400) * 1000)])
+    assert res.exit_code == 2 and "register-stack" in res.output
+    res = runner.invoke(app, ["carbon", "register-stack", "--db", db, "--tenant", "acme", "--site", "plant-a",
+                              "--gateway", "gw-1", "--device", "cems-1", "--source-id", "stack-1",
+                              "--pressure", "static"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["carbon", "account", "--db", db, "--tenant", "acme", "--start", str(MARCH * 1000),
+                              "--end", str((MARCH + 2 * 86400) * 1000), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output) == {"valid": 48}
+    res = runner.invoke(app, ["carbon", "accounts", "--db", db, "--tenant", "acme", "--start", str(MARCH * 1000),
+                              "--end", str((MARCH + 2 * 86400) * 1000), "--granularity", "day", "--json"])
+    days = json.loads(res.output)
+    assert [d["period"] for d in days] == ["2023-03-01", "2023-03-02"] and float(days[0]["scope1_t"]) > 1000
+    assert runner.invoke(app, ["carbon", "sources", "--db", db, "--tenant", "acme"]).exit_code == 0
+    res = runner.invoke(app, ["carbon", "allowance", "--db", db, "--tenant", "acme", "--year", "2023", "--t", "-5"])
+    assert res.exit_code == 2 and "allowance" in res.output
+    res = runner.invoke(app, ["carbon", "register-stack", "--db", db, "--tenant", "acme", "--site", "plant-a",
+                              "--gateway", "gw-1", "--device", "nope", "--source-id", "stack-2"])
+    assert res.exit_code == 2 and "no series gw-1/nope" in res.output
