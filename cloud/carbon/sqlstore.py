@@ -278,10 +278,11 @@ async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, ca
             before = await db.fetchrow("SELECT * FROM carbon_hours WHERE src = ? AND hour_ms = ?", src.src, hour)
             await account_hours(db, src, hour, hour + HOUR_MS)
             after = await db.fetchrow("SELECT * FROM carbon_hours WHERE src = ? AND hour_ms = ?", src.src, hour)
-            changes = [(sid, hour, f, None if before is None else _txt(before[f]), None if after is None else
-                        _txt(after[f]), at_ms, cause)
+            if before is None:
+                continue  # a first computation is not a revision
+            changes = [(sid, hour, f, _txt(before[f]), None if after is None else _txt(after[f]), at_ms, cause)
                        for f in ("status", "readings", *FIGURES)
-                       if (None if before is None else _txt(before[f])) != (None if after is None else _txt(after[f]))]
+                       if _txt(before[f]) != (None if after is None else _txt(after[f]))]
             if changes:
                 await db.executemany("INSERT INTO carbon_revisions (source_id, hour_ms, field, before_v, after_v,"
                                      " at_ms, cause) VALUES (?, ?, ?, ?, ?, ?, ?)", changes)
@@ -386,3 +387,17 @@ async def set_allowance(db: Any, tenant: str, year: int, t: Decimal) -> None:
 async def allowance(db: Any, tenant: str, year: int) -> Decimal | None:
     v = await db.fetchval("SELECT t FROM carbon_allowances WHERE tenant = ? AND year = ?", tenant, year)
     return None if v is None else Decimal(v)
+
+
+def attach(store: Any, clock: Any = None) -> None:
+    """Recompute stack-hours whenever the store materialises rollup hours (late data included): the
+    store's ``refresh_hours`` calls its ``hours_listeners`` with the (gateway, hour) pairs it redid."""
+    import time
+
+    now = clock or (lambda: int(time.time() * 1000))
+
+    async def on_hours(hours: list[tuple[str, int]]) -> None:
+        await ensure_schema(store.db)
+        await recompute(store.db, hours, at_ms=now(), cause="rollup refreshed")
+
+    store.data.hours_listeners.append(on_hours)
