@@ -5,9 +5,7 @@ Every answer is the caller's tenant only. Figures are strings of exact decimals 
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
@@ -16,7 +14,6 @@ from .auth import Reader
 from .carbon import sqlstore
 from .carbon.calculator import FORMULAS
 from .carbon.errors import CarbonInputError
-from .carbon.forecast import forecast_year_end
 from .routes_data import DAY_MS, ts_param
 from .store import Store
 
@@ -70,31 +67,17 @@ def create_carbon_router(store: Store) -> APIRouter:
             raise HTTPException(422, "as_of must be YYYY-MM-DD") from None
         if day.year != year:
             raise HTTPException(422, "as_of must fall in the year")
-        quota = await sqlstore.allowance(await db(), p.tenant, year)
-        if quota is None:
-            raise HTTPException(404, f"no allowance for {year}; set one with `carbonlink carbon allowance`")
-        off = tz_offset_min * 60_000
-
-        def start_of(y: int) -> int:
-            return calendar.timegm((y, 1, 1, 0, 0, 0)) * 1000 - off
-
-        end = calendar.timegm((year, day.month, day.day, 0, 0, 0)) * 1000 - off + DAY_MS
-        this = await sqlstore.periods(store.db, p.tenant, "month", start_of(year), end, tz_offset_min=tz_offset_min)
-        last = await sqlstore.periods(store.db, p.tenant, "month", start_of(year - 1), start_of(year),
-                                      tz_offset_min=tz_offset_min)
-
-        def by_month(rows: list[dict[str, Any]]) -> dict[int, Decimal]:
-            out: dict[int, Decimal] = {}
-            for r in rows:
-                m = int(r["period"][5:7])
-                out[m] = out.get(m, Decimal(0)) + Decimal(r["scope1_t"])
-            return out
-
         try:
-            f = forecast_year_end(year, day.month, day.day, by_month(this), by_month(last), quota)
+            f = await sqlstore.forecast(await db(), p.tenant, year, day.month, day.day, tz_offset_min=tz_offset_min)
         except CarbonInputError as exc:
-            raise HTTPException(409, str(exc)) from None
-        return f.as_dict()
+            raise HTTPException(404 if "not set" in exc.problem else 409, str(exc)) from None
+        return f.as_dict()  # type: ignore[no-any-return]
+
+    @router.get("/api/carbon/warnings", summary="Allowance warnings raised (each level once a year)")
+    async def warnings(p: Reader, year: Annotated[int | None, Query(ge=2000, le=2100)] = None) -> dict[str, Any]:
+        where, args = ("tenant = ? AND year = ?", [p.tenant, year]) if year else ("tenant = ?", [p.tenant])
+        rows = await (await db()).fetch(f"SELECT * FROM carbon_warnings WHERE {where} ORDER BY at_ms, level", *args)
+        return {"items": [dict(r) for r in rows]}
 
     @router.get("/api/carbon/formulas", summary="Every formula of the auditor's calculator")
     async def formulas(p: Reader) -> dict[str, Any]:

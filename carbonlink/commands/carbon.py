@@ -232,3 +232,38 @@ def allowance_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id
         out.print(f"{tenant} {year}: allowance {t} t CO2")
 
     with_store(db, go)
+
+
+@app.command("forecast")
+def forecast_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
+                 as_of: Annotated[str, typer.Option("--as-of", help="YYYY-MM-DD, the last day with data")],
+                 as_json: JsonOpt = False) -> None:
+    """Forecast the year's covered emissions against the allowance; record warnings at the thresholds."""
+    import datetime as dt
+    import time
+
+    from carbonlink.cloud.carbon import sqlstore
+    from carbonlink.cloud.carbon.errors import CarbonInputError
+
+    try:
+        day = dt.date.fromisoformat(as_of)
+    except ValueError:
+        raise fail("--as-of must be YYYY-MM-DD") from None
+
+    async def go(store: Any) -> dict[str, Any]:
+        await sqlstore.ensure_schema(store.db)
+        try:
+            f = await sqlstore.forecast(store.db, tenant, day.year, day.month, day.day)
+        except CarbonInputError as exc:
+            raise fail(escape(str(exc))) from None
+        new = await sqlstore.raise_warnings(store.db, tenant, f, at_ms=int(time.time() * 1000))
+        return {**f.as_dict(), "new_warnings": new}
+
+    res = with_store(db, go)
+    if as_json:
+        print(json.dumps(res, ensure_ascii=False))
+        return
+    out.print(f"{tenant} {day.year}: forecast {res['forecast_t']} t of {res['allowance_t']} t "
+              f"({float(res['ratio']) * 100:.1f} %), level {res['level'] or 'none'}", highlight=False)
+    for w in res["new_warnings"]:
+        out.print(f"[yellow]new warning[/] {w['level']} ({w['severity']})")

@@ -401,3 +401,63 @@ def attach(store: Any, clock: Any = None) -> None:
         await recompute(store.db, hours, at_ms=now(), cause="rollup refreshed")
 
     store.data.hours_listeners.append(on_hours)
+
+
+WARNINGS_SCHEMA = """CREATE TABLE IF NOT EXISTS carbon_warnings (
+    tenant TEXT NOT NULL, year INTEGER NOT NULL, level TEXT NOT NULL, severity TEXT NOT NULL, ratio TEXT NOT NULL,
+    forecast_t TEXT NOT NULL, allowance_t TEXT NOT NULL, as_of TEXT NOT NULL, at_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant, year, level))"""
+SCHEMA.append(WARNINGS_SCHEMA)
+
+
+async def forecast(db: Any, tenant: str, year: int, month: int, day: int, *, tz_offset_min: int = 480,
+                   thresholds: Sequence[Any] | None = None) -> Any:
+    """The year-end forecast from the accounts in the store (this year so far, last year by month)."""
+    import calendar
+
+    from .forecast import DEFAULT_THRESHOLDS, forecast_year_end
+
+    quota = await allowance(db, tenant, year)
+    if quota is None:
+        raise CarbonInputError(f"allowance {tenant} {year}", "not set",
+                               "set it with `carbonlink carbon allowance --tenant … --year … --t …`")
+    off = tz_offset_min * 60_000
+
+    def start_of(y: int) -> int:
+        return calendar.timegm((y, 1, 1, 0, 0, 0)) * 1000 - off
+
+    end = calendar.timegm((year, month, day, 0, 0, 0)) * 1000 - off + DAY_MS
+
+    def by_month(rows: list[dict[str, Any]]) -> dict[int, Decimal]:
+        out: dict[int, Decimal] = {}
+        for r in rows:
+            m = int(r["period"][5:7])
+            out[m] = out.get(m, Decimal(0)) + Decimal(r["scope1_t"])
+        return out
+
+    this = by_month(await periods(db, tenant, "month", start_of(year), end, tz_offset_min=tz_offset_min))
+    last = by_month(await periods(db, tenant, "month", start_of(year - 1), start_of(year),
+                                  tz_offset_min=tz_offset_min))
+    return forecast_year_end(year, month, day, this, last, quota, thresholds or DEFAULT_THRESHOLDS)
+
+
+async def raise_warnings(db: Any, tenant: str, f: Any, *, at_ms: int) -> list[dict[str, Any]]:
+    """Record each threshold the forecast reached for the first time this year; returns the new warnings
+    (what a notifier or the event pipeline sends on). A level is raised once per tenant and year."""
+    from .forecast import DEFAULT_THRESHOLDS
+
+    new = []
+    for th in DEFAULT_THRESHOLDS:
+        if f.ratio < th.ratio:
+            continue
+        done = await db.fetchval("SELECT count(*) FROM carbon_warnings WHERE tenant = ? AND year = ? AND level = ?",
+                                 tenant, f.year, th.level)
+        if done:
+            continue
+        row = {"tenant": tenant, "year": f.year, "level": th.level, "severity": th.severity, "ratio": str(f.ratio),
+               "forecast_t": str(f.forecast_t), "allowance_t": str(f.allowance_t),
+               "as_of": f"{f.year}-{f.as_of_month:02d}-{f.as_of_day:02d}", "at_ms": at_ms}
+        await db.execute("INSERT INTO carbon_warnings (tenant, year, level, severity, ratio, forecast_t, allowance_t,"
+                         " as_of, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", *row.values())
+        new.append(row)
+    return new

@@ -88,3 +88,21 @@ async def test_hours_without_rollups_are_missing_or_substituted_never_zero(any_s
     assert counts["substituted"] == len(INVALID - {30}) + 2
     rows = await any_store.db.fetch("SELECT note FROM carbon_hours WHERE hour_ms >= ?", (MARCH + 10 * H) * 1000)
     assert all("provisional" in r["note"] for r in rows)
+
+
+async def test_warnings_are_raised_once_per_level_and_year(any_store: Store) -> None:
+    from carbonlink.cloud.carbon.forecast import forecast_year_end
+    from carbonlink.cloud.carbon.sqlstore import raise_warnings
+
+    db = any_store.db
+    await ensure_schema(db)
+    last = {m: D(1000) for m in range(1, 13)}
+    f = forecast_year_end(2023, 6, 30, {m: D(1000) for m in range(1, 7)}, last, D(12_500))  # 96 %
+    new = await raise_warnings(db, "acme", f, at_ms=1)
+    assert [w["level"] for w in new] == ["notice", "warning"]
+    assert await raise_warnings(db, "acme", f, at_ms=2) == []  # raised once
+    worse = forecast_year_end(2023, 7, 31, {m: D(1100) for m in range(1, 8)}, last, D(12_500))
+    assert [w["level"] for w in await raise_warnings(db, "acme", worse, at_ms=3)] == ["exceeded"]
+    rows = await db.fetch("SELECT level, severity FROM carbon_warnings ORDER BY at_ms, level")
+    assert [(r["level"], r["severity"]) for r in rows] == [("notice", "info"), ("warning", "warning"),
+                                                           ("exceeded", "critical")]
