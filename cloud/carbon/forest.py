@@ -3,8 +3,9 @@
 Per tree, in this order (pure, deterministic):
 
 1. invalid readings (flag not N) are left out and counted as faults;
-2. spikes: a reading further than ``spike_um`` from the median of its five neighbours (itself included)
-   is a sensor fault, flagged and replaced by that median;
+2. every reading is replaced by the median of five (itself and two neighbours each side), so neither a
+   spike nor reading noise raises the maximum; a reading further than ``spike_um`` from that median is a
+   sensor fault and flagged;
 3. zero-growth method (Zweifel 2016): growth is counted only when a reading exceeds the previous maximum;
    dips below it are tree water deficit (stem shrinkage), flagged as information and never counted,
    least of all as an emission; a new maximum rising faster than the species' ``max_radial_growth_um_day``
@@ -115,11 +116,11 @@ def account_tree(cfg: TreeConfig, readings: Sequence[DendroReading], *, start_ms
         vals = [r.um for r in good]
         clean: list[Decimal] = []
         for i, v in enumerate(vals):
-            med = _median(vals[max(0, i - 2): i + 3])
+            window = vals[max(0, i - 2): i + 3]
+            med = _median(window) if len(window) >= 3 else v  # too few readings to judge: as read
             if abs(v - med) > rules.spike_um:
                 faults["spike"] = faults.get("spike", 0) + 1
-                v = med
-            clean.append(v)
+            clean.append(med)  # the running median: spikes out, and reading noise does not ratchet the maximum
         per_day_limit = sp.max_radial_growth_um_day * (fm.PI if cfg.dendrometer == "band" else 1)
         ref = cfg.ref_um if cfg.ref_um is not None else (clean[0] if clean else None)
         m: Decimal | None = baseline_max_um
