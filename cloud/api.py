@@ -277,6 +277,9 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     app.include_router(create_data_router(store))
     app.include_router(provisioning_router(store))
     app.include_router(create_resources_router(store))
+    from .routes_carbon import create_carbon_router
+
+    app.include_router(create_carbon_router(store))
     if control is not None:
         from .routes_control import create_control_router
 
