@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -185,13 +186,15 @@ async def publish_all(mqtt_host: str, port: int, msgs: list[Message], conns: int
     await asyncio.gather(*(one(b) for b in by_conn if b))
 
 
-async def raw_copy_rate(db: str, msgs: list[Message], chunk: int = 10_000) -> float:
+async def raw_copy_rate(db: str, msgs: list[Message], chunk: int = 10_000, *, index: bool = True) -> float:
+    """COPY of the same rows, in the same chunks, into a table shaped like ``readings`` (with its key, or none)."""
     from carbonlink.cloud.store.postgres import split_url
 
     dsn, schema, _ = split_url(db)
     con = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"})
     try:
-        await con.execute("CREATE TABLE copy_probe (LIKE readings INCLUDING ALL)")
+        await con.execute("CREATE TABLE copy_probe (LIKE readings INCLUDING ALL)" if index else
+                          "CREATE TABLE copy_probe (LIKE readings INCLUDING DEFAULTS)")
         ids: dict[tuple[str, str, str], int] = {}
         rows = [(ids.setdefault((gw, d, p), len(ids) + 1), ts, v, q, seq) for m in msgs
                 for gw, d, p, ts, v, _u, q, seq in m.rows]
@@ -237,6 +240,46 @@ class AckListener:
         return True
 
 
+async def nodered_rate(db: str, mqtt_port: int, msgs: list[Message], n: int, limit_s: float) -> float:
+    """Node-RED's rate on the same messages: from the first publish to the last row in its table."""
+    from bench.nodered import running
+    from carbonlink.cloud.store.postgres import split_url
+
+    dsn, schema, _ = split_url(db)
+    con = await asyncpg.connect(dsn)
+    table = f'"{schema}".nodered_readings'
+    try:
+        await con.execute(f"CREATE TABLE {table} (gateway text, device text, point text, ts_ms bigint,"
+                          " value double precision, unit text, quality text, seq bigint,"
+                          " PRIMARY KEY (gateway, device, point, ts_ms))")
+        parts = urlsplit(dsn)
+        pg = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "user": parts.username or "postgres",
+              "database": parts.path.lstrip("/") or "postgres", "max": 8}
+        with running(mqtt_port, pg, table):
+            # Node-RED's MQTT node subscribes a moment after the deploy: probe until a row arrives.
+            probe = json.dumps({"gateway": "probe", "seq": 1, "readings": [
+                {"device": "d", "point": "p", "ts": "2026-01-01T00:00:00.000Z", "value": 1, "unit": "u",
+                 "quality": "N"}]}).encode()
+            async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="bench-nr-probe") as c:
+                for _ in range(240):
+                    await c.publish("cl/probe/probe/telemetry", probe, qos=1)
+                    await asyncio.sleep(0.5)
+                    if await con.fetchval(f"SELECT count(*) FROM {table}"):
+                        break
+            await con.execute(f"DELETE FROM {table}")
+            t0 = time.time()
+            await publish_all("127.0.0.1", mqtt_port, msgs)
+            last, count, deadline = t0, 0, time.monotonic() + limit_s
+            while count < n and time.monotonic() < deadline:
+                now = await con.fetchval(f"SELECT count(*) FROM {table}")
+                if now != count:
+                    count, last = now, time.time()
+                await asyncio.sleep(0.2)
+        return count / (last - t0) if count else 0.0
+    finally:
+        await con.close()
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] if values else float("nan")
@@ -275,6 +318,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["broker_rate"] = n_e2e / (sink_stats["last"] - t0)
             # (c) raw COPY of the same rows
             result["copy_rate"] = await raw_copy_rate(db, e2e_msgs)
+            result["copy_noindex_rate"] = await raw_copy_rate(db, e2e_msgs, index=False)
+            # (f) the peer: Node-RED taking the same messages into PostgreSQL
+            if not args.skip_nodered:
+                result["nodered_rate"] = await nodered_rate(db, port, e2e_msgs, n_e2e, args.timeout)
             # (a) end to end through the ingest workers
             for i in range(args.workers):
                 workers.append(await asyncio.to_thread(
@@ -328,6 +375,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stored = (await store.data.counts())["readings"]
         result.update(published=published, stored=stored, lost=published - stored)
         result["e2e_vs_copy"] = result["e2e_rate"] / result["copy_rate"]
+        result["e2e_vs_copy_noindex"] = result["e2e_rate"] / result["copy_noindex_rate"]
+        if result.get("nodered_rate"):
+            result["e2e_vs_nodered"] = result["e2e_rate"] / result["nodered_rate"]
         result["e2e_vs_broker"] = result["e2e_rate"] / result["broker_rate"]
     finally:
         for w in workers:
@@ -352,11 +402,17 @@ def print_table(r: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     t.add_row("(a) committed end to end", f"{r['e2e_rate']:,.0f} readings/s")
     t.add_row("(b) raw broker delivery", f"{r['broker_rate']:,.0f} readings/s")
-    t.add_row("(c) raw COPY into PostgreSQL", f"{r['copy_rate']:,.0f} readings/s")
+    t.add_row("(c) raw COPY into PostgreSQL, readings' key", f"{r['copy_rate']:,.0f} readings/s")
+    t.add_row("(c') raw COPY into a table with no index", f"{r['copy_noindex_rate']:,.0f} readings/s")
+    if r.get("nodered_rate"):
+        t.add_row("(f) Node-RED 4.1 MQTT → PostgreSQL (acks on receipt)", f"{r['nodered_rate']:,.0f} readings/s")
     t.add_row(f"(d) publish→ack p50 / p99 at {r['steady_rate']:,}/s",
               f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f} ms")
     t.add_row("(e) peak RSS per worker", " / ".join(f"{x} MB" for x in r["worker_peak_rss_mb"]))
-    t.add_row("end to end / raw COPY", f"{r['e2e_vs_copy']:.2f}")
+    t.add_row("end to end / raw COPY (readings' key)", f"{r['e2e_vs_copy']:.2f}")
+    t.add_row("end to end / raw COPY (no index)", f"{r['e2e_vs_copy_noindex']:.2f}")
+    if r.get("e2e_vs_nodered"):
+        t.add_row("end to end / Node-RED", f"{r['e2e_vs_nodered']:.1f}x")
     t.add_row("end to end / raw broker", f"{r['e2e_vs_broker']:.2f}")
     t.add_row("published / stored / lost", f"{r['published']:,} / {r['stored']:,} / {r['lost']:,}")
     t.add_row("acks", ", ".join(f"{k} {v:,}" for k, v in sorted(r["ack_statuses"].items())))
@@ -380,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steady-batch", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=120, help="seconds to wait for the last ack")
     ap.add_argument("--keep", action="store_true", help="keep the bench schema")
+    ap.add_argument("--skip-nodered", action="store_true", help="leave out the Node-RED baseline (needs npm once)")
     ap.add_argument("--json", action="store_true")
     return ap.parse_args(argv)
 

@@ -282,6 +282,9 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     app.include_router(create_resources_router(store))
     app.include_router(create_rules_router(store, shadows=control.shadows if control else ShadowService(store),
                                            rules=rules, policy=policy_of(settings)))
+    from .routes_carbon import create_carbon_router
+
+    app.include_router(create_carbon_router(store))
     if control is not None:
         from .routes_control import create_control_router
 

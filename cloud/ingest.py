@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiomqtt
 from cryptography.exceptions import InvalidSignature
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], Awaitable[None]]
 VerifyKey = Ed25519PublicKey | bytes
 Clock = Callable[[], int]
+T = TypeVar("T")
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: no CEMS reading of ours is older; anything before is a clock fault
 
 
@@ -97,6 +99,15 @@ class _Item:
     parts: tuple[str, str, str] | None
     pending: PendingBatch | None = None
     refused_times: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Judged:
+    """A group after judging: outcomes so far (refusals), the batches and events still to store."""
+
+    outcomes: list[Outcome]
+    batches: list[_Item]
+    events: list[_Item]
 
 
 def verify_with_any(batch: Batch, keys: list[VerifyKey], raw: bytes) -> None:
@@ -194,6 +205,10 @@ class IngestProcessor:
         acknowledged and the caller retries the whole group later (dead letters written before the
         failure are written again: a refusal is idempotent only in its effect on the gateway).
         """
+        return await self.finish(await self.judge(messages))
+
+    async def judge(self, messages: list[tuple[str, bytes]]) -> Judged:
+        """The CPU half: parse, check and verify every message; refusals become dead letters right away."""
         outcomes = [Outcome.REJECTED] * len(messages)
         batches: list[_Item] = []
         events: list[_Item] = []
@@ -218,6 +233,11 @@ class IngestProcessor:
                 log.exception("message on %s could not be judged", topic)
                 await self._reject(item, _Refused(f"cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})",
                                                   _claimed_seq(raw) if kind == topics.TELEMETRY else None))
+        return Judged(outcomes, batches, events)
+
+    async def finish(self, judged: Judged) -> list[Outcome]:
+        """The I/O half: commit the group's good batches in one transaction, store events, then ack."""
+        outcomes, batches, events = judged.outcomes, judged.batches, judged.events
         acks: list[tuple[tuple[str, str, str], dict[str, object]]] = []
         if batches:
             for item, outcome in zip(batches, await self._commit(batches), strict=True):
@@ -280,7 +300,7 @@ class IngestProcessor:
                 signed = fast.signed_bytes(raw)
                 if signed is not None and fast.alg is SigAlg.ED25519 and _verify_ed25519(keys, fast.sig, signed):
                     pending = PendingBatch(fast.gateway, fast.seq, fast.created_ms, item.received,
-                                           fast.digest(signed), raw, fast.rows, fast.alg.value)
+                                           fast.sig, raw, fast.rows, fast.alg.value)
                     return self._check_times(item, pending)
                 batch = parse_batch(raw)  # HMAC, non-canonical bytes or a bad signature: the general path
             assert batch is not None
@@ -293,7 +313,8 @@ class IngestProcessor:
         """Readings outside [floor, now + skew] are left out of the commit and kept in a dead letter."""
         high = item.received + self.time_rules.max_future_ms
         low = self.time_rules.min_ts_ms
-        if all(low <= r[2] <= high for r in p.rows):
+        first, last = p.span()
+        if low <= first and last <= high:
             return p
         keep = [r for r in p.rows if low <= r[2] <= high]
         item.refused_times = [f"{r[0]}/{r[1]}@{format_ts(r[2])}" for r in p.rows if not low <= r[2] <= high]
@@ -505,32 +526,49 @@ class IngestService:
                 await asyncio.sleep(self.backoff.next_delay())
 
     async def _consume(self, client: ManualAckClient) -> None:
-        """Take whatever is queued (up to max_group), judge and commit it as one group, then PUBACK each."""
-        messages = client.messages
-        while True:
-            group = [await anext(messages)]
-            while len(messages) and len(group) < self.max_group:
-                group.append(await anext(messages))
-            work: list[tuple[str, bytes]] = []
-            for m in group:
-                raw = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
-                t = str(m.topic)
-                if t.endswith("/" + topics.STATUS):
-                    await self._until_stored(self.processor.handle_status, t, raw)
-                else:
-                    work.append((t, raw))
-            if work:
-                await self._until_stored(self.processor.handle_many, work)
-            for m in group:
-                client.ack(m)
+        """Take whatever is queued (up to max_group), judge it, commit it as one group, then PUBACK each.
 
-    async def _until_stored(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        Two groups overlap: the next one is judged (parsing and signatures, CPU in this process) while
+        the previous one commits (I/O in the database), so neither waits for the other. Commits stay in
+        order, and a message is acknowledged to the broker only after its group committed.
+        """
+        messages = client.messages
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                group = [await anext(messages)]
+                while len(messages) and len(group) < self.max_group:
+                    group.append(await anext(messages))
+                work: list[tuple[str, bytes]] = []
+                for m in group:
+                    raw = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
+                    t = str(m.topic)
+                    if t.endswith("/" + topics.STATUS):
+                        await self._until_stored(self.processor.handle_status, t, raw)
+                    else:
+                        work.append((t, raw))
+                judged = await self._until_stored(self.processor.judge, work) if work else None
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._commit_and_ack(client, judged, group))
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()  # not acknowledged: the broker delivers it again
+
+    async def _commit_and_ack(self, client: ManualAckClient, judged: Judged | None,
+                              group: list[aiomqtt.Message]) -> None:
+        if judged is not None:
+            await self._until_stored(self.processor.finish, judged)
+        for m in group:
+            client.ack(m)
+
+    async def _until_stored(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
         """Retry while the store itself fails: nothing is acknowledged, nothing dropped, meanwhile."""
         backoff = Backoff(initial=0.2, cap=5.0)
         failing_since: float | None = None
         while True:
             try:
-                await fn(*args)
+                result = await fn(*args)
             except StoreUnavailable as exc:
                 self.state, self.store_error = "store-retry", str(exc)
                 self.counters.store_retries += 1
@@ -542,4 +580,4 @@ class IngestService:
             if failing_since is not None:
                 log.info("store is back after %.1f s; ingest goes on", time.monotonic() - failing_since)
                 self.state, self.store_error = "connected", None
-            return
+            return result

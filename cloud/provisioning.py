@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carbonlink.kernel import topics
+from carbonlink.kernel.ids import ID_RE
 from carbonlink.kernel.wire import SigAlg, now_ms
 
 from .store import ClaimError, Store
@@ -27,7 +28,7 @@ from .store import ClaimError, Store
 TOKEN_PREFIX = "clt_"
 MOSQUITTO_ITERATIONS = 20_000  # mosquitto_passwd uses 101; more costs ~10 ms per connect and slows guessing
 INGEST_USER = "carbonlink-ingest"
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ID = ID_RE
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query
 
+from carbonlink.kernel.ids import ID_PATTERN
+
 from .commands import CommandError, ControlLink
 from .shadows import ShadowError
 
-GatewayId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+GatewayId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 def create_control_router(control: ControlLink) -> APIRouter:

@@ -17,6 +17,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from carbonlink.kernel.ids import ID_PATTERN
+
 from . import auth
 from .auth import Auditor, Manager, Principal, Provisioner, Reader, not_found, same_tenant
 from .rollups import DAY_MS, Granularity, ValidityRules, rollups
@@ -27,7 +29,7 @@ PAGE = 5000  # rows per JSON page at most
 CSV_PAGE = 2000  # rows per keyset page under a CSV stream: what one stream holds in memory
 MAX_JSON_RANGE_MS = 31 * DAY_MS
 MAX_CSV_RANGE_MS = 400 * DAY_MS
-_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+_ID = ID_PATTERN
 _TEXT = r'^[^\x00-\x1f\x7f"\\/]{1,128}$'  # device and point ids as the wire format allows them, no slashes
 TenantId = Annotated[str, Path(pattern=_ID)]
 SiteId = Annotated[str, Path(pattern=_ID)]

@@ -10,6 +10,8 @@ and the fleet only writes that device entry.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +73,11 @@ def fleet_ports(first_port: int, cems: int, inverters: int) -> list[int]:
 
 
 async def start_fleet(*, cems: int = 0, inverters: int = 0, forest_trees: int = 0, first_port: int,
-                      host: str = "127.0.0.1", seed: int = 1, **inverter_kw: Any) -> Fleet:
-    """Start the fleet: CEMS stacks on first_port…, inverters right after, each with its own noise."""
+                      host: str = "127.0.0.1", seed: int = 1, clock: Callable[[], float] = time.time,
+                      **inverter_kw: Any) -> Fleet:
+    """Start the fleet: CEMS stacks on first_port…, inverters right after, each with its own noise.
+
+    ``clock`` is the model time of every device (default: the wall clock); ``seed`` their randomness."""
     if cems < 0 or inverters < 0 or forest_trees < 0:
         raise ValueError("device counts must be 0 or more")
     ports = fleet_ports(first_port, cems, inverters)
@@ -81,15 +86,16 @@ async def start_fleet(*, cems: int = 0, inverters: int = 0, forest_trees: int = 
     fleet = Fleet(host)
     try:
         for i in range(cems):
-            rig = CemsRig(CemsStack(seed=seed + i), host=host, modbus_port=first_port + i)
+            rig = CemsRig(CemsStack(seed=seed + i, clock=clock), host=host, modbus_port=first_port + i)
             await rig.start()
             fleet.cems.append(rig)
         if inverters:
-            fleet.inverters = await start_inverter_fleet(inverters, first_port + cems, host=host, **inverter_kw)
+            fleet.inverters = await start_inverter_fleet(inverters, first_port + cems, host=host, clock=clock,
+                                                         **inverter_kw)
     except BaseException:
         with contextlib.suppress(OSError):
             await fleet.stop()
         raise
     if forest_trees:
-        fleet.forest = Forest.plot(forest_trees, seed=seed)
+        fleet.forest = Forest.plot(forest_trees, seed=seed, start=clock())
     return fleet

@@ -36,6 +36,9 @@ DENDRO_OBJECT = {"count_um": 0x5B, "distance_mm": 0x40}
 PROBE_MID_UM = 5000.0  # the probe is mounted mid-travel, so shrinkage never reads below zero
 TZ_HOURS = 8  # local solar-ish time for China, as the CEMS simulator uses
 DAY = 86400.0
+STEP_S = 600.0  # the tree's state (soil, growth, battery) advances in steps of this length
+# Species the simulated plot draws from: codes of the factor table (cloud/carbon/factors/species.toml).
+SPECIES = ("cunninghamia_lanceolata", "pinus_massoniana", "populus")
 
 
 class Fault(enum.StrEnum):
@@ -76,6 +79,9 @@ class Tree:
     dendrometer: DendrometerEncoding = "count_um"
     seed: int = 0
     include_mac: bool = False
+    species: str = ""  # a code of the species table (cloud/carbon/factors/species.toml); "" = drawn
+    dbh_cm: float = 0.0  # diameter at breast height when the sensor was fitted; 0 = drawn
+    height_m: float = 0.0  # 0 = from the diameter by a height-diameter curve
     # state, advanced by values(t)
     packet_id: int = field(default=0, init=False)
     counter: int = field(default=0, init=False)
@@ -91,9 +97,14 @@ class Tree:
         self.battery = rng.uniform(85.0, 100.0)
         self.drain_per_day = rng.uniform(0.05, 0.15)  # a coin cell lasting a few years
         self.rssi_mean = rng.randint(-92, -55)
-        self.growth_um = 0.0
+        self.growth_um = 0.0  # true radial growth since the sensor was fitted (the forest's right answer)
         self.dead = False
         self._last_t: float | None = None
+        self._grid_t: float | None = None
+        stand = random.Random(f"{self.seed}:{self.mac}:stand")  # its own stream: the sensor values stay as they were
+        self.species = self.species or stand.choice(SPECIES)
+        self.dbh_cm = self.dbh_cm or round(stand.uniform(12.0, 32.0), 1)
+        self.height_m = self.height_m or round(1.3 + 24.0 * (1 - math.exp(-0.055 * self.dbh_cm)), 1)
         self._last_values: dict[str, float] | None = None
 
     # --- faults ---------------------------------------------------------------------------
@@ -113,16 +124,29 @@ class Tree:
     # --- physics --------------------------------------------------------------------------
 
     def _advance(self, t: float) -> None:
-        dt_days = 0.0 if self._last_t is None else max(0.0, t - self._last_t) / DAY
+        """Move the tree's state to ``t`` in fixed steps on a grid, so the state at an instant is the same
+        however often the tree was read (the right answer does not depend on the polling rate)."""
+        if self._grid_t is None:
+            self._grid_t = math.floor(t / STEP_S) * STEP_S
+        while self._grid_t + STEP_S <= t:
+            self._step(self._grid_t, STEP_S)
+            self._grid_t += STEP_S
         self._last_t = t
-        h = local_hour(t)
+
+    def _step(self, t0: float, dt: float) -> None:
+        dt_days = dt / DAY
+        h = local_hour(t0 + dt / 2)
         daylight = max(0.0, math.sin(math.pi * (h - 6.0) / 12.0)) if 6.0 <= h <= 18.0 else 0.0
         # Soil dries towards the wilting point by day; rain (a seeded daily schedule) refills it.
         self.moisture -= (self.moisture - 8.0) * 0.06 * dt_days * 2 * daylight
-        self.moisture = min(45.0, self.moisture + forest_rain_mm(self.seed, t - dt_days * DAY, t) * 0.8)
+        self.moisture = min(45.0, self.moisture + forest_rain_mm(self.seed, t0, t0 + dt) * 0.8)
         dryness = min(1.0, max(0.0, (30.0 - self.moisture) / 22.0))
         self.growth_um += self.growth_um_per_day * dt_days * (1 - 0.7 * dryness)
         self.battery = max(0.0, self.battery - self.drain_per_day * dt_days)
+
+    def true_dbh_cm(self) -> float:
+        """The diameter now: the fitted diameter plus twice the radial growth (a point dendrometer's ΔD ≈ 2Δr)."""
+        return self.dbh_cm + 2 * self.growth_um / 10_000.0
 
     def values(self, t: float) -> dict[str, float]:
         """Sensor values at simulated time ``t`` (seconds since the epoch), faults applied."""
@@ -237,6 +261,11 @@ class Forest:
             if ref in (i, tr.device_id, tr.mac) or str(ref).upper() == tr.mac:
                 return tr
         raise KeyError(f"no tree {ref!r}; trees are 1..{len(self.trees)}")
+
+    def stand(self) -> list[dict[str, Any]]:
+        """Each tree's species, fitted diameter and height: what an account needs besides the readings."""
+        return [{"id": tr.device_id, "species": tr.species, "dbh_cm": tr.dbh_cm, "height_m": tr.height_m,
+                 "dendrometer": "point"} for tr in self.trees]
 
     def sensor_config(self) -> list[dict[str, str]]:
         """The ``sensors`` list of a ble_bthome device in gateway.yaml that reads this plot."""

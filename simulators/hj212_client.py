@@ -146,7 +146,8 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
     backoff = Backoff(initial=0.2, cap=10.0)
     window: list[dict[str, float]] = []
     window_flag = "N"  # the last non-N flag seen in the minute window
-    window_start = time.time()
+    clock = stack.clock  # the model's time: data times and minute windows follow it (accelerated or not)
+    window_start = clock()
     logged_down = False
 
     async def pause(seconds: float) -> None:
@@ -156,7 +157,7 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
     last_qn = [0]
 
     def next_qn() -> str:
-        ms = max(int(time.time() * 1000), last_qn[0] + 1)  # QNs stay unique per unit
+        ms = max(int(clock() * 1000), last_qn[0] + 1)  # QNs stay unique per unit
         last_qn[0] = ms
         return make_qn(ms, utc_offset_minutes)
 
@@ -190,7 +191,7 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
                 if stack.faults.restart_epoch != epoch:
                     stats.restarts += 1
                     break  # the unit restarts: the link drops here, the loop above waits out the downtime
-                now = time.time()
+                now = clock()
                 ts = int(now * 1000)
                 v = hj212_values(stack.values(now))
                 if stack.faults.wrong_map:

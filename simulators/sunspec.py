@@ -19,7 +19,7 @@ import math
 import random
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,10 +102,10 @@ class SunSpecInverter:
         self.requests = 0
         self._rng = random.Random(port)
         self._stuck: dict[str, float] | None = None
-        self._drift_since = time.monotonic()
+        self._drift_since = self.inv.clock()  # drift grows with the model's time, not the wall clock
         self._absent_until = 0.0
-        self._common = ([1, common_len] + text(manufacturer, 16) + text(model_name, 16) + text("", 8)
-                        + text(version, 8) + text(serial, 16) + [self.unit_id] + [0] * (common_len - 65))
+        self._names = (manufacturer, model_name, version)
+        self._common = self._common_model(serial)
         self.size = len(self.image())
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -116,7 +116,7 @@ class SunSpecInverter:
 
     def drift(self, per_h: float) -> None:
         self.faults.drift_per_h = per_h
-        self._drift_since = time.monotonic()
+        self._drift_since = self.inv.clock()
 
     def spikes(self, rate: float, factor: float = 3.0) -> None:
         self.faults.spike_rate, self.faults.spike_factor = rate, factor
@@ -139,6 +139,16 @@ class SunSpecInverter:
     def set_energy(self, wh: float) -> None:
         self.inv.energy_wh = wh
 
+    def replace_unit(self, serial: str, counter_wh: float = 0.0) -> None:
+        """The inverter swapped for another unit: its own serial number (common model SN) and counter."""
+        self.inv.replace(counter_wh, serial)
+        self._common = self._common_model(serial)
+
+    def _common_model(self, serial: str) -> list[int]:
+        manufacturer, model_name, version = self._names
+        return ([1, self.common_len] + text(manufacturer, 16) + text(model_name, 16) + text("", 8)
+                + text(version, 8) + text(serial, 16) + [self.unit_id] + [0] * (self.common_len - 65))
+
     async def restart(self, downtime_s: float = 0.5, *, reset_energy: bool = False,
                       chain_absent_s: float = 0.0) -> None:
         """Drop every connection, stay away `downtime_s`, come back (optionally with the
@@ -160,7 +170,7 @@ class SunSpecInverter:
             self._stuck = None
         v = dict(v)
         if self.faults.drift_per_h:
-            hours = (time.monotonic() - self._drift_since) / 3600
+            hours = (self.inv.clock() - self._drift_since) / 3600
             v["ac_power"] *= 1 + self.faults.drift_per_h * hours
         if self.faults.spike_rate and self._rng.random() < self.faults.spike_rate:
             v["ac_power"] *= self.faults.spike_factor
@@ -294,13 +304,14 @@ def _encode(typ: str, value: float, sf: int) -> list[int]:
     return [max(0, min(0xFFFE, raw))]  # uint16 / enum16: 0xFFFF is reserved for not-implemented
 
 
-async def start_inverter_fleet(n: int, first_port: int, **kwargs: Any) -> list[SunSpecInverter]:
+async def start_inverter_fleet(n: int, first_port: int, *, clock: Callable[[], float] = time.time,
+                               **kwargs: Any) -> list[SunSpecInverter]:
     """Start N inverters on consecutive ports, each with its own weather, serial number and faults."""
     faults: InverterFaults | None = kwargs.pop("faults", None)
     fleet: list[SunSpecInverter] = []
     try:
         for i in range(n):
-            inv = SunSpecInverter(port=first_port + i, inverter=SolarInverter(seed=first_port + i),
+            inv = SunSpecInverter(port=first_port + i, inverter=SolarInverter(seed=first_port + i, clock=clock),
                                   serial=f"SIM{i + 1:04d}", faults=replace(faults) if faults else None,
                                   **kwargs)
             await inv.start()

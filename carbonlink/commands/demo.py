@@ -40,6 +40,10 @@ class DemoSummary:
     drained: bool
     anchored_windows: int = 0
     anchored_readings: int = 0
+    # Tonnes so far (provisional: from raw readings, before any HJ 76 hour is complete; cloud/carbon/live.py)
+    co2_emitted_t: str = "0"
+    co2_avoided_t: str = "0"
+    co2_sequestered_t: str = "0"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,6 +98,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
     if not port_free(http_port):
         http_port = free_port()
     started = time.monotonic()
+    started_ms = int(time.time() * 1000)
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(_broker(mqtt_url))
         cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=free_port()))
@@ -128,13 +133,30 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             await agent.stop()
         c = cloud.ingest.counters
         anchored = await anchor.jobs(state="anchored")
+        tonnes = await _tonnes_so_far(cloud.store, started_ms, int(time.time() * 1000) + 1)
         return DemoSummary(
             produced=stats.produced, published=stats.published, stored=c.readings_stored,
             rejected=c.rejected_readings, duplicates=c.readings_duplicate, unacked=stats.unacked_batches,
             seconds=round(time.monotonic() - started, 1), dashboard=cloud.dashboard_url, mqtt=url,
             drained=drained, anchored_windows=len(anchored),
-            anchored_readings=sum(j.count for j in anchored),
+            anchored_readings=sum(j.count for j in anchored), **tonnes,
         )
+
+
+async def _tonnes_so_far(store: Any, start_ms: int, end_ms: int) -> dict[str, str]:
+    """Emitted (the CEMS stack), avoided (the inverter) and sequestered (the plot) during this run."""
+    from decimal import Decimal
+
+    from carbonlink.cloud.carbon import live
+    from carbonlink.cloud.carbon.forest import TreeConfig
+
+    trees = {f"tree-{i:03d}": TreeConfig(f"tree-{i:03d}", "generic_ipcc", Decimal(20), Decimal(15))
+             for i in range(1, 6)}
+    emitted = await live.emitted_t(store.db, GATEWAY_ID, "cems-stack-1", start_ms, end_ms)
+    avoided, _ = await live.avoided_t(store.db, GATEWAY_ID, "inverter-1", start_ms, end_ms,
+                                      rated_w=Decimal(100_000))
+    sequestered = await live.sequestered_t(store.db, GATEWAY_ID, trees, start_ms, end_ms)
+    return {"co2_emitted_t": str(emitted), "co2_avoided_t": str(avoided), "co2_sequestered_t": str(sequestered)}
 
 
 async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.Event, live: bool,

@@ -7,7 +7,6 @@ host, against the storage URL, with no API involved.
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Annotated, TypeVar
 
@@ -15,11 +14,12 @@ import typer
 
 from carbonlink.cloud.store import ROLES
 from carbonlink.commands.common import DEFAULT_DB, err, fail, table, with_store
+from carbonlink.kernel.ids import ID_RE
 
 user_app = typer.Typer(help="API users: username, password, role in one tenant.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys: for scripts and scrapers; shown once.", no_args_is_help=True)
 T = TypeVar("T")
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ID = ID_RE
 
 Db = Annotated[str, typer.Option(envvar="CARBONLINK_DB", help="storage URL: sqlite:///PATH or postgresql://...")]
 Tenant = Annotated[str, typer.Option(help="tenant id (made if new)")]

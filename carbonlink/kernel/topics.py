@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from .ids import check_id
+
 ROOT = "cl"
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # Suffixes under a gateway's prefix, gateway → cloud unless noted.
 TELEMETRY = "telemetry"            # signed batches, QoS 1
@@ -28,12 +28,6 @@ SHADOW_GET_REJECTED = "shadow/get/rejected"        # cloud → gateway
 RULESET_GET = "ruleset/get"        # {"hash"}: the rule set the shadow names by hash
 RULESET = "ruleset"                # cloud → gateway: {"hash", "doc"} or {"hash", "error"}
 ALERTS = "alerts"                  # cloud → consumers: every change of an alert of this gateway
-
-
-def check_id(kind: str, value: str) -> str:
-    if not _ID_RE.fullmatch(value):
-        raise ValueError(f"{kind} id {value!r} must be 1-64 of A-Z a-z 0-9 _ . - (it is part of MQTT topics)")
-    return value
 
 
 @dataclass(frozen=True)

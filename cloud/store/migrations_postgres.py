@@ -238,6 +238,8 @@ async def _m6_series(con: asyncpg.Connection, timescale: bool, retention_days: i
     CREATE INDEX anchor_leaves_job ON anchor_leaves (job);
     CREATE TABLE store_state (key text PRIMARY KEY, value text NOT NULL);
     """))
+    # A batch's identity is now its signature (deterministic for Ed25519 and HMAC), not a second hash.
+    await con.execute("UPDATE batches SET digest = coalesce(convert_from(payload, 'UTF8')::json ->> 'sig', digest)")
 
 
 # 7: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),

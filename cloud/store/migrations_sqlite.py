@@ -151,6 +151,8 @@ async def _m6_series(con: aiosqlite.Connection) -> None:
         action TEXT NOT NULL, subject TEXT, detail TEXT NOT NULL DEFAULT '{{}}'
     );
     CREATE TABLE store_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    UPDATE batches SET digest = coalesce(json_extract(CAST(payload AS TEXT), '$.sig'), digest)
+        WHERE json_valid(CAST(payload AS TEXT));
     CREATE TABLE IF NOT EXISTS anchor_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS anchor_dirty (
         site TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, PRIMARY KEY (site, start_ms, end_ms)

@@ -59,16 +59,23 @@ class PendingBatch:
     seq: int
     created_ms: int
     received_ms: int
-    digest: str  # sha256 hex of the signed bytes
+    # The batch's identity for telling a redelivery from a reuse of its seq: its signature. Ed25519
+    # (RFC 8032) and HMAC are deterministic, so the same signed bytes always carry the same signature and
+    # other content another one; no second hash over the bytes is needed.
+    digest: str
     raw: bytes
     rows: list[Row]
     alg: str = "ed25519"
 
+    def span(self) -> tuple[int, int]:
+        """The first and last reading time (one pass in C over a list of times)."""
+        stamps = [r[2] for r in self.rows]
+        return min(stamps), max(stamps)
+
     @classmethod
     def from_batch(cls, batch: Batch, raw: bytes, received_ms: int) -> PendingBatch:
         rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in batch.readings]
-        return cls(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.digest(), raw, rows,
-                   batch.alg.value)
+        return cls(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.sig, raw, rows, batch.alg.value)
 
     def to_batch(self) -> Batch:
         readings = tuple(Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in self.rows)

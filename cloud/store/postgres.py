@@ -49,7 +49,7 @@ def next_month_ms(start_ms: int) -> int:
 def split_url(url: str) -> tuple[str, str | None, int | None]:
     """(dsn for asyncpg, schema, retention_days) from a storage URL with our own query parameters."""
     parts = urlsplit(url)
-    ours = {"schema", "retention_days"}
+    ours = {"schema", "retention_days", "lock_timeout_ms"}
     query = parse_qsl(parts.query)
     opts = {k: v for k, v in query if k in ours}
     dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours])))
@@ -58,6 +58,14 @@ def split_url(url: str) -> tuple[str, str | None, int | None]:
         raise ValueError(f"schema {schema!r} must be letters, digits and underscores")
     retention = int(opts["retention_days"]) if "retention_days" in opts else None
     return dsn, schema, retention
+
+
+def lock_timeout_of(url: str) -> int:
+    """``?lock_timeout_ms=N`` (default 5000): how long a statement waits for a lock before failing."""
+    for k, v in parse_qsl(urlsplit(url).query):
+        if k == "lock_timeout_ms":
+            return int(v)
+    return 5000
 
 
 class _PgConn(Conn):
@@ -112,6 +120,7 @@ class PostgresDatabase(_PgConn, Database):
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         self.url = url
         self.dsn, self.schema, self.retention_days = split_url(url)
+        self.lock_timeout_ms = lock_timeout_of(url)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._export_pool: asyncpg.Pool | None = None
@@ -128,7 +137,11 @@ class PostgresDatabase(_PgConn, Database):
 
     @property
     def settings(self) -> dict[str, str]:
-        return {"search_path": f"{self.schema},public"} if self.schema else {}
+        # A lock held elsewhere (a migration, an operator's LOCK, a stuck transaction) makes a statement
+        # fail after lock_timeout, so the ingest counts the store as unavailable and retries, instead of
+        # hanging with its messages unacknowledged and /health still saying ok.
+        base = {"lock_timeout": f"{self.lock_timeout_ms}ms"}
+        return {**base, "search_path": f"{self.schema},public"} if self.schema else base
 
     async def open(self) -> None:
         if self.schema:
@@ -152,7 +165,8 @@ class PostgresDatabase(_PgConn, Database):
 
     async def migrate(self) -> int:
         """Apply pending migrations under an advisory lock (workers may start together); returns the version."""
-        con = await asyncpg.connect(self.dsn, server_settings=self.settings)
+        # No lock timeout here: a second worker starting at the same time waits for the first one's migration.
+        con = await asyncpg.connect(self.dsn, server_settings={**self.settings, "lock_timeout": "0"})
         try:
             async with con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)

@@ -22,6 +22,7 @@ import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from carbonlink.commands.faults.lab import stop_process
 from carbonlink.kernel.events import Event, sign_event
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
 from tests.services import ROOT, free_port, own_mosquitto, port_open, require
@@ -79,11 +80,7 @@ def nodered(broker: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -14,11 +14,12 @@ from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
 from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver, quality_for
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.wire import Reading
-from carbonlink.simulators.cems import LAYOUT, Mode
+from carbonlink.simulators.cems import LAYOUT, CemsStack, Mode
 from carbonlink.simulators.cems_cli import CemsRig, apply_command
 from carbonlink.simulators.cems_opcua import MODE_STATUS, UNITS
 from carbonlink.simulators.hj212_client import SENT
 from tests.services import free_port
+from tests.simulators.clocks import Paced
 
 
 class Feed:
@@ -58,7 +59,7 @@ async def everything() -> AsyncIterator[tuple[CemsRig, Feed, Feed, Feed]]:
     async with asyncio.timeout(5):
         while hj.port is None:
             await asyncio.sleep(0.01)
-    rig = CemsRig(modbus_port=free_port(), opcua_port=free_port(), opcua_interval_s=0.1,
+    rig = CemsRig(CemsStack(clock=Paced()), modbus_port=free_port(), opcua_port=free_port(), opcua_interval_s=0.1,
                   hj212_to=("127.0.0.1", hj.port), hj212_interval_s=0.1)
     async with rig:
         mb = Feed(ModbusTcpDriver("mb", ModbusTcpDevice.model_validate(
@@ -138,7 +139,7 @@ async def test_wrong_map_puts_each_value_under_its_neighbour() -> None:
 
 
 async def test_commands_change_nothing_when_malformed_and_timed_modes_end() -> None:
-    rig = CemsRig()  # no transport: the model alone
+    rig = CemsRig(CemsStack(clock=Paced()))  # no transport: the model alone
     assert "calibration" in rig.apply("help")
     before = vars(rig.stack.faults).copy()
     for bad in ("exception 9", "spikes 2", "drift x", "spikes", "wrong-map on 99"):
@@ -166,7 +167,7 @@ async def test_minute_record_keeps_a_calibration_seen_inside_its_window() -> Non
         async with asyncio.timeout(5):
             while hj.driver.port is None:  # type: ignore[union-attr]
                 await asyncio.sleep(0.01)
-        rig = CemsRig(hj212_to=("127.0.0.1", hj.driver.port), hj212_interval_s=0.1,  # type: ignore[union-attr]
+        rig = CemsRig(CemsStack(clock=Paced()), hj212_to=("127.0.0.1", hj.driver.port), hj212_interval_s=0.1,  # type: ignore[union-attr]
                       hj212_minute_s=2.0)  # the first window holds the whole calibration
         async with rig:
             await hj.until(lambda b: flags(b, SENT_POINTS) == {"N"})

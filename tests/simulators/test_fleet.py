@@ -17,6 +17,7 @@ from carbonlink.simulators.cems import LAYOUT
 from carbonlink.simulators.fleet import start_fleet
 from carbonlink.simulators.fleet_cli import app, apply_command
 from tests.services import ROOT
+from tests.simulators.clocks import Paced
 from tests.simulators.sunspec.test_simulator import consecutive_free_ports
 
 GATEWAY = {"gateway": {"id": "gw-fleet", "site": "load", "key_file": "gw.key", "data_dir": "edge"}}
@@ -32,7 +33,7 @@ async def first_batch(device: object) -> list:
 
 async def test_fleet_serves_every_device_its_gateway_yaml_names() -> None:
     first = consecutive_free_ports(5)
-    async with await start_fleet(cems=3, inverters=2, forest_trees=4, first_port=first) as fleet:
+    async with await start_fleet(cems=3, inverters=2, forest_trees=4, first_port=first, clock=Paced()) as fleet:
         assert fleet.ports() == list(range(first, first + 5))
         cfg = GatewayConfig.model_validate(GATEWAY | {"devices": fleet.gateway_devices(0.05)})
         assert [d.driver for d in cfg.devices] == ["modbus_tcp"] * 3 + ["sunspec"] * 2 + ["ble_bthome"]

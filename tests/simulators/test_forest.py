@@ -58,7 +58,7 @@ def test_climate_soil_and_battery() -> None:
 
 
 def test_packet_id_and_counter_advance_and_wrap() -> None:
-    forest = Forest.plot(2, encrypted=True, repeats=3)
+    forest = Forest.plot(2, encrypted=True, repeats=3, start=MIDNIGHT, wall=lambda: 0.0)
     adverts = forest.tick()
     assert len(adverts) == 6 and adverts[0] == adverts[1] == adverts[2]
     tree = forest.trees[0]

@@ -17,6 +17,7 @@ from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
 from tests.services import ROOT
+from tests.simulators.clocks import Paced
 
 
 def device(port: int, **kw: object) -> ModbusTcpDevice:
@@ -79,7 +80,7 @@ class Collector:
 
 async def test_reconnects_after_a_long_outage_and_logs_once_each_way(port: int,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    stack = CemsStack()
+    stack = CemsStack(clock=Paced())
     got = Collector()
     sup = DeviceSupervisor(ModbusTcpDriver("cems", device(port, poll_interval_s=0.05)), got,
                            backoff=Backoff(initial=0.05, cap=0.3))
@@ -113,7 +114,7 @@ class FlakyDriver(ModbusTcpDriver):
 
 async def test_supervisor_survives_an_unexpected_exception_and_logs_it_once(port: int,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
-    stack = CemsStack()
+    stack = CemsStack(clock=Paced())
     got = Collector()
     drv = FlakyDriver("cems", device(port, poll_interval_s=0.05))
     sup = DeviceSupervisor(drv, got, backoff=Backoff(initial=0.05, cap=0.1))

@@ -43,6 +43,8 @@ def run(
     = "ci",
     json_out: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
     only: Annotated[list[str] | None, typer.Option(help="run only faults whose name contains this")] = None,
+    db: Annotated[str | None, typer.Option(help="PostgreSQL URL to run on (a throwaway ?schema= is best);"
+                                                " default: a SQLite file in the lab")] = None,
 ) -> None:
     """Run every fault against a private Mosquitto, ingest workers and a store; exit 1 on any loss."""
     if profile not in PROFILES:
@@ -51,9 +53,10 @@ def run(
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         typer.echo("mosquitto is needed: apt-get install -y mosquitto", err=True)
         raise typer.Exit(2)
-    rows = asyncio.run(run_profile(PROFILES[profile], only, progress=not json_out))
+    rows = asyncio.run(run_profile(PROFILES[profile], only, progress=not json_out, db=db))
     if json_out:
-        print(json.dumps({"profile": profile, "rows": [asdict(r) for r in rows]}))
+        print(json.dumps({"profile": profile, "store": "postgresql" if db else "sqlite",
+                          "rows": [asdict(r) for r in rows]}))
     else:
         render(rows, profile)
     if any(r.lost or r.duplicated for r in rows):

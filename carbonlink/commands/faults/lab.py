@@ -179,18 +179,18 @@ class Lab:
     def db_path(self) -> Path:
         return Path(self.store_url.removeprefix("sqlite:///").partition("?")[0])
 
-    def stored(self, gw: str) -> tuple[int, int, int]:
-        """(rows, distinct identities, batches stored twice) for one gateway."""
-        db = sqlite3.connect(self.db_path, timeout=30)
-        try:
-            rows, distinct = db.execute(
-                "SELECT count(*), count(DISTINCT r.series || '|' || r.ts_ms) FROM readings r"
-                " JOIN series s ON s.id = r.series WHERE s.gateway = ?", (gw,)).fetchone()
-            twice = db.execute("SELECT count(*) - count(DISTINCT seq) FROM batches WHERE gateway = ?",
-                               (gw,)).fetchone()[0]
-            return int(rows), int(distinct), int(twice)
-        finally:
-            db.close()
+    async def stored(self, gw: str) -> tuple[int, int, int]:
+        """(rows, distinct identities, batches stored twice) for one gateway, on either back end."""
+        from carbonlink.cloud.store import open_store
+
+        async with open_store(self.store_url) as store:
+            row = await store.db.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT r.series || '|' || r.ts_ms) AS d FROM readings r"
+                " JOIN series s ON s.id = r.series WHERE s.gateway = ?", gw)
+            twice = await store.db.fetchval("SELECT count(*) - count(DISTINCT seq) FROM batches WHERE gateway = ?",
+                                            gw)
+        assert row is not None
+        return int(row["n"]), int(row["d"]), int(twice)
 
 
 def _outbox_state(path: Path, before_ms: int) -> tuple[int, int]:
@@ -257,13 +257,23 @@ class Gateway:
         out = await self.proc.stop()
         await self.proxy.cut()
         produced, left = _produced(self.outbox)
-        rows, distinct, twice = self.lab.stored(self.id)
+        rows, distinct, twice = await self.lab.stored(self.id)
         row.produced, row.stored = produced, rows
         row.lost = produced - distinct
         row.duplicated = (rows - distinct) + twice
         if left or out != "drained":
             row.note = (row.note + f"; {left} readings still in the outbox ({out})").strip("; ")
         return row
+
+
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], within: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited ``within`` seconds: every helper process the lab starts."""
+    proc.terminate()
+    try:
+        proc.wait(within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -299,8 +309,4 @@ def own_mosquitto(extra_conf: str = "", port: int | None = None,
                 time.sleep(0.05)
             yield f"mqtt://127.0.0.1:{port}", port, Path(d)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 5)

@@ -83,12 +83,28 @@ async def fault_ingest_stopped(lab: Lab, gw: Gateway, row: Row) -> int:
 
 
 async def fault_db_refusing(lab: Lab, gw: Gateway, row: Row) -> int:
-    lock = sqlite3.connect(lab.db_path, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # every writer now gets 'database is locked'
-    await asyncio.sleep(lab.profile.db_locked_s)
-    lock.execute("ROLLBACK")
-    lock.close()
-    row.note = f"store file exclusively locked {lab.profile.db_locked_s:g} s"
+    if lab.store_url.startswith("sqlite:///"):
+        lock = sqlite3.connect(lab.db_path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # every writer now gets 'database is locked'
+        await asyncio.sleep(lab.profile.db_locked_s)
+        lock.execute("ROLLBACK")
+        lock.close()
+        row.note = f"store file exclusively locked {lab.profile.db_locked_s:g} s"
+        return _now_ms()
+    import asyncpg
+
+    from carbonlink.cloud.store.postgres import split_url
+
+    dsn, schema, _ = split_url(lab.store_url)
+    con = await asyncpg.connect(dsn, server_settings={"search_path": f"{schema},public"} if schema else {})
+    try:
+        async with con.transaction():
+            # Writers wait for the lock up to the store's lock_timeout, then count the store as unavailable.
+            await con.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+            await asyncio.sleep(lab.profile.db_locked_s)
+    finally:
+        await con.close()
+    row.note = f"batches table locked ACCESS EXCLUSIVE {lab.profile.db_locked_s:g} s"
     return _now_ms()
 
 
@@ -157,7 +173,9 @@ FAULTS: dict[str, Callable[[Lab, Gateway, Row], Awaitable[int]]] = {
 }
 
 
-async def run_profile(profile: Profile, only: list[str] | None = None, progress: bool = False) -> list[Row]:
+async def run_profile(profile: Profile, only: list[str] | None = None, progress: bool = False,
+                      db: str | None = None) -> list[Row]:
+    """Every fault of ``profile`` against a fresh lab; ``db`` a PostgreSQL URL (else a SQLite file in the lab)."""
     from carbonlink.simulators.cems import CemsStack
     from carbonlink.simulators.modbus_host import ModbusDeviceHost
 
@@ -167,7 +185,7 @@ async def run_profile(profile: Profile, only: list[str] | None = None, progress:
         work = Path(d)
         broker = Broker(work)
         broker.start()
-        lab = Lab(work, profile, broker, f"sqlite:///{work / 'cloud.sqlite'}")
+        lab = Lab(work, profile, broker, db or f"sqlite:///{work / 'cloud.sqlite'}")
         from carbonlink.cloud.store import open_store
 
         store = open_store(lab.store_url)

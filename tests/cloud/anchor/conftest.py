@@ -19,6 +19,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from carbonlink.cloud.store import Store
+from carbonlink.commands.faults.lab import stop_process
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
 from tests.cloud.store.conftest import throwaway_store
 from tests.services import ROOT, free_port, require
@@ -67,12 +68,7 @@ def hardhat_url() -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 

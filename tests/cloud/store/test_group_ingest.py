@@ -38,7 +38,38 @@ def test_fast_parse_matches_parse_batch(items: list[tuple[str, str, int, float, 
     expected = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in slow.readings]
     if fast is not None:  # None only sends it down the slow path
         assert fast.rows == expected and (fast.gateway, fast.seq, fast.created_ms) == ("gw-1", 7, T0)
-        assert fast.digest(fast.signed_bytes(raw) or b"") == slow.digest()
+        assert fast.sig == slow.sig and fast.signed_bytes(raw) == slow.signing_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=10),
+                          st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=6), values),
+                min_size=1, max_size=6), st.booleans())
+def test_canonical_and_json_paths_agree_with_parse_batch(items: list[tuple[str, str, float]], reformat: bool
+                                                         ) -> None:
+    """Texts with commas, braces, '},{' and any Unicode; the bytes as signed or re-spaced (the JSON path)."""
+    try:
+        rs = tuple(Reading.make(f"d{d}", f"p{d}", T0 + i, v, u) for i, (d, u, v) in enumerate(items))
+    except WireError:
+        return
+    raw = sign_batch(Batch("gw-1", 9, T0, rs), KEY).to_bytes()
+    if reformat:
+        raw = json.dumps(json.loads(raw), indent=1).encode()
+    fast = FastParser().parse(raw)
+    expected = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in parse_batch(raw).readings]
+    if fast is not None:
+        assert fast.rows == expected
+
+
+def test_the_canonical_path_takes_canonical_bytes_and_nothing_else() -> None:
+    rs = tuple(Reading.make("cems-1", p, T0 + i, 12.5 * i, "mg/m³") for i, p in enumerate(("so2", "a},{b", "x")))
+    raw = sign_batch(Batch("gw-1", 3, T0, rs), KEY).to_bytes()
+    fp = FastParser()
+    assert fp._parse_canonical(raw) is not None
+    for bad in (raw.replace(b"},{", b"} ,{", 1), raw.replace(b'"value":12.5', b'"value":12.50'),
+                raw.replace(b'"value":0', b'"value":-0'), raw.replace(b"mg/m", b"mg\\/m"),
+                raw[:-1], raw + b" "):
+        assert fp._parse_canonical(bad) is None
 
 
 def test_fast_parse_refuses_what_the_wire_refuses() -> None:
@@ -105,7 +136,8 @@ def test_bench_smoke() -> None:
     import asyncio
 
     args = mod.parse_args(["--db", db, "--gateways", "4", "--readings", "4000", "--batch", "100",
-                           "--steady-rate", "2000", "--steady-seconds", "1", "--steady-batch", "50", "--timeout", "30"])
+                           "--steady-rate", "2000", "--steady-seconds", "1", "--steady-batch", "50", "--timeout", "30",
+                           "--skip-nodered"])
     r = asyncio.run(mod.run(args))
     assert r["lost"] == 0 and r["stored"] == r["published"] == 6000
     assert r["e2e_complete"] and r["steady_complete"] and r["ack_statuses"] == {"committed": 80}

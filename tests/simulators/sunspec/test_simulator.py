@@ -8,8 +8,14 @@ import socket
 
 import pytest
 
+from carbonlink.simulators.inverter import SolarInverter
 from carbonlink.simulators.sunspec import InverterFaults, SunSpecInverter, run_inverter_fleet, start_inverter_fleet
-from tests.edge.drivers.sunspec.conftest import first_poll, make_driver, noon_inverter
+from tests.edge.drivers.sunspec.conftest import first_poll, make_driver
+from tests.simulators.clocks import NOON, Paced
+
+
+def noon_inverter(seed: int = 1) -> SolarInverter:
+    return SolarInverter(seed=seed, clock=lambda: NOON)
 
 
 def consecutive_free_ports(n: int) -> int:
@@ -35,7 +41,7 @@ def test_stuck_values_freeze_and_release() -> None:
     a, b = sim.sample(), sim.sample()
     assert a == b
     sim.stick(False)
-    sim.inv.clock = lambda: 1718942400.0 + 600  # ten minutes later, on the same sunny day
+    sim.inv.clock = lambda: NOON + 600  # ten minutes later, on the same sunny day
     assert sim.sample()["energy"] > a["energy"]
 
 
@@ -71,7 +77,7 @@ def test_image_layout_and_not_implemented_codes() -> None:
 
 async def test_a_fleet_serves_distinct_inverters_on_consecutive_ports() -> None:
     first = consecutive_free_ports(3)
-    fleet = await start_inverter_fleet(3, first, model=113)
+    fleet = await start_inverter_fleet(3, first, model=113, clock=Paced())
     try:
         serials = []
         for i, inv in enumerate(fleet):
