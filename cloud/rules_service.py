@@ -288,6 +288,8 @@ class RulesService:
             return
         for tenant, (version, cloud_hash) in (await self.store.rules.latest_versions()).items():
             if self.versions.get(tenant) == version:
+                if tenant in self.cloud.hosts:
+                    await self._start_executors(tenant)  # loaded before the service ran: executors now
                 continue
             text = await self.store.rules.blob(tenant, cloud_hash)
             if text is None:
@@ -325,6 +327,9 @@ class RulesService:
         for e in made.values():
             await self._stack.enter_async_context(e)
         ex.update(made)
+        host = self.cloud.hosts.get(tenant) if self.cloud is not None else None
+        if host is not None:
+            host.executors.update(made)  # a host keeps its own copy of the mapping
 
     def _dead_letter(self, tenant: str) -> Callable[[Any], None]:
         def report(letter: Any) -> None:

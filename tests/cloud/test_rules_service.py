@@ -160,3 +160,44 @@ async def test_forged_and_malformed_alert_events_change_nothing(any_store: Store
     assert await ingest.handle(topic, good) is Outcome.COMMITTED
     got = await store.rules.derivation_of(gw, "cems-1", "rule:so2-high:x", T0 + 1)
     assert got is not None and got["version"] == 3 and service.counters.derivations == 1
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_cloud_rules_notify_through_the_guard(store: Store, tmp_path: Any, allowed: bool) -> None:
+    from tests.rules.test_actions import SECRET, Receiver
+
+    receiver = Receiver()
+    try:
+        run = uuid.uuid4().hex[:8]
+        site, gw = f"site-{run}", f"gw-{run}"
+        await store.registry.register_gateway(gw, site, "ed25519", public_key_hex(KEY), tenant="acme")
+        secrets = tmp_path / "secrets" / "acme"
+        secrets.mkdir(parents=True, mode=0o700)
+        (secrets / "ops").write_bytes(SECRET)
+        (secrets / "ops").chmod(0o600)
+        hook = {"type": "webhook", "url": receiver.url, "secret": "ops", "max_attempts": 1}
+        await store.rules.save_rule("acme", RuleDoc(id="so2-high", text=HIGH, actions=[hook]), "cloud", by="t",
+                                    now=T0)
+        settings = CloudSettings(rules_lateness_s=0, rules_secrets_dir=tmp_path / "secrets",
+                                 webhook_allow=["127.0.0.0/8"] if allowed else [])
+        service = RulesService(store, settings, refresh_s=0.05)
+        runner = asyncio.create_task(service.run())
+        await until(lambda: service.versions.get("acme") == 1)
+        ingest = IngestProcessor(store)
+        ingest.batch_listeners.append(service.on_batch)
+        raw = sign_batch(Batch(gw, 1, T0 + 10_000, tuple(readings())), KEY).to_bytes()
+        assert await ingest.handle(f"cl/{site}/{gw}/telemetry", raw) is Outcome.COMMITTED
+        await service.drain()
+        if allowed:
+            await until(lambda: len(receiver.calls) == 2)  # raised, then cleared
+            assert all(c["signed"] for c in receiver.calls)
+            assert [c["body"]["kind"] for c in receiver.calls] == ["alert.raised", "alert.cleared"]
+        else:
+            await until(lambda: service.state("acme")["diagnostics"].get("action.dead_letter", 0) == 2)
+            recent = [d["body"] for d in service.state("acme")["recent"] if d["kind"] == "action.dead_letter"]
+            assert "is a loopback address" in recent[-1]["reason"] and receiver.calls == []
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    finally:
+        receiver.close()
