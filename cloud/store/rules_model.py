@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from carbonlink.rules import RuleDoc, RuleSetDoc, Silence
 from carbonlink.rules.alerts import Alert
-from carbonlink.rules.document import MAX_SILENCES, DeriveAction, canonical_json
+from carbonlink.rules.document import MAX_RULES, MAX_SILENCES, DeriveAction, canonical_json
 
 Placement = Literal["edge", "cloud", "both"]
 PLACEMENTS: tuple[Placement, ...] = ("edge", "cloud", "both")
@@ -153,6 +153,10 @@ def build_sets(rules: list[RuleRecord], silences: list[SilenceRecord], gateways:
             cloud.append(r.doc.model_copy(update={"actions": derive}))
         else:
             cloud.append(r.doc)
+    for name, chosen in (("gateway", edge), ("cloud", cloud)):
+        if len(chosen) > MAX_RULES:
+            raise RuleSetTooLarge(f"the {name} rule set would hold {len(chosen)} rules, over the {MAX_RULES} a set"
+                                  " holds; delete or disable some, or place them elsewhere")
     gateway_set = RuleSetDoc(rules=sorted(edge, key=lambda d: d.id), silences=docs)
     cloud_set = RuleSetDoc(rules=sorted(cloud, key=lambda d: d.id), silences=docs)
     size = len(canonical_json(gateway_set.model_dump(mode="json")))

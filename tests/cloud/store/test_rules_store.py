@@ -227,3 +227,22 @@ async def test_catalogue_comes_from_the_tenants_series(store: Store) -> None:
     cat = await store.rules.catalogue("acme")
     assert cat is not None and dict(cat.devices["cems-1"]) == {"o2": "%", "so2": "mg/m³"}
     assert await store.rules.catalogue("other") is None
+
+
+def test_sets_over_the_limits_are_refused_with_the_reason() -> None:
+    from carbonlink.cloud.store.rules_model import RuleRecord, RuleSetTooLarge, build_sets
+
+    def rec(i: int, placement: str, text: str = HIGH) -> RuleRecord:
+        return RuleRecord("acme", f"r{i:03d}", 1, RuleDoc(id=f"r{i:03d}", text=text), "", placement, T0, "t")
+
+    built = build_sets([rec(i, "edge") for i in range(500)] + [rec(i + 500, "cloud") for i in range(500)], [], [],
+                       T0)
+    assert len(built.gateway.rules) == len(built.cloud.rules) == 500
+    with pytest.raises(RuleSetTooLarge, match="501 rules, over the 500"):
+        build_sets([rec(i, "both") for i in range(501)], [], [], T0)
+    long_text = HIGH + " -- " + "x" * 7000
+    with pytest.raises(RuleSetTooLarge, match="over the 1,048,576-byte limit"):
+        build_sets([rec(i, "edge", long_text) for i in range(200)], [], [], T0)
+    many = [SilenceRecord("acme", f"s{i}", T0, T0 + 10, "r", "ops", T0, device="cems-1") for i in range(101)]
+    with pytest.raises(RuleSetTooLarge, match="202 silences"):
+        build_sets([], many, ["gw-1", "gw-2"], T0)
