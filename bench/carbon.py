@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncpg
 
 from carbonlink.cloud.carbon.cems import StackConfig
-from carbonlink.cloud.carbon.sqlstore import account_sources, ensure_schema, recompute, register_stack
+from carbonlink.cloud.carbon.sqlstore import account_sources, recompute, register_stack
 from carbonlink.cloud.store import open_store
 from carbonlink.cloud.store.model import FLAG_COLS
 
@@ -68,7 +68,6 @@ async def run(url: str, stacks: int, hours: int, repeats: int) -> dict[str, Any]
     db = store.db
     try:
         t = time.perf_counter()
-        await ensure_schema(db)
         await generate(db, stacks, hours)
         gen_s = time.perf_counter() - t
         srcs = [await register_stack(db, tenant="bench", site=f"site-{i // 10}", config=StackConfig(

@@ -477,8 +477,10 @@ class IngestService:
     """Subscribes to all telemetry and events on a broker and feeds the processor; reconnects forever."""
 
     def __init__(self, store: Store, url: str, *, client_id: str = "carbonlink-ingest",
-                 shared_group: str | None = None, clock: Clock = now_ms) -> None:
+                 shared_group: str | None = None, clock: Clock = now_ms, sites: list[str] | None = None) -> None:
         self.store = store
+        # Only these sites' topics (a cloud that serves some sites of a shared broker); None: every site.
+        self.sites = [topics.check_id("site", s) for s in sites] if sites else None
         self.url = MqttUrl.parse(url)
         self.client_id = client_id
         self.shared_group = shared_group  # MQTT 5 shared subscription ($share/group/...) on Mosquitto
@@ -506,9 +508,10 @@ class IngestService:
 
                     self.processor.publish = publish
                     share = f"$share/{self.shared_group}/" if self.shared_group else ""
-                    await client.subscribe(share + topics.ALL_TELEMETRY, qos=1)
-                    await client.subscribe(share + topics.ALL_EVENTS, qos=1)
-                    await client.subscribe(topics.ALL_STATUS, qos=1)
+                    for site in self.sites or ["+"]:
+                        await client.subscribe(f"{share}{topics.ROOT}/{site}/+/{topics.TELEMETRY}", qos=1)
+                        await client.subscribe(f"{share}{topics.ROOT}/{site}/+/{topics.EVENTS}", qos=1)
+                        await client.subscribe(f"{topics.ROOT}/{site}/+/{topics.STATUS}", qos=1)
                     self.state = "connected"
                     self.counters.connects += 1
                     self.backoff.reset()

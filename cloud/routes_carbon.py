@@ -22,12 +22,8 @@ MAX_RANGE_MS = 3 * 366 * DAY_MS
 
 def create_carbon_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["carbon"])
-    ready = [False]
 
     async def db() -> Any:
-        if not ready[0]:
-            await sqlstore.ensure_schema(store.db)
-            ready[0] = True
         return store.db
 
     @router.get("/api/carbon/accounts", summary="Scope-1 emissions, pollutant mass and coverage per site and period")

@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from carbonlink.kernel.wire import now_ms
+
 from .api import create_app
 from .auth import first_admin_hint
 from .commands import ControlLink
@@ -27,13 +29,15 @@ log = logging.getLogger(__name__)
 class CloudService:
     def __init__(self, store_url: str, mqtt_url: str, *, http_host: str = "127.0.0.1", http_port: int = 8080,
                  client_id: str = "carbonlink-ingest", shared_group: str | None = None,
-                 settings: CloudSettings | None = None) -> None:
+                 settings: CloudSettings | None = None, refresh_every_s: float = 30.0,
+                 sites: list[str] | None = None) -> None:
         self.settings = settings or CloudSettings()
         self.metrics = Metrics(self.stats)
         # Ingest and API share one store; /metrics sees its statement latency, commits, lag and dead letters.
         self.store: Store = open_store(store_url)
         instrument(self.store, self.metrics)
-        self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group)
+        self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group,
+                                    sites=sites)
         self.metrics.attach(self.ingest.processor)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
         self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
@@ -43,6 +47,12 @@ class CloudService:
         self.ingest.processor.batch_listeners.append(self.rules.on_batch)
         self.ingest.processor.event_listeners.append(self.rules.on_event)
         self.http_host, self.http_port = http_host, http_port
+        # Closed hours get their rollups (and carbon stack-hours) a while after the hour ends, and again
+        # whenever a late batch touches them: one refresher per cloud process (work is fenced per hour).
+        self.refresh_every_s = refresh_every_s
+        from .carbon.sqlstore import attach as attach_carbon
+
+        attach_carbon(self.store)
         self._server: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -67,6 +77,7 @@ class CloudService:
         self._tasks = [asyncio.create_task(self.ingest.run(), name="ingest"),
                        asyncio.create_task(self._server.serve(), name="http"),
                        asyncio.create_task(self.control.run(), name="control"),
+                       asyncio.create_task(self._refresh_rollups(), name="rollups"),
                        asyncio.create_task(self.rules.run(), name="rules")]
         for _ in range(200):  # until uvicorn listens, so callers can print a working URL
             if self._server.started or self._tasks[1].done():
@@ -79,6 +90,24 @@ class CloudService:
             await asyncio.wait_for(self.ingest.connected.wait(), 10)
         except TimeoutError:
             log.warning("ingest has not reached the broker %s yet; it keeps retrying", self.ingest.url)
+
+    async def _refresh_rollups(self) -> None:
+        """Materialise closed hours now and then; a failing round is logged once and tried again."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.refresh_every_s)
+            try:
+                done = await self.store.data.refresh_hours(now_ms())
+                while len(done) >= 500:  # a backlog (a day of backfill): keep going, one round at a time
+                    done = await self.store.data.refresh_hours(now_ms())
+                if failing:
+                    log.info("rollup refresh works again")
+                failing = False
+            except Exception as exc:  # the store being down is the ingest's to report; keep trying
+                if not failing:
+                    log.warning("rollup refresh failed (%s: %s); trying again in %.0f s", type(exc).__name__, exc,
+                                self.refresh_every_s)
+                failing = True
 
     async def stop(self) -> None:
         if self._server is not None:

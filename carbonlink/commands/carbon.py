@@ -135,7 +135,6 @@ def register_stack_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tena
     from carbonlink.cloud.carbon.errors import CarbonInputError
 
     async def go(store: Any) -> None:
-        await sqlstore.ensure_schema(store.db)
         try:
             await sqlstore.register_stack(store.db, tenant=tenant, site=site, gateway=gateway, device=device,
                                           config=StackConfig(source_id, source_type), pressure_kind=pressure)
@@ -156,7 +155,6 @@ def account_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")
     s, e = _ts("start", start), _ts("end", end)
 
     async def go(store: Any) -> dict[str, int]:
-        await sqlstore.ensure_schema(store.db)
         ids = [r["source_id"] for r in await store.db.fetch(
             "SELECT source_id FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
         if not ids:
@@ -180,7 +178,6 @@ def accounts_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id"
     s, e = _ts("start", start), _ts("end", end)
 
     async def go(store: Any) -> list[dict[str, Any]]:
-        await sqlstore.ensure_schema(store.db)
         try:
             return await sqlstore.periods(store.db, tenant, granularity, s, e)
         except CarbonInputError as exc:
@@ -198,10 +195,8 @@ def accounts_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id"
 @app.command("sources")
 def sources_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")], as_json: JsonOpt = False) -> None:
     """The tenant's accounted sources."""
-    from carbonlink.cloud.carbon import sqlstore
 
     async def go(store: Any) -> list[dict[str, Any]]:
-        await sqlstore.ensure_schema(store.db)
         return [dict(r) for r in await store.db.fetch(
             "SELECT source_id, site, kind FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
 
@@ -224,7 +219,6 @@ def allowance_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id
         raise fail(f"--t {tonnes!r} is not a number of tonnes") from None
 
     async def go(store: Any) -> None:
-        await sqlstore.ensure_schema(store.db)
         try:
             await sqlstore.set_allowance(store.db, tenant, year, t)
         except CarbonInputError as exc:
@@ -251,7 +245,6 @@ def forecast_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id"
         raise fail("--as-of must be YYYY-MM-DD") from None
 
     async def go(store: Any) -> dict[str, Any]:
-        await sqlstore.ensure_schema(store.db)
         try:
             f = await sqlstore.forecast(store.db, tenant, day.year, day.month, day.day)
         except CarbonInputError as exc:

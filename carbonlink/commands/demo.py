@@ -107,7 +107,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                                         inverter_port=inverter.port, mqtt_url=url)
         cfg = load_gateway_config(cfg_path)
         cloud = await stack.enter_async_context(
-            running_cloud(f"sqlite:///{data_dir / 'cloud.sqlite'}", url, http_port=http_port,
+            running_cloud(f"sqlite:///{data_dir / 'cloud.sqlite'}", url, http_port=http_port, sites=[SITE_ID],
                           client_id=f"carbonlink-ingest-demo-{http_port}"))
         # Anchoring: windows of readings → Merkle roots → the AnchorRegistry on an in-process EVM whose
         # transactions are journaled in the data folder, so proofs still verify after the demo restarts.

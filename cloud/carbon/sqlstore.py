@@ -1,6 +1,6 @@
 """Carbon accounting in SQL on the store's hour rollups, written once for SQLite and PostgreSQL.
 
-Tables (created by ``ensure_schema``; carbon's own, beside the store's migrations):
+Tables (made by the store's migration 7, on both engines):
 
 * ``carbon_sources``: a stack of a tenant's site, its source type, reference O2 and substitution policy;
 * ``carbon_points``: which series (``series.id``) feeds which role of the stack (flow, temp, p_static,
@@ -41,31 +41,6 @@ POLLUTANTS = ("so2", "nox", "dust")
 FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g")
 CONC_UNITS = {"mg/m³": Decimal(1), "mg/m3": Decimal(1), "mg/Nm³": Decimal(1), "mg/Nm3": Decimal(1)}
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS carbon_sources (
-        source_id TEXT PRIMARY KEY, src INTEGER NOT NULL UNIQUE, tenant TEXT NOT NULL, site TEXT NOT NULL,
-        kind TEXT NOT NULL, p_atm_pa DOUBLE PRECISION NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS carbon_points (
-        source_id TEXT NOT NULL, src INTEGER NOT NULL, role TEXT NOT NULL, ri INTEGER NOT NULL, series INTEGER NOT NULL,
-        factor DOUBLE PRECISION NOT NULL, offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role))""",
-    "CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series)",
-    """CREATE TABLE IF NOT EXISTS carbon_hours (
-        src INTEGER NOT NULL, hour_ms BIGINT NOT NULL, status TEXT NOT NULL, params_valid INTEGER NOT NULL,
-        readings INTEGER NOT NULL,
-        qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
-        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (src, hour_ms))""",
-    """CREATE TABLE IF NOT EXISTS carbon_revisions (
-        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
-        at_ms BIGINT NOT NULL, cause TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS carbon_revisions_source ON carbon_revisions (source_id, hour_ms)",
-    """CREATE TABLE IF NOT EXISTS carbon_allowances (
-        tenant TEXT NOT NULL, year INTEGER NOT NULL, t TEXT NOT NULL, PRIMARY KEY (tenant, year))""",
-]
-
-
-async def ensure_schema(db: Any) -> None:
-    for stmt in SCHEMA:
-        await db.execute(stmt)
 
 
 def _round(db: Any, expr: str) -> str:
@@ -397,17 +372,11 @@ def attach(store: Any, clock: Any = None) -> None:
     now = clock or (lambda: int(time.time() * 1000))
 
     async def on_hours(hours: list[tuple[str, int]]) -> None:
-        await ensure_schema(store.db)
         await recompute(store.db, hours, at_ms=now(), cause="rollup refreshed")
 
     store.data.hours_listeners.append(on_hours)
 
 
-WARNINGS_SCHEMA = """CREATE TABLE IF NOT EXISTS carbon_warnings (
-    tenant TEXT NOT NULL, year INTEGER NOT NULL, level TEXT NOT NULL, severity TEXT NOT NULL, ratio TEXT NOT NULL,
-    forecast_t TEXT NOT NULL, allowance_t TEXT NOT NULL, as_of TEXT NOT NULL, at_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant, year, level))"""
-SCHEMA.append(WARNINGS_SCHEMA)
 
 
 async def forecast(db: Any, tenant: str, year: int, month: int, day: int, *, tz_offset_min: int = 480,

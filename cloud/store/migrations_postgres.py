@@ -242,9 +242,38 @@ async def _m6_series(con: asyncpg.Connection, timescale: bool, retention_days: i
     await con.execute("UPDATE batches SET digest = coalesce(convert_from(payload, 'UTF8')::json ->> 'sig', digest)")
 
 
-# 7: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
+# 7: carbon accounting (cloud/carbon/sqlstore.py): stacks and their series, stack-hours in whole grams,
+# revisions, allowances and allowance warnings.
+async def _m7_carbon(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute("""
+CREATE TABLE IF NOT EXISTS carbon_sources (
+        source_id TEXT PRIMARY KEY, src INTEGER NOT NULL UNIQUE, tenant TEXT NOT NULL, site TEXT NOT NULL,
+        kind TEXT NOT NULL, p_atm_pa DOUBLE PRECISION NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS carbon_points (
+        source_id TEXT NOT NULL, src INTEGER NOT NULL, role TEXT NOT NULL, ri INTEGER NOT NULL, series INTEGER NOT NULL,
+        factor DOUBLE PRECISION NOT NULL, offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role));
+CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series);
+CREATE TABLE IF NOT EXISTS carbon_hours (
+        src INTEGER NOT NULL, hour_ms BIGINT NOT NULL, status TEXT NOT NULL, params_valid INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
+        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (src, hour_ms));
+CREATE TABLE IF NOT EXISTS carbon_revisions (
+        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
+        at_ms BIGINT NOT NULL, cause TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS carbon_revisions_source ON carbon_revisions (source_id, hour_ms);
+CREATE TABLE IF NOT EXISTS carbon_allowances (
+        tenant TEXT NOT NULL, year INTEGER NOT NULL, t TEXT NOT NULL, PRIMARY KEY (tenant, year));
+CREATE TABLE IF NOT EXISTS carbon_warnings (
+    tenant TEXT NOT NULL, year INTEGER NOT NULL, level TEXT NOT NULL, severity TEXT NOT NULL, ratio TEXT NOT NULL,
+    forecast_t TEXT NOT NULL, allowance_t TEXT NOT NULL, as_of TEXT NOT NULL, at_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant, year, level));
+    """)
+
+
+# 8: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
 # alerts with their lifecycle, silences, the provenance of derived readings, readings derived in the cloud.
-async def _m7_rules(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
     await con.execute(_c("""
     CREATE TABLE rule_versions (
         tenant text NOT NULL, rule text NOT NULL, version integer NOT NULL, doc text, hash text NOT NULL,
@@ -294,4 +323,4 @@ async def _m7_rules(con: asyncpg.Connection, timescale: bool, retention_days: in
 
 
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_rules]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules]

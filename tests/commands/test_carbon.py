@@ -107,7 +107,6 @@ def test_report_renders_an_accounts_file(tmp_path: Path) -> None:
 def test_accounts_from_a_store_register_account_list_and_allowance(tmp_path: Path) -> None:
     import asyncio
 
-    from carbonlink.cloud.carbon.sqlstore import ensure_schema
     from carbonlink.cloud.store import open_store
     from carbonlink.simulators.cems import CemsStack
     from tests.cloud.carbon.simdata import MARCH, stack_hours
@@ -119,7 +118,6 @@ def test_accounts_from_a_store_register_account_list_and_allowance(tmp_path: Pat
         store = open_store(db)
         await store.open()
         try:
-            await ensure_schema(store.db)
             series = await add_series(store.db, "gw-1", "cems-1")
             hours = stack_hours(CemsStack(seed=7, clock=lambda: MARCH), MARCH, 48, step_s=900, fuel=False)
             await write_rollups(store.db, rollup_rows(series, hours))

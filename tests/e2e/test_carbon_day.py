@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.cloud.carbon.cems import StackConfig
-from carbonlink.cloud.carbon.sqlstore import attach, day_totals, ensure_schema, register_stack
+from carbonlink.cloud.carbon.sqlstore import attach, day_totals, register_stack
 from carbonlink.cloud.store import Store
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
@@ -37,7 +37,6 @@ async def test_a_simulated_day_accounts_to_what_the_stack_emitted(store: Store) 
     stack = CemsStack(seed=11, clock=clock)
     db = store.db
     await store.registry.register_gateway("gw-1", "plant-a", "ed25519", public_key_hex(KEY), tenant="acme")
-    await ensure_schema(db)
     attach(store, clock=lambda: int(clock.t * 1000))
     seq = 0
     readings: list[Reading] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 from carbonlink.cloud.carbon.cems import StackConfig
-from carbonlink.cloud.carbon.sqlstore import account_sources, ensure_schema, register_stack, set_allowance
+from carbonlink.cloud.carbon.sqlstore import account_sources, register_stack, set_allowance
 from carbonlink.simulators.cems import CemsStack
 from tests.cloud.api.conftest import Api
 from tests.cloud.carbon.simdata import MARCH, H, stack_hours
@@ -16,7 +16,6 @@ DAYS = 3
 
 async def seed_carbon(api: Api) -> None:
     db = api.store.db
-    await ensure_schema(db)
     hours = stack_hours(CemsStack(seed=7, clock=lambda: MARCH), MARCH, DAYS * 24, step_s=900, fuel=False)
     srcs = []
     for gw, tenant in (("gw-a", "acme"), ("gw-b", "other")):

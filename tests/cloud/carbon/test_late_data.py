@@ -8,7 +8,7 @@ from decimal import Decimal as D
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.cloud.carbon.cems import StackConfig
-from carbonlink.cloud.carbon.sqlstore import attach, ensure_schema, register_stack
+from carbonlink.cloud.carbon.sqlstore import attach, register_stack
 from carbonlink.cloud.store import Store
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
@@ -33,7 +33,6 @@ def batch(seq: int, minutes: range) -> Batch:
 async def test_a_backfilled_batch_recomputes_its_hour_and_keeps_a_revision(any_store: Store) -> None:
     db = any_store.db
     await any_store.registry.register_gateway("gw-1", "plant-a", "ed25519", public_key_hex(KEY), tenant="acme")
-    await ensure_schema(db)
     clock = [HOUR + 3 * 3_600_000]
     attach(any_store, clock=lambda: clock[0])
     first = batch(1, range(0, 40))  # 40 of 60 minutes: the hour is not valid (HJ 76 needs 45)

@@ -11,7 +11,6 @@ from carbonlink.cloud.carbon.cems import HourValue, StackConfig, account_stack
 from carbonlink.cloud.carbon.sqlstore import (
     account_hours,
     day_totals,
-    ensure_schema,
     hour_provenance,
     recompute,
     register_stack,
@@ -34,7 +33,6 @@ def sim_hours() -> dict[int, dict[str, HourValue]]:
 
 async def setup(store: Store, hours: dict[int, dict[str, HourValue]]):  # type: ignore[no-untyped-def]
     db = store.db
-    await ensure_schema(db)
     series = await add_series(db, "gw-1", "cems-1")
     await write_rollups(db, rollup_rows(series, hours))
     return await register_stack(db, tenant="acme", site="plant-a", config=CFG, gateway="gw-1", device="cems-1",
@@ -95,7 +93,6 @@ async def test_warnings_are_raised_once_per_level_and_year(any_store: Store) -> 
     from carbonlink.cloud.carbon.sqlstore import raise_warnings
 
     db = any_store.db
-    await ensure_schema(db)
     last = {m: D(1000) for m in range(1, 13)}
     f = forecast_year_end(2023, 6, 30, {m: D(1000) for m in range(1, 7)}, last, D(12_500))  # 96 %
     new = await raise_warnings(db, "acme", f, at_ms=1)
