@@ -28,8 +28,8 @@ GROUPS: dict[str, Lazy] = {
                    "per site window.", ("cloud", "chain")),
     "verify": Lazy("carbonlink.commands.anchor:verify_app", "Proof bundles: prove a reading, check a bundle "
                    "against a chain node.", ("cloud", "chain")),
-    "rules": Lazy("carbonlink.commands.rules:app", "Rules: validate, list and show rule sets; push one to a "
-                  "gateway.", ()),
+    "rules": Lazy("carbonlink.commands.rules:app", "Rules: validate, list and show rule sets; push them to "
+                  "gateways; alerts and silences.", ()),
     "carbon": Lazy("carbonlink.commands.carbon:app", "Carbon accounting: formulas, accounts, reports.", ()),
     "faults": Lazy("carbonlink.commands.faults.cli:app", "The fault lab: kill, cut and restart real "
                    "processes; count what was lost.", ("edge", "cloud", "sim")),

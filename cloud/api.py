@@ -28,11 +28,14 @@ from .logs import RequestContext
 from .metrics import CONTENT_TYPE, Metrics, instrument
 from .routes_data import ts_param
 from .routes_resources import create_resources_router, parse_cursor
+from .routes_rules import create_rules_router, policy_of
 from .settings import CloudSettings
+from .shadows import ShadowService
 from .store import ReadingQuery, Store, encode_cursor
 
 if TYPE_CHECKING:
     from .commands import ControlLink
+    from .rules_service import RulesService
 
 MAX_PAGE = 5000
 PROBLEM = "application/problem+json"
@@ -141,7 +144,7 @@ class PrincipalPublic(BaseModel):
 
 def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, *,
                settings: CloudSettings | None = None, metrics: Metrics | None = None,
-               control: ControlLink | None = None) -> FastAPI:
+               control: ControlLink | None = None, rules: RulesService | None = None) -> FastAPI:
     """The app. Pass the service's ``metrics`` (and ``stats``) to expose the ingest's figures."""
     settings = settings or CloudSettings()
     if metrics is None:
@@ -277,6 +280,8 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     app.include_router(create_data_router(store))
     app.include_router(provisioning_router(store))
     app.include_router(create_resources_router(store))
+    app.include_router(create_rules_router(store, shadows=control.shadows if control else ShadowService(store),
+                                           rules=rules, policy=policy_of(settings)))
     from .routes_carbon import create_carbon_router
 
     app.include_router(create_carbon_router(store))

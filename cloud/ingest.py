@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
-from carbonlink.kernel.events import parse_event, verify_event
+from carbonlink.kernel.events import Event, parse_event, verify_event
 from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.kernel.wire import (
     MAX_BATCH_BYTES,
@@ -169,6 +169,9 @@ class IngestProcessor:
         # once per newly committed batch, with the gateway's record (tenant, site). A consumer that
         # raises is logged; it never holds up the ingest.
         self.batch_listeners: list[Callable[[GatewayRecord, PendingBatch], None]] = []
+        # Consumers of gateway events (the alerts table): awaited once the event is stored (or found stored
+        # before: a redelivery after a crash is told again; consumers are idempotent), before its ack.
+        self.event_listeners: list[Callable[[GatewayRecord, Event], Awaitable[None]]] = []
 
     async def _gateway(self, gateway_id: str) -> tuple[GatewayRecord | None, list[VerifyKey]]:
         """The gateway's record and its usable keys: the current one first, then recently rotated ones."""
@@ -406,12 +409,23 @@ class IngestProcessor:
                 raise _Refused(f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})", event_id=event_id) \
                     from None
             self.counters.events_stored += int(stored)
+            for listener in self.event_listeners:
+                await self._tell_event(listener, rec, event)
             status = Outcome.COMMITTED if stored else Outcome.DUPLICATE
             return status, {"event": event.id, "status": status.value}
         except _Refused as exc:
             exc.event_id = event_id
             await self._reject(item, exc)
             return Outcome.REJECTED, None
+
+    async def _tell_event(self, listener: Callable[[GatewayRecord, Event], Awaitable[None]], rec: GatewayRecord,
+                          event: Event) -> None:
+        try:
+            await listener(rec, event)
+        except Exception as exc:
+            if self.store.db.is_unavailable(exc):  # the group waits and is retried, like a failed commit
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            log.exception("event listener %r failed on %s/%s", listener, event.gateway, event.id)
 
     # --- refusals and acks --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from .auth import first_admin_hint
 from .commands import ControlLink
 from .ingest import IngestService
 from .metrics import Metrics, instrument
+from .rules_service import RulesService
 from .settings import CloudSettings
 from .store import Store, open_store
 
@@ -40,6 +41,11 @@ class CloudService:
         self.metrics.attach(self.ingest.processor)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
         self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
+        # Rules: gateways' alert events into the alerts table, the cloud's own evaluation of what ingest
+        # committed, alert changes published on the control link (cloud/rules_service.py).
+        self.rules = RulesService(self.store, self.settings, publish=self.control.publish)
+        self.ingest.processor.batch_listeners.append(self.rules.on_batch)
+        self.ingest.processor.event_listeners.append(self.rules.on_event)
         self.http_host, self.http_port = http_host, http_port
         # Closed hours get their rollups (and carbon stack-hours) a while after the hour ends, and again
         # whenever a late batch touches them: one refresher per cloud process (work is fenced per hour).
@@ -63,14 +69,16 @@ class CloudService:
         if not await self.store.access.has_credentials():  # the API needs an admin to make users: say how, once
             log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.
-        app = create_app(self.store, self.stats, settings=self.settings, metrics=self.metrics, control=self.control)
+        app = create_app(self.store, self.stats, settings=self.settings, metrics=self.metrics, control=self.control,
+                         rules=self.rules)
         config = uvicorn.Config(app, host=self.http_host, port=self.http_port, log_level="warning",
                                 lifespan="off")
         self._server = uvicorn.Server(config)
         self._tasks = [asyncio.create_task(self.ingest.run(), name="ingest"),
                        asyncio.create_task(self._server.serve(), name="http"),
                        asyncio.create_task(self.control.run(), name="control"),
-                       asyncio.create_task(self._refresh_rollups(), name="rollups")]
+                       asyncio.create_task(self._refresh_rollups(), name="rollups"),
+                       asyncio.create_task(self.rules.run(), name="rules")]
         for _ in range(200):  # until uvicorn listens, so callers can print a working URL
             if self._server.started or self._tasks[1].done():
                 break

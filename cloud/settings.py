@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,31 @@ class CloudSettings(BaseSettings):
         default=None, description="bearer token Prometheus scrapes /metrics with; unset: /metrics is off")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20, description="larger request bodies get 413")
     log_format: Literal["json", "text"] = "json"
+    # Rules in the cloud (docs/rules.md, "In the cloud").
+    rules_cloud: bool = Field(default=True, description="evaluate tenants' cloud rules over committed readings")
+    rules_lateness_s: int = Field(default=600, ge=0, le=86_400,
+                                  description="how late a reading may arrive and still be evaluated in order")
+    rules_secrets_dir: Path = Field(default=Path("var/cloud/secrets"),
+                                    description="webhook secrets of tenants: {dir}/{tenant}/{name}, files 0600")
+    webhook_allow: list[str] = Field(default_factory=list, description="networks webhooks may call although they"
+                                     ' are not public, e.g. ["10.20.0.0/24"] (JSON list in the environment)')
+    webhook_allow_private: bool = Field(default=False, description="let webhooks call private addresses"
+                                        " (RFC 1918, RFC 6598, ULA); loopback and link-local stay refused")
+    smtp_host: str | None = Field(default=None, description="SMTP relay for rules' e-mail; unset: no e-mail")
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_sender: str = "carbonlink@localhost"
+    smtp_starttls: bool = False
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        from .webhook_guard import parse_networks
+
+        try:
+            parse_networks(v)
+        except ValueError as exc:
+            raise ValueError(f"CARBONLINK_WEBHOOK_ALLOW: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> CloudSettings:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from carbonlink.kernel import topics
 from carbonlink.kernel.wire import now_ms
 
-from .store import Store
+from .store import GatewayRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,24 @@ def check_desired(desired: dict[str, Any]) -> None:
         _check_rules(desired["rules"])
 
 
-def _check_rules(doc: dict[str, Any]) -> None:
-    """A rule set that would not compile on the gateway is refused here, with the rule and position."""
+def _check_rules(doc: dict[str, Any]) -> Any:
+    """A rule set that would not compile on the gateway is refused here, with the rule and position.
+
+    ``{"hash": H}`` names a set stored by hash (cloud/rules_delivery.py); its content was checked when stored.
+    """
     from carbonlink.rules import RuleSetDoc, RuleSetError, compile_ruleset
 
+    from .rules_delivery import HASH_RE, is_ref
+
+    if "hash" in doc:
+        if not is_ref(doc) or not HASH_RE.fullmatch(doc["hash"]):
+            raise ShadowError(422, 'desired.rules: a rule set by hash is {"hash": "<64 lowercase hex>"} and nothing'
+                                   " else")
+        return None
     try:
-        compile_ruleset(RuleSetDoc.model_validate(doc))
+        parsed = RuleSetDoc.model_validate(doc)
+        compile_ruleset(parsed)
+        return parsed
     except ValidationError as exc:
         parts = [f"desired.rules.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
         raise ShadowError(422, "; ".join(parts)) from None
@@ -175,10 +187,27 @@ class ShadowService:
         self.publish = publish
 
     async def _site(self, gateway: str) -> str:
+        return (await self._record(gateway)).site
+
+    async def _record(self, gateway: str) -> GatewayRecord:
         rec = await self.store.registry.get_gateway(gateway)
         if rec is None:
             raise ShadowError(404, f"gateway {gateway!r} is not registered")
-        return rec.site
+        return rec
+
+    async def _rules_by_hash(self, rec: GatewayRecord, value: Any) -> Any:
+        """``desired.rules`` as a reference to a set stored for the gateway's tenant (cloud/rules_delivery.py)."""
+        from .rules_delivery import ref_patch, store_inline
+
+        if not isinstance(value, dict):
+            return value  # null deletes; anything else is refused by check_desired
+        parsed = _check_rules(value)
+        if parsed is not None:
+            return ref_patch(await store_inline(self.store, rec.tenant or "", parsed))
+        if await self.store.rules.blob(rec.tenant or "", value["hash"]) is None:
+            raise ShadowError(422, f"desired.rules: no rule set {value['hash'][:12]} is stored for this gateway's"
+                                   " tenant; push the document itself or a set from /api/rulesets")
+        return ref_patch(value["hash"])
 
     async def _load(self, gateway: str) -> tuple[int, dict[str, Any]]:
         got = await self.store.control.get_shadow(gateway)
@@ -193,9 +222,12 @@ class ShadowService:
                      reported: dict[str, Any] | None = None, rejected: dict[str, Any] | None = None,
                      version: int | None = None) -> dict[str, Any]:
         """Apply merge patches; ``version`` (if given) must equal the current one or the update is refused."""
-        site = await self._site(gateway)
+        rec = await self._record(gateway)
+        site = rec.site
         if desired is None and reported is None and rejected is None:
             raise ShadowError(400, "nothing to update: give state.desired or state.reported")
+        if isinstance(desired, dict) and "rules" in desired:  # a rule set travels by hash, never inline
+            desired = {**desired, "rules": await self._rules_by_hash(rec, desired["rules"])}
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ShadowError(400, f"version must be an integer, got {version!r}")
         for _ in range(5):  # compare-and-set retries when another writer got in between

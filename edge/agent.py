@@ -178,6 +178,9 @@ class EdgeAgent:
     def set_rules(self, doc: Any) -> str | None:
         return self.rules.apply(doc)
 
+    def rules_hash(self) -> str:
+        return self.rules.host.applied_hash
+
     def set_log_level(self, level: str) -> None:
         logging.getLogger().setLevel(level)
 

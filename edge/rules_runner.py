@@ -28,6 +28,7 @@ from carbonlink.rules.compiler import Catalogue
 
 log = logging.getLogger(__name__)
 
+REPORTED_RULES = 50  # rules listed in the shadow's reported.rules (all of them are named by the hash)
 HOLD_MS = 2000  # the gateway's watermark trails its clock by this much: a poll's readings arrive together
 
 
@@ -117,10 +118,13 @@ class RulesRunner:
                 log.exception("derived readings could not be written to the outbox")
 
     def state(self) -> dict[str, Any]:
+        """What the shadow reports: the hash says which set runs; the list is cut so a large set fits the shadow."""
         applied = self.host.applied
-        return {"hash": self.host.applied_hash, "rules": [{"id": r.id, "version": r.version}
-                                                           for r in (applied.rules if applied else [])],
-                "disabled": self.host.disabled, "errors": self.last_error[:5]}
+        rules = applied.rules if applied else []
+        disabled = dict(list(self.host.disabled.items())[:20])
+        return {"hash": self.host.applied_hash, "count": len(rules),
+                "rules": [{"id": r.id, "version": r.version} for r in rules[:REPORTED_RULES]],
+                "disabled": {k: v[:200] for k, v in disabled.items()}, "errors": self.last_error[:5]}
 
     async def run(self) -> None:
         """Executors up, and the watermark advanced by the clock so windows close without new data."""

@@ -13,7 +13,9 @@ with the reason, never silently ignored)::
     log_level: DEBUG | INFO | WARNING | ERROR
     batch: {max_readings: 1..10000, max_age_s: (0, 3600]}
     devices: {<id>: {enabled: bool, poll_interval_s: (0, 86400], points: [names]}}
-    rules: a rule-set document (docs/rules.md); the last good set is kept when one fails to compile
+    rules: {"hash": H}, a rule set the gateway fetches by hash (ruleset/get, answered on ruleset) and
+           checks against H before it applies it; or a whole rule-set document (docs/rules.md). The last
+           good set keeps running while a set is fetched and when one fails to compile.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +34,7 @@ from carbonlink.kernel.topics import GatewayTopics
 log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -44,6 +48,7 @@ class ShadowTarget(Protocol):
     def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
                    points: list[str] | None) -> None: ...
     def set_rules(self, doc: Any) -> str | None: ...  # None when applied, else the reason it was refused
+    def rules_hash(self) -> str: ...  # the hash of the rule set running now ("" for none)
 
 
 def _number(v: Any) -> bool:
@@ -111,7 +116,12 @@ def plan(desired: dict[str, Any], devices: dict[str, set[str] | None]) -> tuple[
             if devs:
                 ok[key] = devs
         elif key == "rules":
-            if isinstance(value, dict):
+            if isinstance(value, dict) and "hash" in value:
+                if set(value) == {"hash"} and isinstance(value["hash"], str) and _HASH_RE.fullmatch(value["hash"]):
+                    ok[key] = value  # fetched from the cloud by hash
+                else:
+                    rejected[key] = 'a rule set by hash is {"hash": "<64 lowercase hex>"}'
+            elif isinstance(value, dict):
                 ok[key] = value  # compiled (and refused with positions) by the rules runner
             else:
                 rejected[key] = "must be a rule-set object"
@@ -129,13 +139,14 @@ class EdgeShadow:
         self.desired: dict[str, Any] = {}
         self.rejected: dict[str, str] = {}
         self.applied = 0  # desired states applied since start
+        self.fetching: str | None = None  # the hash of a rule set asked for and not received yet
         self._load()
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         return (self.topics.topic(T.SHADOW_DELTA), self.topics.topic(T.SHADOW_GET_ACCEPTED),
                 self.topics.topic(T.SHADOW_GET_REJECTED), self.topics.topic(T.SHADOW_UPDATE_ACCEPTED),
-                self.topics.topic(T.SHADOW_UPDATE_REJECTED))
+                self.topics.topic(T.SHADOW_UPDATE_REJECTED), self.topics.topic(T.RULESET))
 
     def _load(self) -> None:
         try:
@@ -169,10 +180,15 @@ class EdgeShadow:
         for dev, d in ok.get("devices", {}).items():
             self.target.set_device(dev, enabled=d.get("enabled"), poll_interval_s=d.get("poll_interval_s"),
                                    points=d.get("points"))
+        self.fetching = None
         if "rules" in ok:
-            refused = self.target.set_rules(ok["rules"])
-            if refused:
-                self.rejected["rules"] = refused
+            if "hash" in ok["rules"]:
+                if ok["rules"]["hash"] != self.target.rules_hash():
+                    self.fetching = ok["rules"]["hash"]  # the last good set runs until this one arrives
+            else:
+                refused = self.target.set_rules(ok["rules"])
+                if refused:
+                    self.rejected["rules"] = refused
         self.applied += 1
         for path, reason in self.rejected.items():
             log.warning("desired %s rejected: %s", path, reason)
@@ -184,6 +200,44 @@ class EdgeShadow:
     async def on_connect(self, publish: Publish) -> None:
         await publish(self.topics.topic(T.SHADOW_UPDATE), self.report())
         await publish(self.topics.topic(T.SHADOW_GET), b"{}")
+        await self._fetch(publish)
+
+    async def _fetch(self, publish: Publish) -> None:
+        if self.fetching:
+            log.info("fetching rule set %s from the cloud", self.fetching[:12])
+            await publish(self.topics.topic(T.RULESET_GET), json.dumps({"hash": self.fetching}).encode())
+
+    async def _ruleset(self, raw: bytes, publish: Publish) -> None:
+        """The cloud's answer to ruleset/get: applied only if it is the set asked for and its hash checks."""
+        from carbonlink.rules import RuleSetDoc
+
+        try:
+            msg = json.loads(raw)
+            h = msg.get("hash") if isinstance(msg, dict) else None
+        except ValueError:
+            log.warning("malformed rule set message")
+            return
+        if h is None or h != self.fetching:
+            return  # an answer to an earlier request
+        if "error" in msg:
+            self.rejected["rules"] = f"the cloud cannot deliver rule set {h[:12]}: {str(msg['error'])[:200]}"
+        else:
+            try:
+                doc = RuleSetDoc.model_validate(msg.get("doc"))
+            except ValueError as exc:
+                doc, self.rejected["rules"] = None, f"rule set {h[:12]} from the cloud is not valid: {str(exc)[:200]}"
+            if doc is not None and doc.content_hash() != h:
+                self.rejected["rules"] = f"rule set from the cloud does not have hash {h[:12]}; not applied"
+            elif doc is not None:
+                refused = self.target.set_rules(doc.model_dump(mode="json"))
+                if refused:
+                    self.rejected["rules"] = refused
+                else:
+                    self.rejected.pop("rules", None)
+        self.fetching = None
+        if "rules" in self.rejected:
+            log.warning("desired rules rejected: %s", self.rejected["rules"])
+        await publish(self.topics.topic(T.SHADOW_UPDATE), self.report())
 
     async def handle(self, topic: str, raw: bytes, publish: Publish) -> bool:
         """Handle a shadow message; False if the topic is not a shadow topic."""
@@ -192,6 +246,9 @@ class EdgeShadow:
             log.warning("cloud refused a shadow request: %s", raw[:300].decode("utf-8", "replace"))
             return True
         if suffix == T.SHADOW_UPDATE_ACCEPTED:
+            return True
+        if suffix == T.RULESET:
+            await self._ruleset(raw, publish)
             return True
         if suffix not in (T.SHADOW_DELTA, T.SHADOW_GET_ACCEPTED):
             return False
@@ -213,4 +270,5 @@ class EdgeShadow:
         self.version, self.desired = version, desired
         self._save()
         await publish(self.topics.topic(T.SHADOW_UPDATE), self.report())
+        await self._fetch(publish)
         return True

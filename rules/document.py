@@ -114,7 +114,8 @@ class Silence(_Strict):
 
     id: str = Field(pattern=_NAME)
     rule: str | None = Field(default=None, pattern=RULE_ID, description="a rule id, or every rule")
-    subject: str = Field(default="", max_length=200, description="a subject prefix, e.g. gw-1/cems-1; '' = all")
+    subject: str = Field(default="", max_length=200,
+                         description="a subject prefix by whole segments, e.g. gw-1/cems-1; '' = all")
     start_ms: int = Field(ge=0, lt=253402300800000)
     end_ms: int = Field(ge=0, lt=253402300800000)
     by: str = Field(default="", max_length=128)
@@ -127,7 +128,10 @@ class Silence(_Strict):
         return self
 
     def covers(self, rule: str, subject: str, ts_ms: int) -> bool:
-        return (self.rule is None or self.rule == rule) and subject.startswith(self.subject) and \
+        """By whole segments: ``gw-1/cems-1`` covers ``gw-1/cems-1`` and ``gw-1/cems-1/so2``, not ``gw-1/cems-10``."""
+        prefix = self.subject.rstrip("/")
+        return (self.rule is None or self.rule == rule) and \
+            (not prefix or subject == prefix or subject.startswith(prefix + "/")) and \
             self.start_ms <= ts_ms < self.end_ms
 
 

@@ -25,6 +25,9 @@ SHADOW_DELTA = "shadow/update/delta"               # cloud → gateway
 COMMAND = "cmd"                    # cloud → gateway: cmd/{name}
 COMMAND_RESULT = "cmd/result"
 SHADOW_GET_REJECTED = "shadow/get/rejected"        # cloud → gateway
+RULESET_GET = "ruleset/get"        # {"hash"}: the rule set the shadow names by hash
+RULESET = "ruleset"                # cloud → gateway: {"hash", "doc"} or {"hash", "error"}
+ALERTS = "alerts"                  # cloud → consumers: every change of an alert of this gateway
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ ALL_EVENTS = f"{ROOT}/+/+/{EVENTS}"
 ALL_SHADOW_GET = f"{ROOT}/+/+/{SHADOW_GET}"
 ALL_SHADOW_UPDATE = f"{ROOT}/+/+/{SHADOW_UPDATE}"
 ALL_COMMAND_RESULTS = f"{ROOT}/+/+/{COMMAND_RESULT}"
+ALL_RULESET_GET = f"{ROOT}/+/+/{RULESET_GET}"
 
 
 def split(topic: str) -> tuple[str, str, str] | None:

@@ -8,6 +8,8 @@
 - ``store.access``: API users and keys (hashes only)
 - ``store.anchors``: anchoring jobs and leaves, and what proof bundles read
 - ``store.audit``: dead letters, gateway events, the audit log
+- ``store.rules``: rule versions, rule-set versions and sets by hash, silences, provenance of derived
+  readings, readings the cloud derived; ``store.rules.alerts``: alerts and their lifecycle
 
 Every back end keeps the same promises: a batch is committed at most once per (gateway, seq), a
 reading at most once per (gateway, device, point, ts).
@@ -42,11 +44,12 @@ from .model import (
     unit_reason,
 )
 from .registry import Registry
+from .rules import Rules
 
 __all__ = [
     "FLAG_COLS", "HOUR_MS", "KEY_GRACE_MS", "QUALITY_FLAGS", "ROLES", "Access", "Anchors", "Audit", "ClaimError",
     "CommitResult", "Control", "Data", "Database", "GatewayRecord", "PendingBatch", "QueryObserver",
-    "ReadingQuery", "Registry", "Row", "Series", "SeriesQuery", "Store", "StoreUnavailable", "decode_cursor",
+    "ReadingQuery", "Registry", "Row", "Rules", "Series", "SeriesQuery", "Store", "StoreUnavailable", "decode_cursor",
     "encode_cursor", "open_store",
     "seq_gap_summary", "unit_reason",
 ]
@@ -63,6 +66,7 @@ class Store:
         self.access = Access(db)
         self.anchors = Anchors(db)
         self.audit = Audit(db)
+        self.rules = Rules(db)
 
     @property
     def url(self) -> str:

@@ -271,5 +271,56 @@ CREATE TABLE IF NOT EXISTS carbon_warnings (
     """)
 
 
+# 8: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
+# alerts with their lifecycle, silences, the provenance of derived readings, readings derived in the cloud.
+async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_c("""
+    CREATE TABLE rule_versions (
+        tenant text NOT NULL, rule text NOT NULL, version integer NOT NULL, doc text, hash text NOT NULL,
+        placement text NOT NULL, created_ms bigint NOT NULL, created_by text NOT NULL, comment text NOT NULL,
+        PRIMARY KEY (tenant, rule, version)
+    );
+    CREATE TABLE rule_sets (
+        tenant text NOT NULL, version integer NOT NULL, hash text NOT NULL, cloud_hash text NOT NULL,
+        doc text NOT NULL, rules integer NOT NULL, silences integer NOT NULL, created_ms bigint NOT NULL,
+        created_by text NOT NULL, reason text NOT NULL, PRIMARY KEY (tenant, version)
+    );
+    CREATE TABLE rule_blobs (
+        tenant text NOT NULL, hash text NOT NULL, doc text NOT NULL, bytes integer NOT NULL,
+        created_ms bigint NOT NULL, PRIMARY KEY (tenant, hash)
+    );
+    CREATE TABLE silences (
+        tenant text NOT NULL, id text NOT NULL, rule text, gateway text, device text, point text,
+        start_ms bigint NOT NULL, end_ms bigint NOT NULL, reason text NOT NULL, created_by text NOT NULL,
+        created_ms bigint NOT NULL, ended_ms bigint, ended_by text, PRIMARY KEY (tenant, id)
+    );
+    CREATE INDEX silences_end ON silences (tenant, end_ms);
+    CREATE TABLE alerts (
+        tenant text NOT NULL, id text NOT NULL, rule text NOT NULL, subject text NOT NULL, gateway text NOT NULL,
+        device text, point text, version integer NOT NULL, severity text NOT NULL, state text NOT NULL,
+        ts_ms bigint NOT NULL, raised_ms bigint, since_ms bigint, cleared_ms bigint, cleared_by text,
+        acked_ms bigint, acked_by text, silenced_by text, note text NOT NULL, values_json text NOT NULL,
+        evidence text NOT NULL, sources text NOT NULL, duplicate_of text, updated_ms bigint NOT NULL,
+        PRIMARY KEY (tenant, id)
+    );
+    CREATE INDEX alerts_tenant_ts ON alerts (tenant, ts_ms, id);
+    CREATE INDEX alerts_open ON alerts (tenant, rule, subject, state);
+    CREATE TABLE rule_derivations (
+        gateway text NOT NULL, device text NOT NULL, point text NOT NULL, from_ts bigint NOT NULL,
+        hash text NOT NULL, rule text NOT NULL, version integer NOT NULL, unit text NOT NULL, rule_text text NOT NULL,
+        inputs text NOT NULL, event text, received_ms bigint NOT NULL,
+        PRIMARY KEY (gateway, device, point, from_ts, hash)
+    );
+    CREATE TABLE derived_readings (
+        tenant text NOT NULL, gateway text NOT NULL, device text NOT NULL, point text NOT NULL,
+        ts_ms bigint NOT NULL, value double precision NOT NULL, unit text NOT NULL, quality text NOT NULL,
+        rule text NOT NULL, version integer NOT NULL, rule_hash text NOT NULL, window_start bigint,
+        window_end bigint, inputs text NOT NULL, created_ms bigint NOT NULL,
+        PRIMARY KEY (gateway, device, point, ts_ms)
+    );
+    CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point, ts_ms);
+    """))
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_carbon]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules]

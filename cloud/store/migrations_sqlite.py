@@ -216,5 +216,54 @@ CREATE TABLE IF NOT EXISTS carbon_warnings (
     PRIMARY KEY (tenant, year, level))
 """
 
+# 8: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
+# alerts with their lifecycle, silences, the provenance of derived readings, readings derived in the cloud.
+_M8_RULES = """
+CREATE TABLE rule_versions (
+    tenant TEXT NOT NULL, rule TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT, hash TEXT NOT NULL,
+    placement TEXT NOT NULL, created_ms INTEGER NOT NULL, created_by TEXT NOT NULL, comment TEXT NOT NULL,
+    PRIMARY KEY (tenant, rule, version)
+);
+CREATE TABLE rule_sets (
+    tenant TEXT NOT NULL, version INTEGER NOT NULL, hash TEXT NOT NULL, cloud_hash TEXT NOT NULL,
+    doc TEXT NOT NULL, rules INTEGER NOT NULL, silences INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (tenant, version)
+);
+CREATE TABLE rule_blobs (
+    tenant TEXT NOT NULL, hash TEXT NOT NULL, doc TEXT NOT NULL, bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, hash)
+);
+CREATE TABLE silences (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, rule TEXT, gateway TEXT, device TEXT, point TEXT,
+    start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, reason TEXT NOT NULL, created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, ended_ms INTEGER, ended_by TEXT, PRIMARY KEY (tenant, id)
+);
+CREATE INDEX silences_end ON silences (tenant, end_ms);
+CREATE TABLE alerts (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, rule TEXT NOT NULL, subject TEXT NOT NULL, gateway TEXT NOT NULL,
+    device TEXT, point TEXT, version INTEGER NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL, raised_ms INTEGER, since_ms INTEGER, cleared_ms INTEGER, cleared_by TEXT,
+    acked_ms INTEGER, acked_by TEXT, silenced_by TEXT, note TEXT NOT NULL, values_json TEXT NOT NULL,
+    evidence TEXT NOT NULL, sources TEXT NOT NULL, duplicate_of TEXT, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX alerts_tenant_ts ON alerts (tenant, ts_ms, id);
+CREATE INDEX alerts_open ON alerts (tenant, rule, subject, state);
+CREATE TABLE rule_derivations (
+    gateway TEXT NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL, from_ts INTEGER NOT NULL,
+    hash TEXT NOT NULL, rule TEXT NOT NULL, version INTEGER NOT NULL, unit TEXT NOT NULL, rule_text TEXT NOT NULL,
+    inputs TEXT NOT NULL, event TEXT, received_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway, device, point, from_ts, hash)
+);
+CREATE TABLE derived_readings (
+    tenant TEXT NOT NULL, gateway TEXT NOT NULL, device TEXT NOT NULL, point TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL, value REAL NOT NULL, unit TEXT NOT NULL, quality TEXT NOT NULL,
+    rule TEXT NOT NULL, version INTEGER NOT NULL, rule_hash TEXT NOT NULL, window_start INTEGER,
+    window_end INTEGER, inputs TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway, device, point, ts_ms)
+);
+CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point, ts_ms)
+"""
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
-                                                                      _script(_M7_CARBON)]
+                                                                      _script(_M7_CARBON), _script(_M8_RULES)]

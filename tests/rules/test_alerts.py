@@ -102,5 +102,8 @@ def test_silences_cover_a_rule_subject_prefix_and_time_range() -> None:
     assert not s.covers("so2-high", "gw-1/c1/so2", 2000)
     assert not s.covers("other", "gw-1/c1/so2", 1500)
     assert not s.covers("so2-high", "gw-2/c1/so2", 1500)
+    assert s.covers("so2-high", "gw-1/c1", 1500)  # a device-grouped rule's subject
+    assert not s.covers("so2-high", "gw-1/c10/so2", 1500)  # whole segments, not a string prefix
+    assert Silence(id="all", start_ms=0, end_ms=9).covers("any", "gw-9/x", 1)
     with pytest.raises(ValueError, match="end_ms must be after start_ms"):
         Silence(id="x", start_ms=5, end_ms=5)
