@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from carbonlink.commands import simsources
 from tests.services import free_port
+
+simsources.install()  # agents in tests read simulated forest plots, as `carbonlink edge run` does
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
     from carbonlink.cloud.anchor.jobs import AnchorSettings, running_anchor
     from carbonlink.cloud.auth import create_api_key
     from carbonlink.cloud.service import running_cloud
+    from carbonlink.commands import simsources
     from carbonlink.edge.agent import EdgeAgent
     from carbonlink.edge.config import load_gateway_config
     from carbonlink.edge.identity import public_key_hex
@@ -114,6 +115,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         anchor = await stack.enter_async_context(running_anchor(
             cloud.store, f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
             settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
+        simsources.install()
         agent = EdgeAgent(cfg)
         await cloud.store.registry.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
                                                     tenant=TENANT_ID)

@@ -19,9 +19,11 @@ def edge_run(
     mqtt: Annotated[str | None, typer.Option(help="override the broker URL in the config")] = None,
 ) -> None:
     """Read the configured devices and deliver signed batches to the cloud."""
+    from carbonlink.commands import simsources
     from carbonlink.edge.agent import EdgeAgent
     from carbonlink.edge.config import load_gateway_config
 
+    simsources.install()
     try:
         cfg = load_gateway_config(config)
     except ConfigError as exc:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -36,12 +36,14 @@ from carbonlink.kernel.wire import Reading, now_ms
 from .base import Driver, DriverUnavailable
 from .settings import DeviceBase, StrictModel
 
-if TYPE_CHECKING:
-    from carbonlink.simulators.forest import Forest
-
 log = logging.getLogger(__name__)
 
 AdvertSource = Callable[[], AsyncIterator[RawAdvert]]
+# source name -> factory(settings, keys by upper-case MAC) -> AdvertSource. The edge never imports a
+# simulator: whoever runs an agent on simulated plots (the demo, `carbonlink edge run`, tests) registers
+# the "simulator" source here (see carbonlink.commands.simsources).
+SourceFactory = Callable[["BleBthomeDevice", dict[str, bytes | None]], AdvertSource]
+ADVERT_SOURCES: dict[str, SourceFactory] = {}
 MAC_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"
 QUEUE_MAX = 4096  # adverts waiting for the driver; beyond this the oldest are dropped and counted
 
@@ -93,13 +95,14 @@ class BleBthomeDriver(Driver):
         self.keys = {mac: bytes.fromhex(s.key) if s.key else None for mac, s in self.sensors.items()}
         self._seen: dict[str, _Seen] = {}
         self._warned: set[tuple[str, str]] = set()
-        self.forest: Forest | None = None  # with source=simulator: the plot, for faults at run time
         if source is not None:
             self.source = source
-        elif settings.source == "simulator":
-            self.source = self._simulator_source()
-        else:
+        elif settings.source == "bleak":
             self.source = self._bleak_source
+        elif settings.source in ADVERT_SOURCES:
+            self.source = ADVERT_SOURCES[settings.source](settings, self.keys)
+        else:
+            self.source = self._missing_source
 
     async def session(self) -> AsyncIterator[list[Reading]]:
         adverts = self.source()
@@ -176,16 +179,11 @@ class BleBthomeDriver(Driver):
 
     # --- sources ---------------------------------------------------------------------------
 
-    def _simulator_source(self) -> AdvertSource:
-        from carbonlink.simulators.forest import Forest, Tree
-
-        s = self.settings
-        trees = [Tree(sn.mac.upper(), sn.id, self.keys[sn.mac.upper()], sn.dendrometer, seed=i)
-                 for i, sn in enumerate(s.sensors)]
-        # One plot for the driver's lifetime: a new session continues it (counters keep rising).
-        forest = Forest(trees, speed=s.sim_speed, repeats=s.sim_repeats)
-        self.forest = forest
-        return lambda: forest.adverts(s.poll_interval_s)
+    async def _missing_source(self) -> AsyncIterator[RawAdvert]:
+        raise DriverUnavailable(
+            f"advert source {self.settings.source!r} is not installed in this process: run the gateway with "
+            "`carbonlink edge run` from an install with the [sim] extra, or use source: bleak")
+        yield  # pragma: no cover - makes this an async generator
 
     async def _bleak_source(self) -> AsyncIterator[RawAdvert]:
         try:

@@ -33,9 +33,11 @@ async def ingest(store_url: str, mqtt_url: str, client_id: str, group: str) -> N
 
 
 async def edge(config: str) -> None:
+    from carbonlink.commands import simsources
     from carbonlink.edge.agent import EdgeAgent
     from carbonlink.edge.config import load_gateway_config
 
+    simsources.install()
     agent = EdgeAgent(load_gateway_config(config), config_path=Path(config))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -169,3 +169,15 @@ async def test_no_bluetooth_stack_says_so_once_and_keeps_running(caplog: pytest.
 async def test_no_bluetooth_stack_is_not_logged_again_on_retries(caplog: pytest.LogCaptureFixture) -> None:
     _, lines = await _run_without_radio(caplog, retry=0.05)
     assert len(lines) == 1
+
+
+async def test_simulator_source_absent_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge does not import simulators: without the command layer's source the driver is unavailable."""
+    from carbonlink.edge.drivers import ble
+    from carbonlink.edge.drivers.base import DriverUnavailable
+
+    monkeypatch.setattr(ble, "ADVERT_SOURCES", {})
+    d = driver(source="simulator")
+    with pytest.raises(DriverUnavailable, match=r"source 'simulator' is not installed.*\[sim\]"):
+        async for _ in d.session():
+            pass
