@@ -88,11 +88,11 @@ def test_tls_with_a_private_ca_and_client_certificate(tmp_path: Path) -> None:
 
 
 def test_tls_files_are_checked_at_start(tmp_path: Path) -> None:
-    with pytest.raises(MqttConfigError, match="cafile=.*no such file"):
+    with pytest.raises(MqttConfigError, match=r"cafile=.*no such file"):
         MqttUrl.from_env(f"mqtts://host?cafile={tmp_path / 'missing.crt'}", {})
     junk = tmp_path / "junk.crt"
     junk.write_text("not a certificate")
-    with pytest.raises(MqttConfigError, match="cafile=.*not a PEM CA certificate"):
+    with pytest.raises(MqttConfigError, match=r"cafile=.*not a PEM CA certificate"):
         MqttUrl.from_env(f"mqtts://host?cafile={junk}", {})
     files = make_ca(tmp_path / "pki")
     with pytest.raises(MqttConfigError, match="cannot load the client certificate"):
