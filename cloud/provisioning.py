@@ -27,7 +27,10 @@ from .store import ClaimError, Store
 
 TOKEN_PREFIX = "clt_"
 MOSQUITTO_ITERATIONS = 20_000  # mosquitto_passwd uses 101; more costs ~10 ms per connect and slows guessing
-INGEST_USER = "carbonlink-ingest"
+INGEST_USER = "carbonlink-ingest"  # the cloud: ingest, control link, rules (readwrite cl/#)
+READER_USER = "carbonlink-reader"  # optional: an external consumer such as Node-RED (read-only, own outbox)
+READER_READ = ("+/+/telemetry", "+/+/events", "+/+/rules/#")
+READER_WRITE = "carbonlink/nodered/#"  # where the shipped Node-RED flow publishes for operators
 _ID = ID_RE
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -155,7 +158,8 @@ class BrokerFilesError(ValueError):
     """The registry holds accounts that cannot go into one password file; nothing is written."""
 
 
-async def broker_files(store: Store, ingest_password_hash: str) -> tuple[str, str]:
+async def broker_files(store: Store, ingest_password_hash: str,
+                       reader_password_hash: str | None = None) -> tuple[str, str]:
     """Mosquitto ``password_file`` and ``acl_file`` contents for every non-revoked gateway.
 
     Refuses (BrokerFilesError) rather than write a user twice: Mosquitto would take one of the entries
@@ -168,6 +172,12 @@ async def broker_files(store: Store, ingest_password_hash: str) -> tuple[str, st
            "# Cloud services read and write everything under the CarbonLink prefix.",
            f"user {INGEST_USER}", f"topic readwrite {topics.ROOT}/#", ""]
     seen: dict[str, str] = {INGEST_USER: "the cloud's own account"}
+    if reader_password_hash is not None:
+        passwd.append(f"{READER_USER}:{reader_password_hash}")
+        acl += ["# A read-only consumer (Node-RED): gateways' telemetry, events and rule output, and its own outbox.",
+                f"user {READER_USER}", *(f"topic read {topics.ROOT}/{t}" for t in READER_READ),
+                f"topic write {READER_WRITE}", ""]
+        seen[READER_USER] = "the read-only consumer account"
     problems: list[str] = []
     for acc in await store.registry.broker_accounts():
         if acc["revoked"]:

@@ -155,6 +155,8 @@ BROKER_GROUP = "mosquitto"  # the user and group Debian's and the eclipse-mosqui
 def _group_id(name: str) -> int | None:
     import grp
 
+    if name.isdigit():  # a numeric gid, e.g. 1883 for the eclipse-mosquitto container's group
+        return int(name)
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
@@ -164,6 +166,8 @@ def _group_id(name: str) -> int | None:
 def _user_id(name: str) -> int | None:
     import pwd
 
+    if name.isdigit():
+        return int(name)
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
@@ -189,28 +193,35 @@ def write_broker_file(path: Path, text: str, *, uid: int, gid: int, mode: int) -
         raise
 
 
-def _ingest_password(given: str | None, file: Path | None) -> tuple[str, str]:
-    """(password, where it came from): --ingest-password-file (read, or made once), the env, or new."""
+def _password_file(file: Path, option: str) -> tuple[str, str]:
+    """The password in ``file``, or a new one written there (0600) if it does not exist yet."""
     import secrets
 
     from carbonlink.kernel.mqtturl import MqttConfigError, read_password_file
+
+    if file.exists():
+        try:
+            return read_password_file(file, option), str(file)
+        except MqttConfigError as exc:
+            raise fail(str(exc)) from None
+    password = secrets.token_urlsafe(24)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a service's secret: owner only
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password, f"{file} (new)"
+
+
+def _ingest_password(given: str | None, file: Path | None) -> tuple[str, str]:
+    """(password, where it came from): --ingest-password-file (read, or made once), the env, or new."""
+    import secrets
 
     if given is not None and file is not None:
         raise fail("give the ingest password once: CARBONLINK_INGEST_PASSWORD or --ingest-password-file")
     if given is not None:
         return given, "CARBONLINK_INGEST_PASSWORD"
     if file is not None:
-        if file.exists():
-            try:
-                return read_password_file(file, "--ingest-password-file"), str(file)
-            except MqttConfigError as exc:
-                raise fail(str(exc)) from None
-        password = secrets.token_urlsafe(24)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the cloud's secret: owner only
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        return password, f"{file} (new)"
+        return _password_file(file, "--ingest-password-file")
     return secrets.token_urlsafe(24), "generated"
 
 
@@ -223,10 +234,14 @@ def broker_files(
     ingest_password_file: Annotated[Path | None, typer.Option(
         help="file with the cloud's MQTT password; made (0600) with a new one if missing. Give the cloud the "
              "same file as CARBONLINK_MQTT_PASSWORD_FILE")] = None,
-    owner: Annotated[str | None, typer.Option(help="user that owns the files (default: whoever runs this)")] = None,
+    reader_password_file: Annotated[Path | None, typer.Option(
+        help="add the read-only account carbonlink-reader (Node-RED) with the password in this file; made "
+             "(0600) if missing")] = None,
+    owner: Annotated[str | None, typer.Option(
+        help="user (name or uid) that owns the files (default: whoever runs this)")] = None,
     group: Annotated[str | None, typer.Option(
-        help=f"group that may read the files (mode 0640): the broker's. Default: {BROKER_GROUP!r} if that group "
-             "exists, else none (mode 0600)")] = None,
+        help=f"group (name or gid) that may read the files (mode 0640): the broker's, 1883 in the "
+             f"eclipse-mosquitto image. Default: {BROKER_GROUP!r} if that group exists, else none (mode 0600)")] = None,
     private: Annotated[bool, typer.Option("--private", help="mode 0600 and no group, for a broker that runs as "
                                                              "the files' owner")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -240,6 +255,7 @@ def broker_files(
     from carbonlink.cloud.provisioning import (
         INGEST_USER,
         MOSQUITTO_CONF_SNIPPET,
+        READER_USER,
         BrokerFilesError,
         mosquitto_password_hash,
     )
@@ -264,8 +280,10 @@ def broker_files(
         gid = found_gid
     mode = 0o640 if group_name is not None else 0o600
     password, source = _ingest_password(ingest_password, ingest_password_file)
+    reader = _password_file(reader_password_file, "--reader-password-file")[0] if reader_password_file else None
+    reader_hash = mosquitto_password_hash(reader) if reader is not None else None
     try:
-        passwd, acl = with_store(db, lambda s: make_files(s, mosquitto_password_hash(password)))
+        passwd, acl = with_store(db, lambda s: make_files(s, mosquitto_password_hash(password), reader_hash))
     except BrokerFilesError as exc:
         raise fail(str(exc)) from None
     try:
@@ -282,6 +300,7 @@ def broker_files(
         "passwd": str(out_dir / "passwd"), "acl": str(out_dir / "acl"), "accounts": passwd.count("\n"),
         "owner": owner or "(this user)", "group": group_name or "(none)", "mode": oct(mode),
         "ingest_user": INGEST_USER, "ingest_password_from": source,
+        **({"reader_user": READER_USER, "reader_password_file": str(reader_password_file)} if reader else {}),
         **({"ingest_password": password} if source == "generated" else {})}
     _emit(data, json_out, "Mosquitto files")
     if not json_out:

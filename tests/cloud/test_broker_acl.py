@@ -267,3 +267,44 @@ def test_mosquitto_running_as_its_own_user_opens_the_files(tmp_path: Path) -> No
             stop_process(proc, 5)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    await store.open()
+    token, _ = await provisioning.issue_claim_token(store, "acme", "site-a", 600)
+    gw_pw = (await provisioning.claim(store, token, "gw-1", "ed25519",
+                                      public_key_hex(Ed25519PrivateKey.generate()))).mqtt_password
+    passwd, acl = await provisioning.broker_files(store, provisioning.mosquitto_password_hash("ingest-pw"),
+                                                  provisioning.mosquitto_password_hash("reader-pw"))
+    await store.close()
+    (tmp_path / "passwd").write_text(passwd)
+    (tmp_path / "acl").write_text(acl)
+    conf = f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
+    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+        def client(user: str, password: str, cid: str) -> aiomqtt.Client:
+            return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=cid)
+
+        async with client(provisioning.READER_USER, "reader-pw", "reader") as reader, \
+                client(provisioning.INGEST_USER, "ingest-pw", "ingest") as ingest, \
+                client("gw-1", gw_pw, "gw1") as gw1:
+            await reader.subscribe("cl/#", qos=1)
+            await ingest.subscribe("cl/#", qos=1)
+            await ingest.publish("cl/site-a/gw-1/ack", b"an ack", qos=1)  # the reader may not see acks
+            await reader.publish("cl/site-a/gw-1/ack", b"forged by reader", qos=1)  # nor write anything under cl/
+            await reader.publish("carbonlink/nodered/alerts", b"alert", qos=1)
+            await gw1.publish("cl/site-a/gw-1/telemetry", b"telemetry", qos=1)
+            seen = []
+            async with asyncio.timeout(5):
+                async for m in reader.messages:
+                    seen.append(m.payload)
+                    if m.payload == b"telemetry":
+                        break
+            assert seen == [b"telemetry"]
+            got = []
+            async with asyncio.timeout(5):
+                async for m in ingest.messages:
+                    got.append(m.payload)
+                    if m.payload == b"telemetry":
+                        break
+            assert got == [b"an ack", b"telemetry"]  # the reader's forgery was dropped
