@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
+import time
+from pathlib import Path
+from typing import Any
 
+import aiomqtt
+import pytest
 import yaml
 
-from tests.services import ROOT, require
+from carbonlink.cloud.provisioning import INGEST_USER, mosquitto_password_hash
+from carbonlink.commands.faults.lab import port_open, stop_process
+from carbonlink.kernel.mqtturl import MqttUrl
+from tests.services import ROOT, free_port, require
+from tests.tlsfiles import make_ca
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN")
@@ -35,3 +45,80 @@ def test_compose_file_is_valid_and_scales_ingest() -> None:
 def test_compose_refuses_to_start_without_secrets() -> None:
     proc = _config({})
     assert proc.returncode != 0 and "set POSTGRES_PASSWORD" in proc.stderr
+
+
+def _stack() -> dict[str, Any]:
+    proc = _config(dict.fromkeys(SECRETS, "s3cret-for-the-test"))
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def test_the_cloud_uses_its_own_credentials_and_tls() -> None:
+    cfg = _stack()
+    services = cfg["services"]
+    for name in ("ingest", "api"):
+        svc = services[name]
+        env = svc["environment"]
+        assert '--mqtt "$$CARBONLINK_MQTT_URL"' in " ".join(svc["command"])
+        url = MqttUrl.parse(env["CARBONLINK_MQTT_URL"])
+        assert url.tls and url.cafile == Path("/run/secrets/mqtt_ca") and url.host == "mosquitto"
+        assert env["CARBONLINK_MQTT_USERNAME"] == INGEST_USER
+        assert env["CARBONLINK_MQTT_PASSWORD_FILE"] == "/run/secrets/mqtt_ingest_password"
+        assert "CARBONLINK_MQTT_PASSWORD" not in env and url.password is None  # a secret file, never a variable
+        assert {s["source"] for s in svc["secrets"]} == {"mqtt_ingest_password", "mqtt_ca"}
+    assert set(cfg["secrets"]) == {"mqtt_ingest_password", "mqtt_ca"}
+    published = [int(p["published"]) for p in services["mosquitto"]["ports"]]
+    assert published == [8883]  # the plain listener stays inside the stack
+
+
+def test_the_stacks_mosquitto_conf_works_with_generated_files(tmp_path: Path) -> None:
+    """compose/mosquitto/mosquitto.conf, paths moved to a temp folder, on a real Mosquitto: anonymous
+    refused, the cloud's account over TLS accepted with the compose stack's own URL and password file."""
+    mosquitto = shutil.which("mosquitto")
+    require(mosquitto is not None, "the mosquitto binary", "apt-get install -y mosquitto")
+    assert mosquitto is not None
+    root = tmp_path / "m"
+    pki = make_ca(root / "certs")
+    (root / "auth").mkdir()
+    (root / "data").mkdir()
+    ingest_pw = "ingest-" + "x" * 20
+    (root / "auth" / "passwd").write_text(f"{INGEST_USER}:{mosquitto_password_hash(ingest_pw, iterations=10)}\n")
+    (root / "auth" / "acl").write_text(f"user {INGEST_USER}\ntopic readwrite cl/#\n")
+    tls_port, plain_port = free_port(), free_port()
+    conf = (ROOT / "compose" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 8883" in conf and "password_file" in conf
+    conf = (conf.replace("/mosquitto/", f"{root}/").replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+            .replace("listener 1883", f"listener {plain_port} 127.0.0.1"))
+    if os.geteuid() == 0:
+        conf = "user root\n" + conf  # the temp folder is private to this user
+    (root / "mosquitto.conf").write_text(conf)
+    secret = root / "ingest.password"
+    secret.write_text(ingest_pw + "\n")
+    stack_url = _stack()["services"]["ingest"]["environment"]["CARBONLINK_MQTT_URL"]
+    url = MqttUrl.from_env(stack_url.replace("mosquitto:8883", f"127.0.0.1:{tls_port}")
+                           .replace("/run/secrets/mqtt_ca", str(pki.ca)),
+                           {"CARBONLINK_MQTT_USERNAME": INGEST_USER, "CARBONLINK_MQTT_PASSWORD_FILE": str(secret)})
+    proc = subprocess.Popen([mosquitto, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if (port_open("127.0.0.1", tls_port, 0.1) and port_open("127.0.0.1", plain_port, 0.1)) \
+                    or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+
+        async def check() -> None:
+            async with aiomqtt.Client(**url.client_kwargs(), identifier="ingest") as c:
+                await c.publish("cl/s/g/ack", b"{}", qos=1)
+            for port in (tls_port, plain_port):  # no listener lets anyone in without a password
+                kw = url.client_kwargs() | {"port": port, "username": None, "password": None}
+                if port == plain_port:
+                    kw["tls_context"] = None
+                with pytest.raises(aiomqtt.MqttError):
+                    async with aiomqtt.Client(**kw, identifier="anon"):
+                        pass
+
+        asyncio.run(check())
+    finally:
+        stop_process(proc, 5)
