@@ -62,7 +62,8 @@ class CloudService:
 
     def stats(self) -> dict[str, Any]:
         return {"ingest": {"state": self.ingest.state, "store_error": self.ingest.store_error,
-                           **asdict(self.ingest.counters)}}
+                           **asdict(self.ingest.counters)},
+                "rules": asdict(self.rules.counters)}
 
     async def start(self) -> None:
         await self.store.open()
