@@ -202,16 +202,18 @@ async def broker_files(store: Store, ingest_password_hash: str,
 
 MOSQUITTO_CONF_SNIPPET = """\
 # Per-gateway credentials and ACLs from `carbonlink provision broker-files --out {dir}`
+# (files 0640, group mosquitto: the broker opens them after dropping to user mosquitto)
 per_listener_settings false
 allow_anonymous false
 password_file {dir}/passwd
 acl_file {dir}/acl
 # Reload after regenerating: kill -HUP $(pidof mosquitto)
 
-# TLS for gateways on the internet (certificates from your CA):
+# TLS for gateways and the cloud (docs/production.md, TLS); the cloud then uses
+# --mqtt "mqtts://HOST:8883?cafile=/path/ca.crt" with CARBONLINK_MQTT_USERNAME and CARBONLINK_MQTT_PASSWORD_FILE
 # listener 8883
-# cafile /etc/mosquitto/ca.crt
-# certfile /etc/mosquitto/server.crt
-# keyfile /etc/mosquitto/server.key
+# cafile /etc/mosquitto/certs/ca.crt
+# certfile /etc/mosquitto/certs/server.crt
+# keyfile /etc/mosquitto/certs/server.key
 # tls_version tlsv1.2
 """

@@ -19,6 +19,7 @@ import yaml
 from rich.table import Table
 
 from carbonlink.commands.common import err, fail, out, with_store
+from carbonlink.kernel.ids import check_account_id
 
 app = typer.Typer(help="Register gateways and devices, issue credentials, write configs.", no_args_is_help=True)
 
@@ -110,6 +111,10 @@ def claim(
         gateway = typer.prompt("Gateway id") if interactive else None
     if not token or not gateway:
         raise fail("--token and --gateway are required (or run interactively)")
+    try:  # refused by the cloud too (409); say so before a key is made
+        check_account_id("gateway", gateway)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     devices = []
     for spec in device or []:
         try:
@@ -417,6 +422,7 @@ def node(
     import secrets as pysecrets
 
     try:
+        check_account_id("node", node_id)
         sensors = node_sensors(soil or [], bthome or [], sensors_json)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None

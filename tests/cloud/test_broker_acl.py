@@ -308,3 +308,15 @@ async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp
                     if m.payload == b"telemetry":
                         break
             assert got == [b"an ack", b"telemetry"]  # the reader's forgery was dropped
+
+
+def test_the_installers_cli_refuses_a_reserved_id_before_making_a_key(tmp_path: Path) -> None:
+    from carbonlink.commands.provision import app
+
+    r = CliRunner().invoke(app, ["claim", "--api", "http://127.0.0.1:9", "--token", "clt_x", "--gateway",
+                                 "carbonlink-ingest", "--out", str(tmp_path), "--json"])
+    assert r.exit_code != 0 and "reserved" in r.output
+    assert not (tmp_path / "gateway.key").exists()
+    r = CliRunner().invoke(app, ["node", "--api", "http://127.0.0.1:9", "--token", "clt_x", "--node", "Admin",
+                                 "--mqtt-host", "h", "--soil", "t@34", "--out", str(tmp_path / "config.json")])
+    assert r.exit_code != 0 and "reserved" in r.output
