@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -30,7 +30,8 @@ from carbonlink.edge.identity import load_or_create_key, public_key_hex
 from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
-from tests.services import free_port, own_mosquitto
+from tests.cloud.store.conftest import drop_schema
+from tests.services import free_port, own_mosquitto, require_postgres
 from tests.tlsfiles import make_ca
 
 SITE = "site-locked"
@@ -48,9 +49,19 @@ async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], withi
             await asyncio.sleep(0.1)
 
 
-async def test_cloud_and_gateway_round_trip_on_a_locked_tls_broker(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A storage URL on either back end (PostgreSQL in a throwaway schema)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cloud.sqlite'}"
+        return
+    base, schema = require_postgres(), "cllocked_" + uuid.uuid4().hex[:12]
+    yield f"{base}?schema={schema}"
+    await drop_schema(base, schema)
+
+
+async def test_cloud_and_gateway_round_trip_on_a_locked_tls_broker(tmp_path: Path, db: str) -> None:
     gw, other = "gw-" + uuid.uuid4().hex[:6], "gw-" + uuid.uuid4().hex[:6]
-    db = f"sqlite:///{tmp_path / 'cloud.sqlite'}"
     pki = make_ca(tmp_path / "pki")
 
     # Provisioning as an operator would: two claims, the broker files, the ingest password in a file.
