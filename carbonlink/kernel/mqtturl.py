@@ -151,7 +151,8 @@ class MqttUrl:
         """Safe to print and log: the user name is shown, the password never."""
         user = f"{quote(self.username, safe='')}@" if self.username else ""
         query = "&".join(f"{n}={getattr(self, n)}" for n in TLS_PARAMS if getattr(self, n) is not None)
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}" + (f"?{query}" if query else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}" + (f"?{query}" if query else "")
 
 
 def read_password_file(path: Path, key: str) -> str:

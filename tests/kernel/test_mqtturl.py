@@ -15,6 +15,8 @@ def test_plain_url_keeps_host_port_and_defaults() -> None:
     assert (u.host, u.port, u.tls, u.username, u.password) == ("broker.example", 1883, False, None, None)
     assert MqttUrl.parse("mqtts://broker.example").port == 8883
     assert u.tls_context() is None
+    v6 = MqttUrl.parse("mqtt://[::1]:1884")
+    assert (v6.host, str(v6)) == ("::1", "mqtt://[::1]:1884")
 
 
 def test_credentials_in_the_url_are_kept_decoded_and_never_shown() -> None:
