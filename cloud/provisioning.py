@@ -212,6 +212,8 @@ acl_file {dir}/acl
 # TLS for gateways and the cloud (docs/production.md, TLS); the cloud then uses
 # --mqtt "mqtts://HOST:8883?cafile=/path/ca.crt" with CARBONLINK_MQTT_USERNAME and CARBONLINK_MQTT_PASSWORD_FILE
 # listener 8883
+# use_username_as_clientid true   # gateways only: no one takes over another client's id; give the cloud
+#                                 # its own listener without it (docs/production.md, Known limits)
 # cafile /etc/mosquitto/certs/ca.crt
 # certfile /etc/mosquitto/certs/server.crt
 # keyfile /etc/mosquitto/certs/server.key

@@ -72,8 +72,9 @@ def test_the_cloud_uses_its_own_credentials_and_tls() -> None:
 
 
 def test_the_stacks_mosquitto_conf_works_with_generated_files(tmp_path: Path) -> None:
-    """compose/mosquitto/mosquitto.conf, paths moved to a temp folder, on a real Mosquitto: anonymous
-    refused, the cloud's account over TLS accepted with the compose stack's own URL and password file."""
+    """compose/mosquitto/mosquitto.conf, paths moved to a temp folder, on a real Mosquitto: no listener lets
+    anyone in without a password; the cloud's account works over TLS with the stack's own URL and password
+    file; a gateway on its listener cannot take over the cloud's session with the cloud's client id."""
     mosquitto = shutil.which("mosquitto")
     require(mosquitto is not None, "the mosquitto binary", "apt-get install -y mosquitto")
     assert mosquitto is not None
@@ -81,13 +82,18 @@ def test_the_stacks_mosquitto_conf_works_with_generated_files(tmp_path: Path) ->
     pki = make_ca(root / "certs")
     (root / "auth").mkdir()
     (root / "data").mkdir()
-    ingest_pw = "ingest-" + "x" * 20
-    (root / "auth" / "passwd").write_text(f"{INGEST_USER}:{mosquitto_password_hash(ingest_pw, iterations=10)}\n")
-    (root / "auth" / "acl").write_text(f"user {INGEST_USER}\ntopic readwrite cl/#\n")
-    tls_port, plain_port = free_port(), free_port()
+    ingest_pw, gw_pw = "ingest-" + "x" * 20, "gw-" + "y" * 20
+    (root / "auth" / "passwd").write_text(f"{INGEST_USER}:{mosquitto_password_hash(ingest_pw, iterations=10)}\n"
+                                          f"gw-1:{mosquitto_password_hash(gw_pw, iterations=10)}\n")
+    (root / "auth" / "acl").write_text(f"user {INGEST_USER}\ntopic readwrite cl/#\n\n"
+                                       "user gw-1\ntopic write cl/s/gw-1/telemetry\n")
+    gw_port, cloud_port, plain_port = free_port(), free_port(), free_port()
     conf = (ROOT / "compose" / "mosquitto" / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in conf and "listener 8883" in conf and "password_file" in conf
-    conf = (conf.replace("/mosquitto/", f"{root}/").replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+    for needed in ("allow_anonymous false", "listener 8883", "listener 8884", "listener 1883", "password_file",
+                   "use_username_as_clientid true"):
+        assert needed in conf, needed
+    conf = (conf.replace("/mosquitto/", f"{root}/").replace("listener 8883", f"listener {gw_port} 127.0.0.1")
+            .replace("listener 8884", f"listener {cloud_port} 127.0.0.1")
             .replace("listener 1883", f"listener {plain_port} 127.0.0.1"))
     if os.geteuid() == 0:
         conf = "user root\n" + conf  # the temp folder is private to this user
@@ -95,29 +101,41 @@ def test_the_stacks_mosquitto_conf_works_with_generated_files(tmp_path: Path) ->
     secret = root / "ingest.password"
     secret.write_text(ingest_pw + "\n")
     stack_url = _stack()["services"]["ingest"]["environment"]["CARBONLINK_MQTT_URL"]
-    url = MqttUrl.from_env(stack_url.replace("mosquitto:8883", f"127.0.0.1:{tls_port}")
+    assert "mosquitto:8884" in stack_url
+    url = MqttUrl.from_env(stack_url.replace("mosquitto:8884", f"127.0.0.1:{cloud_port}")
                            .replace("/run/secrets/mqtt_ca", str(pki.ca)),
                            {"CARBONLINK_MQTT_USERNAME": INGEST_USER, "CARBONLINK_MQTT_PASSWORD_FILE": str(secret)})
+    gateway = MqttUrl.parse(f"mqtts://127.0.0.1:{gw_port}?cafile={pki.ca}").client_kwargs() | {
+        "username": "gw-1", "password": gw_pw}
     proc = subprocess.Popen([mosquitto, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         for _ in range(100):
-            if (port_open("127.0.0.1", tls_port, 0.1) and port_open("127.0.0.1", plain_port, 0.1)) \
+            if all(port_open("127.0.0.1", p, 0.1) for p in (gw_port, cloud_port, plain_port)) \
                     or proc.poll() is not None:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
 
         async def check() -> None:
-            async with aiomqtt.Client(**url.client_kwargs(), identifier="ingest") as c:
-                await c.publish("cl/s/g/ack", b"{}", qos=1)
-            for port in (tls_port, plain_port):  # no listener lets anyone in without a password
+            for port in (gw_port, cloud_port, plain_port):  # no listener lets anyone in without a password
                 kw = url.client_kwargs() | {"port": port, "username": None, "password": None}
                 if port == plain_port:
                     kw["tls_context"] = None
                 with pytest.raises(aiomqtt.MqttError):
                     async with aiomqtt.Client(**kw, identifier="anon"):
                         pass
+            async with aiomqtt.Client(**url.client_kwargs(), identifier="carbonlink-ingest-w1") as cloud:
+                await cloud.subscribe("cl/#", qos=1)
+                # A gateway claiming the cloud's client id gets its own instead (its user name)...
+                async with aiomqtt.Client(**gateway, identifier="carbonlink-ingest-w1") as gw:
+                    await gw.publish("cl/s/gw-1/telemetry", b"batch", qos=1)
+                    # ...so the cloud is still connected and receives the gateway's message.
+                    async with asyncio.timeout(5):
+                        async for m in cloud.messages:
+                            assert (str(m.topic), m.payload) == ("cl/s/gw-1/telemetry", b"batch")
+                            break
+                    await cloud.publish("cl/s/gw-1/ack", b"{}", qos=1, timeout=5)
 
         asyncio.run(check())
     finally:
