@@ -133,7 +133,8 @@ class WindowStream:
                 if p not in rel:
                     continue
                 latest = self._latest.setdefault((fam, p), {})
-                others = [ov for d, (ots, ov) in latest.items() if d != device and abs(ots - ts) <= NEIGHBOUR_MAX_AGE_MS]
+                others = [ov for d, (ots, ov) in latest.items()
+                          if d != device and abs(ots - ts) <= NEIGHBOUR_MAX_AGE_MS]
                 latest[device] = (ts, v)
                 if len(others) >= 2:
                     out[p] = neighbour_residual(v, others)

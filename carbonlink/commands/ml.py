@@ -58,6 +58,7 @@ def train(out: Annotated[Path, typer.Option("--out", help="where to write the ON
           install: Annotated[bool, typer.Option("--install", help="also make it the packaged default model")] = False,
           as_json: JsonOpt = False) -> None:
     """Train on simulated faults, export to ONNX and check the export against the trained model."""
+    from carbonlink.anomaly.model import sha256_hex
     from carbonlink.commands.mltrain import train as T
     from carbonlink.commands.mltrain.data import Plan
 
@@ -76,23 +77,23 @@ def train(out: Annotated[Path, typer.Option("--out", help="where to write the ON
     diff = T.onnx_vs_sklearn(model, data, va.x)
     if diff > T.ONNX_TOLERANCE:
         raise fail(f"ONNX scores differ from the trained model's by {diff:.2e} (> {T.ONNX_TOLERANCE}); not written")
-    from carbonlink.anomaly.model import sha256_hex
-
     out.write_bytes(data)
     if install:
         _packaged_path().write_bytes(data)
-    summary = {"model": str(out), "installed": install, "model_id": model_id, "version": version,
-               "algorithm": algorithm, "sha256": sha256_hex(data), "bytes": len(data),
-               "threshold": round(threshold, 6), "train_rows": int(len(tr.x)), "validation_rows": int(len(va.x)),
+    digest = sha256_hex(data)
+    total_s = round(time.perf_counter() - t0, 1)
+    summary: dict[str, Any] = {"model": str(out), "installed": install, "model_id": model_id, "version": version,
+               "algorithm": algorithm, "sha256": digest, "bytes": len(data),
+               "threshold": round(threshold, 6), "train_rows": len(tr.x), "validation_rows": len(va.x),
                "onnx_max_abs_diff": diff, "onnx_tolerance": T.ONNX_TOLERANCE, "baseline": {"z": z, "roc": roc},
-               "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)}}
+               "seconds": {"data": round(t_data, 1), "total": total_s}}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    typer.echo(f"wrote {out} ({len(data)} bytes, sha256 {summary['sha256'][:16]}…), {algorithm}, "
+    typer.echo(f"wrote {out} ({len(data)} bytes, sha256 {digest[:16]}…), {algorithm}, "
                f"threshold {threshold:.4f}")
     typer.echo(f"ONNX vs sklearn: max |Δscore| {diff:.2e} on {len(va.x)} validation windows "
-               f"(tolerance {T.ONNX_TOLERANCE}); {summary['seconds']['total']} s in all")
+               f"(tolerance {T.ONNX_TOLERANCE}); {total_s} s in all")
 
 
 def evaluation(model: Any, seed: int, days: float) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def evaluation(model: Any, seed: int, days: float) -> dict[str, Any]:
     m = T.metrics(ds, flags)
     b = T.metrics(ds, T.baseline_flags(ds, z, roc))
     beats = {k: v["f1"] > b["per_fault"][k]["f1"] for k, v in m["per_fault"].items()}
-    return {"seed": seed, "days": days, "windows": int(len(ds.x)), "devices": ds.devices,
+    return {"seed": seed, "days": days, "windows": len(ds.x), "devices": ds.devices,
             "model": model.info.provenance() | {"threshold": model.info.threshold},
             "model_metrics": m, "baseline": {"z": z, "roc": roc, "metrics": b},
             "model_beats_baseline_f1": beats,

@@ -61,13 +61,21 @@ class Plan:
         return int(self.days * 86400 // STEP_S)
 
 
+@dataclass(frozen=True)
+class Episode:
+    kind: str
+    points: tuple[str, ...]
+    start: int  # index of the first faulty reading
+    end: int  # index after the last
+
+
 @dataclass
 class Device:
     id: str
     family: Family
     values: dict[str, np.ndarray]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
-    episodes: list[dict[str, object]] = field(default_factory=list)
+    episodes: list[Episode] = field(default_factory=list)
 
 
 def _t0(seed: int) -> int:
@@ -159,7 +167,7 @@ def _apply(dev: Device, kind: str, a: int, b: int, rng: random.Random, lab: dict
                 x[j] += rng.choice((-1.0, 1.0)) * rng.uniform(6.0, 15.0) * sd
             lab[p][idx] = code
             _recovery(lab[p], b)
-            dev.episodes.append({"kind": kind, "point": p, "start": a, "end": b})
+            dev.episodes.append(Episode(kind, (p,), a, b))
             _nonneg(dev, p)
             return
         _nonneg(dev, p)
@@ -191,7 +199,7 @@ def _apply(dev: Device, kind: str, a: int, b: int, rng: random.Random, lab: dict
     for p in points:
         lab[p][a:b] = code
         _recovery(lab[p], b)
-    dev.episodes.append({"kind": kind, "points": points, "start": a, "end": b})
+    dev.episodes.append(Episode(kind, tuple(points), a, b))
 
 
 def _recovery(lab: np.ndarray, end: int) -> None:

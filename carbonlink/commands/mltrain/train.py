@@ -84,15 +84,13 @@ def dataset(plan: Plan) -> DataSet:
     row_of = {(int(s), int(t)): i for i, (s, t) in enumerate(zip(series, step, strict=True))}
     for d in devices:
         for e in d.episodes:
-            pts = e.get("points") or [e["point"]]
-            rows = []
-            for p in pts:  # type: ignore[union-attr]
-                s = keys[(d.id, str(p))]
-                lab = d.labels[str(p)]
-                rows += [row_of[(s, t)] for t in range(int(e["start"]), int(e["end"]))  # type: ignore[call-overload]
-                         if (s, t) in row_of and lab[t] > 0]
-            if rows:
-                eps.append((len(eps), str(e["kind"]), rows))
+            hits: list[int] = []
+            for p in e.points:
+                s = keys[(d.id, p)]
+                lab = d.labels[p]
+                hits += [row_of[(s, t)] for t in range(e.start, e.end) if (s, t) in row_of and lab[t] > 0]
+            if hits:
+                eps.append((len(eps), e.kind, hits))
     return DataSet(plan, x, y, series, dev, fam, step, z, roc, eps, len(devices))
 
 
