@@ -52,7 +52,7 @@ class AnomalyRunner:
         self.last_error: str | None = None
         self.flagged = 0
         self.judged = 0
-        self._issue_at: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self._issue_at: dict[tuple[str, str, str], tuple[int, int]] = {}  # (cause, device, point)
         try:
             from carbonlink.anomaly.stream import WindowStream
         except ImportError as exc:  # numpy missing: the gateway runs without the model
@@ -196,11 +196,11 @@ class AnomalyRunner:
         info = self.model.info
         prov = info.provenance()
         for issue in res.issues:
-            key = (issue.kind, issue.device, issue.point)
+            key = (issue.cause, issue.device, issue.point)
             last, count = self._issue_at.get(key, (-ISSUE_EVERY_MS, 0))
             if issue.ts_ms - last >= ISSUE_EVERY_MS:
                 self._emit(issue.kind, "warning" if issue.kind == "score_invalid" else "info", issue.device,
-                           issue.point, issue.ts_ms, reason=issue.reason, suppressed=count, **prov)
+                           issue.point, issue.ts_ms, reason=issue.reason, cause=issue.cause, suppressed=count, **prov)
                 self._issue_at[key] = (issue.ts_ms, 0)
             else:
                 self._issue_at[key] = (last, count + 1)

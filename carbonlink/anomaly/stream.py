@@ -67,6 +67,7 @@ class Issue:
     point: str
     ts_ms: int
     reason: str
+    cause: str = ""  # not_finite | not_newer | gap | nan_score
 
 
 @dataclass(frozen=True)
@@ -141,17 +142,18 @@ class WindowStream:
         return out
 
     def features(self, readings: Sequence[Reading]) -> tuple[list[Reading], np.ndarray, list[Issue]]:
-        """Extend the series with ``readings`` (one device's poll, or any mix) and build the rows to judge."""
+        """Extend the series with ``readings`` (a poll, or any mix of devices and instants in time order) and
+        build the rows to judge; one device's readings of one instant are taken together for its relations."""
         issues: list[Issue] = []
         ready: list[Reading] = []
         xs: list[np.ndarray] = []
         rs: list[np.ndarray] = []
         applies: list[bool] = []
         fams: list[int] = []
-        by_device: dict[str, list[Reading]] = {}
+        by_instant: dict[tuple[str, int], list[Reading]] = {}  # a device's points at one instant go together
         for r in readings:
-            by_device.setdefault(r.device, []).append(r)
-        for device, group in by_device.items():
+            by_instant.setdefault((r.device, r.ts_ms), []).append(r)
+        for (device, _), group in by_instant.items():
             usable: list[Reading] = []
             for r in group:
                 if r.quality is not Quality.NORMAL:
@@ -161,18 +163,19 @@ class WindowStream:
                     s.reset()
                     s.last_ts = r.ts_ms
                     issues.append(Issue("window_incomplete", device, r.point, r.ts_ms,
-                                        "value is not a finite number; the series restarts"))
+                                        "value is not a finite number; the series restarts", "not_finite"))
                     continue
                 if s.last_ts is not None:
                     step = r.ts_ms - s.last_ts
                     if step <= 0:
                         issues.append(Issue("window_incomplete", device, r.point, r.ts_ms,
-                                            "reading is not newer than the last one of its series; not judged"))
+                                            "reading is not newer than the last one of its series; not judged",
+                                            "not_newer"))
                         continue
                     if len(s.steps) >= 3 and step > GAP_FACTOR * float(np.median(s.steps)):
                         issues.append(Issue("window_incomplete", device, r.point, r.ts_ms,
                                             f"{step / 1000:.0f} s since the last reading (missing points); "
-                                            "the series restarts"))
+                                            "the series restarts", "gap"))
                         s.reset()
                     else:
                         s.steps.append(step)
@@ -215,7 +218,8 @@ class WindowStream:
             s = self._series[(r.device, r.point)]
             if not math.isfinite(sc):
                 result.issues.append(Issue("score_invalid", r.device, r.point, r.ts_ms,
-                                           "the model returned no finite score for this window; reading not judged"))
+                                           "the model returned no finite score for this window; reading not judged",
+                                           "nan_score"))
                 continue
             bad = sc >= threshold
             fault = fault_of.get(i)
