@@ -51,6 +51,7 @@ def _load_model(path: Path | None) -> Any:
 @app.command()
 def train(out: Annotated[Path, typer.Option("--out", help="where to write the ONNX file")] = Path("anomaly.onnx"),
           seed: Annotated[int, typer.Option(help="seed of the training data (validation: seed + 1)")] = TRAIN_SEED,
+          days: Annotated[float, typer.Option(min=0.5, max=30, help="simulated days of training data")] = 3.0,
           algorithm: Annotated[str, typer.Option(help="binary-forest (default), forest (one class per fault) "
                                                  "or iforest (unsupervised)")] = "binary-forest",
           model_id: Annotated[str, typer.Option("--model-id")] = "cl-anomaly",
@@ -65,8 +66,8 @@ def train(out: Annotated[Path, typer.Option("--out", help="where to write the ON
     if algorithm not in T.ALGORITHMS:
         raise fail(f"--algorithm must be one of {', '.join(T.ALGORITHMS)}")
     t0 = time.perf_counter()
-    tr = T.dataset(Plan(seed=seed, days=3, stacks=4, inverters=4, trees=6, faults_per_day=4))
-    va = T.dataset(Plan(seed=seed + 1, days=1, stacks=3, inverters=3, trees=6, faults_per_day=4))
+    tr = T.dataset(Plan(seed=seed, days=days, stacks=4, inverters=4, trees=6, faults_per_day=4))
+    va = T.dataset(Plan(seed=seed + 1, days=min(1.0, days), stacks=3, inverters=3, trees=6, faults_per_day=4))
     t_data = time.perf_counter() - t0
     model = T.fit(tr, algorithm, seed)
     threshold = T.choose_threshold(T.sk_scores(model, va.x), va.y)
