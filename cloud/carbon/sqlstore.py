@@ -293,6 +293,63 @@ def tonnes(grams: int | None) -> Decimal:
     return Decimal(grams or 0) / 1_000_000
 
 
+MAX_CONCENTRATION_HOURS = 93 * 24  # a quarter of hourly rows per request
+
+
+async def concentrations(db: Any, source_id: str, start_ms: int, end_ms: int, *, valid_minutes: int = 45,
+                         factors: FactorSet | None = None) -> dict[str, Any]:
+    """A stack's hourly pollutant concentrations against its limits: measured (dry), corrected to the
+    source type's reference O2 (HJ 75-2017 App. A; only for comparison, never for mass), the limit of
+    the regime, and whether the hour is above it. Only hours whose pollutant and O2 are valid are judged."""
+    start_ms, end_ms = start_ms - start_ms % HOUR_MS, -(-end_ms // HOUR_MS) * HOUR_MS
+    if (end_ms - start_ms) // HOUR_MS > MAX_CONCENTRATION_HOURS:
+        raise CarbonInputError("range", f"{(end_ms - start_ms) // HOUR_MS} hours",
+                               f"ask for at most {MAX_CONCENTRATION_HOURS} hours at a time")
+    row = await db.fetchrow("SELECT src, config FROM carbon_sources WHERE source_id = ?", source_id)
+    if row is None:
+        raise CarbonInputError(f"source {source_id!r}", "is not registered", "list them with /api/carbon/sources")
+    cfg = json.loads(row["config"])
+    fs = factors or FactorSet.default()
+    source_type = cfg.get("source_type", "coal_boiler")
+    regime = cfg.get("limit_regime", "gb13223")
+    o2_ref = Decimal(cfg["o2_ref_pct"]) if cfg.get("o2_ref_pct") else fs.o2_ref(source_type).value
+    limits = {p: fs.limit(source_type, p, regime) for p in POLLUTANTS}
+    per_role = await db.fetch(
+        "SELECT p.role, r.hour_ms, r.vsum / r.q_n * p.factor + p.offset_v AS v,"
+        f" CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END AS ok"
+        " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
+        " WHERE p.src = ? AND p.role IN ('o2', 'so2', 'nox', 'dust') AND r.hour_ms >= ? AND r.hour_ms < ?"
+        " ORDER BY r.hour_ms", int(row["src"]), start_ms, end_ms)
+    hours: dict[int, dict[str, Decimal | None]] = {}
+    for r in per_role:
+        ok = bool(r["ok"]) and r["v"] is not None
+        hours.setdefault(int(r["hour_ms"]), {})[r["role"]] = Decimal(repr(float(r["v"]))) if ok else None
+    items = []
+    above = dict.fromkeys(POLLUTANTS, 0)
+    judged = dict.fromkeys(POLLUTANTS, 0)
+    for hour, v in sorted(hours.items()):
+        o2 = v.get("o2")
+        item: dict[str, Any] = {"hour_ms": hour, "o2_pct": None if o2 is None else str(fm.round_fixed(o2, 2))}
+        for p in POLLUTANTS:
+            c = v.get(p)
+            corrected = None
+            if c is not None and o2 is not None and Decimal(0) <= o2 < fm.O2_AIR_PCT and c >= 0:
+                corrected = fm.round_fixed(fm.o2_correction(c, o2, o2_ref), 3)
+            lim = limits[p]
+            over = None if corrected is None or lim is None else corrected > lim.value
+            if over is not None:
+                judged[p] += 1
+                above[p] += int(over)
+            item[p] = {"measured": None if c is None else str(fm.round_fixed(c, 3)),
+                       "corrected": None if corrected is None else str(corrected), "above": over}
+        items.append(item)
+    return {"source_id": source_id, "source_type": source_type, "o2_ref_pct": str(o2_ref), "regime": regime,
+            "limits": {p: None if lim is None else {"value": str(lim.value), "unit": lim.unit, "source": lim.source,
+                                               "status": lim.status}
+                       for p, lim in limits.items()},
+            "hours_judged": judged, "hours_above": above, "items": items}
+
+
 async def hour_provenance(db: Any, source_id: str, hour_ms: int) -> dict[str, Any]:
     """Everything a figure of one stack-hour rests on: the hour's row, each role's rollup (readings, valid
     minutes, flags), the revisions, and the anchored roots that cover the hour's readings."""
