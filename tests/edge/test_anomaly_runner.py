@@ -157,3 +157,16 @@ def test_a_failing_sink_never_costs_a_reading(tmp_path: Path) -> None:
 def test_shadow_passes_model_to_the_runner() -> None:
     ok, rejected = plan({"model": {"id": "x"}, "bogus": 1}, {})
     assert ok == {"model": {"id": "x"}} and "bogus" in rejected
+
+
+def test_without_onnxruntime_readings_pass_and_state_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # an edge-only install
+    sink = Sink()
+    r = runner(tmp_path, sink)
+    polls = fakes.cems_polls(130)
+    assert [r.feed(p) for p in polls] == polls
+    assert r.model is None and "edge-ml" in r.state()["error"] and sink.kinds() == ["anomaly.unavailable"]
+    refused = r.apply(doc(fakes.with_meta(version="2")))
+    assert refused and "onnxruntime" in refused
