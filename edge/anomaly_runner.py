@@ -6,13 +6,15 @@ count it as invalid, the conservative choice for MRV) instead of ``N`` — its v
 the series' first flagged reading raises an ``anomaly.detected`` event (``anomaly.cleared`` when it ends),
 both carrying the model's id, version and hash. Readings the device already flagged are left alone.
 
-Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]}: the
-hash is checked, the file loaded and probed (``carbonlink.anomaly.model.load``), and only then does it
-replace the running model; the last good one is kept on disk (``anomaly/current.onnx``, the one before
-it as ``previous.onnx``). A refused model, a model that later returns no finite score (rolled back to the
-previous one), a window with missing or non-finite points: each is an event with its reason, and no
-reading is ever dropped or altered because of it. Without onnxruntime (no ``edge-ml`` extra) the runner
-says so once and passes readings through.
+Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]} (without
+``onnx_b64``: a model the gateway holds already, the packaged one or the one before): the hash is checked,
+the file loaded and probed (``carbonlink.anomaly.model.load``), and only then does it replace the running
+model; the last good one is kept on disk (``anomaly/current.onnx``, the one before it as ``previous.onnx``).
+The cloud's shadow holds at most 16 KB, so a full model file does not fit it yet (see docs/model-card.md).
+A refused model, a model that later returns no finite score (rolled back to the previous one), a window
+with missing or non-finite points: each is an event with its reason, and no reading is ever dropped or
+altered because of it. Without onnxruntime (no ``edge-ml`` extra) the runner says so once and passes
+readings through.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class AnomalyRunner:
         self.flagged = 0
         self.judged = 0
         self._issue_at: dict[tuple[str, str, str], tuple[int, int]] = {}  # (cause, device, point)
+        self._rolled_back: set[str] = set()  # hashes that failed on live data: not applied again
         try:
             from carbonlink.anomaly.stream import WindowStream
         except ImportError as exc:  # numpy missing: the gateway runs without the model
@@ -124,16 +127,24 @@ class AnomalyRunner:
         flag = doc.get("flag", "D")
         if flag not in FLAGS:
             return f"desired.model.flag must be one of {', '.join(FLAGS)}"
+        if digest in self._rolled_back:
+            return f"model {mid} v{ver} was rolled back (no finite score on live windows); send another version"
         if self.model is not None and self.model.info.sha256 == digest:
             self.flag = FLAGS[flag]
             self.last_error = None
             return None  # running it already
-        if not isinstance(b64, str) or len(b64) > MAX_B64:
+        if b64 is None:  # by hash: a model this gateway already holds (the packaged one, or the one before)
+            data = self._held(digest)
+            if data is None:
+                return (f"model {digest[:12]} is not on this gateway; send the file as onnx_b64 "
+                        "(models are not fetched by hash yet)")
+        elif not isinstance(b64, str) or len(b64) > MAX_B64:
             return "desired.model.onnx_b64 must be the model file in base64 (at most 9 MB)"
-        try:
-            data = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            return "desired.model.onnx_b64 is not valid base64"
+        else:
+            try:
+                data = base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                return "desired.model.onnx_b64 is not valid base64"
         from carbonlink.anomaly.model import ModelError, load
 
         try:
@@ -155,6 +166,19 @@ class AnomalyRunner:
         log.info("anomaly model %s v%d applied", mid, ver)
         return None
 
+    def _held(self, digest: str) -> bytes | None:
+        from carbonlink.anomaly.model import default_model_bytes, sha256_hex
+
+        for read in (default_model_bytes, (self.dir / "previous.onnx").read_bytes,
+                     (self.dir / "current.onnx").read_bytes):
+            try:
+                data = read()
+            except OSError:
+                continue
+            if sha256_hex(data) == digest:
+                return data
+        return None
+
     def _save(self, data: bytes) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.dir / "candidate.onnx"
@@ -171,6 +195,7 @@ class AnomalyRunner:
         bad = self.model.info
         if self._previous is None:
             return
+        self._rolled_back.add(bad.sha256)
         self.model, self._previous = self._previous, None
         prev = self.dir / "previous.onnx"
         if prev.exists():

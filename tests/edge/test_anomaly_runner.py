@@ -124,6 +124,8 @@ def test_model_returning_nan_on_live_windows_is_rolled_back(tmp_path: Path) -> N
     assert len(out) == sum(len(p) for p in polls) and [x.value for x in out] == [x.value for p in polls for x in p]
     assert "anomaly.score_invalid" in sink.kinds() and "anomaly.model_rollback" in sink.kinds()
     assert r.model.info.sha256 == good
+    again = r.apply(doc(bad, model_id="fragile", version=5))  # the shadow sends it again: not re-applied
+    assert again and "rolled back" in again and r.model.info.sha256 == good
 
 
 def test_corrupt_saved_model_falls_back(tmp_path: Path) -> None:
@@ -170,3 +172,14 @@ def test_without_onnxruntime_readings_pass_and_state_says_why(tmp_path: Path, mo
     assert r.model is None and "edge-ml" in r.state()["error"] and sink.kinds() == ["anomaly.unavailable"]
     refused = r.apply(doc(fakes.with_meta(version="2")))
     assert refused and "onnxruntime" in refused
+
+
+def test_a_held_model_by_hash_alone(tmp_path: Path) -> None:
+    r = runner(tmp_path)
+    packaged = r.model.info
+    assert r.apply(doc(fakes.with_meta(version="2"))) is None
+    back = {"id": packaged.model_id, "version": packaged.version, "sha256": packaged.sha256}
+    assert r.apply(back) is None and r.model.info.sha256 == packaged.sha256  # back to the packaged model
+    unknown = {"id": "x", "version": 9, "sha256": "c" * 64}
+    refused = r.apply(unknown)
+    assert refused and "not on this gateway" in refused and r.model.info.sha256 == packaged.sha256
