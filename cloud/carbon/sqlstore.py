@@ -13,7 +13,7 @@ Tables (made by the store's migration 7, on both engines):
 ``account_hours`` computes a range of hours of one stack with one INSERT … SELECT over ``rollup_hour``
 (pivoting the stack's series per hour, HJ 75 App. A in SQL arithmetic, HJ 76 validity from the rollup's
 valid minutes); only the hours that are not valid are then substituted in Python (``substitution``), and
-figures rounded to grams half up (``_round``: the one dialect hook). ``recompute`` does the same for the
+figures rounded to grams half up (the store's ``round_half_up`` dialect hook). ``recompute`` does the same for the
 hours a late batch touched and records revisions. ``day_totals`` aggregates in SQL per site and local
 day; months and years are sums of days.
 """
@@ -41,14 +41,6 @@ POLLUTANTS = ("so2", "nox", "dust")
 FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g")
 CONC_UNITS = {"mg/m³": Decimal(1), "mg/m3": Decimal(1), "mg/Nm³": Decimal(1), "mg/Nm3": Decimal(1)}
 
-
-
-def _round(db: Any, expr: str) -> str:
-    """Whole grams, half up, for a non-negative double: the one place the engines differ (PostgreSQL casts
-    a double to bigint by rounding, SQLite by truncating)."""
-    if db.dialect == "postgresql":
-        return f"CAST(floor(({expr}) + 0.5) AS BIGINT)"
-    return f"CAST(({expr}) + 0.5 AS INTEGER)"
 
 
 @dataclass(frozen=True)
@@ -116,8 +108,8 @@ def _hour_sql(db: Any, valid_minutes: int, where: str = "p.src = ?") -> str:
     """Every stack-hour of the pivot, computed and inserted by one statement (its parameters: the pivot's
     ``where`` values, then start and end)."""
     qsn = "flow * 273.0 / (273.0 + temp) * (c.p_atm_pa + p_static) / 101325.0 * (1.0 - moisture / 100.0)"
-    co2 = _round(db, f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
-    masses = ", ".join(_round(db, f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
+    co2 = db.round_half_up(f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
+    masses = ", ".join(db.round_half_up(f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
     return (
         "INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, qsn_m3,"
         " co2_g, so2_g, nox_g, dust_g, note, formula_version)"
