@@ -32,6 +32,7 @@ from .routes_rules import create_rules_router, policy_of
 from .settings import CloudSettings
 from .shadows import ShadowService
 from .store import ReadingQuery, Store, encode_cursor
+from .store.models import MAX_MODEL_BYTES
 
 if TYPE_CHECKING:
     from .commands import ControlLink
@@ -78,12 +79,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app sees any of it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.larger = larger or {}  # path prefix -> its own limit (model files)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         body = (b'{"type":"about:blank","title":"Content too large","status":413,"detail":"request body is over '
-                + str(self.max_bytes).encode() + b' bytes"}')
+                + str(limit).encode() + b' bytes"}')
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -92,9 +94,10 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = next((n for prefix, n in self.larger.items() if scope["path"].startswith(prefix)), self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(send, limit)
             return
         # Chunked or lying about its length: read up to the limit here, then hand the app what was read.
         chunks: list[bytes] = []
@@ -104,8 +107,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 return  # the client went away
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > limit:
+                await self._too_large(send, limit)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -157,7 +160,7 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
                               " login token>` or `X-API-Key`; see cloud/auth.py for what each role may do.")
     app.state.store, app.state.settings, app.state.metrics = store, settings, metrics
     app.state.auth = Authenticator(store, settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, larger={"/api/models/": MAX_MODEL_BYTES})
     app.add_middleware(RequestContext, observe=metrics.observe_http)  # outermost: every answer has an id
     plotly_js = _plotly_js()
 

@@ -22,6 +22,7 @@ from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.wire import now_ms
 
+from .model_delivery import ModelServer
 from .rules_delivery import RuleSetServer
 from .shadows import Publish, ShadowService
 from .store import Store
@@ -113,6 +114,7 @@ class ControlLink:
         self.shadows = ShadowService(store)
         self.commands = CommandService(store)
         self.rulesets = RuleSetServer(store)  # rule sets by hash (cloud/rules_delivery.py)
+        self.models = ModelServer(store)  # anomaly models by hash (cloud/model_delivery.py)
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.backoff = Backoff(initial=0.2, cap=10.0)
@@ -126,13 +128,14 @@ class ControlLink:
         self.shadows.publish = self.publish
         self.commands.publish = self.publish
         self.rulesets.publish = self.publish
+        self.models.publish = self.publish
         failing_since: float | None = None
         while True:
             try:
                 async with aiomqtt.Client(**self.url.client_kwargs(), identifier=self.client_id,
                                           clean_session=False, keepalive=30) as client:
                     for t in (topics.ALL_SHADOW_GET, topics.ALL_SHADOW_UPDATE, topics.ALL_COMMAND_RESULTS,
-                              topics.ALL_RULESET_GET):
+                              topics.ALL_RULESET_GET, topics.ALL_MODEL_GET):
                         await client.subscribe(t, qos=1)
                     self._client = client
                     self.connected.set()
@@ -148,6 +151,8 @@ class ControlLink:
                                 await self.commands.handle_result(t, raw)
                             elif t.endswith("/" + topics.RULESET_GET):
                                 await self.rulesets.handle(t, raw)
+                            elif t.endswith("/" + topics.MODEL_GET):
+                                await self.models.handle(t, raw)
                             else:
                                 await self.shadows.handle(t, raw)
                         except aiomqtt.MqttError:

@@ -141,9 +141,11 @@ async def rotate_key(store: Store, gateway_id: str, new_key_hex: str, signature_
 # --- broker files ----------------------------------------------------------------------------------
 
 GATEWAY_PUBLISH = (topics.TELEMETRY, topics.STATUS, topics.EVENTS, topics.SHADOW_GET, topics.SHADOW_UPDATE,
-                   topics.COMMAND_RESULT, topics.RULESET_GET, "rules/#")  # rules/#: a rule's republish action
+                   topics.COMMAND_RESULT, topics.RULESET_GET, topics.MODEL_GET,
+                   "rules/#")  # rules/#: a rule's republish action
 GATEWAY_SUBSCRIBE = (topics.ACK, "shadow/get/accepted", "shadow/update/accepted", "shadow/update/rejected",
-                     "shadow/update/delta", f"{topics.COMMAND}/#", topics.RULESET)
+                     "shadow/update/delta", f"{topics.COMMAND}/#", topics.RULESET,
+                     topics.MODEL)
 
 
 def acl_for_gateway(site: str, gateway: str) -> list[str]:

@@ -184,6 +184,9 @@ class EdgeAgent:
     def set_model(self, doc: Any) -> str | None:
         return self.anomaly.apply(doc)
 
+    def holds_model(self, sha256: str) -> bool:
+        return self.anomaly.holds(sha256)
+
     def rules_hash(self) -> str:
         return self.rules.host.applied_hash
 

@@ -136,8 +136,8 @@ class AnomalyRunner:
         if b64 is None:  # by hash: a model this gateway already holds (the packaged one, or the one before)
             data = self._held(digest)
             if data is None:
-                return (f"model {digest[:12]} is not on this gateway; send the file as onnx_b64 "
-                        "(models are not fetched by hash yet)")
+                return (f"model {digest[:12]} is not on this gateway and was not delivered "
+                        "(upload it with PUT /api/models/{id}/{version}; the gateway fetches it by hash)")
         elif not isinstance(b64, str) or len(b64) > MAX_B64:
             return "desired.model.onnx_b64 must be the model file in base64 (at most 9 MB)"
         else:
@@ -165,6 +165,15 @@ class AnomalyRunner:
         self._emit("model_applied", **model.info.provenance())
         log.info("anomaly model %s v%d applied", mid, ver)
         return None
+
+    def holds(self, digest: str) -> bool:
+        """Whether this gateway can run the model ``digest`` without fetching it (running, kept or packaged)."""
+        if self.model is not None and self.model.info.sha256 == digest:
+            return True
+        try:
+            return self._held(digest) is not None
+        except ImportError:  # no runtime: nothing to fetch it for either
+            return True
 
     def _held(self, digest: str) -> bytes | None:
         from carbonlink.anomaly.model import default_model_bytes, sha256_hex

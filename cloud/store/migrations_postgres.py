@@ -324,10 +324,14 @@ async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: in
 
 # Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
 # transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+# Anomaly models by hash, per tenant, for gateways to fetch (cloud/model_delivery.py).
 _RULES_QUEUE = """
     CREATE TABLE rules_pending (id bigserial PRIMARY KEY, gateway text NOT NULL, seq bigint NOT NULL,
                                 UNIQUE (gateway, seq));
     CREATE TABLE leases (name text PRIMARY KEY, owner text NOT NULL, until_ms bigint NOT NULL);
+    CREATE TABLE model_blobs (tenant text NOT NULL, sha256 text NOT NULL, model_id text NOT NULL,
+                              version integer NOT NULL, onnx bytea NOT NULL, bytes integer NOT NULL,
+                              created_ms bigint NOT NULL, created_by text NOT NULL, PRIMARY KEY (tenant, sha256));
 """
 
 

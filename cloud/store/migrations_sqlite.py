@@ -267,10 +267,14 @@ CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point,
 
 # Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
 # transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+# Anomaly models by hash, per tenant, for gateways to fetch (cloud/model_delivery.py).
 _M_RULES_QUEUE = """
 CREATE TABLE rules_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
                             UNIQUE (gateway, seq));
-CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL)
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE model_blobs (tenant TEXT NOT NULL, sha256 TEXT NOT NULL, model_id TEXT NOT NULL,
+                          version INTEGER NOT NULL, onnx BLOB NOT NULL, bytes INTEGER NOT NULL,
+                          created_ms INTEGER NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (tenant, sha256))
 """
 
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,

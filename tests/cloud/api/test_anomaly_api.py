@@ -35,3 +35,31 @@ async def test_backtest_bounds(api: Api) -> None:
     for q in bad:
         assert (await api.client.get("/api/anomaly/backtest", params=q, headers=h)).status_code == 422, q
     assert (await api.client.get("/api/anomaly/backtest", params=bad[0])).status_code == 401
+
+
+async def test_model_upload_is_verified_and_kept_per_tenant(api: Api) -> None:
+    from carbonlink.anomaly.model import default_model_bytes, sha256_hex
+
+    data = default_model_bytes()  # the packaged model: cl-anomaly, its own version in its metadata
+    from carbonlink.anomaly.model import load
+
+    info = load(data).info
+    url = f"/api/models/{info.model_id}/{info.version}"
+    octets = {"content-type": "application/octet-stream"}
+    assert (await api.client.put(url, content=data, headers=api.as_("analyst") | octets)).status_code == 403
+    r = await api.client.put(url, content=data, headers=api.as_("operator") | octets)
+    assert r.status_code == 201, r.text
+    assert r.json()["sha256"] == sha256_hex(data) and r.json()["desired"]["model"]["version"] == info.version
+    listed = (await api.client.get("/api/models", headers=api.as_("analyst"))).json()["items"]
+    assert [(m["model_id"], m["sha256"]) for m in listed] == [(info.model_id, sha256_hex(data))]
+    assert (await api.client.get("/api/models", headers=api.as_("other-admin"))).json()["items"] == []
+    # not ONNX, or a file that says it is another model: 422 and nothing kept
+    bad = await api.client.put(url, content=b"not a model", headers=api.as_("operator") | octets)
+    assert bad.status_code == 422 and "not_onnx" in bad.text
+    wrong = await api.client.put(f"/api/models/{info.model_id}/{info.version + 1}", content=data,
+                                 headers=api.as_("operator") | octets)
+    assert wrong.status_code == 422 and "the file says" in wrong.text
+    assert len((await api.client.get("/api/models", headers=api.as_("analyst"))).json()["items"]) == 1
+    # the general 1 MiB body limit does not apply to models, a larger limit does
+    huge = await api.client.put(url, content=b"\0" * (9 * 1024 * 1024), headers=api.as_("operator") | octets)
+    assert huge.status_code == 413
