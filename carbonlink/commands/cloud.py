@@ -12,7 +12,7 @@ from rich.console import Console
 
 from carbonlink.commands.common import DEFAULT_DB, err, run_until_signal
 from carbonlink.commands.storage import app as storage_app
-from carbonlink.commands.users import key_app, user_app
+from carbonlink.commands.users import gateway_app, key_app, user_app
 from carbonlink.kernel.ports import port_free
 
 cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", no_args_is_help=True)
@@ -20,6 +20,7 @@ cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", n
 cloud_app.registered_commands.extend(storage_app.registered_commands)
 cloud_app.add_typer(user_app, name="user")
 cloud_app.add_typer(key_app, name="key")
+cloud_app.add_typer(gateway_app, name="gateway")
 
 
 @cloud_app.command("serve")

@@ -11,6 +11,8 @@ from .model import KEY_GRACE_MS, ClaimError, GatewayRecord
 
 # Rows of one tenant: its gateways are the join key for readings, latest values and dead letters.
 IN_TENANT = "gateway IN (SELECT id FROM gateways WHERE tenant = ?)"
+ALREADY_REGISTERED = ("gateway id {!r} is already registered; a claim never replaces a gateway: the gateway"
+                      " rotates its own key (rotate-key), or an admin re-keys it (audited)")
 _GATEWAY_UPSERT = (
     "INSERT INTO gateways(id, site, alg, key, registered_ms, tenant) VALUES (?,?,?,?,?,?)"
     " ON CONFLICT(id) DO UPDATE SET site = excluded.site, alg = excluded.alg, key = excluded.key,"
@@ -93,23 +95,20 @@ class Registry:
                 raise ClaimError("this claim token was already used; claim tokens work once")
             if tok["expires_ms"] <= now:
                 raise ClaimError("this claim token has expired; ask the operator for a new one")
-            gw = await tx.fetchrow("SELECT revoked, tenant FROM gateways WHERE id = ?", gateway_id)
+            gw = await tx.fetchrow("SELECT revoked FROM gateways WHERE id = ?", gateway_id)
             if gw is not None and gw["revoked"]:
                 raise ClaimError(f"gateway {gateway_id!r} is revoked; use a new gateway id")
-            if gw is not None and gw["tenant"] not in (None, tok["tenant"]):
-                raise ClaimError(f"gateway id {gateway_id!r} is taken")
-            await tx.execute(
+            if gw is not None:
+                raise ClaimError(ALREADY_REGISTERED.format(gateway_id))
+            # DO NOTHING, not DO UPDATE: a claim racing another for the same id must lose, not take it over.
+            inserted = await tx.execute(
                 "INSERT INTO gateways(id, site, alg, key, registered_ms, tenant, mqtt_username, mqtt_password_hash)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET site = excluded.site, alg = excluded.alg,"
-                " key = excluded.key, tenant = excluded.tenant, mqtt_username = excluded.mqtt_username,"
-                " mqtt_password_hash = excluded.mqtt_password_hash",
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
                 gateway_id, tok["site"], alg, key, now, tok["tenant"], mqtt_username, mqtt_password_hash)
-            await tx.execute("UPDATE gateway_keys SET retired_ms = ? WHERE gateway = ? AND retired_ms IS NULL",
-                             now, gateway_id)
-            await tx.execute(
-                "INSERT INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)"
-                " ON CONFLICT (gateway, key) DO UPDATE SET alg = excluded.alg, created_ms = excluded.created_ms,"
-                " retired_ms = NULL", gateway_id, alg, key, now)
+            if inserted != 1:
+                raise ClaimError(ALREADY_REGISTERED.format(gateway_id))
+            await tx.execute("INSERT INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)"
+                             " ON CONFLICT (gateway, key) DO NOTHING", gateway_id, alg, key, now)
             await tx.execute("UPDATE claim_tokens SET used_ms = ?, gateway = ? WHERE token_hash = ?",
                              now, gateway_id, token_hash)
         return str(tok["tenant"]), str(tok["site"])
@@ -128,6 +127,32 @@ class Registry:
                 " ON CONFLICT (gateway, key) DO UPDATE SET alg = excluded.alg, created_ms = excluded.created_ms,"
                 " retired_ms = NULL", gateway_id, row["alg"], new_key, now)
             await tx.execute("UPDATE gateways SET key = ? WHERE id = ?", new_key, gateway_id)
+
+    async def re_key(self, gateway_id: str, alg: str, key: str, mqtt_password_hash: str, now: int) -> GatewayRecord:
+        """An operator's replacement of a gateway's key and broker password (a lost or stolen key).
+
+        Unlike ``rotate_key`` the old key gets no grace: whoever holds it may be the reason for this.
+        Returns the gateway as it was before (its tenant and site stay).
+        """
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow("SELECT id, site, alg, key, revoked, tenant FROM gateways WHERE id = ?",
+                                    gateway_id)
+            if row is None:
+                raise ClaimError(f"gateway {gateway_id!r} is not registered")
+            if row["revoked"]:
+                raise ClaimError(f"gateway {gateway_id!r} is revoked; a revoked gateway is not re-keyed")
+            withdrawn = now - KEY_GRACE_MS - 1  # retired so long ago that no grace is left
+            await tx.execute("INSERT INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)"
+                             " ON CONFLICT DO NOTHING", gateway_id, row["alg"], row["key"], now)
+            await tx.execute("UPDATE gateway_keys SET retired_ms = ? WHERE gateway = ? AND key != ?"
+                             " AND (retired_ms IS NULL OR retired_ms > ?)", withdrawn, gateway_id, key, withdrawn)
+            await tx.execute(
+                "INSERT INTO gateway_keys(gateway, alg, key, created_ms) VALUES (?,?,?,?)"
+                " ON CONFLICT (gateway, key) DO UPDATE SET alg = excluded.alg, created_ms = excluded.created_ms,"
+                " retired_ms = NULL", gateway_id, alg, key, now)
+            await tx.execute("UPDATE gateways SET alg = ?, key = ?, mqtt_username = ?, mqtt_password_hash = ?"
+                             " WHERE id = ?", alg, key, gateway_id, mqtt_password_hash, gateway_id)
+        return GatewayRecord(row["id"], row["site"], row["alg"], row["key"], False, (), row["tenant"])
 
     async def broker_accounts(self) -> list[dict[str, Any]]:
         rows = await self.db.fetch(
