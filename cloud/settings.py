@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .secretbox import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,12 @@ class CloudSettings(BaseSettings):
     rules_cloud: bool = Field(default=True, description="evaluate tenants' cloud rules over committed readings")
     rules_lateness_s: int = Field(default=600, ge=0, le=86_400,
                                   description="how late a reading may arrive and still be evaluated in order")
+    secret_key: SecretStr | None = Field(
+        default=None, description="key ring sealing HMAC node secrets at rest: 64 hex digits (`openssl rand -hex"
+        " 32`); several comma-separated to rotate, the first seals; overrides secret_key_file")
+    secret_key_file: Path = Field(
+        default=Path("var/cloud/secret.key"), description="file holding the key ring (mode 0600, one key a"
+        " line); in development it is generated when missing; keep it out of database backups")
     rules_secrets_dir: Path = Field(default=Path("var/cloud/secrets"),
                                     description="webhook secrets of tenants: {dir}/{tenant}/{name}, files 0600")
     webhook_allow: list[str] = Field(default_factory=list, description="networks webhooks may call although they"
@@ -77,6 +86,22 @@ class CloudSettings(BaseSettings):
                                  " signed with it, and every API process must share it")
             self.jwt_secret = SecretStr(secrets.token_hex(32))
         return self
+
+    def secret_box(self) -> SecretBox | None:
+        """The key ring for node secrets: from CARBONLINK_SECRET_KEY, else the key file (generated in
+        development when missing); None in production when neither is set."""
+        from .secretbox import SecretBox, create_key_file, parse_ring, read_key_file
+
+        if self.secret_key is not None:
+            return SecretBox(parse_ring(self.secret_key.get_secret_value(), "CARBONLINK_SECRET_KEY"))
+        path = self.secret_key_file
+        if path.exists():
+            return SecretBox(read_key_file(path))
+        if self.environment == "development":
+            box = SecretBox(create_key_file(path))
+            log.info("generated the secret key ring %s (development); node secrets are sealed with it", path)
+            return box
+        return None
 
     @property
     def jwt_key(self) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from carbonlink.commands.common import DEFAULT_DB, err, run_until_signal
+from carbonlink.commands.common import DEFAULT_DB, err, fail, run_until_signal
 from carbonlink.commands.storage import app as storage_app
 from carbonlink.commands.users import gateway_app, key_app, user_app
 from carbonlink.kernel.ports import port_free
@@ -38,6 +38,7 @@ def cloud_serve(
 
     from carbonlink.cloud.broker import EmbeddedBroker
     from carbonlink.cloud.logs import configure
+    from carbonlink.cloud.secretbox import SecretKeyError
     from carbonlink.cloud.service import running_cloud
     from carbonlink.cloud.settings import CloudSettings
 
@@ -54,9 +55,12 @@ def cloud_serve(
             url = mqtt
             if url is None:
                 url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))).url
-            svc = await stack.enter_async_context(
-                running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
-                              shared_group=shared_group, settings=settings))
+            try:
+                svc = await stack.enter_async_context(
+                    running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
+                                  shared_group=shared_group, settings=settings))
+            except SecretKeyError as exc:
+                raise fail(f"cloud secret key: {exc}") from None
             err.print(f"cloud up: broker {url}, storage {db}, API {svc.dashboard_url}")
             await asyncio.Event().wait()
 

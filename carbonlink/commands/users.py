@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from carbonlink.cloud.provisioning import ReKeyResult
 
 from carbonlink.cloud.store import ROLES
 from carbonlink.commands.common import DEFAULT_DB, err, fail, table, with_store
@@ -147,12 +150,21 @@ def gateway_re_key(
     import socket
 
     from carbonlink.cloud.provisioning import re_key
-    from carbonlink.cloud.store import ClaimError
+    from carbonlink.cloud.secretbox import SecretKeyError
+    from carbonlink.cloud.settings import CloudSettings
+    from carbonlink.cloud.store import ClaimError, Store
 
     actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+
+    async def go(s: Store) -> ReKeyResult:
+        # The same key ring as the cloud: a node's new secret is sealed, never stored in plain text.
+        settings = CloudSettings()
+        await s.registry.use_secrets(settings.secret_box(), plain_allowed=settings.environment == "development")
+        return await re_key(s, gateway, alg, key, actor=actor, reason=reason)
+
     try:
-        res = with_store(db, lambda s: re_key(s, gateway, alg, key, actor=actor, reason=reason))
-    except ClaimError as exc:
+        res = with_store(db, go)
+    except (ClaimError, SecretKeyError) as exc:
         raise fail(str(exc)) from None
     if json_out:
         print(json.dumps({"gateway": res.gateway, "site": res.site, "alg": alg,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
@@ -101,7 +102,8 @@ async def test_admin_re_key_is_audited_and_withdraws_the_old_key_at_once(api: Ap
     assert await p.handle("cl/plant-a/gw-a/telemetry", _batch("gw-a", 51, new)) is Outcome.COMMITTED
 
 
-def test_re_key_on_the_host_is_audited(tmp_path: Path) -> None:
+def test_re_key_on_the_host_is_audited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARBONLINK_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
     db = f"sqlite:///{tmp_path / 'c.sqlite'}"
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
 
@@ -125,6 +127,7 @@ def test_re_key_on_the_host_is_audited(tmp_path: Path) -> None:
     key, log = asyncio.run(state())
     assert key == public_key_hex(new)
     assert log[0]["action"] == "gateway.re-key" and str(log[0]["actor"]).startswith("cli:")
+    assert (tmp_path / "secret.key").exists()  # the CLI uses the cloud's key ring (generated in development)
     res = CliRunner().invoke(cli, ["gateway", "re-key", "gw-nope", "--key", public_key_hex(new), "--reason", "x" * 5,
                                    "--db", db])
     assert res.exit_code == 2 and "not registered" in res.output
