@@ -1,7 +1,9 @@
 """The cloud's settings: one pydantic-settings object, read from CARBONLINK_* environment variables.
 
-Outside development it refuses to start with a missing or well-known secret; in development a
-missing JWT secret is replaced by a random one per process (login tokens then end with the process).
+It refuses a well-known or short JWT secret or metrics token in every environment, and a missing JWT
+secret outside development; in development a missing JWT secret is replaced by a random one per
+process (login tokens then end with the process). Node secrets are sealed with a key ring from
+CARBONLINK_SECRET_KEY or a key file (cloud/secretbox.py).
 """
 
 from __future__ import annotations
@@ -75,11 +77,11 @@ class CloudSettings(BaseSettings):
                 continue
             text = value.get_secret_value()
             if text.lower() in WEAK_SECRETS or len(text) < MIN_SECRET_CHARS:
-                msg = (f"CARBONLINK_{name.upper()} is a default or short secret; use at least {MIN_SECRET_CHARS}"
-                       " random characters, e.g. `openssl rand -hex 32`")
-                if self.environment != "development":
-                    raise ValueError(msg)
-                log.warning("%s (accepted because CARBONLINK_ENVIRONMENT=development)", msg)
+                # In every environment: a guessable JWT key lets anyone mint an admin's token. Only the key
+                # development generates for itself (below) is exempt, and it is long and random.
+                raise ValueError(f"CARBONLINK_{name.upper()} is a default or short secret; use at least"
+                                 f" {MIN_SECRET_CHARS} random characters, e.g. `openssl rand -hex 32`, or unset it"
+                                 " in development to get a random one per process")
         if self.jwt_secret is None:
             if self.environment != "development":
                 raise ValueError("set CARBONLINK_JWT_SECRET (e.g. `openssl rand -hex 32`): login tokens are"

@@ -322,5 +322,14 @@ async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: in
     """))
 
 
+async def _m9_users_per_tenant(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    """A username is unique within its tenant, not across tenants; logins name the tenant (cloud/auth.py)."""
+    await con.execute("""
+    ALTER TABLE api_users DROP CONSTRAINT api_users_pkey;
+    ALTER TABLE api_users ADD PRIMARY KEY (tenant, username);
+    CREATE INDEX api_users_username ON api_users (username);
+    """)
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m9_users_per_tenant]

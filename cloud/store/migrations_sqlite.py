@@ -265,5 +265,20 @@ CREATE TABLE derived_readings (
 CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point, ts_ms)
 """
 
+# 9: a username is unique within its tenant, not across tenants (creating one must not reveal another
+# tenant's users); logins name the tenant (cloud/auth.py).
+_M9_USERS_PER_TENANT = """
+CREATE TABLE api_users_9 (
+    tenant TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, username)
+);
+INSERT INTO api_users_9(tenant, username, role, password_hash, created_ms)
+    SELECT tenant, username, role, password_hash, created_ms FROM api_users;
+DROP TABLE api_users;
+ALTER TABLE api_users_9 RENAME TO api_users;
+CREATE INDEX api_users_username ON api_users (username)
+"""
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
-                                                                      _script(_M7_CARBON), _script(_M8_RULES)]
+                                                                      _script(_M7_CARBON), _script(_M8_RULES),
+                                                                      _script(_M9_USERS_PER_TENANT)]
