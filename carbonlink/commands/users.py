@@ -60,12 +60,13 @@ def user_add(
     if len(password) < 12:
         raise fail("the password must have at least 12 characters")
     if not with_store(db, lambda s: create_user(s, username, tenant, role, password)):
-        raise fail(f"username {username!r} is taken; choose another or `carbonlink cloud user remove` it first")
+        raise fail(f"tenant {tenant!r} already has a user {username!r}; choose another name or"
+                   " `carbonlink cloud user remove` it first")
     if json_out:
         print(json.dumps({"username": username, "tenant": tenant, "role": role}))
     else:
-        err.print(f"[green]added[/] {username} ({role} of {tenant}); log in on the dashboard or with"
-                  " POST /api/auth/token")
+        err.print(f"[green]added[/] {username} ({role} of {tenant}); log in as {username}@{tenant} on the dashboard"
+                  " or with POST /api/auth/token")
 
 
 @user_app.command("list")
