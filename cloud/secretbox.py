@@ -30,7 +30,7 @@ NONCE_BYTES = 12
 HOW_TO_MAKE = "`openssl rand -hex 32` (or `python -c 'import secrets; print(secrets.token_hex(32))'`)"
 
 
-class SecretKeyError(Exception):
+class SecretKeyError(RuntimeError):
     """A key is missing, malformed or does not open a sealed secret; the message says which and how to fix."""
 
 

@@ -89,9 +89,9 @@ class CloudSettings(BaseSettings):
             self.jwt_secret = SecretStr(secrets.token_hex(32))
         return self
 
-    def secret_box(self) -> SecretBox | None:
+    def secret_box(self, *, create: bool = True) -> SecretBox | None:
         """The key ring for node secrets: from CARBONLINK_SECRET_KEY, else the key file (generated in
-        development when missing); None in production when neither is set."""
+        development when missing, unless ``create`` is off); None when there is none."""
         from .secretbox import SecretBox, create_key_file, parse_ring, read_key_file
 
         if self.secret_key is not None:
@@ -99,7 +99,7 @@ class CloudSettings(BaseSettings):
         path = self.secret_key_file
         if path.exists():
             return SecretBox(read_key_file(path))
-        if self.environment == "development":
+        if create and self.environment == "development":
             box = SecretBox(create_key_file(path))
             log.info("generated the secret key ring %s (development); node secrets are sealed with it", path)
             return box

@@ -66,6 +66,10 @@ class Registry:
                                  " CARBONLINK_SECRET_KEY or CARBONLINK_SECRET_KEY_FILE to the key it was sealed with")
         return self.box.open(stored, self._context(gateway_id))
 
+    def attach_secrets(self, box: SecretBox | None) -> None:
+        """Open sealed secrets with ``box`` from now on, sealing nothing now (tools that only read)."""
+        self.box = box
+
     async def use_secrets(self, box: SecretBox | None, *, plain_allowed: bool = False) -> int:
         """Take ``box`` for node secrets and seal what is not yet sealed under its current key.
 

@@ -135,3 +135,33 @@ def test_settings_key_ring(tmp_path: Path) -> None:
     assert ring is not None and ring.current == key_id(K2) and ring.key_ids == [key_id(K2), key_id(K1)]
     with pytest.raises(SecretKeyError, match=r"64 hex digits.*openssl rand -hex 32"):
         CloudSettings(secret_key=SecretStr("short"), secret_key_file=path).secret_box()
+
+
+async def test_cli_commands_open_sealed_secrets_when_the_key_ring_is_at_hand(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from carbonlink.cloud.secretbox import read_key_file
+    from carbonlink.commands.common import open_store as cli_open_store
+
+    for var in ("CARBONLINK_SECRET_KEY", "CARBONLINK_ENVIRONMENT", "CARBONLINK_JWT_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    key_file = tmp_path / "secret.key"
+    db = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    async with open_store(db) as s:
+        await s.registry.use_secrets(SecretBox(create_key_file(key_file)))
+        await s.registry.register_gateway("node-6", "forest-a", "hmac-sha256", SECRET, tenant="acme")
+    monkeypatch.setenv("CARBONLINK_SECRET_KEY_FILE", str(key_file))
+    s = await cli_open_store(db)
+    try:
+        rec = await s.registry.get_gateway("node-6")
+        assert rec is not None and rec.key == SECRET and read_key_file(key_file)
+    finally:
+        await s.close()
+    # Elsewhere, without the ring: a clear error (a RuntimeError the commands print), and no key is made.
+    monkeypatch.setenv("CARBONLINK_SECRET_KEY_FILE", str(tmp_path / "absent.key"))
+    s = await cli_open_store(db)
+    try:
+        with pytest.raises(RuntimeError, match="no secret key is set"):
+            await s.registry.get_gateway("node-6")
+    finally:
+        await s.close()
+    assert not (tmp_path / "absent.key").exists()
