@@ -243,6 +243,10 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
             # A value PostgreSQL cannot hold as text (a NUL, most often) reached a query: the input's fault.
             return problem(422, "a value contains a character the store cannot hold (NUL, U+0000)")
 
+    @app.exception_handler(auth.Busy)
+    async def _busy(_: Request, exc: auth.Busy) -> JSONResponse:
+        return problem(503, "too many password checks at once; try again in a second", {"Retry-After": "1"})
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]

@@ -147,15 +147,18 @@ class PasswordWorkers:
         self.workers, self.max_waiting = workers, max_waiting
         self._pool: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.waiting = 0
         self.calls = 0  # password checks and hashes run: what tests and bench/login.py count
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.waiting >= self.max_waiting:
             raise Busy
-        if self._pool is None or self._slots is None:
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="password")
-            self._slots = asyncio.Semaphore(self.workers)
+        if self._slots is None or self._loop is not loop:  # a semaphore belongs to one event loop
+            self._slots, self._loop = asyncio.Semaphore(self.workers), loop
         self.waiting += 1
         try:
             await self._slots.acquire()
@@ -163,7 +166,7 @@ class PasswordWorkers:
             self.waiting -= 1
         try:
             self.calls += 1
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await loop.run_in_executor(self._pool, fn, *args)
         finally:
             self._slots.release()
 

@@ -76,3 +76,35 @@ def test_memory_is_bounded() -> None:
         fail(th, f"u{i}@t", "198.51.100.1")
     assert len(th) <= 51
     assert th.check("u999@t", "198.51.100.1")[0] >= 1  # the most recent failures are the ones kept
+
+
+async def test_password_checks_run_two_at_a_time_and_a_full_queue_is_busy() -> None:
+    import asyncio
+    import threading
+
+    from carbonlink.cloud.auth import Busy, PasswordWorkers
+
+    release = threading.Event()
+    lock = threading.Lock()
+    running = peak = 0
+
+    def check() -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(30)
+        with lock:
+            running -= 1
+        return True
+
+    workers = PasswordWorkers(workers=2, max_waiting=3)
+    tasks = [asyncio.ensure_future(workers.run(check)) for _ in range(10)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    busy = [t for t in tasks if t.done() and isinstance(t.exception(), Busy)]
+    assert len(busy) == 5  # 2 running, 3 waiting, the rest told at once
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(r is True for r in results) == 5 and peak <= 2
+    workers.close()
