@@ -62,7 +62,8 @@ def provisioning_router(store: Store) -> APIRouter:
             res = await provisioning.claim(store, req.token, req.gateway, req.alg, req.key)
         except ClaimError as exc:
             msg = str(exc)
-            conflict = any(w in msg for w in ("taken", "revoked", "already registered", "reserved"))
+            # reserved: a cloud account; already registered: a claim never replaces a gateway
+            conflict = any(w in msg for w in ("taken", "revoked", "reserved", "already registered"))
             status = 410 if "expired" in msg or "already used" in msg else 409 if conflict \
                 else 400 if "must be" in msg else 404
             raise HTTPException(status, msg) from None

@@ -148,14 +148,13 @@ async def test_usernames_are_per_tenant_and_logins_name_the_tenant(api: Api) -> 
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_migration_9_keeps_existing_users_and_logins(kind: str, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from carbonlink.cloud.store import postgres, sqlite
+async def test_migration_10_keeps_existing_users_and_logins(kind: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from carbonlink.cloud.store import migrations_postgres, migrations_sqlite, postgres, sqlite
 
-    module = sqlite if kind == "sqlite" else postgres
+    module, steps = (sqlite, migrations_sqlite) if kind == "sqlite" else (postgres, migrations_postgres)
     full = module.MIGRATIONS
-    assert len(full) >= 9
-    monkeypatch.setattr(module, "MIGRATIONS", full[:8])
+    monkeypatch.setattr(module, "MIGRATIONS", full[:full.index(steps.USERS_PER_TENANT)])  # the schema before
     async with throwaway_store(kind, tmp_path, "clmig_") as store:
         await create_user(store, "legacy", "acme", "admin", PW)
         monkeypatch.setattr(module, "MIGRATIONS", full)
