@@ -138,6 +138,59 @@ async def rotate_key(store: Store, gateway_id: str, new_key_hex: str, signature_
     await store.registry.rotate_key(gateway_id, new_key_hex, now_ms())
 
 
+@dataclass(frozen=True)
+class ReKeyResult:
+    tenant: str | None
+    site: str
+    gateway: str
+    mqtt_username: str
+    mqtt_password: str  # shown once, never stored
+
+
+def check_key(alg: str, key_hex: str) -> None:
+    """Refuse a key that cannot be the gateway's: raw Ed25519 public key, or an HMAC secret of 32-64 bytes."""
+    if alg == SigAlg.ED25519:
+        if not _HEX64.fullmatch(key_hex):
+            raise ClaimError("public key must be 64 lowercase hex digits (raw Ed25519)")
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex))
+        except ValueError:
+            raise ClaimError("public key is not an Ed25519 point") from None
+    elif alg == SigAlg.HMAC_SHA256:
+        if not re.fullmatch(r"[0-9a-f]{64,128}", key_hex) or len(key_hex) % 2:
+            raise ClaimError("HMAC secret must be 32 to 64 bytes, as lowercase hex")
+    else:
+        raise ClaimError(f"alg must be ed25519 or hmac-sha256, not {alg!r}")
+
+
+def key_fingerprint(alg: str, key_hex: str) -> str:
+    """What the audit log keeps of a key: a public key's first 16 digits; nothing of a secret."""
+    return f"ed25519:{key_hex[:16]}" if alg == SigAlg.ED25519 else f"{alg}:(secret)"
+
+
+async def re_key(store: Store, gateway_id: str, alg: str, key_hex: str, *, actor: str, reason: str,
+                 tenant: str | None = None) -> ReKeyResult:
+    """An operator replaces a gateway's key and broker password (lost or stolen key), with an audit record.
+
+    ``tenant`` (the caller's) must own the gateway when given. The old key stops at once (no grace),
+    and the gateway gets a new broker password, shown once.
+    """
+    check_key(alg, key_hex)
+    reason = reason.strip()
+    if not 3 <= len(reason) <= 500:
+        raise ClaimError("give a reason of 3 to 500 characters: it goes into the audit log")
+    rec = await store.registry.get_gateway(gateway_id)
+    if rec is None or (tenant is not None and rec.tenant != tenant):
+        raise ClaimError(f"gateway {gateway_id!r} is not registered")
+    password = secrets.token_urlsafe(24)
+    now = now_ms()
+    before = await store.registry.re_key(gateway_id, alg, key_hex, mosquitto_password_hash(password), now)
+    await store.audit.record(actor, "gateway.re-key", tenant=before.tenant, subject=gateway_id, ts_ms=now,
+                             detail={"reason": reason, "old": key_fingerprint(before.alg, before.key),
+                                     "new": key_fingerprint(alg, key_hex), "broker_password": "replaced"})
+    return ReKeyResult(before.tenant, before.site, gateway_id, gateway_id, password)
+
+
 # --- broker files ----------------------------------------------------------------------------------
 
 GATEWAY_PUBLISH = (topics.TELEMETRY, topics.STATUS, topics.EVENTS, topics.SHADOW_GET, topics.SHADOW_UPDATE,

@@ -71,6 +71,13 @@ class CloudService:
 
     async def start(self) -> None:
         await self.store.open()
+        # Node secrets are sealed at rest; without their key the service does not start (cloud/secretbox.py).
+        try:
+            await self.store.registry.use_secrets(self.settings.secret_box(),
+                                                  plain_allowed=self.settings.environment == "development")
+        except BaseException:
+            await self.store.close()
+            raise
         if not await self.store.access.has_credentials():  # the API needs an admin to make users: say how, once
             log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.

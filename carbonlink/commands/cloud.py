@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from carbonlink.commands.common import DEFAULT_DB, err, redact_url, run_until_signal
+from carbonlink.commands.common import DEFAULT_DB, err, fail, redact_url, run_until_signal
 from carbonlink.commands.storage import app as storage_app
-from carbonlink.commands.users import key_app, user_app
+from carbonlink.commands.users import gateway_app, key_app, user_app
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.ports import port_free
 
@@ -21,6 +21,7 @@ cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", n
 cloud_app.registered_commands.extend(storage_app.registered_commands)
 cloud_app.add_typer(user_app, name="user")
 cloud_app.add_typer(key_app, name="key")
+cloud_app.add_typer(gateway_app, name="gateway")
 
 
 @cloud_app.command("serve")
@@ -38,6 +39,7 @@ def cloud_serve(
 
     from carbonlink.cloud.broker import EmbeddedBroker
     from carbonlink.cloud.logs import configure
+    from carbonlink.cloud.secretbox import SecretKeyError
     from carbonlink.cloud.service import running_cloud
     from carbonlink.cloud.settings import CloudSettings
 
@@ -60,9 +62,12 @@ def cloud_serve(
             if url is None:
                 embedded = await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))
                 url = MqttUrl.parse(embedded.url)
-            svc = await stack.enter_async_context(
-                running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
-                              shared_group=shared_group, settings=settings))
+            try:
+                svc = await stack.enter_async_context(
+                    running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
+                                  shared_group=shared_group, settings=settings))
+            except SecretKeyError as exc:
+                raise fail(f"cloud secret key: {exc}") from None
             # str(MqttUrl) never shows the password; the storage URL may hold one too.
             err.print(f"cloud up: broker {url}, storage {redact_url(db)}, API {svc.dashboard_url}")
             await asyncio.Event().wait()

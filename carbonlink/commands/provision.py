@@ -445,7 +445,7 @@ def node(
     }
     if wifi_ssid:
         cfg["wifi"] = {"ssid": wifi_ssid, "password": wifi_password or ""}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the node's secret
     with os.fdopen(fd, "w") as f:
         json.dump(cfg, f, indent=1)

@@ -339,5 +339,18 @@ async def _m_rules_queue(con: asyncpg.Connection, timescale: bool, retention_day
     await con.execute(_c(_RULES_QUEUE))
 
 
+async def _m10_users_per_tenant(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    """10: a username is unique within its tenant, not across tenants; logins name the tenant (cloud/auth.py)."""
+    await con.execute("""
+    ALTER TABLE api_users DROP CONSTRAINT api_users_pkey;
+    ALTER TABLE api_users ADD PRIMARY KEY (tenant, username);
+    CREATE INDEX api_users_username ON api_users (username);
+    """)
+
+
+USERS_PER_TENANT = _m10_users_per_tenant  # tests migrate up to it
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue,
+                               _m10_users_per_tenant]

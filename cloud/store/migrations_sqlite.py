@@ -277,6 +277,22 @@ CREATE TABLE model_blobs (tenant TEXT NOT NULL, sha256 TEXT NOT NULL, model_id T
                           created_ms INTEGER NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (tenant, sha256))
 """
 
+# 10: a username is unique within its tenant, not across tenants (creating one must not reveal another
+# tenant's users); logins name the tenant (cloud/auth.py).
+_M10_USERS_PER_TENANT = """
+CREATE TABLE api_users_10 (
+    tenant TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, username)
+);
+INSERT INTO api_users_10(tenant, username, role, password_hash, created_ms)
+    SELECT tenant, username, role, password_hash, created_ms FROM api_users;
+DROP TABLE api_users;
+ALTER TABLE api_users_10 RENAME TO api_users;
+CREATE INDEX api_users_username ON api_users (username)
+"""
+
+USERS_PER_TENANT = _script(_M10_USERS_PER_TENANT)  # tests migrate up to it
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
                                                                       _script(_M7_CARBON), _script(_M8_RULES),
-                                                                      _script(_M_RULES_QUEUE)]
+                                                                      _script(_M_RULES_QUEUE), USERS_PER_TENANT]
