@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -14,14 +15,14 @@ import aiomqtt
 
 from carbonlink.kernel.tasks import cancel_and_wait
 from carbonlink.kernel.topics import GatewayTopics
-from carbonlink.kernel.wire import Reading
+from carbonlink.kernel.wire import Reading, WireError
 
 from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
 from .outbox import KeySigner, Outbox
-from .rules_runner import LogSink, RulesRunner
+from .rules_runner import RulesRunner
 from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
 from .uplink import DeliveryPolicy, Uplink
@@ -42,6 +43,21 @@ class AgentStats:
     outbox: dict[str, int]
 
 
+class OutboxEvents:
+    """The agent's EventSink: an event is kept in the outbox, signed when sent, removed on the cloud's ack."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def emit(self, kind: str, *, ts_ms: int, severity: str = "info", device: str | None = None,
+             point: str | None = None, body: dict[str, Any] | None = None) -> None:
+        try:
+            self.outbox.add_event(kind, severity=severity, body=body, device=device, point=point, ts_ms=ts_ms)
+        except (sqlite3.Error, WireError) as exc:  # never lost silently: at least in the log
+            log.error("event %s (device=%s point=%s) could not be kept (%s): %s", kind, device, point, exc,
+                      json.dumps(body or {}, default=str)[:500])
+
+
 class EdgeAgent:
     def __init__(self, cfg: GatewayConfig, *, mqtt_url: str | None = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -51,6 +67,7 @@ class EdgeAgent:
         self.topics = GatewayTopics(cfg.gateway.site, cfg.gateway.id)
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
                              synchronous=cfg.outbox.synchronous)
+        self.events = OutboxEvents(self.outbox)
         m = cfg.mqtt
         self.policy = self._policy(cfg)
         self.devices: dict[str, Any] = {d.id: d for d in cfg.devices}  # current settings, shadow applied
@@ -58,7 +75,7 @@ class EdgeAgent:
         self.point_filter: dict[str, frozenset[str]] = {}
         # rules before the shadow: the shadow's saved desired state may carry a rule set
         self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
-                                 sink=getattr(self, "events", None) or LogSink(), derived=self.outbox.append,
+                                 sink=self.events, derived=self.outbox.append,
                                  publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
@@ -67,7 +84,8 @@ class EdgeAgent:
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
                              max_inflight=m.max_inflight, sign=self.signer, policy=self.policy,
                              subscriptions=(*self.shadow.subscriptions, self.commands.subscription),
-                             on_message=self._control, on_connect=self._connected)
+                             on_message=self._control, on_connect=self._connected,
+                             quarantine_max=cfg.outbox.quarantine_max)
         self.produced = 0
         self.filtered = 0
         self.housekeeping_interval = 5.0

@@ -41,7 +41,10 @@ class OutboxSection(StrictModel):
     )
     quota_mb: float = Field(default=512.0, gt=0, description=(
         "disk quota; over it the oldest raw backlog is rolled up to 1-minute means (never dropped),"
-        " with an outbox_overflow alert"))
+        " with an outbox.overflow event"))
+    quarantine_max: int = Field(default=1000, ge=1, le=1_000_000, description=(
+        "batches the cloud refused kept for an operator (`carbonlink edge quarantine`); when full the oldest"
+        " are kept and a newly refused batch is dropped with an error and a critical event"))
 
 
 class DeliverySection(StrictModel):

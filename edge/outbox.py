@@ -21,9 +21,9 @@ point, unit and minute, one reading ``{point}@1m`` holding the mean (stamped at
 the start of the minute, with the group's worst quality flag) and one
 ``{point}@1m.n`` holding how many raw readings it replaces. Nothing is dropped
 silently: every rollup is counted (``rolled_up_raw`` persisted in the outbox),
-logged, and queued as an ``outbox_overflow`` alert event for the cloud. If the
+logged, and queued as an ``outbox.overflow`` event for the cloud. If the
 outbox is still over quota when no raw backlog is left, it keeps accepting
-readings and raises ``outbox_quota_exceeded``: data is never thrown away.
+readings and raises ``outbox.quota_exceeded``: data is never thrown away.
 """
 
 from __future__ import annotations
@@ -41,7 +41,19 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Quality, Reading, SigAlg, now_ms, sign_batch
+from carbonlink.kernel.events import Event, Severity, new_event_id, sign_event
+from carbonlink.kernel.wire import (
+    MAX_BATCH_BYTES,
+    Batch,
+    Quality,
+    Reading,
+    SigAlg,
+    WireError,
+    format_ts,
+    now_ms,
+    parse_batch,
+    sign_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,9 @@ class KeySigner:
 
     def __call__(self, batch: Batch) -> Batch:
         return sign_batch(batch, self.key)
+
+    def event(self, event: Event) -> Event:
+        return sign_event(event, self.key)
 
     def payload(self, batch: Batch) -> bytes:
         alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
@@ -109,6 +124,22 @@ _MIGRATIONS: list[str] = [
                                         agg_id INTEGER NOT NULL, cnt_id INTEGER NOT NULL,
                                         PRIMARY KEY (device, point, minute)) WITHOUT ROWID;
     """,
+    # Signed events (kernel/events.py) with their own id, and the quarantine of refused batches.
+    """
+    ALTER TABLE events ADD COLUMN eid TEXT;
+    ALTER TABLE events ADD COLUMN kind TEXT;
+    ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'warning';
+    ALTER TABLE events ADD COLUMN device TEXT;
+    ALTER TABLE events ADD COLUMN point TEXT;
+    UPDATE events SET eid = lower(hex(randomblob(16))),
+                      kind = 'gateway.' || coalesce(json_extract(body, '$.type'), 'notice') WHERE eid IS NULL;
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL, n INTEGER NOT NULL, lane TEXT NOT NULL, payload BLOB NOT NULL,
+        reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO meta(k, v) VALUES ('quarantine_overflow', 0);
+    """,
 ]
 
 
@@ -121,6 +152,33 @@ class StoredBatch:
 
 
 @dataclass(frozen=True)
+class QuarantinedBatch:
+    """A batch the cloud refused, kept as it was sent, with the cloud's reason."""
+
+    id: int
+    seq: int
+    n: int
+    lane: str
+    reason: str
+    quarantined_ms: int
+    payload: bytes
+
+    def row(self) -> dict[str, Any]:
+        return {"id": self.id, "seq": self.seq, "readings": self.n, "bytes": len(self.payload),
+                "quarantined": format_ts(self.quarantined_ms), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class QuarantineResult:
+    kept: bool  # False: the quarantine was full and the batch was dropped (loudly, by the caller)
+    id: int | None
+    seq: int
+    n: int
+    size: int  # batches in quarantine now
+    overflow_total: int  # batches dropped because the quarantine was full, ever
+
+
+@dataclass(frozen=True)
 class RollupReport:
     raw: int  # raw readings replaced
     aggregates: int  # readings written in their place
@@ -130,9 +188,12 @@ class RollupReport:
     quota_bytes: int
     still_over: bool
 
+    @property
+    def kind(self) -> str:
+        return "outbox.quota_exceeded" if self.still_over and self.raw == 0 else "outbox.overflow"
+
     def event(self) -> dict[str, Any]:
-        return {"type": "outbox_quota_exceeded" if self.still_over and self.raw == 0 else "outbox_overflow",
-                "policy": "oldest raw backlog rolled up to 1-minute means ({point}@1m, count {point}@1m.n)",
+        return {"policy": "oldest raw backlog rolled up to 1-minute means ({point}@1m, count {point}@1m.n)",
                 **self.__dict__}
 
 
@@ -252,18 +313,97 @@ class Outbox:
 
     # --- events (alerts that must reach the cloud even after an outage) -------------------
 
-    def add_event(self, body: dict[str, Any]) -> None:
+    def add_event(self, kind: str, *, severity: str = "info", body: dict[str, Any] | None = None,
+                  device: str | None = None, point: str | None = None, ts_ms: int | None = None) -> str:
+        """Keep an event until the cloud acks it; returns its id. Validated now, signed when sent."""
+        event = Event.make(self.gateway_id, kind, now_ms() if ts_ms is None else ts_ms, severity=severity,
+                           device=device, point=point, body=body)
         with self.db:
-            self.db.execute("INSERT INTO events(ts_ms, body) VALUES (?, ?)",
-                            (now_ms(), json.dumps(body, separators=(",", ":"), sort_keys=True)))
+            self.db.execute("INSERT INTO events(ts_ms, body, eid, kind, severity, device, point)"
+                            " VALUES (?,?,?,?,?,?,?)",
+                            (event.ts_ms, json.dumps(event.body, separators=(",", ":"), sort_keys=True),
+                             event.id, event.kind, event.severity.value, event.device, event.point))
+        return event.id
 
-    def events(self, limit: int = 50) -> list[tuple[int, bytes]]:
-        return [(r[0], r[1].encode()) for r in
-                self.db.execute("SELECT id, body FROM events ORDER BY id LIMIT ?", (limit,))]
+    def events(self, limit: int = 50) -> list[Event]:
+        """The oldest events not yet acknowledged by the cloud, unsigned."""
+        out = []
+        for ts, body, eid, kind, severity, device, point in self.db.execute(
+                "SELECT ts_ms, body, eid, kind, severity, device, point FROM events ORDER BY id LIMIT ?",
+                (limit,)):
+            out.append(Event(self.gateway_id, eid or new_event_id(), kind, ts, Severity(severity), device, point,
+                             json.loads(body)))
+        return out
 
-    def event_sent(self, event_id: int) -> None:
+    def event_done(self, event_id: str) -> bool:
+        """The cloud stored (or refused) the event: forget it. False if it was not here."""
         with self.db:
-            self.db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+            return self.db.execute("DELETE FROM events WHERE eid = ?", (event_id,)).rowcount > 0
+
+    # --- quarantine (batches the cloud refused: kept for an operator, never deleted silently) ---
+
+    def quarantine(self, seq: int, reason: str, *, max_entries: int, now: int | None = None
+                   ) -> QuarantineResult | None:
+        """Move a refused batch into the quarantine, atomically. None if no such batch is waiting.
+
+        The quarantine keeps its oldest entries: when it holds ``max_entries`` batches, a newly
+        refused one cannot be kept and is dropped; the result says so and the caller raises it loudly.
+        """
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT n, payload, lane FROM batches WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return None
+            size = int(self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+            qid: int | None = None
+            if size < max_entries:
+                qid = self.db.execute(
+                    "INSERT INTO quarantine(seq, n, lane, payload, reason, quarantined_ms) VALUES (?,?,?,?,?,?)",
+                    (seq, row[0], row[2], row[1], reason[:2000], now_ms() if now is None else now)).lastrowid
+                size += 1
+            else:
+                self.db.execute("UPDATE meta SET v = v + 1 WHERE k = 'quarantine_overflow'")
+            self.db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            overflow = int(self.db.execute("SELECT v FROM meta WHERE k = 'quarantine_overflow'").fetchone()[0])
+        return QuarantineResult(qid is not None, qid, seq, int(row[0]), size, overflow)
+
+    def quarantined(self, qid: int | None = None) -> list[QuarantinedBatch]:
+        where, args = ("WHERE id = ?", (qid,)) if qid is not None else ("", ())
+        return [QuarantinedBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in self.db.execute(
+            f"SELECT id, seq, n, lane, reason, quarantined_ms, payload FROM quarantine {where} ORDER BY id", args)]
+
+    def resend_quarantined(self, qid: int, sign: Signer) -> StoredBatch:
+        """Put a quarantined batch's readings back on the way, re-signed under a new sequence number.
+
+        Raises KeyError if there is no such entry, ValueError if its readings cannot be read back.
+        """
+        found = self.quarantined(qid)
+        if not found:
+            raise KeyError(qid)
+        try:
+            readings = parse_batch(found[0].payload).readings
+        except (WireError, ValueError) as exc:
+            raise ValueError(f"quarantined batch {qid} (seq {found[0].seq}) cannot be read back: {exc}") from None
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self.db.execute("DELETE FROM quarantine WHERE id = ?", (qid,)).rowcount == 0:
+                raise KeyError(qid)  # another process took it meanwhile
+            seq = int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
+            created = now_ms()
+            unsigned = Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings)
+            payload = sign.payload(unsigned) if isinstance(sign, KeySigner) else sign(unsigned).to_bytes()
+            self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
+                            (seq, created, len(readings), payload, "backlog"))
+            self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
+        return StoredBatch(seq, len(readings), payload, "backlog")
+
+    def drop_quarantined(self, qid: int) -> QuarantinedBatch | None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            found = self.quarantined(qid)
+            if found:
+                self.db.execute("DELETE FROM quarantine WHERE id = ?", (qid,))
+        return found[0] if found else None
 
     # --- quota and overflow --------------------------------------------------------------
 
@@ -275,7 +415,9 @@ class Outbox:
 
     def metrics(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.db.execute(
-            "SELECT k, v FROM meta WHERE k IN ('rolled_up_raw', 'rolled_up_agg', 'quota_exceeded')")}
+            "SELECT k, v FROM meta WHERE k IN ('rolled_up_raw', 'rolled_up_agg', 'quota_exceeded',"
+            " 'quarantine_overflow')")} | {
+            "quarantined": int(self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0])}
 
     def enforce_quota(self, quota_bytes: int, keep_after_ms: int, chunk: int = 20_000) -> RollupReport | None:
         """Roll the oldest raw backlog (added before ``keep_after_ms``) up until under quota.
@@ -306,7 +448,7 @@ class Outbox:
         if still_over:
             log.error("outbox still over quota (%d bytes) with no raw backlog left to roll up; keeping all data",
                       used)
-        self.add_event(report.event())
+        self.add_event(report.kind, severity="critical" if still_over else "warning", body=report.event())
         return report
 
     def _rollup_chunk(self, keep_after_ms: int, chunk: int) -> tuple[int, int, int, int]:

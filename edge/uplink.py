@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.events import Event
 from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 
-from .outbox import Outbox, Signer
+from .outbox import KeySigner, Outbox, Signer
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ class UplinkCounters:
     resends: int = 0
     batches_acked: int = 0
     readings_acked: int = 0
-    batches_refused: int = 0  # the cloud dead-lettered them
+    batches_refused: int = 0  # the cloud dead-lettered them: quarantined (or dropped loudly when it is full)
+    quarantine_overflow: int = 0  # refused batches the full quarantine could not keep
     unknown_acks: int = 0  # repeats (harmless) and acks for seqs never issued
     bogus_acks: int = 0  # acks for seqs never issued, or malformed
     connects: int = 0
     events_sent: int = 0
+    events_acked: int = 0
     last_error: str = ""
     highest_seq_published: int = 0
     lanes: dict[str, int] = field(default_factory=lambda: {"live": 0, "backlog": 0})
@@ -100,7 +103,8 @@ class Uplink:
                  password: str | None = None, keepalive: int = 30, ack_timeout: float = 15.0,
                  max_inflight: int = 8, sign: Signer | None = None, policy: DeliveryPolicy | None = None,
                  subscriptions: tuple[str, ...] = (), on_message: MessageHandler | None = None,
-                 on_connect: OnConnect | None = None) -> None:
+                 on_connect: OnConnect | None = None, sign_event: Callable[[Event], Event] | None = None,
+                 quarantine_max: int = 1000) -> None:
         self.outbox = outbox
         self.topics = topics
         self.url = MqttUrl.parse(url)
@@ -109,6 +113,9 @@ class Uplink:
         self.ack_timeout = ack_timeout
         self.policy = policy or DeliveryPolicy(live_inflight=max(1, max_inflight // 2), backlog_inflight=max_inflight)
         self.sign = sign  # without a signer the uplink only sends batches cut by someone else
+        # Events are signed as they leave (deterministic signatures: a resend is the same bytes).
+        self.sign_event = sign_event or (sign.event if isinstance(sign, KeySigner) else None)
+        self.quarantine_max = quarantine_max
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.on_connect = on_connect
@@ -119,6 +126,7 @@ class Uplink:
         self.flush = False  # cut live readings regardless of age (shutdown drain)
         self.client: aiomqtt.Client | None = None
         self._inflight: dict[int, tuple[float, str]] = {}
+        self._events_inflight: dict[str, float] = {}
         self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
 
@@ -138,6 +146,7 @@ class Uplink:
             self.client = None
             self.state = LinkState.BACKOFF
             self._inflight.clear()
+            self._events_inflight.clear()
             await asyncio.sleep(self.backoff.next_delay())
 
     def _client(self) -> aiomqtt.Client:
@@ -197,30 +206,69 @@ class Uplink:
     def handle_ack(self, payload: bytes) -> None:
         try:
             ack = json.loads(payload)
+            if isinstance(ack, dict) and "event" in ack and "seq" not in ack:
+                self._event_ack(str(ack["event"]), str(ack["status"]), str(ack.get("reason", "")))
+                return
             seq, status = int(ack["seq"]), str(ack["status"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed ack %r", payload[:200])
             self.counters.unknown_acks += 1
             self.counters.bogus_acks += 1
             return
+        if status == "rejected":
+            self._refused(seq, str(ack.get("reason", "no reason given"))[:2000])
+            return
         n = self.outbox.ack(seq)
         self._inflight.pop(seq, None)
         if n == 0:
-            self.counters.unknown_acks += 1
-            if seq >= self.outbox.next_seq():
-                # Never issued: someone else is acking for us, or the cloud mixed gateways up.
-                self.counters.bogus_acks += 1
-                log.warning("ack for seq %d, which this gateway never issued (next is %d); ignored",
-                            seq, self.outbox.next_seq())
-                self.outbox.add_event({"type": "unknown_ack", "seq": seq, "next_seq": self.outbox.next_seq()})
-            return  # otherwise a repeat ack (the batch was delivered twice): nothing to do
-        if status == "rejected":
-            self.counters.batches_refused += 1
-            log.error("cloud refused batch %d: %s", seq, ack.get("reason", "no reason given"))
-        else:
-            self.counters.batches_acked += 1
-            self.counters.readings_acked += n
+            self._unknown(seq)
+            return
+        self.counters.batches_acked += 1
+        self.counters.readings_acked += n
         self.wakeup.set()
+
+    def _unknown(self, seq: int) -> None:
+        self.counters.unknown_acks += 1
+        next_seq = self.outbox.next_seq()
+        if seq >= next_seq:
+            # Never issued: someone else is acking for us, or the cloud mixed gateways up.
+            self.counters.bogus_acks += 1
+            log.warning("ack for seq %d, which this gateway never issued (next is %d); ignored", seq, next_seq)
+            self.outbox.add_event("uplink.unknown_ack", severity="warning", body={"seq": seq, "next_seq": next_seq})
+        # otherwise a repeat ack (the batch was delivered twice, or is already quarantined): nothing to do
+
+    def _refused(self, seq: int, reason: str) -> None:
+        """The cloud can never accept this batch: keep it in the quarantine for an operator, never delete it."""
+        result = self.outbox.quarantine(seq, reason, max_entries=self.quarantine_max)
+        self._inflight.pop(seq, None)
+        if result is None:
+            self._unknown(seq)
+            return
+        self.counters.batches_refused += 1
+        body = {"seq": seq, "readings": result.n, "reason": reason[:1000], "quarantine_id": result.id,
+                "quarantined": result.size, "max": self.quarantine_max}
+        if result.kept:
+            log.error("cloud refused batch %d (%d readings): %s; kept in quarantine as #%s (list or resend with"
+                      " `carbonlink edge quarantine list|resend`)", seq, result.n, reason, result.id)
+            self.outbox.add_event("outbox.quarantined", severity="warning", body=body)
+        else:
+            self.counters.quarantine_overflow += 1
+            log.error("cloud refused batch %d (%d readings): %s; the quarantine is FULL (%d batches, the oldest"
+                      " are kept) so this batch is DROPPED (%d dropped so far). Resend or drop quarantined"
+                      " batches (`carbonlink edge quarantine list`), or raise outbox.quarantine_max.",
+                      seq, result.n, reason, result.size, result.overflow_total)
+            self.outbox.add_event("outbox.quarantine_full", severity="critical",
+                                  body={**body, "dropped_total": result.overflow_total})
+        self.wakeup.set()
+
+    def _event_ack(self, event_id: str, status: str, reason: str) -> None:
+        self._events_inflight.pop(event_id, None)
+        if not self.outbox.event_done(event_id):
+            return  # a repeat
+        if status == "rejected":  # only a bug of ours: an event is checked when it is made
+            log.error("cloud refused event %s: %s; dropped", event_id, reason)
+        else:
+            self.counters.events_acked += 1
 
     def _lane_load(self, lane: str) -> int:
         return sum(1 for _, ln in self._inflight.values() if ln == lane)
@@ -296,7 +344,14 @@ class Uplink:
                 pass
 
     async def _send_events(self, client: aiomqtt.Client) -> None:
-        for event_id, body in self.outbox.events():
-            await client.publish(self.topics.events, body, qos=1)
-            self.outbox.event_sent(event_id)
+        """Publish the events not in flight (or whose ack is overdue); the cloud's ack removes them."""
+        if self.sign_event is None:
+            return
+        now = time.monotonic()
+        for event in self.outbox.events():
+            sent = self._events_inflight.get(event.id)
+            if sent is not None and now - sent <= self.ack_timeout:
+                continue
+            await client.publish(self.topics.events, self.sign_event(event).to_bytes(), qos=1)
+            self._events_inflight[event.id] = now
             self.counters.events_sent += 1

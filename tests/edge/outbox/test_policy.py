@@ -64,9 +64,10 @@ def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> No
     assert rows[("nox@1m", T0 + 60_000)] == (39.5, "N")
     assert rows[("so2@1m", T0 + 60_000)][1] == "D"  # the worst flag of the minute is kept
     assert rows[("so2", T0 + 10**7)] == (1.0, "N")  # live data is never rolled up
-    assert ob.metrics() == {"rolled_up_raw": 360, "rolled_up_agg": 12, "quota_exceeded": 1}
-    events = [json.loads(body) for _, body in ob.events()]
-    assert events[-1]["type"] == "outbox_overflow" and events[-1]["raw"] == 360
+    assert ob.metrics() == {"rolled_up_raw": 360, "rolled_up_agg": 12, "quota_exceeded": 1,
+                            "quarantine_overflow": 0, "quarantined": 0}
+    events = ob.events()
+    assert events[-1].kind == "outbox.overflow" and events[-1].body["raw"] == 360
     # A late raw reading for a minute already rolled up is merged while its aggregate is still here.
     ob.append([Reading.make("stack", "so2", T0 + 500, 89.5, "mg/m3")], added_ms=T0)
     ob.enforce_quota(1, keep_after_ms=T0 + 1)
@@ -87,7 +88,7 @@ def test_bad_acks_change_nothing(tmp_path: Path) -> None:
     up.handle_ack(b"not json")
     up.handle_ack(b'{"seq": "x"}')
     assert ob.unacked_count() == (1, 1) and up.counters.bogus_acks == 3 and up.counters.readings_acked == 0
-    assert json.loads(ob.events()[-1][1]) == {"next_seq": 2, "seq": 99, "type": "unknown_ack"}
+    assert (ob.events()[-1].kind, ob.events()[-1].body) == ("uplink.unknown_ack", {"next_seq": 2, "seq": 99})
     up.handle_ack(json.dumps({"seq": b.seq, "status": "committed"}).encode())
     up.handle_ack(json.dumps({"seq": b.seq, "status": "duplicate"}).encode())  # a repeat: harmless
     assert ob.unacked_count() == (0, 0) and up.counters.readings_acked == 1
