@@ -21,7 +21,7 @@ from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
-from .outbox import KeySigner, Outbox
+from .outbox import KeySigner, Outbox, Spill, is_corruption
 from .rules_runner import RulesRunner
 from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
@@ -41,6 +41,17 @@ class AgentStats:
     link: str
     devices: dict[str, dict[str, Any]]
     outbox: dict[str, int]
+
+
+@dataclass
+class StoreHealth:
+    failing: str | None = None  # why the outbox refuses readings, while it does
+    since: float = 0.0
+    next_try: float = 0.0
+    corrupt: bool = False
+    spilled: int = 0
+    refused: int = 0
+    refusing: bool = False
 
 
 class OutboxEvents:
@@ -66,7 +77,9 @@ class EdgeAgent:
         self.signer = KeySigner(self.key)
         self.topics = GatewayTopics(cfg.gateway.site, cfg.gateway.id)
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
-                             synchronous=cfg.outbox.synchronous)
+                             synchronous=cfg.outbox.synchronous)  # a corrupt file is set aside here
+        self.spill = Spill(cfg.gateway.data_dir / "outbox.spill.jsonl")
+        self.store_health = StoreHealth()
         self.events = OutboxEvents(self.outbox)
         m = cfg.mqtt
         self.policy = self._policy(cfg)
@@ -75,7 +88,7 @@ class EdgeAgent:
         self.point_filter: dict[str, frozenset[str]] = {}
         # rules before the shadow: the shadow's saved desired state may carry a rule set
         self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
-                                 sink=self.events, derived=self.outbox.append,
+                                 sink=self.events, derived=self._store,
                                  publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
@@ -113,7 +126,7 @@ class EdgeAgent:
                 self.filtered += n - len(readings)
         if not readings:
             return
-        self.outbox.append(readings)
+        self._store(readings)
         self.produced += len(readings)
         self.rules.feed(readings)  # never raises: a failing rule is disabled with an event
         for up in self.uploaders:  # bounded queues: a slow platform never holds up the outbox
@@ -124,6 +137,80 @@ class EdgeAgent:
             self._fresh[dev].set()
         if len(readings) >= self.policy.live_max_readings:
             self.uplink.wakeup.set()
+
+    # --- the local store failing at run time --------------------------------------------------
+
+    def _store(self, readings: list[Reading]) -> None:
+        """Into the outbox; while it fails, into the spill file; never dropped silently, never a driver's fault."""
+        h = self.store_health
+        if h.failing is None or self._store_recovered():
+            try:
+                self.outbox.append(readings)
+                return
+            except sqlite3.Error as exc:
+                self._store_failed(exc)
+        try:
+            h.spilled += self.spill.append(readings, int(time.time() * 1000))
+        except OSError as exc:
+            h.refused += len(readings)
+            if not h.refusing:
+                h.refusing = True
+                log.error("the spill file %s cannot be written either (%s): new readings are being REFUSED"
+                          " and counted until the outbox works again", self.spill.path, exc)
+
+    def _store_failed(self, exc: sqlite3.Error) -> None:
+        h = self.store_health
+        if h.failing is None:
+            h.failing, h.since, h.corrupt = str(exc), time.monotonic(), is_corruption(exc)
+            log.error("the outbox %s cannot store readings (%s: %s); this is the gateway's local store, not a"
+                      " device: readings are kept in %s until it works again%s", self.outbox.path,
+                      type(exc).__name__, exc, self.spill.path,
+                      "; the file is damaged: it will be set aside and replaced" if h.corrupt else
+                      "; check free disk space and the storage device")
+        h.next_try = time.monotonic() + 1.0
+
+    def _store_recovered(self) -> bool:
+        """Try the outbox again (at most once a second): import the spill file; True if the outbox works."""
+        h = self.store_health
+        if time.monotonic() < h.next_try:
+            return False
+        try:
+            if h.corrupt:
+                self._replace_outbox()
+            self._import_spill()
+        except sqlite3.Error as exc:
+            h.next_try = time.monotonic() + 1.0
+            h.corrupt = h.corrupt or is_corruption(exc)
+            return False
+        log.info("the outbox %s stores readings again after %.1f s; %d readings kept in %s meanwhile were moved"
+                 " into it%s", self.outbox.path, time.monotonic() - h.since, h.spilled, self.spill.path,
+                 f"; {h.refused} readings were refused" if h.refused else "")
+        self.events.emit("outbox.store_failed", ts_ms=int(time.time() * 1000),
+                         severity="critical" if h.refused else "warning",
+                         body={"error": (h.failing or "")[:500], "seconds": round(time.monotonic() - h.since, 1),
+                               "spilled": h.spilled, "refused": h.refused, "file": str(self.outbox.path)})
+        self.store_health = StoreHealth()
+        return True
+
+    def _import_spill(self) -> None:
+        rows, bad = self.spill.load()
+        if rows:
+            self.outbox.append_spilled(rows)
+        if bad:
+            log.error("%d unreadable line(s) in %s were skipped (a crash while writing)", bad, self.spill.path)
+        self.spill.clear()
+
+    def _replace_outbox(self) -> None:
+        """Reopen the outbox: a damaged file fails its check and is set aside, salvaged and replaced."""
+        old = self.outbox
+        try:
+            old.close()
+        except sqlite3.Error:
+            pass
+        new = Outbox(old.path, old.gateway_id, synchronous=self.cfg.outbox.synchronous)
+        self.outbox = self.uplink.outbox = self.events.outbox = new
+        self.uplink.forget_inflight()
+        self.store_health.corrupt = False
 
     def cut_due_batches(self, *, force: bool = False) -> int:
         """Cut live batches now (the uplink normally cuts on demand, when it can send them)."""
@@ -149,11 +236,14 @@ class EdgeAgent:
         quota = int(self.cfg.outbox.quota_mb * 1024 * 1024)
         while True:
             try:
+                if self.store_health.failing is not None:
+                    self._store_recovered()  # also when no reading comes in to try it
                 report = self.outbox.enforce_quota(quota, self.policy.live_after_ms())
                 if report is not None:
                     self.uplink.wakeup.set()
-            except sqlite3.OperationalError as exc:  # disk trouble: keep reading and retry later
-                log.error("outbox quota check failed: %s", exc)
+            except sqlite3.Error as exc:  # disk trouble: keep reading and retry later
+                if self.store_health.failing is None:
+                    self._store_failed(exc)
             await asyncio.sleep(self.housekeeping_interval)
 
     # --- control plane (shadow, commands) --------------------------------------------------
@@ -295,6 +385,11 @@ class EdgeAgent:
         log.info("gateway %s (site %s): %d device(s), broker %s", self.cfg.gateway.id,
                  self.cfg.gateway.site, len(self.devices), self.uplink.url)
         self.shadow.apply_saved()  # before any network: the last desired state received
+        if self.spill.path.exists():  # readings kept while the outbox failed, before a crash or restart
+            try:
+                self._import_spill()
+            except sqlite3.Error as exc:
+                self._store_failed(exc)
         self._started = True
         for dev_id in self.devices:
             self._restart(dev_id)

@@ -32,10 +32,13 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import sqlite3
+import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,16 +200,217 @@ class RollupReport:
                 **self.__dict__}
 
 
+class _IntegrityFailed(sqlite3.DatabaseError):
+    pass
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """A damaged or foreign file, as opposed to a busy, locked, full or unwritable one."""
+    if isinstance(exc, _IntegrityFailed):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and \
+        code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class OutboxCorrupt(Exception):
+    """The outbox file fails its integrity check (or is not a database at all)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"outbox {path} is corrupt: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclass(frozen=True)
+class OutboxReset:
+    """What happened when a corrupt outbox was set aside and a fresh one started."""
+
+    path: Path
+    moved_to: Path
+    reason: str
+    next_seq: int
+    seq_source: str  # lease | old-file | clock
+    salvaged_readings: int
+    salvaged_quarantine: int
+    salvaged_events: int
+    unreadable_regions: int
+
+    def event(self) -> dict[str, Any]:
+        return {"file": str(self.path), "moved_to": str(self.moved_to), "reason": self.reason[:500],
+                "next_seq": self.next_seq, "seq_source": self.seq_source,
+                "salvaged_readings": self.salvaged_readings, "salvaged_quarantine": self.salvaged_quarantine,
+                "salvaged_events": self.salvaged_events, "unreadable_regions": self.unreadable_regions}
+
+
+class SeqLease:
+    """The highest sequence number this gateway may have used, kept in a small file beside the outbox.
+
+    The outbox reserves numbers in blocks and writes the block's end here (atomically, fsynced) before
+    using any of them, so a fresh outbox that replaces a lost or corrupt one starts above every seq the
+    cloud can hold: it never reuses one (the cloud would refuse it as a conflict). One write per block.
+    """
+
+    BLOCK = 1024
+    _MAGIC = "carbonlink-seq-lease 1"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> int | None:
+        try:
+            parts = self.path.read_text().split()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("sequence lease %s cannot be read (%s); ignoring it", self.path, exc)
+            return None
+        if len(parts) != 4 or " ".join(parts[:2]) != self._MAGIC or not parts[2].isdigit() \
+                or parts[3] != _crc(parts[2]):
+            log.warning("sequence lease %s is damaged; ignoring it", self.path)
+            return None
+        return int(parts[2])
+
+    def write(self, ceiling: int) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{self._MAGIC} {ceiling} {_crc(str(ceiling))}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+
+def _crc(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Outbox:
-    def __init__(self, path: Path, gateway_id: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, gateway_id: str, *, synchronous: str = "FULL", recover: bool = True,
+                 clock: Callable[[], int] = now_ms) -> None:
+        """Open (or create) the outbox, checking its integrity first.
+
+        A corrupt file raises OutboxCorrupt when ``recover`` is False (tools that only look); the agent
+        passes True: the file is moved aside (never deleted), what can still be read from it is
+        salvaged, and a fresh outbox continues above the sequence lease (``self.reset`` says what was done).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.gateway_id = gateway_id
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        self.clock = clock
+        self.synchronous = "FULL" if synchronous == "FULL" else "NORMAL"
+        self.lease = SeqLease(path.with_name(path.name + ".seq"))
+        self.reset: OutboxReset | None = None
+        existed = path.exists() and path.stat().st_size > 0
+        try:
+            self.db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise  # locked, full, no permission: not a reason to set the file aside
+            if not recover:
+                raise OutboxCorrupt(path, str(exc)) from None
+            self.reset = self._set_aside(str(exc))
+            return
+        self._lease_ceiling = self._sync_lease(fresh=not existed)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                text = "; ".join(line for p in problems for line in p.splitlines() if not line.startswith("***"))
+                raise _IntegrityFailed("integrity check failed: " + text[:300])
+            self.db = db
+            self._migrate()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _sync_lease(self, *, fresh: bool) -> int:
+        """Make the lease cover next_seq; a new outbox beside an existing lease continues above it."""
+        next_seq = self.next_seq()
+        ceiling = self.lease.read()
+        if fresh and ceiling is not None and ceiling >= next_seq:
+            log.warning("no outbox was at %s but its sequence lease says seqs up to %d may have been used:"
+                        " numbering continues at %d", self.path, ceiling, ceiling + 1)
+            with self.db:
+                self.db.execute("UPDATE meta SET v = ? WHERE k = 'next_seq'", (ceiling + 1,))
+            next_seq = ceiling + 1
+        if ceiling is None or ceiling < next_seq:
+            ceiling = next_seq - 1 + SeqLease.BLOCK
+            self.lease.write(ceiling)
+        return ceiling
+
+    def _take_seq(self) -> int:
+        """The next seq, inside the caller's write transaction; extends the lease first when needed."""
+        seq = int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
+        if seq > self._lease_ceiling:
+            on_file = self.lease.read() or 0  # another process (the CLI) may have extended it
+            self._lease_ceiling = max(on_file, seq - 1 + SeqLease.BLOCK)
+            if self._lease_ceiling > on_file:
+                self.lease.write(self._lease_ceiling)
+        return seq
+
+    def _set_aside(self, reason: str) -> OutboxReset:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock() / 1000))
+        aside = self.path.with_name(f"{self.path.stem}.corrupt-{stamp}{self.path.suffix}")
+        n = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.stem}.corrupt-{stamp}-{n}{self.path.suffix}")
+            n += 1
+        for tail in ("", "-wal", "-shm", "-journal"):  # the WAL may hold committed data: it goes along
+            src = Path(str(self.path) + tail)
+            if src.exists():
+                os.replace(src, Path(str(aside) + tail))
+        _fsync_dir(self.path.parent)
+        old = _salvage(aside)
+        lease = self.lease.read()
+        candidates = {"lease": lease + 1 if lease is not None else 0,
+                      "old-file": old.next_seq or 0}
+        if lease is None:
+            # No lease (an outbox from before leases, or one lost with it): the wall clock in ms is above
+            # any seq a gateway can have used counting from 1 since 1970 at under one batch per ms.
+            candidates["clock"] = self.clock()
+        source, next_seq = max(candidates.items(), key=lambda kv: kv[1])
+        next_seq = max(1, next_seq)
+        self.db = self._open()
+        with self.db:
+            self.db.execute("UPDATE meta SET v = ? WHERE k = 'next_seq'", (next_seq,))
+        self._lease_ceiling = next_seq - 1 + SeqLease.BLOCK
+        self.lease.write(self._lease_ceiling)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
+                                " VALUES (?,?,?,?,?,?,?)", old.readings)
+            self.db.executemany("INSERT INTO quarantine(seq, n, lane, payload, reason, quarantined_ms)"
+                                " VALUES (?,?,?,?,?,?)", old.quarantine)
+            self.db.executemany("INSERT INTO events(ts_ms, body, eid, kind, severity, device, point)"
+                                " VALUES (?,?,?,?,?,?,?)", old.events)
+        reset = OutboxReset(self.path, aside, reason, next_seq, source, len(old.readings), len(old.quarantine),
+                            len(old.events), old.unreadable)
+        self.add_event("outbox.reset", severity="critical", body=reset.event())
+        log.error("outbox %s is corrupt (%s). It was moved aside to %s (kept, never deleted) and a fresh outbox"
+                  " started: %d readings, %d quarantined batches and %d events were salvaged from it and queued"
+                  " again (the cloud stores each reading once; %d unreadable region(s) skipped); numbering"
+                  " continues at seq %d (from the %s). Check the disk (SD card or filesystem errors in the"
+                  " system log); keep the old file for inspection (`sqlite3 %s .recover`) or delete it when"
+                  " done.", self.path, reason, aside, len(old.readings), len(old.quarantine), len(old.events),
+                  old.unreadable, next_seq, {"lease": "sequence lease", "old-file": "old file",
+                                             "clock": "clock, as no lease was found"}[source], aside)
+        return reset
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -235,6 +439,15 @@ class Outbox:
                 "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
                 rows,
             )
+        return len(rows)
+
+    def append_spilled(self, rows: list[tuple[Reading, int]]) -> int:
+        """Readings kept in the spill file, with the time each was first accepted, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+                [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added) for r, added in rows])
         return len(rows)
 
     def pending_count(self, lane: Lane = "any", live_after_ms: int = 0) -> int:
@@ -274,7 +487,7 @@ class Outbox:
                 " ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
             if not rows:
                 return None
-            seq = int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
+            seq = self._take_seq()
             created = now_ms()
             while True:
                 readings = tuple(Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows)
@@ -388,7 +601,7 @@ class Outbox:
             self.db.execute("BEGIN IMMEDIATE")
             if self.db.execute("DELETE FROM quarantine WHERE id = ?", (qid,)).rowcount == 0:
                 raise KeyError(qid)  # another process took it meanwhile
-            seq = int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
+            seq = self._take_seq()
             created = now_ms()
             unsigned = Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings)
             payload = sign.payload(unsigned) if isinstance(sign, KeySigner) else sign(unsigned).to_bytes()
@@ -522,6 +735,117 @@ class Outbox:
     def checkpoint(self) -> None:
         """Fold the WAL back so the file size reflects what is stored (called after big drains)."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@dataclass
+class _Salvage:
+    readings: list[tuple[Any, ...]] = field(default_factory=list)
+    quarantine: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    next_seq: int | None = None
+    unreadable: int = 0
+
+
+def _salvage(path: Path) -> _Salvage:
+    """Read what can still be read from a corrupt outbox (opened read-only, left as it is).
+
+    Pending readings and the readings of unacknowledged batches go back as pending readings: some of
+    them may already be in the cloud (sent, ack lost), which stores each reading identity once.
+    """
+    out = _Salvage()
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        out.unreadable += 1
+        return out
+    try:
+        try:
+            v = db.execute("SELECT v FROM meta WHERE k = 'next_seq'").fetchone()
+            if v is not None and isinstance(v[0], int) and 1 <= v[0] < 2**52:
+                out.next_seq = v[0]
+        except sqlite3.Error:
+            out.unreadable += 1
+        for row in _rows(db, "pending", "device, point, ts_ms, value, unit, quality, added_ms", out):
+            try:
+                r = Reading.make(*row[:6])
+            except (WireError, TypeError, ValueError):
+                out.unreadable += 1
+                continue
+            out.readings.append((r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, int(row[6])))
+        for created, payload in _rows(db, "batches", "created_ms, payload", out):
+            try:
+                batch = parse_batch(bytes(payload))
+            except (WireError, ValueError, TypeError):
+                out.unreadable += 1
+                continue
+            out.readings.extend((r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, int(created))
+                                for r in batch.readings)
+        out.quarantine = _rows(db, "quarantine", "seq, n, lane, payload, reason, quarantined_ms", out)
+        out.events = [e for e in _rows(db, "events", "ts_ms, body, eid, kind, severity, device, point", out)
+                      if e[2] is not None]
+    finally:
+        db.close()
+    return out
+
+
+def _rows(db: sqlite3.Connection, table: str, cols: str, out: _Salvage) -> list[tuple[Any, ...]]:
+    """Every row of ``table`` that can be read, in rowid order, stepping over unreadable regions."""
+    rows: list[tuple[Any, ...]] = []
+    after, failures = -1, 0
+    while failures < 400:
+        try:
+            cur = db.execute(f"SELECT rowid, {cols} FROM {table} NOT INDEXED WHERE rowid > ? ORDER BY rowid",
+                             (after,))
+            while chunk := cur.fetchmany(1000):
+                rows.extend(r[1:] for r in chunk)
+                after = max(after, chunk[-1][0])
+            return rows
+        except sqlite3.Error:
+            # A damaged page: its rows are gone; probe past it in small steps, then faster.
+            out.unreadable += 1
+            failures += 1
+            after += 16 if failures < 200 else 16 << min(failures - 200, 40)
+    return rows
+
+
+class Spill:
+    """Readings the outbox could not take (disk full, I/O errors, a corrupt file), kept in a second file.
+
+    One JSON array per line, fsynced; imported back into the outbox as soon as it works again. A torn
+    last line (a crash while writing) is skipped and counted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, readings: Iterable[Reading], added_ms: int) -> int:
+        lines = [json.dumps([r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added_ms],
+                            separators=(",", ":")) for r in readings]
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, ("\n".join(lines) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return len(lines)
+
+    def load(self) -> tuple[list[tuple[Reading, int]], int]:
+        """(readings with their added time, unreadable lines)."""
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return [], 0
+        out, bad = [], 0
+        for line in text.splitlines():
+            try:
+                d, p, ts, v, u, q, added = json.loads(line)
+                out.append((Reading.make(d, p, ts, v, u, q), int(added)))
+            except (ValueError, TypeError, WireError):
+                bad += 1
+        return out, bad
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _suffixed(point: str, suffix: str) -> str:

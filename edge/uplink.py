@@ -20,6 +20,7 @@ import asyncio
 import enum
 import json
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -129,6 +130,7 @@ class Uplink:
         self._events_inflight: dict[str, float] = {}
         self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
+        self._outbox_failing: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -143,6 +145,12 @@ class Uplink:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.warning("broker %s unreachable: %s; buffering in the outbox", self.url, exc)
+            except sqlite3.Error as exc:  # the local store, not the link: the agent repairs or replaces it
+                self.counters.last_error = f"outbox: {exc}"
+                if self._outbox_failing is None:
+                    self._outbox_failing = str(exc)
+                    log.error("cannot read batches from the outbox %s (%s); sending pauses until it works",
+                              self.outbox.path, exc)
             self.client = None
             self.state = LinkState.BACKOFF
             self._inflight.clear()
@@ -169,6 +177,10 @@ class Uplink:
             self.client = client
             self.state = LinkState.CONNECTED
             self.counters.connects += 1
+            if self._outbox_failing is not None:
+                self.outbox.next_seq()  # raises while it still fails
+                log.info("the outbox %s can be read again; sending resumes", self.outbox.path)
+                self._outbox_failing = None
             if self._failing_since is not None:
                 log.info("broker %s reachable again after %.1f s", self.url, time.monotonic() - self._failing_since)
             self._failing_since = None
@@ -269,6 +281,12 @@ class Uplink:
             log.error("cloud refused event %s: %s; dropped", event_id, reason)
         else:
             self.counters.events_acked += 1
+
+    def forget_inflight(self) -> None:
+        """The outbox was replaced: what was in flight is the old file's; the new one is sent afresh."""
+        self._inflight.clear()
+        self._events_inflight.clear()
+        self.wakeup.set()
 
     def _lane_load(self, lane: str) -> int:
         return sum(1 for _, ln in self._inflight.values() if ln == lane)

@@ -56,7 +56,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway.yaml")]
 def _open_outbox(config: Path) -> tuple[Any, Any]:
     """The gateway's existing outbox (never a new one, never a recovery: that is the agent's job) and config."""
     from carbonlink.edge.config import load_gateway_config
-    from carbonlink.edge.outbox import Outbox
+    from carbonlink.edge.outbox import Outbox, OutboxCorrupt
 
     try:
         cfg = load_gateway_config(config)
@@ -66,10 +66,12 @@ def _open_outbox(config: Path) -> tuple[Any, Any]:
     if not path.exists():
         raise fail(f"{path} does not exist: this gateway has no outbox yet (gateway.data_dir in {config})")
     try:
-        return Outbox(path, cfg.gateway.id), cfg
-    except sqlite3.DatabaseError as exc:
-        raise fail(f"cannot open the outbox {path}: {exc}; start the agent (carbonlink edge run), which sets a"
-                   " broken outbox aside and starts a fresh one") from None
+        return Outbox(path, cfg.gateway.id, recover=False), cfg
+    except OutboxCorrupt as exc:
+        raise fail(f"{exc}. Start the agent (carbonlink edge run): it moves a damaged outbox aside (kept),"
+                   " salvages what it can and starts a fresh one") from None
+    except sqlite3.Error as exc:
+        raise fail(f"cannot open the outbox {path}: {exc}") from None
 
 
 def _ids(ob: Any, qid: int | None, every: bool) -> list[int]:
