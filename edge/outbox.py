@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from carbonlink.kernel.events import Event, Severity, new_event_id, sign_event
 from carbonlink.kernel.wire import (
     MAX_BATCH_BYTES,
+    WIRE_VERSION,
     Batch,
     Quality,
     Reading,
@@ -82,12 +83,21 @@ class KeySigner:
 
     def payload(self, batch: Batch) -> bytes:
         alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
-        body = replace(batch, alg=alg, sig="").signing_bytes()
+        return self._signed(replace(batch, alg=alg, sig="").signing_bytes(), batch.v)
+
+    def payload_from(self, gateway: str, seq: int, created_ms: int, readings: list[str]) -> bytes:
+        """The same bytes as ``payload`` from readings already in canonical text (``Reading.canonical``)."""
+        alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
+        body = (f'{{"alg":"{alg.value}","created":"{format_ts(created_ms)}","gateway":"{gateway}",'
+                f'"readings":[{",".join(readings)}],"seq":{seq},"v":{WIRE_VERSION}}}').encode()
+        return self._signed(body, WIRE_VERSION)
+
+    def _signed(self, body: bytes, v: int) -> bytes:
         if isinstance(self.key, Ed25519PrivateKey):
             sig = self.key.sign(body).hex()
         else:
             sig = hmac.new(self.key, body, hashlib.sha256).hexdigest()
-        tail = f',"v":{batch.v}}}'.encode()  # the wire's rule: sig sits in its sorted place, before v
+        tail = f',"v":{v}}}'.encode()  # the wire's rule: sig sits in its sorted place, before v
         return body[: -len(tail)] + f',"sig":"{sig}"'.encode() + tail
 Lane = Literal["live", "backlog", "any"]
 
@@ -142,6 +152,10 @@ _MIGRATIONS: list[str] = [
         reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL
     );
     INSERT OR IGNORE INTO meta(k, v) VALUES ('quarantine_overflow', 0);
+    """,
+    # Each reading's canonical wire text, rendered once when it arrives (NULL: render when cut).
+    """
+    ALTER TABLE pending ADD COLUMN wire TEXT;
     """,
 ]
 
@@ -432,13 +446,12 @@ class Outbox:
 
     def append(self, readings: Iterable[Reading], *, added_ms: int | None = None) -> int:
         now = now_ms() if added_ms is None else added_ms
-        rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now) for r in readings]
+        rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now, r.canonical()) for r in readings]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
-                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
-                rows,
-            )
+                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms, wire)"
+                " VALUES (?,?,?,?,?,?,?,?)", rows)
         return len(rows)
 
     def append_spilled(self, rows: list[tuple[Reading, int]]) -> int:
@@ -482,17 +495,25 @@ class Outbox:
         table = "pending" if lane == "live" else "pending NOT INDEXED"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            rows = self.db.execute(
-                f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table} WHERE {where}"
-                " ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
+            # Only the id and the reading's text: a row whose text was never rendered (a rollup, an old
+            # outbox) is fetched in full, separately.
+            rows = self.db.execute(f"SELECT id, wire FROM {table} WHERE {where} ORDER BY id LIMIT ?",
+                                   (*args, max_readings)).fetchall()
             if not rows:
                 return None
+            texts: list[str] = [r[1] for r in rows]
+            if not isinstance(sign, KeySigner) or None in texts:
+                full = self._readings_between(rows[0][0], rows[-1][0], table, where, args)
+                texts = [full[r[0]].canonical() if t is None else t for r, t in zip(rows, texts, strict=True)]
             seq = self._take_seq()
             created = now_ms()
             while True:
-                readings = tuple(Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows)
-                unsigned = Batch(gateway=self.gateway_id, seq=seq, created_ms=created, readings=readings)
-                payload = sign.payload(unsigned) if isinstance(sign, KeySigner) else sign(unsigned).to_bytes()
+                if isinstance(sign, KeySigner):  # the readings' text was rendered when they arrived
+                    payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
+                else:
+                    readings = tuple(full[r[0]] for r in rows)
+                    payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
+                                         readings=readings)).to_bytes()
                 if len(payload) <= max_bytes or len(rows) == 1:
                     break
                 # Rare (long names): keep the share of rows that fits, with a margin.
@@ -504,6 +525,12 @@ class Outbox:
                             (rows[0][0], rows[-1][0], *args))
             self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
         return StoredBatch(seq, len(rows), payload, lane)
+
+    def _readings_between(self, first: int, last: int, table: str, where: str, args: tuple[int, ...]
+                          ) -> dict[int, Reading]:
+        return {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in self.db.execute(
+            f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
+            f" WHERE id BETWEEN ? AND ? AND {where}", (first, last, *args))}
 
     def unacked(self, limit: int = 100, after_seq: int = 0) -> list[StoredBatch]:
         rows = self.db.execute(
@@ -728,8 +755,8 @@ class Outbox:
         n = cnt[0] + len(members)
         mean = (agg[0] * cnt[0] + sum(m[4] for m in members)) / n
         quality = min([agg[1], *(m[6] for m in members)], key=_SEVERITY.index)
-        self.db.execute("UPDATE pending SET value = ?, quality = ? WHERE id = ?", (mean, quality, agg_id))
-        self.db.execute("UPDATE pending SET value = ? WHERE id = ?", (n, cnt_id))
+        self.db.execute("UPDATE pending SET value = ?, quality = ?, wire = NULL WHERE id = ?", (mean, quality, agg_id))
+        self.db.execute("UPDATE pending SET value = ?, wire = NULL WHERE id = ?", (n, cnt_id))
         return True
 
     def checkpoint(self) -> None:

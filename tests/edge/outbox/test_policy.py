@@ -104,3 +104,21 @@ def test_key_signer_writes_the_same_bytes_as_the_wire_module(tmp_path: Path) -> 
     ob.append(readings)
     cut = ob.cut_batch(100, KeySigner(KEY))
     assert cut is not None and parse_batch(cut.payload).readings == readings
+
+
+def test_readings_rendered_on_arrival_sign_to_the_same_bytes_as_rendered_on_cut(tmp_path: Path) -> None:
+    """Cutting uses each reading's wire text stored when it arrived; rows without it (rollups, an outbox
+    from before) are rendered at cut time. Either way the batch is the canonical one."""
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    raw = [Reading.make("stack", "so2", T0 + s * 1000, s / 7, "mg/m3") for s in range(120)]
+    ob.append(raw, added_ms=T0)
+    ob.db.execute("UPDATE pending SET wire = NULL WHERE id % 3 = 0")  # as an outbox from before wire text
+    signer = KeySigner(KEY)
+    b = ob.cut_batch(50, signer)
+    assert b is not None
+    parsed = parse_batch(b.payload)
+    assert parsed.readings == tuple(raw[:50])
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, tuple(raw[:50])), KEY).to_bytes()
+    ob.enforce_quota(1, keep_after_ms=T0 + 1)  # the rest rolls up into rows without wire text
+    rest = ob.cut_batch(1000, signer)
+    assert rest is not None and {r.point for r in parse_batch(rest.payload).readings} == {"so2@1m", "so2@1m.n"}
