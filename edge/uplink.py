@@ -333,8 +333,10 @@ class Uplink:
                 raise aiomqtt.MqttError("message stream ended")
             now = time.monotonic()
             window = self.policy.live_inflight + self.policy.backlog_inflight
-            due = [(b.seq, b.n, b.payload, b.lane) for b in self.outbox.unacked(limit=window)
-                   if b.seq not in self._inflight or now - self._inflight[b.seq][0] > self.ack_timeout]
+            # Poll the heads only: reading every unacked payload on each turn cost more than cutting them.
+            due = [(seq, n, payload, lane) for seq, n, lane in self.outbox.unacked_heads(limit=window)
+                   if seq not in self._inflight or now - self._inflight[seq][0] > self.ack_timeout
+                   if (payload := self.outbox.payload(seq)) is not None]
             fresh = self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
             batch = due + fresh
             if batch:

@@ -106,19 +106,23 @@ def test_key_signer_writes_the_same_bytes_as_the_wire_module(tmp_path: Path) -> 
     assert cut is not None and parse_batch(cut.payload).readings == readings
 
 
-def test_readings_rendered_on_arrival_sign_to_the_same_bytes_as_rendered_on_cut(tmp_path: Path) -> None:
-    """Cutting uses each reading's wire text stored when it arrived; rows without it (rollups, an outbox
-    from before) are rendered at cut time. Either way the batch is the canonical one."""
+def test_backlog_batches_render_rows_to_the_canonical_bytes(tmp_path: Path) -> None:
+    """Cutting renders rows straight to wire text (no Reading objects); the bytes are sign_batch's,
+    for awkward values and for rolled-up rows too."""
     ob = Outbox(tmp_path / "o.sqlite", "gw-1")
-    raw = [Reading.make("stack", "so2", T0 + s * 1000, s / 7, "mg/m3") for s in range(120)]
+    values = [s / 7 for s in range(100)] + [-0.0, 1e14 + 0.5, 123456789.123456789, 0.0000602, -1234.5, 100.0]
+    raw = [Reading.make("stack", "so2", T0 + s * 1000, v, "mg/m³", "NDC"[s % 3]) for s, v in enumerate(values)]
     ob.append(raw, added_ms=T0)
-    ob.db.execute("UPDATE pending SET wire = NULL WHERE id % 3 = 0")  # as an outbox from before wire text
     signer = KeySigner(KEY)
-    b = ob.cut_batch(50, signer)
+    b = ob.cut_batch(len(raw), signer)
     assert b is not None
     parsed = parse_batch(b.payload)
-    assert parsed.readings == tuple(raw[:50])
-    assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, tuple(raw[:50])), KEY).to_bytes()
-    ob.enforce_quota(1, keep_after_ms=T0 + 1)  # the rest rolls up into rows without wire text
+    assert parsed.readings == tuple(raw)
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, tuple(raw)), KEY).to_bytes()
+    ob.append(raw, added_ms=T0)
+    ob.enforce_quota(1, keep_after_ms=T0 + 1)
     rest = ob.cut_batch(1000, signer)
-    assert rest is not None and {r.point for r in parse_batch(rest.payload).readings} == {"so2@1m", "so2@1m.n"}
+    assert rest is not None
+    again = parse_batch(rest.payload)
+    assert {r.point for r in again.readings} == {"so2@1m", "so2@1m.n"}
+    assert rest.payload == sign_batch(Batch("gw-1", rest.seq, again.created_ms, again.readings), KEY).to_bytes()
