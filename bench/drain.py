@@ -109,6 +109,8 @@ async def edge_child(config: str, live: int, baseline_s: float) -> None:
     inflight = agent.policy.backlog_inflight
     agent.policy.backlog_inflight = 0  # live only, for the baseline
     await agent.start()
+    while agent.uplink.state.value != "connected":  # the baseline starts with a working link
+        await asyncio.sleep(0.05)
     print("ready", flush=True)
 
     async def feed() -> None:
@@ -119,6 +121,7 @@ async def edge_child(config: str, live: int, baseline_s: float) -> None:
             await asyncio.sleep(tick)
 
     task = asyncio.create_task(feed()) if live else None
+    print(f"live {time.time_ns() // 1_000_000}", flush=True)
     await asyncio.sleep(baseline_s)
     agent.policy.backlog_inflight = inflight
     agent.uplink.wakeup.set()
@@ -129,7 +132,7 @@ async def edge_child(config: str, live: int, baseline_s: float) -> None:
 
 
 async def drain(readings: int, workers: int, batch: int, inflight: int, store: str | None, live: int,
-                baseline_s: float) -> dict[str, Any]:
+                baseline_s: float, live_target_ms: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="carbonlink-drain-") as d:
         work = Path(d)
         broker = Broker(work)
@@ -149,7 +152,8 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
         cfg = {"gateway": {"id": GW, "site": "bench", "key_file": "gw.key", "data_dir": "edge"},
                "mqtt": {"url": broker.url, "ack_timeout_s": 30},
                "batch": {"max_readings": 500, "max_age_s": 0.1},
-               "delivery": {"backlog_rate": 0, "backlog_max_readings": batch, "backlog_inflight": inflight},
+               "delivery": {"backlog_rate": 0, "backlog_max_readings": batch, "backlog_inflight": inflight,
+                            "live_target_ms": live_target_ms},
                "devices": []}
         (gw_dir / "gateway.yaml").write_text(yaml.safe_dump(cfg))
         outbox = gw_dir / "edge" / "outbox.sqlite"
@@ -168,6 +172,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
         try:
             await asyncio.gather(*(p.start() for p in procs))
             assert await asyncio.to_thread(edge.line) == "ready", (work / "edge.log").read_text()[-2000:]
+            live_ms = int((await asyncio.to_thread(edge.line)).split()[1])
             word, start_ms = (await asyncio.to_thread(edge.line)).split()
             assert word == "drain"
             t0 = time.monotonic()
@@ -192,7 +197,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
             if schema is not None:
                 await cloud.db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             await cloud.close()
-        before = percentiles([rcv - ts for ts, rcv in lat if ts < int(start_ms)])
+        before = percentiles([rcv - ts for ts, rcv in lat if live_ms + 500 <= ts < int(start_ms)])
         during = percentiles([rcv - ts for ts, rcv in lat if int(start_ms) <= ts <= end_ms])
         rate = readings / seconds
         return {"readings": readings, "stored": stored_backlog, "seconds": round(seconds, 2),
@@ -201,7 +206,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
                 "live_per_s": live, "live_before": before, "live_during": during,
                 "live_p99_ratio": round(during["p99_ms"] / max(1, before["p99_ms"]), 2),
                 "store": "postgresql" if store else "sqlite", "workers": workers, "batch_readings": batch,
-                "inflight": inflight, "fill_s": round(fill_s, 1)}
+                "inflight": inflight, "live_target_ms": live_target_ms, "fill_s": round(fill_s, 1)}
 
 
 def main(
@@ -212,16 +217,18 @@ def main(
     store: Annotated[str | None, typer.Option(help="cloud store URL (postgresql://…); default SQLite")] = None,
     live: Annotated[int, typer.Option(help="live readings/s fed during the drain")] = 200,
     baseline: Annotated[float, typer.Option(help="seconds of live-only traffic before the drain")] = 3.0,
+    live_target: Annotated[float, typer.Option(help="the gateway's live ack target in ms (0: no AIMD)")] = 500.0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    out = asyncio.run(drain(readings, workers, batch, inflight, store, live, baseline))
+    out = asyncio.run(drain(readings, workers, batch, inflight, store, live, baseline, live_target))
     if json_out:
         print(json.dumps(out))
         return
     b, d = out["live_before"], out["live_during"]
     print(f"{out['readings']:,} readings drained in {out['seconds']} s on {out['store']}: "
           f"{out['readings_per_s']:,} readings/s = {out['ratio_to_goal']} of the {GOAL:,}/s goal "
-          f"({workers} ingest worker(s), {batch}-reading batches, {inflight} in flight; {out['stored']:,} stored)")
+          f"({workers} ingest worker(s), {batch}-reading batches, up to {inflight} in flight, live target"
+          f" {live_target:g} ms; {out['stored']:,} stored)")
     print(f"edge ceiling (cut + sign, no network, same run): {out['edge_ceiling_per_s']:,} readings/s; "
           f"the drain reached {out['share_of_edge_ceiling']} of it")
     print(f"live lane ({live}/s), ingest receipt - reading time: before p50 {b['p50_ms']} ms p99 {b['p99_ms']} ms; "

@@ -113,7 +113,7 @@ class EdgeAgent:
         return DeliveryPolicy(live_max_readings=cfg.batch.max_readings, live_max_age_s=cfg.batch.max_age_s,
                               live_window_s=d.live_window_s, live_inflight=d.live_inflight,
                               backlog_max_readings=d.backlog_max_readings, backlog_inflight=d.backlog_inflight,
-                              backlog_rate=d.backlog_rate)
+                              backlog_rate=d.backlog_rate, live_target_ms=d.live_target_ms)
 
     # --- readings in ----------------------------------------------------------------------
 

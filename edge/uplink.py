@@ -62,6 +62,9 @@ class DeliveryPolicy:
     backlog_max_readings: int = 5000
     backlog_inflight: int = 8
     backlog_rate: float = 5000.0  # readings/s; 0 means no limit
+    # Live batches must be acked within this; while they are not, the backlog window halves (down to one
+    # batch) and grows back one batch at a time (AIMD, as TCP does with its congestion window). 0: off.
+    live_target_ms: float = 500.0
 
     def live_after_ms(self, now: int | None = None) -> int:
         return (now_ms() if now is None else now) - int(self.live_window_s * 1000)
@@ -105,7 +108,7 @@ class Uplink:
                  max_inflight: int = 8, sign: Signer | None = None, policy: DeliveryPolicy | None = None,
                  subscriptions: tuple[str, ...] = (), on_message: MessageHandler | None = None,
                  on_connect: OnConnect | None = None, sign_event: Callable[[Event], Event] | None = None,
-                 quarantine_max: int = 1000) -> None:
+                 quarantine_max: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.topics = topics
         self.url = MqttUrl.parse(url)
@@ -128,6 +131,10 @@ class Uplink:
         self.client: aiomqtt.Client | None = None
         self._inflight: dict[int, tuple[float, str]] = {}
         self._events_inflight: dict[str, float] = {}
+        self.clock = clock  # monotonic seconds, for the backlog window's pacing
+        self.backlog_window = float(self.policy.backlog_inflight)  # adapted to the live lane's ack time
+        self._window_cut_at = 0.0
+        self._live_acked_at = 0.0
         self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
         self._outbox_failing: str | None = None
@@ -231,13 +238,35 @@ class Uplink:
             self._refused(seq, str(ack.get("reason", "no reason given"))[:2000])
             return
         n = self.outbox.ack(seq)
-        self._inflight.pop(seq, None)
+        sent = self._inflight.pop(seq, None)
         if n == 0:
             self._unknown(seq)
             return
+        if sent is not None:
+            self._adapt(sent[1], time.monotonic() - sent[0])
         self.counters.batches_acked += 1
         self.counters.readings_acked += n
         self.wakeup.set()
+
+    def _adapt(self, lane: str, rtt: float) -> None:
+        """AIMD on the backlog window from the live lane's ack time: live data is never starved."""
+        p = self.policy
+        now = self.clock()
+        if p.live_target_ms <= 0:
+            self.backlog_window = float(p.backlog_inflight)
+            return
+        if lane == "live":
+            self._live_acked_at = now
+            if rtt * 1000 > p.live_target_ms:
+                if now - self._window_cut_at > rtt:  # once per round trip, not once per late ack
+                    self.backlog_window = max(1.0, self.backlog_window / 2)
+                    self._window_cut_at = now
+                return
+            if rtt * 1000 > p.live_target_ms / 2:
+                return  # close to the target: hold
+        elif now - self._live_acked_at < 2.0:
+            return  # live data flows: only its acks may widen the window
+        self.backlog_window = min(float(p.backlog_inflight), self.backlog_window + 1)
 
     def _unknown(self, seq: int) -> None:
         self.counters.unknown_acks += 1
@@ -311,7 +340,8 @@ class Uplink:
             out.append((b.seq, b.n, b.payload, "live"))
         if self._bucket.rate != p.backlog_rate:
             self._bucket = _Bucket(p.backlog_rate)
-        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < p.backlog_inflight:
+        window = min(p.backlog_inflight, int(self.backlog_window)) if p.live_target_ms > 0 else p.backlog_inflight
+        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < window:
             size = p.backlog_max_readings
             if p.backlog_rate > 0:
                 tokens = self._bucket.refill()

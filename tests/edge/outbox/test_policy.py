@@ -126,3 +126,31 @@ def test_backlog_batches_render_rows_to_the_canonical_bytes(tmp_path: Path) -> N
     again = parse_batch(rest.payload)
     assert {r.point for r in again.readings} == {"so2@1m", "so2@1m.n"}
     assert rest.payload == sign_batch(Batch("gw-1", rest.seq, again.created_ms, again.readings), KEY).to_bytes()
+
+
+def test_the_backlog_window_yields_to_late_live_acks_and_grows_back(tmp_path: Path) -> None:
+    now = [100.0]
+    up = Uplink(Outbox(tmp_path / "o.sqlite", "gw-1"), GatewayTopics("s", "gw-1"), "mqtt://127.0.0.1:1",
+                sign=sign, policy=DeliveryPolicy(backlog_inflight=8, live_target_ms=500), clock=lambda: now[0])
+    assert up.backlog_window == 8
+    up._adapt("live", 1.2)  # a live batch waited 1.2 s behind the backlog: halve
+    assert up.backlog_window == 4
+    now[0] += 0.5
+    up._adapt("live", 1.2)  # the same congestion (within one round trip): no second cut
+    assert up.backlog_window == 4
+    now[0] += 1.0
+    up._adapt("live", 1.2)
+    up._adapt("backlog", 0.1)  # backlog acks do not widen the window while live data flows
+    assert up.backlog_window == 2
+    up._adapt("live", 0.4)  # near the target: hold
+    assert up.backlog_window == 2
+    for _ in range(3):
+        up._adapt("live", 0.1)  # well under it: one more batch each time
+    assert up.backlog_window == 5
+    now[0] += 5
+    for _ in range(10):
+        up._adapt("backlog", 3.0)  # no live data for a while: the backlog has the link, up to its limit
+    assert up.backlog_window == 8
+    up.policy.live_target_ms = 0  # off: the configured window
+    up._adapt("live", 9.0)
+    assert up.backlog_window == 8
