@@ -132,6 +132,10 @@ class Uplink:
         self._inflight: dict[int, tuple[float, str]] = {}
         self._events_inflight: dict[str, float] = {}
         self.clock = clock  # monotonic seconds, for the backlog window's pacing
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._publish_error: BaseException | None = None
+        self._cutter: Outbox | None = None  # the backlog's own connection, used from a worker thread
+        self._cutter_of: Outbox | None = None
         self.backlog_window = float(self.policy.backlog_inflight)  # adapted to the live lane's ack time
         self._window_cut_at = 0.0
         self._live_acked_at = 0.0
@@ -146,6 +150,7 @@ class Uplink:
                 await self._session()
             except asyncio.CancelledError:
                 self.state = LinkState.STOPPED
+                self.close_cutter()
                 raise
             except (aiomqtt.MqttError, OSError) as exc:
                 self.counters.last_error = str(exc)
@@ -199,6 +204,9 @@ class Uplink:
                 await self._send_loop(client, receiver)
             finally:
                 self.client = None
+                for task in list(self._publishing):
+                    task.cancel()
+                self._publish_error = None
                 receiver.cancel()
                 try:
                     await receiver
@@ -320,8 +328,12 @@ class Uplink:
     def _lane_load(self, lane: str) -> int:
         return sum(1 for _, ln in self._inflight.values() if ln == lane)
 
-    def _cut(self, now_wall: int) -> list[tuple[int, int, bytes, str]]:
-        """Cut what the windows allow: live first, then backlog under the rate limit."""
+    async def _cut(self, now_wall: int) -> list[tuple[int, int, bytes, str]]:
+        """Cut what the windows allow: live first, then backlog under the rate limit.
+
+        Backlog batches are cut in a worker thread: the event loop keeps running device sessions, so
+        polling and live readings keep their pace during a drain.
+        """
         if self.sign is None:
             return []
         p = self.policy
@@ -341,14 +353,19 @@ class Uplink:
         if self._bucket.rate != p.backlog_rate:
             self._bucket = _Bucket(p.backlog_rate)
         window = min(p.backlog_inflight, int(self.backlog_window)) if p.live_target_ms > 0 else p.backlog_inflight
-        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < window:
+        cut_now = 0
+        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < window and cut_now < 2:
+            cut_now += 1  # then the live lane is looked at again
             size = p.backlog_max_readings
             if p.backlog_rate > 0:
                 tokens = self._bucket.refill()
                 if tokens < min(size, p.backlog_rate) * 0.5:
                     break
                 size = max(1, min(size, int(tokens)))
-            b = self.outbox.cut_batch(size, self.sign, lane="backlog", live_after_ms=live_after)
+            # Tens of milliseconds of reading, rendering and signing: in a worker thread on a connection of
+            # its own, so the event loop keeps polling devices and cutting live batches meanwhile.
+            b = await asyncio.to_thread(self._backlog_cutter().cut_batch, size, self.sign, lane="backlog",
+                                        live_after_ms=live_after)
             if b is None:
                 break
             if p.backlog_rate > 0:
@@ -356,31 +373,47 @@ class Uplink:
             out.append((b.seq, b.n, b.payload, "backlog"))
         return out
 
+    def _backlog_cutter(self) -> Outbox:
+        if self._cutter is None or self._cutter_of is not self.outbox:  # first use, or the outbox was replaced
+            self.close_cutter()
+            self._cutter, self._cutter_of = self.outbox.second_connection(), self.outbox
+        return self._cutter
+
+    def close_cutter(self) -> None:
+        if self._cutter is not None:
+            self._cutter.close()
+            self._cutter = self._cutter_of = None
+
     async def _send_loop(self, client: aiomqtt.Client, receiver: asyncio.Task[None]) -> None:
         while True:
             if receiver.done():  # the connection died under the receiver: let run() reconnect
                 receiver.result()
                 raise aiomqtt.MqttError("message stream ended")
+            if self._publish_error is not None:
+                error, self._publish_error = self._publish_error, None
+                raise error
             now = time.monotonic()
             window = self.policy.live_inflight + self.policy.backlog_inflight
             # Poll the heads only: reading every unacked payload on each turn cost more than cutting them.
             due = [(seq, n, payload, lane) for seq, n, lane in self.outbox.unacked_heads(limit=window)
                    if seq not in self._inflight or now - self._inflight[seq][0] > self.ack_timeout
                    if (payload := self.outbox.payload(seq)) is not None]
-            fresh = self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
+            fresh = await self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
             batch = due + fresh
-            if batch:
-                await asyncio.gather(*(client.publish(self.topics.telemetry, payload, qos=1)
-                                       for _, _, payload, _ in batch))
-                for seq, n, _, lane in batch:
-                    if seq <= self.counters.highest_seq_published:
-                        self.counters.resends += 1
-                    else:
-                        self.counters.highest_seq_published = seq
-                        self.counters.batches_published += 1
-                        self.counters.readings_published += n
-                        self.counters.lanes[lane] = self.counters.lanes.get(lane, 0) + n
-                    self._inflight[seq] = (now, lane)
+            for seq, n, payload, lane in batch:
+                if seq <= self.counters.highest_seq_published:
+                    self.counters.resends += 1
+                else:
+                    self.counters.highest_seq_published = seq
+                    self.counters.batches_published += 1
+                    self.counters.readings_published += n
+                    self.counters.lanes[lane] = self.counters.lanes.get(lane, 0) + n
+                # In flight before it is published: its ack may come back before the broker's PUBACK does.
+                self._inflight[seq] = (now, lane)
+                # Not awaited here: a big backlog batch on its way must not hold up the next live cut.
+                task = asyncio.create_task(client.publish(self.topics.telemetry, payload, qos=1))
+                self._publishing.add(task)
+                task.add_done_callback(self._published)
             await self._send_events(client)
             if batch:
                 continue
@@ -392,6 +425,12 @@ class Uplink:
                     await self.wakeup.wait()
             except TimeoutError:
                 pass
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._publish_error = exc
+            self.wakeup.set()
 
     async def _send_events(self, client: aiomqtt.Client) -> None:
         """Publish the events not in flight (or whose ack is overdue); the cloud's ack removes them."""
