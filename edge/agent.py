@@ -99,6 +99,7 @@ class EdgeAgent:
                              subscriptions=(*self.shadow.subscriptions, self.commands.subscription),
                              on_message=self._control, on_connect=self._connected,
                              quarantine_max=cfg.outbox.quarantine_max)
+        self.uplink.on_store_error = self._sending_failed
         self.produced = 0
         self.filtered = 0
         self.housekeeping_interval = 5.0
@@ -168,6 +169,12 @@ class EdgeAgent:
                       "; the file is damaged: it will be set aside and replaced" if h.corrupt else
                       "; check free disk space and the storage device")
         h.next_try = time.monotonic() + 1.0
+
+    def _sending_failed(self, exc: sqlite3.Error) -> None:
+        """A damaged file found while sending is set aside and replaced too (a busy one is just retried)."""
+        if is_corruption(exc):
+            self._store_failed(exc)
+            self.store_health.corrupt = True
 
     def _store_recovered(self) -> bool:
         """Try the outbox again (at most once a second): import the spill file; True if the outbox works."""

@@ -132,6 +132,7 @@ class Uplink:
         self._inflight: dict[int, tuple[float, str]] = {}
         self._events_inflight: dict[str, float] = {}
         self.clock = clock  # monotonic seconds, for the backlog window's pacing
+        self.on_store_error: Callable[[sqlite3.Error], None] | None = None  # the agent repairs the outbox
         self._publishing: set[asyncio.Task[None]] = set()
         self._publish_error: BaseException | None = None
         self._cutter: Outbox | None = None  # the backlog's own connection, used from a worker thread
@@ -159,6 +160,8 @@ class Uplink:
                     log.warning("broker %s unreachable: %s; buffering in the outbox", self.url, exc)
             except sqlite3.Error as exc:  # the local store, not the link: the agent repairs or replaces it
                 self.counters.last_error = f"outbox: {exc}"
+                if self.on_store_error is not None:
+                    self.on_store_error(exc)
                 if self._outbox_failing is None:
                     self._outbox_failing = str(exc)
                     log.error("cannot read batches from the outbox %s (%s); sending pauses until it works",

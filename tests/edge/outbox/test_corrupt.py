@@ -281,3 +281,24 @@ def test_an_outbox_found_damaged_at_run_time_is_replaced_and_the_spill_taken_bac
     assert len(kept) - 2000 == reset.salvaged_readings  # plus what the damaged file still held readably
     assert [e.kind for e in agent.outbox.events()] == ["outbox.reset", "outbox.store_failed"]
     agent.outbox.close()
+
+
+def test_damage_found_while_sending_is_repaired_like_damage_found_while_storing(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(
+        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"}}))
+    agent = EdgeAgent(load_gateway_config(tmp_path / "gateway.yaml"))
+    assert agent.uplink.on_store_error is not None
+    agent.uplink.on_store_error(sqlite3.OperationalError("database is locked"))  # busy: only retried
+    assert agent.store_health.failing is None
+    asyncio.run(agent._accept([Reading.make("d", "p", T0 + i, 1.0, "u") for i in range(100)]))
+    agent.outbox.checkpoint()
+    smash(agent.outbox.path, 9, header=True)
+    exc = sqlite3.DatabaseError("file is not a database")
+    exc.sqlite_errorcode = sqlite3.SQLITE_NOTADB  # type: ignore[attr-defined]
+    agent.uplink.on_store_error(exc)
+    assert agent.store_health.corrupt
+    agent.store_health.next_try = 0
+    asyncio.run(agent._accept([Reading.make("d", "p", T0 + 1000, 1.0, "u")]))
+    assert agent.outbox.reset is not None and agent.store_health.failing is None
+    assert agent.outbox.pending_count() >= 1
+    agent.outbox.close()
