@@ -1,23 +1,34 @@
-"""Drain benchmark: a gateway with N buffered readings drains into the cloud through Mosquitto.
+"""Drain benchmark: a gateway with N buffered readings drains into the cloud through Mosquitto, live data flowing.
 
-``python bench/drain.py [--readings 1000000] [--workers 2] [--json]``
+``python bench/drain.py [--readings 1000000] [--workers 2] [--store postgresql://…] [--live 200] [--json]``
 
-A private Mosquitto, ingest worker process(es) on one shared subscription and a
-SQLite store; the gateway is the real edge agent in its own process, its outbox
-pre-filled with readings buffered an hour ago (the backlog lane), no rate limit.
-The clock starts when the agent is up and stops when the cloud has every reading.
+A private Mosquitto, ingest worker process(es) on one shared subscription and a store (SQLite in a temp
+folder by default; ``--store postgresql://user@host/db`` runs the cloud side on PostgreSQL in a throwaway
+schema). The gateway is the real edge agent in its own process, its outbox pre-filled with readings
+buffered an hour ago (the backlog lane), no rate limit, and a live feed of ``--live`` readings/s stamped
+now (the live lane). The agent first runs live only for a few seconds (the baseline), then the backlog
+is released: the clock starts there and stops when the cloud has every buffered reading.
+
+Printed, all measured in this run: the drain rate and its ratio to the 200,000/s goal; the edge's own
+ceiling (cutting and signing the same backlog in this process, no network) and the drain's share of it,
+which says whether the gateway or the cloud side is the bottleneck; the live lane's latency (ingest
+receipt minus reading time, p50/p99/max) before and during the drain, and their ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
+import logging
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -28,65 +39,177 @@ sys.path.insert(0, str(ROOT))
 from carbonlink.cloud.store import open_store  # noqa: E402
 from carbonlink.commands.faults.lab import Broker, Proc  # noqa: E402
 from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
-from carbonlink.edge.outbox import Outbox  # noqa: E402
+from carbonlink.edge.outbox import KeySigner, Outbox  # noqa: E402
 from carbonlink.kernel.wire import Reading  # noqa: E402
 
+GOAL = 200_000
+GW = "gw-drain"
 
-def stored(db_path: Path) -> int:
-    db = sqlite3.connect(db_path, timeout=30)
+
+def fill(path: Path, readings: int, added_ms: int) -> None:
+    ob = Outbox(path, GW)
     try:
-        return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        for start in range(0, readings, 100_000):
+            n = min(100_000, readings - start)
+            ob.append([Reading("cems-stack-1", f"p{i % 10}", 1_600_000_000_000 + start + i, 12.5 + i % 97,
+                               "mg/m3") for i in range(n)], added_ms=added_ms)
     finally:
-        db.close()
+        ob.close()
 
 
-async def drain(readings: int, workers: int, batch: int, inflight: int) -> dict[str, float | int]:
+def edge_ceiling(src: Path, work: Path, key_file: Path, batch: int, limit: int = 200_000) -> float:
+    """Readings/s the outbox cuts and signs backlog batches at, on a copy, in this process (no network)."""
+    copy = work / "ceiling.sqlite"
+    shutil.copy(src, copy)
+    ob = Outbox(copy, GW, synchronous="FULL")
+    signer = KeySigner(load_or_create_key(key_file))
+    try:
+        n, t = 0, time.perf_counter()
+        while n < limit and (b := ob.cut_batch(batch, signer, lane="backlog", live_after_ms=2**62)) is not None:
+            n += b.n
+        return n / (time.perf_counter() - t)
+    finally:
+        ob.close()
+        for f in work.glob("ceiling.sqlite*"):
+            f.unlink()
+
+
+def percentiles(values: list[int]) -> dict[str, int]:
+    if not values:
+        return {"n": 0, "p50_ms": 0, "p99_ms": 0, "max_ms": 0}
+    v = sorted(values)
+    return {"n": len(v), "p50_ms": v[len(v) // 2], "p99_ms": v[min(len(v) - 1, int(len(v) * 0.99))], "max_ms": v[-1]}
+
+
+class EdgeChild:
+    """The edge agent in its own process (this file with --edge-child), live feed included."""
+
+    def __init__(self, config: Path, live: int, baseline_s: float, log: Path) -> None:
+        self.log = open(log, "ab")  # closed in stop()
+        self.p = subprocess.Popen([sys.executable, __file__, "--edge-child", str(config), str(live), str(baseline_s)],
+                                  stdout=subprocess.PIPE, stderr=self.log, cwd=config.parent)
+
+    def line(self) -> str:
+        assert self.p.stdout is not None
+        return self.p.stdout.readline().decode().strip()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+            self.p.wait()
+        self.log.close()
+
+
+async def edge_child(config: str, live: int, baseline_s: float) -> None:
+    from carbonlink.edge.agent import EdgeAgent
+    from carbonlink.edge.config import load_gateway_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    agent = EdgeAgent(load_gateway_config(config), config_path=Path(config))
+    inflight = agent.policy.backlog_inflight
+    agent.policy.backlog_inflight = 0  # live only, for the baseline
+    await agent.start()
+    while agent.uplink.state.value != "connected":  # the baseline starts with a working link
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+
+    async def feed() -> None:  # a device polled at a fixed rate: a late tick is read late, not skipped
+        tick, per_tick = 0.05, max(1, live // 20)
+        due = time.monotonic()
+        while True:
+            now = time.time_ns() // 1_000_000
+            await agent._accept([Reading("live-meter", f"l{i}", now, float(i), "kW") for i in range(per_tick)])
+            due += tick
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    task = asyncio.create_task(feed()) if live else None
+    print(f"live {time.time_ns() // 1_000_000}", flush=True)
+    await asyncio.sleep(baseline_s)
+    agent.policy.backlog_inflight = inflight
+    agent.uplink.wakeup.set()
+    print(f"drain {time.time_ns() // 1_000_000}", flush=True)
+    await asyncio.Event().wait()
+    if task is not None:
+        task.cancel()
+
+
+async def drain(readings: int, workers: int, batch: int, inflight: int, store: str | None, live: int,
+                baseline_s: float, live_target_ms: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="carbonlink-drain-") as d:
         work = Path(d)
         broker = Broker(work)
         broker.start()
-        store_url = f"sqlite:///{work / 'cloud.sqlite'}"
-        store = open_store(store_url)
-        await store.open()
+        schema = None
+        if store is None:
+            store_url = f"sqlite:///{work / 'cloud.sqlite'}"
+        else:
+            schema = "drain_" + uuid.uuid4().hex[:10]
+            store_url = f"{store}{'&' if '?' in store else '?'}schema={schema}"
+        cloud = open_store(store_url)
+        await cloud.open()
         gw_dir = work / "gw"
         gw_dir.mkdir()
         key = load_or_create_key(gw_dir / "gw.key")
-        await store.registry.register_gateway("gw-drain", "bench", "ed25519", public_key_hex(key))
-        await store.close()
-        cfg = {"gateway": {"id": "gw-drain", "site": "bench", "key_file": "gw.key", "data_dir": "edge"},
+        await cloud.registry.register_gateway(GW, "bench", "ed25519", public_key_hex(key))
+        cfg = {"gateway": {"id": GW, "site": "bench", "key_file": "gw.key", "data_dir": "edge"},
                "mqtt": {"url": broker.url, "ack_timeout_s": 30},
-               "delivery": {"backlog_rate": 0, "backlog_max_readings": batch, "backlog_inflight": inflight},
+               "batch": {"max_readings": 500, "max_age_s": 0.1},
+               "delivery": {"backlog_rate": 0, "backlog_max_readings": batch, "backlog_inflight": inflight,
+                            "live_target_ms": live_target_ms},
                "devices": []}
         (gw_dir / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+        outbox = gw_dir / "edge" / "outbox.sqlite"
         t = time.monotonic()
-        ob = Outbox(gw_dir / "edge" / "outbox.sqlite", "gw-drain")
-        added = time.time_ns() // 1_000_000 - 3_600_000
-        for start in range(0, readings, 100_000):
-            n = min(100_000, readings - start)
-            ob.append([Reading("cems-stack-1", f"p{i % 10}", 1_600_000_000_000 + start + i, 12.5 + i % 97,
-                               "mg/m3") for i in range(n)], added_ms=added)
-        ob.close()
+        fill(outbox, readings, time.time_ns() // 1_000_000 - 3_600_000)
         fill_s = time.monotonic() - t
+        ceiling = edge_ceiling(outbox, work, gw_dir / "gw.key", batch)
         procs = [Proc("ingest", store_url, broker.url, f"ingest-{i}", "drain", log=work / f"ingest-{i}.log")
                  for i in range(workers)]
-        edge = Proc("edge", str(gw_dir / "gateway.yaml"), log=work / "edge.log")
+        edge = EdgeChild(gw_dir / "gateway.yaml", live, baseline_s, work / "edge.log")
+
+        async def backlog_stored() -> int:  # cheap; live batches hold at most 500 readings
+            return int(await cloud.db.fetchval(
+                "SELECT coalesce(sum(n), 0) FROM batches WHERE gateway = ? AND n > 500", GW))
+
         try:
             await asyncio.gather(*(p.start() for p in procs))
-            await edge.start()
+            assert await asyncio.to_thread(edge.line) == "ready", (work / "edge.log").read_text()[-2000:]
+            live_ms = int((await asyncio.to_thread(edge.line)).split()[1])
+            word, start_ms = (await asyncio.to_thread(edge.line)).split()
+            assert word == "drain"
             t0 = time.monotonic()
-            db_path = work / "cloud.sqlite"
-            while (n := await asyncio.to_thread(stored, db_path)) < readings:
+            while (n := await backlog_stored()) < readings:
                 if time.monotonic() - t0 > 1800:
                     raise TimeoutError(f"only {n} of {readings} stored after 30 minutes")
                 await asyncio.sleep(0.25)
             seconds = time.monotonic() - t0
+            end_ms = int(start_ms) + int(seconds * 1000)
+            await asyncio.sleep(1.0)
+            lat = [(int(r["ts_ms"]), int(r["received_ms"])) for r in await cloud.db.fetch(
+                "SELECT r.ts_ms, b.received_ms FROM readings r JOIN series s ON s.id = r.series"
+                " JOIN batches b ON b.gateway = s.gateway AND b.seq = r.seq WHERE s.device = 'live-meter'")]
+            stored_backlog = int(await cloud.db.fetchval(
+                "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series WHERE s.device = 'cems-stack-1'"))
         finally:
-            for p in (edge, *procs):
+            edge.stop()
+            for p in procs:
                 if p.p is not None:
                     p.kill()
             broker.kill()
-        return {"readings": readings, "seconds": round(seconds, 2), "readings_per_s": round(readings / seconds),
-                "workers": workers, "batch_readings": batch, "inflight": inflight, "fill_s": round(fill_s, 1)}
+            if schema is not None:
+                await cloud.db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await cloud.close()
+        before = percentiles([rcv - ts for ts, rcv in lat if live_ms + 500 <= ts < int(start_ms)])
+        during = percentiles([rcv - ts for ts, rcv in lat if int(start_ms) <= ts <= end_ms])
+        rate = readings / seconds
+        return {"readings": readings, "stored": stored_backlog, "seconds": round(seconds, 2),
+                "readings_per_s": round(rate), "ratio_to_goal": round(rate / GOAL, 3),
+                "edge_ceiling_per_s": round(ceiling), "share_of_edge_ceiling": round(rate / ceiling, 3),
+                "live_per_s": live, "live_during_per_s": round(during["n"] / seconds),
+                "live_before": before, "live_during": during,
+                "live_p99_ratio": round(during["p99_ms"] / max(1, before["p99_ms"]), 2),
+                "store": "postgresql" if store else "sqlite", "workers": workers, "batch_readings": batch,
+                "inflight": inflight, "live_target_ms": live_target_ms, "fill_s": round(fill_s, 1)}
 
 
 def main(
@@ -94,15 +217,31 @@ def main(
     workers: Annotated[int, typer.Option(help="ingest workers on one shared subscription, as compose runs")] = 2,
     batch: Annotated[int, typer.Option(help="readings per backlog batch")] = 5000,
     inflight: Annotated[int, typer.Option(help="backlog batches awaiting ack")] = 16,
+    store: Annotated[str | None, typer.Option(help="cloud store URL (postgresql://…); default SQLite")] = None,
+    live: Annotated[int, typer.Option(help="live readings/s fed during the drain")] = 200,
+    baseline: Annotated[float, typer.Option(help="seconds of live-only traffic before the drain")] = 3.0,
+    live_target: Annotated[float, typer.Option(help="the gateway's live ack target in ms (0: no AIMD)")] = 500.0,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    out = asyncio.run(drain(readings, workers, batch, inflight))
+    out = asyncio.run(drain(readings, workers, batch, inflight, store, live, baseline, live_target))
     if json_out:
         print(json.dumps(out))
-    else:
-        print(f"{out['readings']:,} readings drained in {out['seconds']} s: {out['readings_per_s']:,} readings/s "
-              f"({workers} ingest worker(s), {batch}-reading batches, {inflight} in flight)")
+        return
+    b, d = out["live_before"], out["live_during"]
+    print(f"{out['readings']:,} readings drained in {out['seconds']} s on {out['store']}: "
+          f"{out['readings_per_s']:,} readings/s = {out['ratio_to_goal']} of the {GOAL:,}/s goal "
+          f"({workers} ingest worker(s), {batch}-reading batches, up to {inflight} in flight, live target"
+          f" {live_target:g} ms; {out['stored']:,} stored)")
+    print(f"edge ceiling (cut + sign, no network, same run): {out['edge_ceiling_per_s']:,} readings/s; "
+          f"the drain reached {out['share_of_edge_ceiling']} of it")
+    print(f"live lane ({live}/s), ingest receipt - reading time: before p50 {b['p50_ms']} ms p99 {b['p99_ms']} ms; "
+          f"during p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms max {d['max_ms']} ms ({d['n']} readings); "
+          f"p99 during/before = {out['live_p99_ratio']}; live readings made during the drain:"
+          f" {out['live_during_per_s']}/s of {live}/s")
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    if len(sys.argv) > 1 and sys.argv[1] == "--edge-child":
+        asyncio.run(edge_child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    else:
+        typer.run(main)

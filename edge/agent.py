@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -14,15 +15,15 @@ import aiomqtt
 
 from carbonlink.kernel.tasks import cancel_and_wait
 from carbonlink.kernel.topics import GatewayTopics
-from carbonlink.kernel.wire import Reading
+from carbonlink.kernel.wire import Reading, WireError
 
 from .anomaly_runner import AnomalyRunner
 from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
 from .identity import load_or_create_key
-from .outbox import KeySigner, Outbox
-from .rules_runner import LogSink, RulesRunner
+from .outbox import KeySigner, Outbox, Spill, is_corruption
+from .rules_runner import RulesRunner
 from .shadow import EdgeShadow
 from .supervisor import DeviceSupervisor
 from .uplink import DeliveryPolicy, Uplink
@@ -43,6 +44,32 @@ class AgentStats:
     outbox: dict[str, int]
 
 
+@dataclass
+class StoreHealth:
+    failing: str | None = None  # why the outbox refuses readings, while it does
+    since: float = 0.0
+    next_try: float = 0.0
+    corrupt: bool = False
+    spilled: int = 0
+    refused: int = 0
+    refusing: bool = False
+
+
+class OutboxEvents:
+    """The agent's EventSink: an event is kept in the outbox, signed when sent, removed on the cloud's ack."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def emit(self, kind: str, *, ts_ms: int, severity: str = "info", device: str | None = None,
+             point: str | None = None, body: dict[str, Any] | None = None) -> None:
+        try:
+            self.outbox.add_event(kind, severity=severity, body=body, device=device, point=point, ts_ms=ts_ms)
+        except (sqlite3.Error, WireError) as exc:  # never lost silently: at least in the log
+            log.error("event %s (device=%s point=%s) could not be kept (%s): %s", kind, device, point, exc,
+                      json.dumps(body or {}, default=str)[:500])
+
+
 class EdgeAgent:
     def __init__(self, cfg: GatewayConfig, *, mqtt_url: str | None = None, config_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -51,7 +78,10 @@ class EdgeAgent:
         self.signer = KeySigner(self.key)
         self.topics = GatewayTopics(cfg.gateway.site, cfg.gateway.id)
         self.outbox = Outbox(cfg.gateway.data_dir / "outbox.sqlite", cfg.gateway.id,
-                             synchronous=cfg.outbox.synchronous)
+                             synchronous=cfg.outbox.synchronous)  # a corrupt file is set aside here
+        self.spill = Spill(cfg.gateway.data_dir / "outbox.spill.jsonl")
+        self.store_health = StoreHealth()
+        self.events = OutboxEvents(self.outbox)
         m = cfg.mqtt
         self.policy = self._policy(cfg)
         self.devices: dict[str, Any] = {d.id: d for d in cfg.devices}  # current settings, shadow applied
@@ -59,9 +89,9 @@ class EdgeAgent:
         self.point_filter: dict[str, frozenset[str]] = {}
         # rules before the shadow: the shadow's saved desired state may carry a rule set
         self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
-                                 sink=getattr(self, "events", None) or LogSink(), derived=self.outbox.append,
+                                 sink=self.events, derived=self._store,
                                  publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
-        self.anomaly = AnomalyRunner(data_dir=cfg.gateway.data_dir, sink=getattr(self, "events", None) or LogSink())
+        self.anomaly = AnomalyRunner(data_dir=cfg.gateway.data_dir, sink=self.events)
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
         self.uploaders = [u.build() for u in cfg.hj212_upload]
@@ -69,7 +99,9 @@ class EdgeAgent:
                              password=m.password, keepalive=m.keepalive_s, ack_timeout=m.ack_timeout_s,
                              max_inflight=m.max_inflight, sign=self.signer, policy=self.policy,
                              subscriptions=(*self.shadow.subscriptions, self.commands.subscription),
-                             on_message=self._control, on_connect=self._connected)
+                             on_message=self._control, on_connect=self._connected,
+                             quarantine_max=cfg.outbox.quarantine_max)
+        self.uplink.on_store_error = self._sending_failed
         self.produced = 0
         self.filtered = 0
         self.housekeeping_interval = 5.0
@@ -84,7 +116,7 @@ class EdgeAgent:
         return DeliveryPolicy(live_max_readings=cfg.batch.max_readings, live_max_age_s=cfg.batch.max_age_s,
                               live_window_s=d.live_window_s, live_inflight=d.live_inflight,
                               backlog_max_readings=d.backlog_max_readings, backlog_inflight=d.backlog_inflight,
-                              backlog_rate=d.backlog_rate)
+                              backlog_rate=d.backlog_rate, live_target_ms=d.live_target_ms)
 
     # --- readings in ----------------------------------------------------------------------
 
@@ -98,7 +130,7 @@ class EdgeAgent:
         if not readings:
             return
         readings = self.anomaly.feed(readings)  # flags only, never drops or changes a value; never raises
-        self.outbox.append(readings)
+        self._store(readings)
         self.produced += len(readings)
         self.rules.feed(readings)  # never raises: a failing rule is disabled with an event
         for up in self.uploaders:  # bounded queues: a slow platform never holds up the outbox
@@ -109,6 +141,86 @@ class EdgeAgent:
             self._fresh[dev].set()
         if len(readings) >= self.policy.live_max_readings:
             self.uplink.wakeup.set()
+
+    # --- the local store failing at run time --------------------------------------------------
+
+    def _store(self, readings: list[Reading]) -> None:
+        """Into the outbox; while it fails, into the spill file; never dropped silently, never a driver's fault."""
+        h = self.store_health
+        if h.failing is None or self._store_recovered():
+            try:
+                self.outbox.append(readings)
+                return
+            except sqlite3.Error as exc:
+                self._store_failed(exc)
+        try:
+            h.spilled += self.spill.append(readings, int(time.time() * 1000))
+        except OSError as exc:
+            h.refused += len(readings)
+            if not h.refusing:
+                h.refusing = True
+                log.error("the spill file %s cannot be written either (%s): new readings are being REFUSED"
+                          " and counted until the outbox works again", self.spill.path, exc)
+
+    def _store_failed(self, exc: sqlite3.Error) -> None:
+        h = self.store_health
+        if h.failing is None:
+            h.failing, h.since, h.corrupt = str(exc), time.monotonic(), is_corruption(exc)
+            log.error("the outbox %s cannot store readings (%s: %s); this is the gateway's local store, not a"
+                      " device: readings are kept in %s until it works again%s", self.outbox.path,
+                      type(exc).__name__, exc, self.spill.path,
+                      "; the file is damaged: it will be set aside and replaced" if h.corrupt else
+                      "; check free disk space and the storage device")
+        h.next_try = time.monotonic() + 1.0
+
+    def _sending_failed(self, exc: sqlite3.Error) -> None:
+        """A damaged file found while sending is set aside and replaced too (a busy one is just retried)."""
+        if is_corruption(exc):
+            self._store_failed(exc)
+            self.store_health.corrupt = True
+
+    def _store_recovered(self) -> bool:
+        """Try the outbox again (at most once a second): import the spill file; True if the outbox works."""
+        h = self.store_health
+        if time.monotonic() < h.next_try:
+            return False
+        try:
+            if h.corrupt:
+                self._replace_outbox()
+            self._import_spill()
+        except sqlite3.Error as exc:
+            h.next_try = time.monotonic() + 1.0
+            h.corrupt = h.corrupt or is_corruption(exc)
+            return False
+        log.info("the outbox %s stores readings again after %.1f s; %d readings kept in %s meanwhile were moved"
+                 " into it%s", self.outbox.path, time.monotonic() - h.since, h.spilled, self.spill.path,
+                 f"; {h.refused} readings were refused" if h.refused else "")
+        self.events.emit("outbox.store_failed", ts_ms=int(time.time() * 1000),
+                         severity="critical" if h.refused else "warning",
+                         body={"error": (h.failing or "")[:500], "seconds": round(time.monotonic() - h.since, 1),
+                               "spilled": h.spilled, "refused": h.refused, "file": str(self.outbox.path)})
+        self.store_health = StoreHealth()
+        return True
+
+    def _import_spill(self) -> None:
+        rows, bad = self.spill.load()
+        if rows:
+            self.outbox.append_spilled(rows)
+        if bad:
+            log.error("%d unreadable line(s) in %s were skipped (a crash while writing)", bad, self.spill.path)
+        self.spill.clear()
+
+    def _replace_outbox(self) -> None:
+        """Reopen the outbox: a damaged file fails its check and is set aside, salvaged and replaced."""
+        old = self.outbox
+        try:
+            old.close()
+        except sqlite3.Error:
+            pass
+        new = Outbox(old.path, old.gateway_id, synchronous=self.cfg.outbox.synchronous)
+        self.outbox = self.uplink.outbox = self.events.outbox = new
+        self.uplink.forget_inflight()
+        self.store_health.corrupt = False
 
     def cut_due_batches(self, *, force: bool = False) -> int:
         """Cut live batches now (the uplink normally cuts on demand, when it can send them)."""
@@ -134,11 +246,14 @@ class EdgeAgent:
         quota = int(self.cfg.outbox.quota_mb * 1024 * 1024)
         while True:
             try:
+                if self.store_health.failing is not None:
+                    self._store_recovered()  # also when no reading comes in to try it
                 report = self.outbox.enforce_quota(quota, self.policy.live_after_ms())
                 if report is not None:
                     self.uplink.wakeup.set()
-            except sqlite3.OperationalError as exc:  # disk trouble: keep reading and retry later
-                log.error("outbox quota check failed: %s", exc)
+            except sqlite3.Error as exc:  # disk trouble: keep reading and retry later
+                if self.store_health.failing is None:
+                    self._store_failed(exc)
             await asyncio.sleep(self.housekeeping_interval)
 
     # --- control plane (shadow, commands) --------------------------------------------------
@@ -286,6 +401,11 @@ class EdgeAgent:
         log.info("gateway %s (site %s): %d device(s), broker %s", self.cfg.gateway.id,
                  self.cfg.gateway.site, len(self.devices), self.uplink.url)
         self.shadow.apply_saved()  # before any network: the last desired state received
+        if self.spill.path.exists():  # readings kept while the outbox failed, before a crash or restart
+            try:
+                self._import_spill()
+            except sqlite3.Error as exc:
+                self._store_failed(exc)
         self._started = True
         for dev_id in self.devices:
             self._restart(dev_id)

@@ -49,7 +49,10 @@ class OutboxSection(StrictModel):
     )
     quota_mb: float = Field(default=512.0, gt=0, description=(
         "disk quota; over it the oldest raw backlog is rolled up to 1-minute means (never dropped),"
-        " with an outbox_overflow alert"))
+        " with an outbox.overflow event"))
+    quarantine_max: int = Field(default=1000, ge=1, le=1_000_000, description=(
+        "batches the cloud refused kept for an operator (`carbonlink edge quarantine`); when full the oldest"
+        " are kept and a newly refused batch is dropped with an error and a critical event"))
 
 
 class DeliverySection(StrictModel):
@@ -60,6 +63,9 @@ class DeliverySection(StrictModel):
     backlog_max_readings: int = Field(default=5000, ge=1, le=10_000, description="readings per backlog batch")
     backlog_inflight: int = Field(default=8, ge=1, le=1000, description="backlog batches awaiting ack")
     backlog_rate: float = Field(default=5000.0, ge=0, description="backlog readings/s; 0 = no limit")
+    live_target_ms: float = Field(default=500.0, ge=0, le=600_000, description=(
+        "live batches should be acked within this; while they are not, fewer backlog batches are in flight"
+        " (halved per round trip, grown back one at a time); 0 = off"))
 
 
 class GatewayConfig(StrictModel):

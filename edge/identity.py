@@ -9,12 +9,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """The gateway's existing key (OSError if it is not there, ValueError if it is not one)."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key; fix: delete it to generate a new one")
+    return key
+
+
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key; fix: delete it to generate a new one")
-        return key
+        return load_key(path)
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -20,6 +20,7 @@ import asyncio
 import enum
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.events import Event
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 
-from .outbox import Outbox, Signer
+from .outbox import KeySigner, Outbox, Signer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class DeliveryPolicy:
     backlog_max_readings: int = 5000
     backlog_inflight: int = 8
     backlog_rate: float = 5000.0  # readings/s; 0 means no limit
+    # Live batches must be acked within this; while they are not, the backlog window halves (down to one
+    # batch) and grows back one batch at a time (AIMD, as TCP does with its congestion window). 0: off.
+    live_target_ms: float = 500.0
 
     def live_after_ms(self, now: int | None = None) -> int:
         return (now_ms() if now is None else now) - int(self.live_window_s * 1000)
@@ -71,11 +76,13 @@ class UplinkCounters:
     resends: int = 0
     batches_acked: int = 0
     readings_acked: int = 0
-    batches_refused: int = 0  # the cloud dead-lettered them
+    batches_refused: int = 0  # the cloud dead-lettered them: quarantined (or dropped loudly when it is full)
+    quarantine_overflow: int = 0  # refused batches the full quarantine could not keep
     unknown_acks: int = 0  # repeats (harmless) and acks for seqs never issued
     bogus_acks: int = 0  # acks for seqs never issued, or malformed
     connects: int = 0
     events_sent: int = 0
+    events_acked: int = 0
     last_error: str = ""
     highest_seq_published: int = 0
     lanes: dict[str, int] = field(default_factory=lambda: {"live": 0, "backlog": 0})
@@ -99,7 +106,8 @@ class Uplink:
                  password: str | None = None, keepalive: int = 30, ack_timeout: float = 15.0,
                  max_inflight: int = 8, sign: Signer | None = None, policy: DeliveryPolicy | None = None,
                  subscriptions: tuple[str, ...] = (), on_message: MessageHandler | None = None,
-                 on_connect: OnConnect | None = None) -> None:
+                 on_connect: OnConnect | None = None, sign_event: Callable[[Event], Event] | None = None,
+                 quarantine_max: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.topics = topics
         self.url = MqttUrl.parse(url)
@@ -108,6 +116,9 @@ class Uplink:
         self.ack_timeout = ack_timeout
         self.policy = policy or DeliveryPolicy(live_inflight=max(1, max_inflight // 2), backlog_inflight=max_inflight)
         self.sign = sign  # without a signer the uplink only sends batches cut by someone else
+        # Events are signed as they leave (deterministic signatures: a resend is the same bytes).
+        self.sign_event = sign_event or (sign.event if isinstance(sign, KeySigner) else None)
+        self.quarantine_max = quarantine_max
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.on_connect = on_connect
@@ -118,8 +129,19 @@ class Uplink:
         self.flush = False  # cut live readings regardless of age (shutdown drain)
         self.client: aiomqtt.Client | None = None
         self._inflight: dict[int, tuple[float, str]] = {}
+        self._events_inflight: dict[str, float] = {}
+        self.clock = clock  # monotonic seconds, for the backlog window's pacing
+        self.on_store_error: Callable[[sqlite3.Error], None] | None = None  # the agent repairs the outbox
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._publish_error: BaseException | None = None
+        self._cutter: Outbox | None = None  # the backlog's own connection, used from a worker thread
+        self._cutter_of: Outbox | None = None
+        self.backlog_window = float(self.policy.backlog_inflight)  # adapted to the live lane's ack time
+        self._window_cut_at = 0.0
+        self._live_acked_at = 0.0
         self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
+        self._outbox_failing: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -128,15 +150,25 @@ class Uplink:
                 await self._session()
             except asyncio.CancelledError:
                 self.state = LinkState.STOPPED
+                self.close_cutter()
                 raise
             except (aiomqtt.MqttError, OSError, MqttConfigError) as exc:  # MqttConfigError: a TLS file gone
                 self.counters.last_error = str(exc)
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     log.warning("broker %s unreachable: %s; buffering in the outbox", self.url, exc)
+            except sqlite3.Error as exc:  # the local store, not the link: the agent repairs or replaces it
+                self.counters.last_error = f"outbox: {exc}"
+                if self.on_store_error is not None:
+                    self.on_store_error(exc)
+                if self._outbox_failing is None:
+                    self._outbox_failing = str(exc)
+                    log.error("cannot read batches from the outbox %s (%s); sending pauses until it works",
+                              self.outbox.path, exc)
             self.client = None
             self.state = LinkState.BACKOFF
             self._inflight.clear()
+            self._events_inflight.clear()
             await asyncio.sleep(self.backoff.next_delay())
 
     def _client(self) -> aiomqtt.Client:
@@ -159,6 +191,10 @@ class Uplink:
             self.client = client
             self.state = LinkState.CONNECTED
             self.counters.connects += 1
+            if self._outbox_failing is not None:
+                self.outbox.next_seq()  # raises while it still fails
+                log.info("the outbox %s can be read again; sending resumes", self.outbox.path)
+                self._outbox_failing = None
             if self._failing_since is not None:
                 log.info("broker %s reachable again after %.1f s", self.url, time.monotonic() - self._failing_since)
             self._failing_since = None
@@ -170,6 +206,9 @@ class Uplink:
                 await self._send_loop(client, receiver)
             finally:
                 self.client = None
+                for task in list(self._publishing):
+                    task.cancel()
+                self._publish_error = None
                 receiver.cancel()
                 try:
                     await receiver
@@ -196,36 +235,107 @@ class Uplink:
     def handle_ack(self, payload: bytes) -> None:
         try:
             ack = json.loads(payload)
+            if isinstance(ack, dict) and "event" in ack and "seq" not in ack:
+                self._event_ack(str(ack["event"]), str(ack["status"]), str(ack.get("reason", "")))
+                return
             seq, status = int(ack["seq"]), str(ack["status"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed ack %r", payload[:200])
             self.counters.unknown_acks += 1
             self.counters.bogus_acks += 1
             return
-        n = self.outbox.ack(seq)
-        self._inflight.pop(seq, None)
-        if n == 0:
-            self.counters.unknown_acks += 1
-            if seq >= self.outbox.next_seq():
-                # Never issued: someone else is acking for us, or the cloud mixed gateways up.
-                self.counters.bogus_acks += 1
-                log.warning("ack for seq %d, which this gateway never issued (next is %d); ignored",
-                            seq, self.outbox.next_seq())
-                self.outbox.add_event({"type": "unknown_ack", "seq": seq, "next_seq": self.outbox.next_seq()})
-            return  # otherwise a repeat ack (the batch was delivered twice): nothing to do
         if status == "rejected":
-            self.counters.batches_refused += 1
-            log.error("cloud refused batch %d: %s", seq, ack.get("reason", "no reason given"))
+            self._refused(seq, str(ack.get("reason", "no reason given"))[:2000])
+            return
+        n = self.outbox.ack(seq)
+        sent = self._inflight.pop(seq, None)
+        if n == 0:
+            self._unknown(seq)
+            return
+        if sent is not None:
+            self._adapt(sent[1], time.monotonic() - sent[0])
+        self.counters.batches_acked += 1
+        self.counters.readings_acked += n
+        self.wakeup.set()
+
+    def _adapt(self, lane: str, rtt: float) -> None:
+        """AIMD on the backlog window from the live lane's ack time: live data is never starved."""
+        p = self.policy
+        now = self.clock()
+        if p.live_target_ms <= 0:
+            self.backlog_window = float(p.backlog_inflight)
+            return
+        if lane == "live":
+            self._live_acked_at = now
+            if rtt * 1000 > p.live_target_ms:
+                if now - self._window_cut_at > rtt:  # once per round trip, not once per late ack
+                    self.backlog_window = max(1.0, self.backlog_window / 2)
+                    self._window_cut_at = now
+                return
+            if rtt * 1000 > p.live_target_ms / 2:
+                return  # close to the target: hold
+        elif now - self._live_acked_at < 2.0:
+            return  # live data flows: only its acks may widen the window
+        self.backlog_window = min(float(p.backlog_inflight), self.backlog_window + 1)
+
+    def _unknown(self, seq: int) -> None:
+        self.counters.unknown_acks += 1
+        next_seq = self.outbox.next_seq()
+        if seq >= next_seq:
+            # Never issued: someone else is acking for us, or the cloud mixed gateways up.
+            self.counters.bogus_acks += 1
+            log.warning("ack for seq %d, which this gateway never issued (next is %d); ignored", seq, next_seq)
+            self.outbox.add_event("uplink.unknown_ack", severity="warning", body={"seq": seq, "next_seq": next_seq})
+        # otherwise a repeat ack (the batch was delivered twice, or is already quarantined): nothing to do
+
+    def _refused(self, seq: int, reason: str) -> None:
+        """The cloud can never accept this batch: keep it in the quarantine for an operator, never delete it."""
+        result = self.outbox.quarantine(seq, reason, max_entries=self.quarantine_max)
+        self._inflight.pop(seq, None)
+        if result is None:
+            self._unknown(seq)
+            return
+        self.counters.batches_refused += 1
+        body = {"seq": seq, "readings": result.n, "reason": reason[:1000], "quarantine_id": result.id,
+                "quarantined": result.size, "max": self.quarantine_max}
+        if result.kept:
+            log.error("cloud refused batch %d (%d readings): %s; kept in quarantine as #%s (list or resend with"
+                      " `carbonlink edge quarantine list|resend`)", seq, result.n, reason, result.id)
+            self.outbox.add_event("outbox.quarantined", severity="warning", body=body)
         else:
-            self.counters.batches_acked += 1
-            self.counters.readings_acked += n
+            self.counters.quarantine_overflow += 1
+            log.error("cloud refused batch %d (%d readings): %s; the quarantine is FULL (%d batches, the oldest"
+                      " are kept) so this batch is DROPPED (%d dropped so far). Resend or drop quarantined"
+                      " batches (`carbonlink edge quarantine list`), or raise outbox.quarantine_max.",
+                      seq, result.n, reason, result.size, result.overflow_total)
+            self.outbox.add_event("outbox.quarantine_full", severity="critical",
+                                  body={**body, "dropped_total": result.overflow_total})
+        self.wakeup.set()
+
+    def _event_ack(self, event_id: str, status: str, reason: str) -> None:
+        self._events_inflight.pop(event_id, None)
+        if not self.outbox.event_done(event_id):
+            return  # a repeat
+        if status == "rejected":  # only a bug of ours: an event is checked when it is made
+            log.error("cloud refused event %s: %s; dropped", event_id, reason)
+        else:
+            self.counters.events_acked += 1
+
+    def forget_inflight(self) -> None:
+        """The outbox was replaced: what was in flight is the old file's; the new one is sent afresh."""
+        self._inflight.clear()
+        self._events_inflight.clear()
         self.wakeup.set()
 
     def _lane_load(self, lane: str) -> int:
         return sum(1 for _, ln in self._inflight.values() if ln == lane)
 
-    def _cut(self, now_wall: int) -> list[tuple[int, int, bytes, str]]:
-        """Cut what the windows allow: live first, then backlog under the rate limit."""
+    async def _cut(self, now_wall: int) -> list[tuple[int, int, bytes, str]]:
+        """Cut what the windows allow: live first, then backlog under the rate limit.
+
+        Backlog batches are cut in a worker thread: the event loop keeps running device sessions, so
+        polling and live readings keep their pace during a drain.
+        """
         if self.sign is None:
             return []
         p = self.policy
@@ -244,14 +354,20 @@ class Uplink:
             out.append((b.seq, b.n, b.payload, "live"))
         if self._bucket.rate != p.backlog_rate:
             self._bucket = _Bucket(p.backlog_rate)
-        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < p.backlog_inflight:
+        window = min(p.backlog_inflight, int(self.backlog_window)) if p.live_target_ms > 0 else p.backlog_inflight
+        cut_now = 0
+        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < window and cut_now < 2:
+            cut_now += 1  # then the live lane is looked at again
             size = p.backlog_max_readings
             if p.backlog_rate > 0:
                 tokens = self._bucket.refill()
                 if tokens < min(size, p.backlog_rate) * 0.5:
                     break
                 size = max(1, min(size, int(tokens)))
-            b = self.outbox.cut_batch(size, self.sign, lane="backlog", live_after_ms=live_after)
+            # Tens of milliseconds of reading, rendering and signing: in a worker thread on a connection of
+            # its own, so the event loop keeps polling devices and cutting live batches meanwhile.
+            b = await asyncio.to_thread(self._backlog_cutter().cut_batch, size, self.sign, lane="backlog",
+                                        live_after_ms=live_after)
             if b is None:
                 break
             if p.backlog_rate > 0:
@@ -259,29 +375,47 @@ class Uplink:
             out.append((b.seq, b.n, b.payload, "backlog"))
         return out
 
+    def _backlog_cutter(self) -> Outbox:
+        if self._cutter is None or self._cutter_of is not self.outbox:  # first use, or the outbox was replaced
+            self.close_cutter()
+            self._cutter, self._cutter_of = self.outbox.second_connection(), self.outbox
+        return self._cutter
+
+    def close_cutter(self) -> None:
+        if self._cutter is not None:
+            self._cutter.close()
+            self._cutter = self._cutter_of = None
+
     async def _send_loop(self, client: aiomqtt.Client, receiver: asyncio.Task[None]) -> None:
         while True:
             if receiver.done():  # the connection died under the receiver: let run() reconnect
                 receiver.result()
                 raise aiomqtt.MqttError("message stream ended")
+            if self._publish_error is not None:
+                error, self._publish_error = self._publish_error, None
+                raise error
             now = time.monotonic()
             window = self.policy.live_inflight + self.policy.backlog_inflight
-            due = [(b.seq, b.n, b.payload, b.lane) for b in self.outbox.unacked(limit=window)
-                   if b.seq not in self._inflight or now - self._inflight[b.seq][0] > self.ack_timeout]
-            fresh = self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
+            # Poll the heads only: reading every unacked payload on each turn cost more than cutting them.
+            due = [(seq, n, payload, lane) for seq, n, lane in self.outbox.unacked_heads(limit=window)
+                   if seq not in self._inflight or now - self._inflight[seq][0] > self.ack_timeout
+                   if (payload := self.outbox.payload(seq)) is not None]
+            fresh = await self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
             batch = due + fresh
-            if batch:
-                await asyncio.gather(*(client.publish(self.topics.telemetry, payload, qos=1)
-                                       for _, _, payload, _ in batch))
-                for seq, n, _, lane in batch:
-                    if seq <= self.counters.highest_seq_published:
-                        self.counters.resends += 1
-                    else:
-                        self.counters.highest_seq_published = seq
-                        self.counters.batches_published += 1
-                        self.counters.readings_published += n
-                        self.counters.lanes[lane] = self.counters.lanes.get(lane, 0) + n
-                    self._inflight[seq] = (now, lane)
+            for seq, n, payload, lane in batch:
+                if seq <= self.counters.highest_seq_published:
+                    self.counters.resends += 1
+                else:
+                    self.counters.highest_seq_published = seq
+                    self.counters.batches_published += 1
+                    self.counters.readings_published += n
+                    self.counters.lanes[lane] = self.counters.lanes.get(lane, 0) + n
+                # In flight before it is published: its ack may come back before the broker's PUBACK does.
+                self._inflight[seq] = (now, lane)
+                # Not awaited here: a big backlog batch on its way must not hold up the next live cut.
+                task = asyncio.create_task(client.publish(self.topics.telemetry, payload, qos=1))
+                self._publishing.add(task)
+                task.add_done_callback(self._published)
             await self._send_events(client)
             if batch:
                 continue
@@ -294,8 +428,21 @@ class Uplink:
             except TimeoutError:
                 pass
 
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._publish_error = exc
+            self.wakeup.set()
+
     async def _send_events(self, client: aiomqtt.Client) -> None:
-        for event_id, body in self.outbox.events():
-            await client.publish(self.topics.events, body, qos=1)
-            self.outbox.event_sent(event_id)
+        """Publish the events not in flight (or whose ack is overdue); the cloud's ack removes them."""
+        if self.sign_event is None:
+            return
+        now = time.monotonic()
+        for event in self.outbox.events():
+            sent = self._events_inflight.get(event.id)
+            if sent is not None and now - sent <= self.ack_timeout:
+                continue
+            await client.publish(self.topics.events, self.sign_event(event).to_bytes(), qos=1)
+            self._events_inflight[event.id] = now
             self.counters.events_sent += 1

@@ -64,9 +64,10 @@ def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> No
     assert rows[("nox@1m", T0 + 60_000)] == (39.5, "N")
     assert rows[("so2@1m", T0 + 60_000)][1] == "D"  # the worst flag of the minute is kept
     assert rows[("so2", T0 + 10**7)] == (1.0, "N")  # live data is never rolled up
-    assert ob.metrics() == {"rolled_up_raw": 360, "rolled_up_agg": 12, "quota_exceeded": 1}
-    events = [json.loads(body) for _, body in ob.events()]
-    assert events[-1]["type"] == "outbox_overflow" and events[-1]["raw"] == 360
+    assert ob.metrics() == {"rolled_up_raw": 360, "rolled_up_agg": 12, "quota_exceeded": 1,
+                            "quarantine_overflow": 0, "quarantined": 0}
+    events = ob.events()
+    assert events[-1].kind == "outbox.overflow" and events[-1].body["raw"] == 360
     # A late raw reading for a minute already rolled up is merged while its aggregate is still here.
     ob.append([Reading.make("stack", "so2", T0 + 500, 89.5, "mg/m3")], added_ms=T0)
     ob.enforce_quota(1, keep_after_ms=T0 + 1)
@@ -87,7 +88,7 @@ def test_bad_acks_change_nothing(tmp_path: Path) -> None:
     up.handle_ack(b"not json")
     up.handle_ack(b'{"seq": "x"}')
     assert ob.unacked_count() == (1, 1) and up.counters.bogus_acks == 3 and up.counters.readings_acked == 0
-    assert json.loads(ob.events()[-1][1]) == {"next_seq": 2, "seq": 99, "type": "unknown_ack"}
+    assert (ob.events()[-1].kind, ob.events()[-1].body) == ("uplink.unknown_ack", {"next_seq": 2, "seq": 99})
     up.handle_ack(json.dumps({"seq": b.seq, "status": "committed"}).encode())
     up.handle_ack(json.dumps({"seq": b.seq, "status": "duplicate"}).encode())  # a repeat: harmless
     assert ob.unacked_count() == (0, 0) and up.counters.readings_acked == 1
@@ -103,3 +104,85 @@ def test_key_signer_writes_the_same_bytes_as_the_wire_module(tmp_path: Path) -> 
     ob.append(readings)
     cut = ob.cut_batch(100, KeySigner(KEY))
     assert cut is not None and parse_batch(cut.payload).readings == readings
+
+
+def test_backlog_batches_render_rows_to_the_canonical_bytes(tmp_path: Path) -> None:
+    """Cutting renders rows straight to wire text (no Reading objects); the bytes are sign_batch's,
+    for awkward values and for rolled-up rows too."""
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    values = [s / 7 for s in range(100)] + [-0.0, 1e14 + 0.5, 123456789.123456789, 0.0000602, -1234.5, 100.0]
+    raw = [Reading.make("stack", "so2", T0 + s * 1000, v, "mg/m³", "NDC"[s % 3]) for s, v in enumerate(values)]
+    ob.append(raw, added_ms=T0)
+    signer = KeySigner(KEY)
+    b = ob.cut_batch(len(raw), signer)
+    assert b is not None
+    parsed = parse_batch(b.payload)
+    assert parsed.readings == tuple(raw)
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, tuple(raw)), KEY).to_bytes()
+    ob.append(raw, added_ms=T0)
+    ob.enforce_quota(1, keep_after_ms=T0 + 1)
+    rest = ob.cut_batch(1000, signer)
+    assert rest is not None
+    again = parse_batch(rest.payload)
+    assert {r.point for r in again.readings} == {"so2@1m", "so2@1m.n"}
+    assert rest.payload == sign_batch(Batch("gw-1", rest.seq, again.created_ms, again.readings), KEY).to_bytes()
+
+
+def test_the_backlog_window_yields_to_late_live_acks_and_grows_back(tmp_path: Path) -> None:
+    now = [100.0]
+    up = Uplink(Outbox(tmp_path / "o.sqlite", "gw-1"), GatewayTopics("s", "gw-1"), "mqtt://127.0.0.1:1",
+                sign=sign, policy=DeliveryPolicy(backlog_inflight=8, live_target_ms=500), clock=lambda: now[0])
+    assert up.backlog_window == 8
+    up._adapt("live", 1.2)  # a live batch waited 1.2 s behind the backlog: halve
+    assert up.backlog_window == 4
+    now[0] += 0.5
+    up._adapt("live", 1.2)  # the same congestion (within one round trip): no second cut
+    assert up.backlog_window == 4
+    now[0] += 1.0
+    up._adapt("live", 1.2)
+    up._adapt("backlog", 0.1)  # backlog acks do not widen the window while live data flows
+    assert up.backlog_window == 2
+    up._adapt("live", 0.4)  # near the target: hold
+    assert up.backlog_window == 2
+    for _ in range(3):
+        up._adapt("live", 0.1)  # well under it: one more batch each time
+    assert up.backlog_window == 5
+    now[0] += 5
+    for _ in range(10):
+        up._adapt("backlog", 3.0)  # no live data for a while: the backlog has the link, up to its limit
+    assert up.backlog_window == 8
+    up.policy.live_target_ms = 0  # off: the configured window
+    up._adapt("live", 9.0)
+    assert up.backlog_window == 8
+
+
+def test_a_cut_whose_rows_change_between_its_phases_reads_them_again(tmp_path: Path) -> None:
+    """Rows are read and rendered outside the write lock; another connection cutting or a rollup in
+    between makes the cut read again: no reading in two batches, none lost."""
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d", "p", T0 + i * 1000, float(i), "u") for i in range(300)], added_ms=T0)
+    other = ob.second_connection()
+    meddle = ["cut", "rollup"]
+
+    def between() -> None:
+        if meddle:
+            what = meddle.pop(0)
+            if what == "cut":
+                assert other.cut_batch(50, sign, lane="backlog", live_after_ms=T0 + 1) is not None
+            else:
+                other.enforce_quota(1, keep_after_ms=T0 + 1, chunk=60)  # rolls whole minutes up
+
+    ob._between_phases = between  # type: ignore[method-assign]
+    b = ob.cut_batch(100, KeySigner(KEY), lane="backlog", live_after_ms=T0 + 1)
+    assert b is not None and meddle == []
+    rows: list[tuple[str, int, float]] = []
+    for batch in ob.unacked():
+        rows.extend((r.point, r.ts_ms, r.value) for r in parse_batch(batch.payload).readings)
+    rows.extend((r[0], r[1], r[2]) for r in ob.db.execute("SELECT point, ts_ms, value FROM pending"))
+    keys = [(p, t) for p, t, _ in rows]
+    assert len(keys) == len(set(keys))  # nothing twice
+    raw = sum(1 for p, _, _ in rows if p == "p")
+    counted = sum(v for p, _, v in rows if p == "p@1m.n")
+    assert raw + counted == 300  # every raw reading is still there, or counted in a rollup
+    other.close()
+    ob.close()
