@@ -214,7 +214,8 @@ class EdgeAgent:
                 old_task.cancel()
         settings = self.devices[device]
         if settings.enabled:
-            sup = DeviceSupervisor(build_driver(settings), self._accept)
+            driver = build_driver(settings, events=getattr(self, "events", None))  # the signed pipeline, once there
+            sup = DeviceSupervisor(driver, self._accept)
             self.supervisors[device] = sup
             self._tasks.append(sup.start())
 

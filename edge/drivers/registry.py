@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from carbonlink.kernel.events import EventSink
+
 from .base import Driver
 from .ble import BleBthomeDevice, BleBthomeDriver
 from .hj212 import Hj212ServerDevice, Hj212ServerDriver
@@ -34,6 +36,9 @@ DRIVERS: dict[str, type[Driver]] = {
 }
 
 
-def build_driver(device: Any) -> Driver:
-    cls = DRIVERS[device.driver]
-    return cls(device.id, device)
+def build_driver(device: Any, *, events: EventSink | None = None) -> Driver:
+    """The driver for one device entry; ``events`` is the agent's event sink (logged when None)."""
+    driver = DRIVERS[device.driver](device.id, device)
+    if events is not None:
+        driver.events = events
+    return driver

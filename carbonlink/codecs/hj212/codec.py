@@ -168,7 +168,7 @@ class Packet:
         if not _CN_RE.match(self.cn):
             raise Hj212Error(Reason.CN, f"CN {self.cn!r} must be 4 digits", hdr)
         if not _PW_RE.match(self.pw):
-            raise Hj212Error(Reason.PW, f"PW {self.pw!r} must be 1-6 letters or digits", hdr)
+            raise Hj212Error(Reason.PW, f"PW must be 1-6 letters or digits (it has {len(self.pw)} characters)", hdr)
         if not _MN_RE.match(self.mn):
             raise Hj212Error(Reason.MN, f"MN {self.mn!r} must be 1-24 letters or digits", hdr)
         if self.flag is not None and not 0 <= self.flag <= 255:
