@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from carbonlink.kernel.ports import port_free
 
 from .cems import CemsStack, Mode
 from .hj212_client import DEFAULT_MN, DEFAULT_PW, ClientStats, parse_host_port, run_hj212_client
@@ -204,15 +205,6 @@ def apply_command(line: str, rigs: Sequence[CemsRig]) -> str:
     return msg
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
 async def serve_with_commands(rigs: Sequence[CemsRig], apply: Any = None) -> None:
     """Read fault commands on stdin until it closes, then keep serving (until cancelled)."""
     apply = apply or (lambda line: apply_command(line, rigs))
@@ -260,7 +252,7 @@ def cems(
         raise typer.BadParameter("give both --opcua-user and --opcua-password, or neither")
     if mode.upper() not in Mode.__members__:
         raise typer.BadParameter("use normal, calibration, maintenance or fault", param_hint="--mode")
-    busy = [p for p in (modbus_port, opcua_port) if p is not None and not port_free(host, p)]
+    busy = [p for p in (modbus_port, opcua_port) if p is not None and not port_free(p, host)]
     if busy:
         err.print(f"[red]port {busy[0]} is in use[/]: pick another with --modbus-port / --opcua-port")
         raise typer.Exit(2)

@@ -20,8 +20,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from carbonlink.kernel.ports import port_free
+
 from . import cems_cli, sunspec_cli
-from .cems_cli import port_free, serve_with_commands
+from .cems_cli import serve_with_commands
 from .fleet import Fleet, fleet_ports, start_fleet
 
 app = typer.Typer(help="Many simulated devices on consecutive ports, for load tests.", add_completion=False)
@@ -74,7 +76,7 @@ def fleet(
     ports = fleet_ports(first_port, cems, inverters)
     if ports and ports[-1] > 65535:
         raise typer.BadParameter(f"the last port would be {ports[-1]}; lower --first-port", param_hint="--first-port")
-    busy = [p for p in ports if not port_free(host, p)]
+    busy = [p for p in ports if not port_free(p, host)]
     if busy:
         err.print(f"[red]port(s) {', '.join(map(str, busy[:5]))} in use[/]: pick another --first-port")
         raise typer.Exit(2)

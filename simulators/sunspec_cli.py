@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import threading
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from carbonlink.kernel.ports import port_free
 
 from .sunspec import BASES, FLOAT_MODELS, INT_MODELS, InverterFaults, SunSpecInverter, start_inverter_fleet
 
@@ -31,15 +32,6 @@ COMMANDS = """fault commands (one per line):
 
 
 _restarts: set[asyncio.Task[None]] = set()
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
 
 
 def apply_command(line: str, fleet: list[SunSpecInverter]) -> str:
@@ -145,7 +137,7 @@ def inverter(
     if exception_code is not None and exception_code not in (1, 2, 3, 4, 5, 6, 8, 10, 11):
         raise typer.BadParameter("use a Modbus exception code: 1-6, 8, 10 or 11",
                                  param_hint="--exception-code")
-    busy = [p for p in range(port, port + fleet) if not _port_free(host, p)]
+    busy = [p for p in range(port, port + fleet) if not port_free(p, host)]
     if busy:
         err.print(f"[red]port(s) {', '.join(map(str, busy[:5]))} in use[/]: pick another with --port")
         raise typer.Exit(2)
