@@ -24,6 +24,7 @@ from rich.console import Console
 from carbonlink.kernel.ports import port_free
 
 from .cems import CemsStack, Mode
+from .clock import start_clock
 from .hj212_client import DEFAULT_MN, DEFAULT_PW, ClientStats, parse_host_port, run_hj212_client
 from .modbus_host import ModbusDeviceHost
 from .sunspec_cli import _stdin_lines
@@ -237,6 +238,8 @@ def cems(
     wrong_map: Annotated[bool, typer.Option(help="fault: every channel off by one (Modbus: shifted a register)")]
     = False,
     seed: Annotated[int, typer.Option(help="seed of the stack's noise")] = 1,
+    start: Annotated[str | None, typer.Option(help="model time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the endpoints as JSON on stdout")] = False,
 ) -> None:
     """A CEMS stack: one model served over Modbus TCP and OPC-UA and pushed over HJ 212, so all agree."""
@@ -256,7 +259,11 @@ def cems(
     if busy:
         err.print(f"[red]port {busy[0]} is in use[/]: pick another with --modbus-port / --opcua-port")
         raise typer.Exit(2)
-    stack = CemsStack(seed=seed)
+    try:
+        clock = start_clock(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    stack = CemsStack(seed=seed, clock=clock)
     stack.set_mode(mode)
     f = stack.faults
     f.stuck, f.spike_rate, f.spike_factor, f.comm_loss = stuck, spikes, spike_factor, comm_loss

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from carbonlink.kernel.ports import port_free
 
+from .clock import start_clock
 from .sunspec import BASES, FLOAT_MODELS, INT_MODELS, InverterFaults, SunSpecInverter, start_inverter_fleet
 
 app = typer.Typer(help="A SunSpec solar inverter (or a fleet) over Modbus TCP.", add_completion=False)
@@ -123,6 +124,8 @@ def inverter(
     comm_loss: Annotated[bool, typer.Option(help="fault: never answer")] = False,
     exception_code: Annotated[int | None, typer.Option(help="fault: reply with this exception")] = None,
     wrong_map: Annotated[bool, typer.Option(help="fault: 'SunS' marker missing")] = False,
+    start: Annotated[str | None, typer.Option(help="model time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the endpoints as JSON on stdout")] = False,
 ) -> None:
     """Serve SunSpec inverters until Ctrl-C."""
@@ -144,8 +147,12 @@ def inverter(
     faults = InverterFaults(stuck=stuck, drift_per_h=drift, spike_rate=spikes, comm_loss=comm_loss,
                             exception_code=exception_code, wrong_map=wrong_map)
     try:
+        clock = start_clock(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    try:
         asyncio.run(_serve(fleet, port, json_out, host=host, base=base, model=model, common_len=common_len,
-                           energy_start_wh=energy_start, wh_sf=wh_sf, faults=faults))
+                           energy_start_wh=energy_start, wh_sf=wh_sf, faults=faults, clock=clock))
     except KeyboardInterrupt:
         err.print("stopped")
 

@@ -14,7 +14,9 @@ from carbonlink.edge.drivers.hj212 import Hj212ServerDevice, Hj212ServerDriver
 from carbonlink.edge.hj212.server import Hj212Server, ServerConfig
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.hj212_client import ClientStats, parse_host_port, run_hj212_client
+from tests.simulators.clocks import Paced
 
 MN = "CEMS00000000000000000001"
 PW = "123456"
@@ -61,7 +63,8 @@ async def test_simulated_cems_unit_uploads_realtime_and_minute_data() -> None:
     async with driver(stations={MN: {"device": "stack-1", "pw": PW}}) as (drv, got):
         stop = asyncio.Event()
         assert drv.port is not None
-        client = asyncio.create_task(run_hj212_client("127.0.0.1", drv.port, MN, PW, 0.05, stop, minute_s=0.4))
+        client = asyncio.create_task(run_hj212_client("127.0.0.1", drv.port, MN, PW, 0.05, stop, minute_s=0.4,
+                                                      stack=CemsStack(clock=Paced())))
         readings: list[Reading] = []
         async with asyncio.timeout(10):
             while not any(r.point == "so2_avg_1m" for r in readings):
@@ -195,7 +198,8 @@ async def test_server_survives_a_failing_sink_and_unit_reconnects_after_restart(
     cfg = ServerConfig(stations={MN: PW}, port=port)
     stop = asyncio.Event()
     stats = ClientStats()
-    client = asyncio.create_task(run_hj212_client("127.0.0.1", port, MN, PW, 0.05, stop, stats=stats))
+    client = asyncio.create_task(run_hj212_client("127.0.0.1", port, MN, PW, 0.05, stop, stats=stats,
+                                                  stack=CemsStack(clock=Paced())))
     async with Hj212Server(cfg, sink) as server:
         async with asyncio.timeout(5):
             while stats.replies.get("9014", 0) < 3:
