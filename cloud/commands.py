@@ -19,7 +19,7 @@ import aiomqtt
 
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
-from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.wire import now_ms
 
 from .rules_delivery import RuleSetServer
@@ -107,8 +107,8 @@ class ControlLink:
     """One MQTT connection for the control plane: shadow get/update requests and command results in,
     deltas, shadow answers and commands out. Reconnects forever with backoff."""
 
-    def __init__(self, store: Store, url: str, *, client_id: str = "carbonlink-control") -> None:
-        self.url = MqttUrl.parse(url)
+    def __init__(self, store: Store, url: str | MqttUrl, *, client_id: str = "carbonlink-control") -> None:
+        self.url = url if isinstance(url, MqttUrl) else MqttUrl.parse(url)  # credentials and TLS: kernel/mqtturl
         self.client_id = client_id
         self.shadows = ShadowService(store)
         self.commands = CommandService(store)
@@ -129,7 +129,7 @@ class ControlLink:
         failing_since: float | None = None
         while True:
             try:
-                async with aiomqtt.Client(self.url.host, self.url.port, identifier=self.client_id,
+                async with aiomqtt.Client(**self.url.client_kwargs(), identifier=self.client_id,
                                           clean_session=False, keepalive=30) as client:
                     for t in (topics.ALL_SHADOW_GET, topics.ALL_SHADOW_UPDATE, topics.ALL_COMMAND_RESULTS,
                               topics.ALL_RULESET_GET):
@@ -154,7 +154,7 @@ class ControlLink:
                             raise
                         except Exception:  # one bad request must not stop the control plane
                             log.exception("control message on %s failed", t)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, MqttConfigError) as exc:  # a TLS file gone since start: keep trying
                 self._client = None
                 self.connected.clear()
                 if failing_since is None:

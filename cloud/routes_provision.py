@@ -56,7 +56,8 @@ def provisioning_router(store: Store) -> APIRouter:
             res = await provisioning.claim(store, req.token, req.gateway, req.alg, req.key)
         except ClaimError as exc:
             msg = str(exc)
-            status = 410 if "expired" in msg or "already used" in msg else 409 if "taken" in msg or "revoked" in msg \
+            conflict = any(w in msg for w in ("taken", "revoked", "reserved"))  # reserved: a cloud account
+            status = 410 if "expired" in msg or "already used" in msg else 409 if conflict \
                 else 400 if "must be" in msg else 404
             raise HTTPException(status, msg) from None
         return {"tenant": res.tenant, "site": res.site, "gateway": res.gateway,

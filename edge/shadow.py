@@ -16,6 +16,8 @@ with the reason, never silently ignored)::
     rules: {"hash": H}, a rule set the gateway fetches by hash (ruleset/get, answered on ruleset) and
            checks against H before it applies it; or a whole rule-set document (docs/rules.md). The last
            good set keeps running while a set is fetched and when one fails to compile.
+    model: {id, version, sha256, onnx_b64[, flag]}, the anomaly model (edge/anomaly_runner.py): hash checked,
+           loaded and probed before it replaces the last good model.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ShadowTarget(Protocol):
     def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
                    points: list[str] | None) -> None: ...
     def set_rules(self, doc: Any) -> str | None: ...  # None when applied, else the reason it was refused
+    def set_model(self, doc: Any) -> str | None: ...  # desired.model (edge/anomaly_runner.py); None when applied
     def rules_hash(self) -> str: ...  # the hash of the rule set running now ("" for none)
 
 
@@ -125,6 +128,8 @@ def plan(desired: dict[str, Any], devices: dict[str, set[str] | None]) -> tuple[
                 ok[key] = value  # compiled (and refused with positions) by the rules runner
             else:
                 rejected[key] = "must be a rule-set object"
+        elif key == "model":
+            ok[key] = value  # checked (hash, ONNX, inputs) by the anomaly runner, which keeps the last good model
         else:
             rejected[key] = "unknown key"
     return ok, rejected
@@ -189,6 +194,8 @@ class EdgeShadow:
                 refused = self.target.set_rules(ok["rules"])
                 if refused:
                     self.rejected["rules"] = refused
+        if "model" in ok and (refused := self.target.set_model(ok["model"])):
+            self.rejected["model"] = refused
         self.applied += 1
         for path, reason in self.rejected.items():
             log.warning("desired %s rejected: %s", path, reason)

@@ -322,5 +322,18 @@ async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: in
     """))
 
 
+# Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
+# transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+_RULES_QUEUE = """
+    CREATE TABLE rules_pending (id bigserial PRIMARY KEY, gateway text NOT NULL, seq bigint NOT NULL,
+                                UNIQUE (gateway, seq));
+    CREATE TABLE leases (name text PRIMARY KEY, owner text NOT NULL, until_ms bigint NOT NULL);
+"""
+
+
+async def _m_rules_queue(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_c(_RULES_QUEUE))
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue]

@@ -265,5 +265,14 @@ CREATE TABLE derived_readings (
 CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point, ts_ms)
 """
 
+# Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
+# transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+_M_RULES_QUEUE = """
+CREATE TABLE rules_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
+                            UNIQUE (gateway, seq));
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL)
+"""
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
-                                                                      _script(_M7_CARBON), _script(_M8_RULES)]
+                                                                      _script(_M7_CARBON), _script(_M8_RULES),
+                                                                      _script(_M_RULES_QUEUE)]
