@@ -222,25 +222,6 @@ class EdgeAgent:
         self.uplink.forget_inflight()
         self.store_health.corrupt = False
 
-    def cut_due_batches(self, *, force: bool = False) -> int:
-        """Cut live batches now (the uplink normally cuts on demand, when it can send them)."""
-        cut = 0
-        p = self.policy
-        while True:
-            n = self.outbox.pending_count()
-            if n == 0:
-                break
-            oldest = self.outbox.oldest_pending_ms() or 0
-            aged = time.time() * 1000 - oldest >= p.live_max_age_s * 1000
-            if not (force or aged or n >= p.live_max_readings):
-                break
-            if self.outbox.cut_batch(p.live_max_readings, self.signer) is None:
-                break
-            cut += 1
-        if cut:
-            self.uplink.wakeup.set()
-        return cut
-
     async def _housekeeping(self) -> None:
         """Enforce the disk quota; an overflow is rolled up, logged and queued as an alert event."""
         quota = int(self.cfg.outbox.quota_mb * 1024 * 1024)
@@ -338,7 +319,8 @@ class EdgeAgent:
                 old_task.cancel()
         settings = self.devices[device]
         if settings.enabled:
-            sup = DeviceSupervisor(build_driver(settings), self._accept)
+            driver = build_driver(settings, events=self.events)  # signed, kept until the cloud acks
+            sup = DeviceSupervisor(driver, self._accept)
             self.supervisors[device] = sup
             self._tasks.append(sup.start())
 

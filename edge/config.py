@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from carbonlink.kernel.configfile import load_yaml_config
+from carbonlink.kernel.ids import ID_PATTERN
 from carbonlink.kernel.mqtturl import MqttUrl
 
 from .drivers.registry import DeviceConfig
@@ -16,8 +17,8 @@ from .hj212.uploader import Hj212UploadConfig
 
 
 class GatewaySection(StrictModel):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    site: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    id: str = Field(pattern=ID_PATTERN)
+    site: str = Field(pattern=ID_PATTERN)
     key_file: Path = Field(description="Ed25519 private key (PEM); created on first start if missing")
     data_dir: Path = Field(default=Path("var/edge"), description="outbox and state live here")
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .clock import wall_clock
 from .modbus_host import HostFaults, f32
 from .noise import SmoothNoise
 
@@ -125,7 +126,7 @@ class CemsStack:
 
     seed: int = 1
     rated_flow_m3s: float = 120.0
-    clock: Callable[[], float] = field(default=time.time, repr=False)
+    clock: Callable[[], float] = field(default=wall_clock, repr=False)
     faults: CemsFaults = field(default_factory=CemsFaults)
     fuel: FuelProperties = field(default_factory=FuelProperties)
     p_atm_kpa: float = 101.325

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -22,7 +21,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from carbonlink.kernel.ports import port_free
+
 from .cems import CemsStack, Mode
+from .clock import start_clock
 from .hj212_client import DEFAULT_MN, DEFAULT_PW, ClientStats, parse_host_port, run_hj212_client
 from .modbus_host import ModbusDeviceHost
 from .sunspec_cli import _stdin_lines
@@ -204,15 +206,6 @@ def apply_command(line: str, rigs: Sequence[CemsRig]) -> str:
     return msg
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
 async def serve_with_commands(rigs: Sequence[CemsRig], apply: Any = None) -> None:
     """Read fault commands on stdin until it closes, then keep serving (until cancelled)."""
     apply = apply or (lambda line: apply_command(line, rigs))
@@ -245,6 +238,8 @@ def cems(
     wrong_map: Annotated[bool, typer.Option(help="fault: every channel off by one (Modbus: shifted a register)")]
     = False,
     seed: Annotated[int, typer.Option(help="seed of the stack's noise")] = 1,
+    start: Annotated[str | None, typer.Option(help="model time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the endpoints as JSON on stdout")] = False,
 ) -> None:
     """A CEMS stack: one model served over Modbus TCP and OPC-UA and pushed over HJ 212, so all agree."""
@@ -260,11 +255,15 @@ def cems(
         raise typer.BadParameter("give both --opcua-user and --opcua-password, or neither")
     if mode.upper() not in Mode.__members__:
         raise typer.BadParameter("use normal, calibration, maintenance or fault", param_hint="--mode")
-    busy = [p for p in (modbus_port, opcua_port) if p is not None and not port_free(host, p)]
+    busy = [p for p in (modbus_port, opcua_port) if p is not None and not port_free(p, host)]
     if busy:
         err.print(f"[red]port {busy[0]} is in use[/]: pick another with --modbus-port / --opcua-port")
         raise typer.Exit(2)
-    stack = CemsStack(seed=seed)
+    try:
+        clock = start_clock(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    stack = CemsStack(seed=seed, clock=clock)
     stack.set_mode(mode)
     f = stack.faults
     f.stuck, f.spike_rate, f.spike_factor, f.comm_loss = stuck, spikes, spike_factor, comm_loss

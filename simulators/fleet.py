@@ -10,13 +10,13 @@ and the fleet only writes that device entry.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cems import CemsStack
 from .cems_cli import CemsRig
+from .clock import wall_clock
 from .forest import Forest
 from .sunspec import SunSpecInverter, start_inverter_fleet
 
@@ -73,7 +73,7 @@ def fleet_ports(first_port: int, cems: int, inverters: int) -> list[int]:
 
 
 async def start_fleet(*, cems: int = 0, inverters: int = 0, forest_trees: int = 0, first_port: int,
-                      host: str = "127.0.0.1", seed: int = 1, clock: Callable[[], float] = time.time,
+                      host: str = "127.0.0.1", seed: int = 1, clock: Callable[[], float] = wall_clock,
                       **inverter_kw: Any) -> Fleet:
     """Start the fleet: CEMS stacks on first_port…, inverters right after, each with its own noise.
 

@@ -20,8 +20,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from carbonlink.kernel.ports import port_free
+
 from . import cems_cli, sunspec_cli
-from .cems_cli import port_free, serve_with_commands
+from .cems_cli import serve_with_commands
+from .clock import start_clock
 from .fleet import Fleet, fleet_ports, start_fleet
 
 app = typer.Typer(help="Many simulated devices on consecutive ports, for load tests.", add_completion=False)
@@ -64,6 +67,8 @@ def fleet(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     poll_interval: Annotated[float, typer.Option(min=0.01, help="poll_interval_s in --gateway-yaml")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the first stack's noise (+1 per stack)")] = 1,
+    start: Annotated[str | None, typer.Option(help="model time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     gateway_yaml: Annotated[bool, typer.Option("--gateway-yaml", help="print a gateway.yaml 'devices:' list "
                                                                        "for the fleet on stdout")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the endpoints as JSON on stdout")] = False,
@@ -74,7 +79,11 @@ def fleet(
     ports = fleet_ports(first_port, cems, inverters)
     if ports and ports[-1] > 65535:
         raise typer.BadParameter(f"the last port would be {ports[-1]}; lower --first-port", param_hint="--first-port")
-    busy = [p for p in ports if not port_free(host, p)]
+    try:
+        clock = start_clock(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    busy = [p for p in ports if not port_free(p, host)]
     if busy:
         err.print(f"[red]port(s) {', '.join(map(str, busy[:5]))} in use[/]: pick another --first-port")
         raise typer.Exit(2)
@@ -82,7 +91,7 @@ def fleet(
 
     async def go() -> None:
         async with await start_fleet(cems=cems, inverters=inverters, forest_trees=forest_trees,
-                                     first_port=first_port, host=host, seed=seed) as f:
+                                     first_port=first_port, host=host, seed=seed, clock=clock) as f:
             if json_out:
                 print(json.dumps(f.endpoints()), flush=True)
             if gateway_yaml:

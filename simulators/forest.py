@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from carbonlink.codecs.bthome import RawAdvert, encode
 
+from .clock import wall_clock
+
 DendrometerEncoding = Literal["count_um", "distance_mm"]
 DENDRO_OBJECT = {"count_um": 0x5B, "distance_mm": 0x40}
 PROBE_MID_UM = 5000.0  # the probe is mounted mid-travel, so shrinkage never reads below zero
@@ -239,7 +241,7 @@ class Forest:
     trees: list[Tree]
     speed: float = 1.0  # simulated seconds per wall-clock second
     repeats: int = 1  # BLE sensors send each advert several times; the driver must drop the copies
-    start: float = field(default_factory=time.time)
+    start: float = field(default_factory=wall_clock)
     wall: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:

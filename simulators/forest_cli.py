@@ -18,6 +18,7 @@ import yaml
 
 from carbonlink.codecs.bthome import RawAdvert, decode
 
+from .clock import parse_start, wall_clock
 from .forest import DENDRO_OBJECT, Fault, Forest, run_forest
 
 app = typer.Typer(add_completion=False,
@@ -50,6 +51,8 @@ def forest(
     speed: Annotated[float, typer.Option(min=0.001, help="simulated seconds per second (1440: a day a minute)")] = 1.0,
     encrypted: Annotated[bool, typer.Option(help="AES-CCM encrypt adverts (keys: --config)")] = False,
     seed: Annotated[int, typer.Option(help="seed for trees, weather and keys")] = 1,
+    start: Annotated[str | None, typer.Option(help="simulated time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     repeats: Annotated[int, typer.Option(min=1, max=10, help="copies of each advert, as radios send")] = 1,
     dendrometer: Annotated[str, typer.Option(
         help="count_um (µm in count object 0x5B) or distance_mm (BTHome distance 0x40, whole mm)")] = "count_um",
@@ -64,8 +67,12 @@ def forest(
     if dendrometer not in ("count_um", "distance_mm"):
         raise typer.BadParameter("use count_um or distance_mm", param_hint="--dendrometer")
     faults = _parse_faults(fault or [], trees)
+    try:
+        began = wall_clock() if start is None else parse_start(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
     plot = Forest.plot(trees, encrypted=encrypted, seed=seed, dendrometer=dendrometer,  # type: ignore[arg-type]
-                       speed=speed, repeats=repeats)
+                       speed=speed, repeats=repeats, start=began)
     if config:
         entry = {"id": "forest", "driver": "ble_bthome", "source": "bleak", "sensors": plot.sensor_config()}
         typer.echo(yaml.safe_dump({"devices": [entry]}, sort_keys=False, allow_unicode=True), nl=False)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .clock import wall_clock
 from .modbus_host import i16, u32
 from .noise import SmoothNoise
 
@@ -31,7 +32,7 @@ class SolarInverter:
     rated_w: float = 100_000.0
     latitude: float = 31.2
     seed: int = 2
-    clock: Callable[[], float] = field(default=time.time, repr=False)
+    clock: Callable[[], float] = field(default=wall_clock, repr=False)
     energy_wh: float = 12_345_678.0  # the counter as the device shows it
     serial: str = ""  # changes when the device is replaced
     _noise: SmoothNoise = field(init=False, repr=False)

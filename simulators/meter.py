@@ -13,11 +13,11 @@ Registers (holding, big-endian): 0-1 active power, float32 kW; 2-3 import energy
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .clock import wall_clock
 from .modbus_host import f32, u32
 from .noise import SmoothNoise
 
@@ -35,7 +35,7 @@ class ElectricityMeter:
     base_kw: float = 400.0  # night-time load
     peak_kw: float = 900.0  # added at the middle of a working day
     seed: int = 3
-    clock: Callable[[], float] = field(default=time.time, repr=False)
+    clock: Callable[[], float] = field(default=wall_clock, repr=False)
     import_kwh: float = 1_234_567.0  # the counter as the meter shows it
     _noise: SmoothNoise = field(init=False, repr=False)
     _last_t: float | None = field(init=False, default=None, repr=False)

@@ -28,6 +28,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .clock import wall_clock
 from .inverter import ST_SLEEPING, SolarInverter
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -304,7 +305,7 @@ def _encode(typ: str, value: float, sf: int) -> list[int]:
     return [max(0, min(0xFFFE, raw))]  # uint16 / enum16: 0xFFFF is reserved for not-implemented
 
 
-async def start_inverter_fleet(n: int, first_port: int, *, clock: Callable[[], float] = time.time,
+async def start_inverter_fleet(n: int, first_port: int, *, clock: Callable[[], float] = wall_clock,
                                **kwargs: Any) -> list[SunSpecInverter]:
     """Start N inverters on consecutive ports, each with its own weather, serial number and faults."""
     faults: InverterFaults | None = kwargs.pop("faults", None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import threading
 from typing import Annotated
@@ -18,6 +17,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from carbonlink.kernel.ports import port_free
+
+from .clock import start_clock
 from .sunspec import BASES, FLOAT_MODELS, INT_MODELS, InverterFaults, SunSpecInverter, start_inverter_fleet
 
 app = typer.Typer(help="A SunSpec solar inverter (or a fleet) over Modbus TCP.", add_completion=False)
@@ -31,15 +33,6 @@ COMMANDS = """fault commands (one per line):
 
 
 _restarts: set[asyncio.Task[None]] = set()
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
 
 
 def apply_command(line: str, fleet: list[SunSpecInverter]) -> str:
@@ -131,6 +124,8 @@ def inverter(
     comm_loss: Annotated[bool, typer.Option(help="fault: never answer")] = False,
     exception_code: Annotated[int | None, typer.Option(help="fault: reply with this exception")] = None,
     wrong_map: Annotated[bool, typer.Option(help="fault: 'SunS' marker missing")] = False,
+    start: Annotated[str | None, typer.Option(help="model time to start at, ISO UTC (2024-06-21T04:00:00Z);"
+                                                   " default now")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the endpoints as JSON on stdout")] = False,
 ) -> None:
     """Serve SunSpec inverters until Ctrl-C."""
@@ -145,15 +140,19 @@ def inverter(
     if exception_code is not None and exception_code not in (1, 2, 3, 4, 5, 6, 8, 10, 11):
         raise typer.BadParameter("use a Modbus exception code: 1-6, 8, 10 or 11",
                                  param_hint="--exception-code")
-    busy = [p for p in range(port, port + fleet) if not _port_free(host, p)]
+    busy = [p for p in range(port, port + fleet) if not port_free(p, host)]
     if busy:
         err.print(f"[red]port(s) {', '.join(map(str, busy[:5]))} in use[/]: pick another with --port")
         raise typer.Exit(2)
     faults = InverterFaults(stuck=stuck, drift_per_h=drift, spike_rate=spikes, comm_loss=comm_loss,
                             exception_code=exception_code, wrong_map=wrong_map)
     try:
+        clock = start_clock(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    try:
         asyncio.run(_serve(fleet, port, json_out, host=host, base=base, model=model, common_len=common_len,
-                           energy_start_wh=energy_start, wh_sf=wh_sf, faults=faults))
+                           energy_start_wh=energy_start, wh_sf=wh_sf, faults=faults, clock=clock))
     except KeyboardInterrupt:
         err.print("stopped")
 

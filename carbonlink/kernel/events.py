@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .ids import DEVICE_ID_RE, DEVICE_ID_RULE
 from .wire import WIRE_VERSION, SigAlg, WireError, check_depth, check_signature, format_ts, parse_ts
 
 MAX_EVENT_BYTES = 16 * 1024
 MAX_BODY_DEPTH = 8
-_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,3}")  # e.g. alert.raised, outbox.corrupt
 _TEXT_RE = re.compile(r'[^"\\\x00-\x1f\x7f]{1,128}')
 _HEX_RE = re.compile(r"[0-9a-f]*")
@@ -100,8 +100,8 @@ def _severity(value: Any) -> Severity:
 def check_event(event: Event) -> None:
     if not isinstance(event.gateway, str) or not _TEXT_RE.fullmatch(event.gateway):
         raise WireError(f"event gateway {event.gateway!r} is not a valid identifier")
-    if not isinstance(event.id, str) or not _ID_RE.fullmatch(event.id):
-        raise WireError(f"event id {event.id!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    if not isinstance(event.id, str) or not DEVICE_ID_RE.fullmatch(event.id):
+        raise WireError(f"event id {event.id!r} must be {DEVICE_ID_RULE}")
     if not isinstance(event.kind, str) or not _KIND_RE.fullmatch(event.kind):
         raise WireError(f"event kind {event.kind!r} must be dotted lowercase words, e.g. alert.raised")
     if isinstance(event.ts_ms, bool) or not isinstance(event.ts_ms, int) or not 0 <= event.ts_ms < 253402300800000:

@@ -68,7 +68,6 @@ class GatewayTopics:
 # Cloud-side subscriptions across all sites and gateways.
 ALL_TELEMETRY = f"{ROOT}/+/+/{TELEMETRY}"
 ALL_STATUS = f"{ROOT}/+/+/{STATUS}"
-ALL_EVENTS = f"{ROOT}/+/+/{EVENTS}"
 ALL_SHADOW_GET = f"{ROOT}/+/+/{SHADOW_GET}"
 ALL_SHADOW_UPDATE = f"{ROOT}/+/+/{SHADOW_UPDATE}"
 ALL_COMMAND_RESULTS = f"{ROOT}/+/+/{COMMAND_RESULT}"

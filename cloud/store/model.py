@@ -6,14 +6,15 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from carbonlink.kernel.wire import Batch, Quality, Reading, SigAlg
 
 KEY_GRACE_MS = 7 * 24 * 3600 * 1000
 QUALITY_FLAGS = tuple(q.value for q in Quality)  # rollup columns q_n, q_f, ... in this order
 FLAG_COLS = tuple(f"q_{f.lower()}" for f in QUALITY_FLAGS)
-ROLES = ("admin", "operator", "installer", "analyst", "auditor")  # cloud/auth.py says what each may do
+Role = Literal["admin", "operator", "installer", "analyst", "auditor"]  # cloud/auth.py says what each may do
+ROLES: tuple[str, ...] = get_args(Role)
 HOUR_MS = 3_600_000
 
 

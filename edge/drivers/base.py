@@ -11,11 +11,16 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from carbonlink.kernel.events import EventSink
 from carbonlink.kernel.wire import Reading
+
+log = logging.getLogger(__name__)
 
 
 class ConnectionState(enum.StrEnum):
@@ -51,8 +56,21 @@ class DriverCounters:
         self.extra[name] = self.extra.get(name, 0) + n
 
 
+class LogEvents:
+    """The event sink a driver has until the agent gives it its own: events are logged, never dropped silently."""
+
+    def emit(self, kind: str, *, ts_ms: int, severity: str = "info", device: str | None = None,
+             point: str | None = None, body: dict[str, Any] | None = None) -> None:
+        level = logging.INFO if severity == "info" else logging.WARNING
+        log.log(level, "event %s device=%s point=%s %s", kind, device, point, json.dumps(body or {})[:500])
+
+
 class Driver(abc.ABC):
-    """Base class for one device's driver."""
+    """Base class for one device's driver.
+
+    ``events`` is where the driver reports what is not a reading (a refused station, say); the agent
+    sets its signed event pipeline (``build_driver(..., events=...)``).
+    """
 
     kind: ClassVar[str]
 
@@ -60,6 +78,7 @@ class Driver(abc.ABC):
         self.device_id = device_id
         self.settings = settings
         self.counters = DriverCounters()
+        self.events: EventSink = LogEvents()
 
     @abc.abstractmethod
     def session(self) -> AsyncIterator[list[Reading]]:

@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from carbonlink.codecs.bthome import UUID16, UUID128, BTHomeError, Measurement, RawAdvert, advertised_mac, decode
+from carbonlink.kernel.ids import DEVICE_ID_PATTERN
 from carbonlink.kernel.wire import Reading, now_ms
 
 from .base import Driver, DriverUnavailable
@@ -54,7 +55,7 @@ DENDRO = {"count_um": (0x5B, 1.0), "distance_mm": (0x40, 1000.0)}  # object id, 
 
 class BleSensor(StrictModel):
     mac: str = Field(pattern=MAC_PATTERN, description="the sensor's Bluetooth address, AA:BB:CC:DD:EE:FF")
-    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="device id its readings carry, e.g. tree-001")
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="device id its readings carry, e.g. tree-001")
     key: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$",
                             description="BTHome encryption key (32 hex digits); adverts must then be encrypted")
     dendrometer: Literal["count_um", "distance_mm"] = "count_um"

@@ -17,15 +17,16 @@ status gives its own failure flag to the points it governs.
 
 from __future__ import annotations
 
+import abc
 import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
 from carbonlink.kernel.wire import Quality, Reading, now_ms
@@ -110,7 +111,14 @@ class PointMapDevice(DeviceBase):
         return [ModbusPoint.model_validate(p) for p in load_pointmap(self.pointmap)]
 
 
-class ModbusTcpDevice(PointMapDevice):
+class ModbusUnitDevice(PointMapDevice):
+    """A point-map device at one Modbus unit id; each transport sets the ranges and defaults it allows."""
+
+    unit_id: int
+    timeout_s: float
+
+
+class ModbusTcpDevice(ModbusUnitDevice):
     driver: Literal["modbus_tcp"]
     host: str
     port: int = Field(default=502, ge=1, le=65535)
@@ -162,11 +170,49 @@ def decode(regs: Sequence[int], p: ModbusPoint) -> float:
     return float(value) * p.scale + p.offset
 
 
-class ModbusTcpDriver(Driver):
-    kind = "modbus_tcp"
-    settings: ModbusTcpDevice
+class ModbusDriver(Driver):
+    """The Modbus session, written once for every transport (TCP, RTU) and map (point map, SunSpec).
 
-    def __init__(self, device_id: str, settings: ModbusTcpDevice) -> None:
+    A subclass gives the transport hook ``make_client`` (a pymodbus client, not yet connected) and
+    ``poll_once``; ``prepare`` runs once per connection before polling (SunSpec walks its model chain).
+    """
+
+    settings: Any  # a device model with poll_interval_s
+
+    @abc.abstractmethod
+    def make_client(self) -> ModbusBaseClient:
+        """A new, unconnected client for this device's transport."""
+
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """Where the device is, for errors: host:port or the serial port."""
+
+    async def prepare(self, client: ModbusBaseClient) -> None:
+        """Once per connection, before the first poll."""
+
+    @abc.abstractmethod
+    async def poll_once(self, client: ModbusBaseClient) -> list[Reading]:
+        """One poll: every point read once."""
+
+    async def session(self) -> AsyncIterator[list[Reading]]:
+        client = self.make_client()
+        try:
+            if not await client.connect():
+                raise DriverError(f"cannot connect to {self.endpoint()}")
+            await self.prepare(client)
+            async with aclosing(ticks(self.settings.poll_interval_s)) as tick:
+                async for _ in tick:
+                    yield await self.poll_once(client)
+        finally:
+            client.close()
+
+
+class PointMapDriver(ModbusDriver):
+    """A device described by a point map (registers, types, status points), on any Modbus transport."""
+
+    settings: ModbusUnitDevice
+
+    def __init__(self, device_id: str, settings: ModbusUnitDevice) -> None:
         super().__init__(device_id, settings)
         self.points = settings.resolved_points()
         check_status_points(self.points)
@@ -175,20 +221,7 @@ class ModbusTcpDriver(Driver):
         value_names = [p.name for p in self.points if p.role == "value"]
         self._governed = {p.name: frozenset(p.applies_to or value_names) for p in self.status_points}
 
-    async def session(self) -> AsyncIterator[list[Reading]]:
-        s = self.settings
-        client = AsyncModbusTcpClient(s.host, port=s.port, timeout=s.timeout_s, retries=0,
-                                      reconnect_delay=0)
-        try:
-            if not await client.connect():
-                raise DriverError(f"cannot connect to {s.host}:{s.port}")
-            async with aclosing(ticks(s.poll_interval_s)) as tick:
-                async for _ in tick:
-                    yield await self.poll_once(client)
-        finally:
-            client.close()
-
-    async def poll_once(self, client: AsyncModbusTcpClient) -> list[Reading]:
+    async def poll_once(self, client: ModbusBaseClient) -> list[Reading]:
         ts = now_ms()
         out: list[Reading] = []
         for block in self.blocks:
@@ -218,7 +251,7 @@ class ModbusTcpDriver(Driver):
         return [replace(r, quality=flag[r.point]) if r.quality is Quality.NORMAL and r.point in flag else r
                 for r in readings]
 
-    async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock, ts: int) -> list[Reading]:
+    async def _read_block(self, client: ModbusBaseClient, block: ReadBlock, ts: int) -> list[Reading]:
         uid = self.settings.unit_id
         try:
             if block.table == "coil":
@@ -248,3 +281,15 @@ class ModbusTcpDriver(Driver):
                 self.counters.last_error = f"{p.name}: {exc}"
                 out.append(Reading.make(self.device_id, p.name, ts, 0.0, p.unit, Quality.FAULT.value))
         return out
+
+
+class ModbusTcpDriver(PointMapDriver):
+    kind = "modbus_tcp"
+    settings: ModbusTcpDevice
+
+    def make_client(self) -> ModbusBaseClient:
+        s = self.settings
+        return AsyncModbusTcpClient(s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0)
+
+    def endpoint(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"

@@ -1,8 +1,9 @@
 """Modbus RTU driver: the Modbus TCP driver's point maps, block planning and decoding over a serial line.
 
 Only the transport differs (pymodbus AsyncModbusSerialClient with the RTU framer,
-CRC-16 per Modbus over serial line v1.02); reads, exception-code quality flags and
-decoding are inherited from edge/drivers/modbus.py so both behave the same.
+CRC-16 per Modbus over serial line v1.02): this module gives the transport hook
+(``make_client``); the session, reads, exception-code quality flags and decoding are
+edge/drivers/modbus.py's ``PointMapDriver``, so both behave the same.
 
 One driver owns its serial port: two devices on one RS-485 bus need one shared
 client, which this driver does not provide.
@@ -10,21 +11,16 @@ client, which this driver does not provide.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Literal
 
 from pydantic import Field
 from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.client import AsyncModbusSerialClient, ModbusBaseClient
 
-from carbonlink.kernel.wire import Reading
-
-from .base import DriverError, ticks
-from .modbus import ModbusTcpDriver, PointMapDevice
+from .modbus import ModbusUnitDevice, PointMapDriver
 
 
-class ModbusRtuDevice(PointMapDevice):
+class ModbusRtuDevice(ModbusUnitDevice):
     driver: Literal["modbus_rtu"]
     serial_port: str = Field(min_length=1, description="e.g. /dev/ttyUSB0 or /dev/serial/by-id/…")
     baudrate: int = Field(default=9600, ge=300, le=921600)
@@ -35,23 +31,15 @@ class ModbusRtuDevice(PointMapDevice):
     timeout_s: float = Field(default=1.0, gt=0, le=60)
 
 
-class ModbusRtuDriver(ModbusTcpDriver):
+class ModbusRtuDriver(PointMapDriver):
     kind = "modbus_rtu"
-    settings: ModbusRtuDevice  # type: ignore[assignment]
+    settings: ModbusRtuDevice
 
-    def __init__(self, device_id: str, settings: ModbusRtuDevice) -> None:
-        super().__init__(device_id, settings)  # type: ignore[arg-type]  # same fields it uses
-
-    async def session(self) -> AsyncIterator[list[Reading]]:
+    def make_client(self) -> ModbusBaseClient:
         s = self.settings
-        client = AsyncModbusSerialClient(s.serial_port, framer=FramerType.RTU, baudrate=s.baudrate,
-                                         bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits,
-                                         timeout=s.timeout_s, retries=0, reconnect_delay=0)
-        try:
-            if not await client.connect():
-                raise DriverError(f"cannot open serial port {s.serial_port}")
-            async with aclosing(ticks(s.poll_interval_s)) as tick:
-                async for _ in tick:
-                    yield await self.poll_once(client)  # type: ignore[arg-type]  # same read API as TCP
-        finally:
-            client.close()
+        return AsyncModbusSerialClient(s.serial_port, framer=FramerType.RTU, baudrate=s.baudrate,
+                                       bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits,
+                                       timeout=s.timeout_s, retries=0, reconnect_delay=0)
+
+    def endpoint(self) -> str:
+        return f"serial port {self.settings.serial_port}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from carbonlink.kernel.ids import DEVICE_ID_PATTERN
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a misspelt key must not be silently ignored."""
@@ -12,6 +14,6 @@ class StrictModel(BaseModel):
 
 
 class DeviceBase(StrictModel):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="device id, unique in the gateway")
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="device id, unique in the gateway")
     enabled: bool = True
     poll_interval_s: float = Field(default=1.0, gt=0, le=86400)

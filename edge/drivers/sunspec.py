@@ -30,19 +30,18 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
 from carbonlink.kernel.wire import Quality, Reading, now_ms
 
-from .base import Driver, DriverError, ticks
-from .modbus import EXCEPTION_QUALITY
+from .base import DriverError
+from .modbus import EXCEPTION_QUALITY, ModbusDriver
 from .settings import DeviceBase
 
 log = logging.getLogger(__name__)
@@ -277,7 +276,7 @@ class _Plan:
     specs: list[tuple[str, tuple[Spec, ...]]] = field(default_factory=list)
 
 
-class SunSpecDriver(Driver):
+class SunSpecDriver(ModbusDriver):
     kind = "sunspec"
     settings: SunSpecDevice
 
@@ -287,22 +286,20 @@ class SunSpecDriver(Driver):
         self.identity: Identity | None = None
         self.chain: Chain | None = None
         self._last_exception = 0
+        self._plan: _Plan | None = None  # this connection's, made by prepare()
 
-    async def session(self) -> AsyncIterator[list[Reading]]:
+    def make_client(self) -> ModbusBaseClient:
         s = self.settings
-        client = AsyncModbusTcpClient(s.host, port=s.port, timeout=s.timeout_s, retries=0,
-                                      reconnect_delay=0)
-        try:
-            if not await client.connect():
-                raise DriverError(f"cannot connect to {s.host}:{s.port}")
-            plan = await self.discover(client)
-            async with aclosing(ticks(s.poll_interval_s)) as tick:
-                async for _ in tick:
-                    yield await self.poll_once(client, plan)
-        finally:
-            client.close()
+        return AsyncModbusTcpClient(s.host, port=s.port, timeout=s.timeout_s, retries=0, reconnect_delay=0)
 
-    async def _read(self, client: AsyncModbusTcpClient, addr: int, count: int) -> list[int] | None:
+    def endpoint(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    async def prepare(self, client: ModbusBaseClient) -> None:
+        self._plan = None
+        self._plan = await self.discover(client)
+
+    async def _read(self, client: ModbusBaseClient, addr: int, count: int) -> list[int] | None:
         try:
             resp = await client.read_holding_registers(addr, count=count, device_id=self.settings.unit_id)
         except ModbusException as exc:
@@ -312,7 +309,7 @@ class SunSpecDriver(Driver):
             return None
         return list(resp.registers)
 
-    async def discover(self, client: AsyncModbusTcpClient) -> _Plan:
+    async def discover(self, client: ModbusBaseClient) -> _Plan:
         """Walk the chain, read the common model once, choose the inverter model to poll."""
         self.counters.bump("discoveries")
         self.chain = chain = await walk_chain(lambda a, n: self._read(client, a, n), self.settings.bases)
@@ -342,7 +339,9 @@ class SunSpecDriver(Driver):
             plan.specs.append((point, specs))
         return plan
 
-    async def poll_once(self, client: AsyncModbusTcpClient, plan: _Plan) -> list[Reading]:
+    async def poll_once(self, client: ModbusBaseClient) -> list[Reading]:
+        plan = self._plan
+        assert plan is not None, "prepare() makes the plan before the first poll"
         ref = plan.ref
         ts = now_ms()
         regs = await self._read(client, ref.addr, ref.length + 2)

@@ -10,6 +10,18 @@ QnRtn code of the fault (3 PW, 4 MN, 6 Flag, 7 QN, 8 CN, 9 CRC, 100 other).
 Framing faults (garbage, truncation, bad length) get no answer: there is no
 trustworthy header to answer to.
 
+Only configured stations are served: ``ServerConfig.stations`` maps each MN to its
+PW, and there is no "accept anyone" mode. An unknown MN or a wrong PW is refused
+(9011, QnRtn 4 or 3) before the sink sees the packet, and reported as an
+``hj212.refused`` event (at most one per station, reason and peer address per
+``event_interval_s``, carrying how many were refused since the last one). After
+``max_pw_failures`` wrong PWs for one MN from one address within ``lockout_s``,
+that MN is refused from that address for ``lockout_s`` whatever its PW (the
+answer is the same 9011, so a guesser learns nothing), which makes guessing a
+6-character PW hopeless while other stations behind the same unit go on. The
+server listens on loopback unless told otherwise. PWs never appear in logs,
+events or reprs.
+
 Rejections are counted per reason (``counters.rejected`` and ``rejected_<reason>``)
 and logged: the first of each reason per connection at WARNING, the rest at DEBUG.
 A handler never lets an exception out; the server never dies on input.
@@ -19,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from carbonlink.codecs.hj212.codec import (
@@ -37,7 +51,8 @@ from carbonlink.codecs.hj212.codec import (
     parse_data,
     reply_packet,
 )
-from carbonlink.edge.drivers.base import DriverCounters
+from carbonlink.edge.drivers.base import DriverCounters, LogEvents
+from carbonlink.kernel.events import EventSink
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +63,53 @@ WRITE_TIMEOUT_S = 10.0
 _ANSWERABLE = frozenset(QNRTN) | {Reason.CP, Reason.FORMAT}
 
 
+_MAX_TRACKED = 4096  # (peer, MN) pairs remembered for lockouts and event pacing; oldest forgotten first
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    stations: Mapping[str, str] = field(repr=False)  # MN → PW: the only stations served (no default: say who)
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port (tests); read the bound one from Hj212Server.port
-    allowed_mn: frozenset[str] = frozenset()  # empty: any MN
-    pw: str | None = None  # None: PW not checked
     protocol_version: int = VERSION_2017
     idle_timeout_s: float = 600.0  # close a connection silent this long
     max_connections: int = 64
     cns: frozenset[str] = field(default=DATA_CNS)  # CN codes handed to the sink
+    max_pw_failures: int = 5  # wrong PWs for one MN from one address within lockout_s before it is locked
+    lockout_s: float = 300.0
+    event_interval_s: float = 60.0  # at most one hj212.refused event per (MN, reason, address) this often
+
+    def __post_init__(self) -> None:
+        if not self.stations:
+            raise ValueError("an HJ 212 server needs at least one station (MN and PW); it never accepts anyone")
+
+
+@dataclass
+class _Tally:
+    """Refusals of one (address, MN, reason): for the lockout and for pacing events."""
+
+    failures: list[float] = field(default_factory=list)  # monotonic times within the lockout window
+    locked_until: float = 0.0
+    last_event: float = float("-inf")
+    unreported: int = 0
 
 
 class Hj212Server:
     """Accepts HJ 212 uploads and hands valid packets to ``sink`` (which may raise Hj212Error to refuse)."""
 
-    def __init__(self, config: ServerConfig, sink: PacketSink, counters: DriverCounters | None = None) -> None:
+    def __init__(self, config: ServerConfig, sink: PacketSink, counters: DriverCounters | None = None, *,
+                 events: EventSink | None = None, device: str | None = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.sink = sink
         self.counters = counters or DriverCounters()
+        self.events: EventSink = events or LogEvents()
+        self.device = device  # the gateway device this server is, named in its events
+        self.clock = clock  # wall clock for event times
+        self.monotonic = monotonic  # lockouts and event pacing
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._tallies: dict[tuple[str, str, str], _Tally] = {}
 
     @property
     def port(self) -> int:
@@ -161,10 +202,7 @@ class Hj212Server:
             if packet.version is not None and packet.version != c.protocol_version:
                 raise Hj212Error(Reason.FLAG, f"protocol version {packet.version} in Flag={packet.flag}, this"
                                  f" server speaks version {c.protocol_version} (set protocol_version)", hdr)
-            if c.allowed_mn and packet.mn not in c.allowed_mn:
-                raise Hj212Error(Reason.MN, f"MN {packet.mn} is not in allowed_mn", hdr)
-            if c.pw is not None and packet.pw != c.pw:
-                raise Hj212Error(Reason.PW, f"wrong PW from MN {packet.mn}", hdr)
+            self._authenticate(packet, hdr, peer)
             if packet.cn not in c.cns:
                 raise Hj212Error(Reason.CN, f"CN {packet.cn} is not handled here"
                                  f" (accepted: {', '.join(sorted(c.cns))})", hdr)
@@ -181,6 +219,56 @@ class Hj212Server:
         if packet.reply_requested:
             reply = reply_packet(packet, CN_DATA_REPLY, version=c.protocol_version)
             await self._send(writer, reply.encode())
+
+    # --- who may upload ----------------------------------------------------------------------
+
+    def _authenticate(self, packet: Packet, hdr: dict[str, str], peer: str) -> None:
+        """Raise Hj212Error (MN or PW) unless the packet comes from a configured station with its PW."""
+        expected = self.config.stations.get(packet.mn)
+        if expected is None:
+            self._refused(Reason.MN, packet.mn, peer)
+            raise Hj212Error(Reason.MN, f"MN {packet.mn} is not a configured station", hdr)
+        now = self.monotonic()
+        tally = self._tally(peer, packet.mn, Reason.PW)
+        if tally.locked_until > now:
+            self.counters.bump("refused_locked_out")
+            self._refused(Reason.PW, packet.mn, peer, locked=True)
+            raise Hj212Error(Reason.PW, f"MN {packet.mn} is locked out from {_host(peer)} after wrong PWs", hdr)
+        if not hmac.compare_digest(packet.pw.encode(), expected.encode()):
+            window = now - self.config.lockout_s
+            tally.failures = [t for t in tally.failures if t > window] + [now]
+            if len(tally.failures) >= self.config.max_pw_failures:
+                tally.locked_until, tally.failures = now + self.config.lockout_s, []
+                log.warning("HJ 212: MN %s locked out from %s for %.0f s after %d wrong PWs", packet.mn,
+                            _host(peer), self.config.lockout_s, self.config.max_pw_failures)
+            self._refused(Reason.PW, packet.mn, peer)
+            raise Hj212Error(Reason.PW, f"wrong PW from MN {packet.mn}", hdr)
+
+    def _tally(self, peer: str, mn: str, reason: Reason) -> _Tally:
+        key = (_host(peer), mn, reason.value)
+        tally = self._tallies.get(key)
+        if tally is None:
+            if len(self._tallies) >= _MAX_TRACKED:  # a flood of made-up MNs: forget the oldest
+                del self._tallies[next(iter(self._tallies))]
+            tally = self._tallies[key] = _Tally()
+        return tally
+
+    def _refused(self, reason: Reason, mn: str, peer: str, *, locked: bool = False) -> None:
+        """Report a refused station as an event, paced so a flood of attempts is a few events with counts."""
+        tally = self._tally(peer, mn, reason)
+        tally.unreported += 1
+        now = self.monotonic()
+        if now - tally.last_event < self.config.event_interval_s:
+            return
+        body = {"mn": mn, "reason": "unknown station" if reason is Reason.MN else "wrong password",
+                "peer": _host(peer), "refused": tally.unreported, "locked_out": locked or tally.locked_until > now}
+        tally.last_event, tally.unreported = now, 0
+        try:
+            self.events.emit("hj212.refused", ts_ms=int(self.clock() * 1000), severity="warning",
+                             device=self.device, body=body)
+        except Exception:  # the event pipeline failing must not open the door: the packet is refused anyway
+            self.counters.errors += 1
+            log.exception("HJ 212: could not emit the hj212.refused event for MN %s", mn)
 
     def _reject(self, exc: Hj212Error, peer: str, seen: set[Reason]) -> None:
         self.counters.rejected += 1
@@ -212,3 +300,8 @@ class Hj212Server:
 def _peer(writer: asyncio.StreamWriter) -> str:
     p = writer.get_extra_info("peername")
     return f"{p[0]}:{p[1]}" if isinstance(p, tuple) else str(p)
+
+
+def _host(peer: str) -> str:
+    """The address part of ``host:port`` (IPv6 addresses keep their colons)."""
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer

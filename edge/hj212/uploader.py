@@ -42,6 +42,7 @@ from carbonlink.codecs.hj212.codec import (
 from carbonlink.codecs.hj212.readings import format_datatime, make_qn, parse_point
 from carbonlink.edge.drivers.settings import StrictModel
 from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.ids import DEVICE_ID_PATTERN
 from carbonlink.kernel.wire import Quality, Reading, canonical_number
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Hj212UploadConfig(StrictModel):
     host: str
     port: int = Field(ge=1, le=65535)
     pw: str = Field(pattern=r"^[A-Za-z0-9]{1,6}$")
-    stations: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")],
+    stations: dict[Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)],
                    Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{1,24}$")]] = Field(
         min_length=1, description="gateway device id → MN registered with the platform")
     st: str = Field(default="31", pattern=r"^\d{2}$", description="31 air pollution source, 32 water")

@@ -12,6 +12,7 @@ from carbonlink.edge.drivers.modbus import ModbusTcpDevice, ModbusTcpDriver
 from carbonlink.simulators.cems import LAYOUT
 from carbonlink.simulators.cems_cli import app
 from tests.services import ROOT, free_port
+from tests.simulators.clocks import NOON_ISO
 
 
 def test_bad_flags_say_what_to_use() -> None:
@@ -19,7 +20,7 @@ def test_bad_flags_say_what_to_use() -> None:
     for args, hint in ((["--mode", "sleepy"], "calibration"), (["--hj212-to", "nowhere"], "HOST:PORT"),
                        (["--exception-code", "9"], "9"), (["--spikes", "2"], "probability"),
                        (["--opcua-port", "4840", "--opcua-user", "u"], "--opcua-password")):
-        res = runner.invoke(app, args)
+        res = runner.invoke(app, [*args, "--start", NOON_ISO])
         assert res.exit_code == 2 and hint in res.output, (args, res.output)
 
 
@@ -27,7 +28,7 @@ async def test_fault_flag_then_commands_typed_at_run_time() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from carbonlink.simulators.cems_cli import app; app()",
-        "--modbus-port", str(port), "--mode", "calibration", "--json",
+        "--modbus-port", str(port), "--mode", "calibration", "--json", "--start", NOON_ISO,
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None

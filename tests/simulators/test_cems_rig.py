@@ -17,7 +17,7 @@ from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.cems import LAYOUT, CemsStack, Mode
 from carbonlink.simulators.cems_cli import CemsRig, apply_command
 from carbonlink.simulators.cems_opcua import MODE_STATUS, UNITS
-from carbonlink.simulators.hj212_client import SENT
+from carbonlink.simulators.hj212_client import DEFAULT_MN, DEFAULT_PW, SENT
 from tests.services import free_port
 from tests.simulators.clocks import Paced
 
@@ -53,7 +53,7 @@ def flags(batch: list[Reading], names: tuple[str, ...] | list[str]) -> set[str]:
 @contextlib.asynccontextmanager
 async def everything() -> AsyncIterator[tuple[CemsRig, Feed, Feed, Feed]]:
     hj = Hj212ServerDriver("hj", Hj212ServerDevice.model_validate(
-        {"id": "hj", "driver": "hj212_server", "host": "127.0.0.1", "port": 0}))
+        {"id": "hj", "driver": "hj212_server", "port": 0, "stations": {DEFAULT_MN: {"pw": DEFAULT_PW}}}))
     hj_feed = Feed(hj)
     hj_feed.sup.start()
     async with asyncio.timeout(5):
@@ -161,7 +161,7 @@ async def test_commands_change_nothing_when_malformed_and_timed_modes_end() -> N
 
 async def test_minute_record_keeps_a_calibration_seen_inside_its_window() -> None:
     hj = Feed(Hj212ServerDriver("hj", Hj212ServerDevice.model_validate(
-        {"id": "hj", "driver": "hj212_server", "host": "127.0.0.1", "port": 0})))
+        {"id": "hj", "driver": "hj212_server", "port": 0, "stations": {DEFAULT_MN: {"pw": DEFAULT_PW}}})))
     hj.sup.start()
     try:
         async with asyncio.timeout(5):

@@ -17,7 +17,7 @@ from carbonlink.simulators.cems import LAYOUT
 from carbonlink.simulators.fleet import start_fleet
 from carbonlink.simulators.fleet_cli import app, apply_command
 from tests.services import ROOT
-from tests.simulators.clocks import Paced
+from tests.simulators.clocks import NOON_ISO, Paced
 from tests.simulators.sunspec.test_simulator import consecutive_free_ports
 
 GATEWAY = {"gateway": {"id": "gw-fleet", "site": "load", "key_file": "gw.key", "data_dir": "edge"}}
@@ -70,6 +70,7 @@ async def test_fleet_command_prints_endpoints_and_gateway_yaml() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from carbonlink.simulators.fleet_cli import app; app()",
         "--cems", "2", "--inverters", "1", "--forest-trees", "2", "--first-port", str(first), "--json",
+        "--start", NOON_ISO,
         "--gateway-yaml", cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdout is not None

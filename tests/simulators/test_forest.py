@@ -12,6 +12,7 @@ from carbonlink.codecs.bthome import decode
 from carbonlink.edge.drivers.ble import BleBthomeDevice
 from carbonlink.simulators.forest import DAY, Fault, Forest, Tree, local_hour, run_forest
 from carbonlink.simulators.forest_cli import app
+from tests.simulators.clocks import NOON, NOON_ISO
 
 MIDNIGHT = 1_718_899_200 - 8 * 3600  # 2024-06-21 00:00 local (UTC+8)
 
@@ -104,7 +105,7 @@ async def test_run_forest_prints_hex_lines_until_stopped() -> None:
     lines: list[str] = []
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.15, stop.set)
-    n = await run_forest(3, 0.05, stop, out=lines.append)
+    n = await run_forest(3, 0.05, stop, out=lines.append, start=NOON)
     assert n == len(lines) >= 6
     mac, rssi, data = lines[0].split(" ")
     assert mac == "D2:FC:00:00:00:01" and rssi.startswith("rssi=-") and data.startswith("fcd2=40")
@@ -112,15 +113,16 @@ async def test_run_forest_prints_hex_lines_until_stopped() -> None:
 
 def test_cli_config_validates_as_driver_settings_and_run_prints_json() -> None:
     runner = CliRunner()
-    res = runner.invoke(app, ["--trees", "3", "--encrypted", "--config"])
+    res = runner.invoke(app, ["--trees", "3", "--encrypted", "--config", "--start", NOON_ISO])
     assert res.exit_code == 0, res.output
     entry = yaml.safe_load(res.output)["devices"][0]
     dev = BleBthomeDevice.model_validate(entry)
     assert len(dev.sensors) == 3 and all(s.key for s in dev.sensors)
-    res = runner.invoke(app, ["--trees", "2", "--interval", "0.05", "--duration", "0.12", "--json", "--encrypted"])
+    res = runner.invoke(app, ["--trees", "2", "--interval", "0.05", "--duration", "0.12", "--json", "--encrypted",
+                                 "--start", NOON_ISO])
     assert res.exit_code == 0, res.output
     rows = [yaml.safe_load(line) for line in res.output.splitlines()]
     assert len(rows) >= 4 and rows[0]["encrypted"] and set(rows[0]["values"]) == {
         "battery", "temperature", "humidity", "voltage", "moisture", "dendrometer"}
-    res = runner.invoke(app, ["--trees", "2", "--fault", "3:stuck"])
+    res = runner.invoke(app, ["--trees", "2", "--fault", "3:stuck", "--start", NOON_ISO])
     assert res.exit_code == 2 and "1..2" in res.output

@@ -17,7 +17,7 @@ from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
 from tests.services import ROOT
-from tests.simulators.clocks import Paced
+from tests.simulators.clocks import NOON_ISO, Paced
 
 
 def device(port: int, **kw: object) -> ModbusTcpDevice:
@@ -30,7 +30,7 @@ async def test_long_poll_run_does_not_grow_memory(port: int) -> None:
     everything traced here is the driver's side."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from carbonlink.simulators.cems_cli import app; app()",
-        "--modbus-port", str(port), "--json",
+        "--modbus-port", str(port), "--json", "--start", NOON_ISO,
         cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdout is not None

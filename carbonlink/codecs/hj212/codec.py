@@ -129,7 +129,6 @@ _ST_RE = re.compile(r"^\d{2}$")
 _CN_RE = re.compile(r"^\d{4}$")
 _PW_RE = re.compile(r"^[A-Za-z0-9]{1,6}$")
 _MN_RE = re.compile(r"^[A-Za-z0-9]{1,24}$")
-_INT_RE = re.compile(r"^\d{1,4}$")
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _VALUE_RE = re.compile(r"^[A-Za-z0-9.+-]{0,64}$")
 _HEADER_ORDER = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")
@@ -168,7 +167,7 @@ class Packet:
         if not _CN_RE.match(self.cn):
             raise Hj212Error(Reason.CN, f"CN {self.cn!r} must be 4 digits", hdr)
         if not _PW_RE.match(self.pw):
-            raise Hj212Error(Reason.PW, f"PW {self.pw!r} must be 1-6 letters or digits", hdr)
+            raise Hj212Error(Reason.PW, f"PW must be 1-6 letters or digits (it has {len(self.pw)} characters)", hdr)
         if not _MN_RE.match(self.mn):
             raise Hj212Error(Reason.MN, f"MN {self.mn!r} must be 1-24 letters or digits", hdr)
         if self.flag is not None and not 0 <= self.flag <= 255:

@@ -14,6 +14,7 @@ from carbonlink.edge.drivers.base import ConnectionState
 from carbonlink.edge.drivers.ble import BleBthomeDevice, BleBthomeDriver
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.wire import Reading
+from tests.simulators.clocks import fixed_wall_clock
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 A, B, C = "D2:FC:00:00:00:01", "D2:FC:00:00:00:02", "D2:FC:00:00:00:03"
@@ -99,7 +100,8 @@ def test_settings_are_checked() -> None:
         BleBthomeDevice.model_validate({"id": "f", "driver": "ble_bthome", "sensors": []})
 
 
-async def test_simulator_source_through_the_supervisor() -> None:
+async def test_simulator_source_through_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    fixed_wall_clock(monkeypatch)  # the plot the command layer builds starts at noon of a fixed day
     got: list[Reading] = []
 
     async def sink(rs: list[Reading]) -> None:

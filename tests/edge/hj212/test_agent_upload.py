@@ -14,13 +14,14 @@ from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
 from tests.edge.hj212.test_uploader import Platform, serve
 from tests.services import free_port
+from tests.simulators.clocks import Paced
 
 MN = "CEMS00000000000000000042"
 
 
 async def test_gateway_forwards_cems_readings_to_the_platform(tmp_path: Path) -> None:
-    platform = Platform()
-    async with serve(platform) as platform_port, ModbusDeviceHost(CemsStack().fill, port=free_port()) as sim:
+    platform, stack = Platform(), CemsStack(clock=Paced())
+    async with serve(platform) as platform_port, ModbusDeviceHost(stack.fill, port=free_port()) as sim:
         cfg = {
             "gateway": {"id": "gw-hj", "site": "plant-a", "key_file": "gw.key", "data_dir": "edge"},
             # No broker is reachable: forwarding to the platform must not depend on the cloud link.

@@ -14,7 +14,9 @@ from carbonlink.edge.drivers.hj212 import Hj212ServerDevice, Hj212ServerDriver
 from carbonlink.edge.hj212.server import Hj212Server, ServerConfig
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.hj212_client import ClientStats, parse_host_port, run_hj212_client
+from tests.simulators.clocks import Paced
 
 MN = "CEMS00000000000000000001"
 PW = "123456"
@@ -39,7 +41,7 @@ async def read_replies(reader: asyncio.StreamReader, n: int) -> list[Packet]:
 @contextlib.asynccontextmanager
 async def driver(**settings: object) -> AsyncIterator[tuple[Hj212ServerDriver, asyncio.Queue[list[Reading]]]]:
     """The driver under its real supervisor; readings land in a queue."""
-    cfg = {"id": "hj", "driver": "hj212_server", "host": "127.0.0.1", "port": 0} | settings
+    cfg = {"id": "hj", "driver": "hj212_server", "port": 0, "stations": {MN: {"pw": PW}}} | settings
     drv = Hj212ServerDriver("hj", Hj212ServerDevice.model_validate(cfg))
     got: asyncio.Queue[list[Reading]] = asyncio.Queue()
 
@@ -58,10 +60,11 @@ async def driver(**settings: object) -> AsyncIterator[tuple[Hj212ServerDriver, a
 
 
 async def test_simulated_cems_unit_uploads_realtime_and_minute_data() -> None:
-    async with driver(stations={MN: "stack-1"}, pw=PW) as (drv, got):
+    async with driver(stations={MN: {"device": "stack-1", "pw": PW}}) as (drv, got):
         stop = asyncio.Event()
         assert drv.port is not None
-        client = asyncio.create_task(run_hj212_client("127.0.0.1", drv.port, MN, PW, 0.05, stop, minute_s=0.4))
+        client = asyncio.create_task(run_hj212_client("127.0.0.1", drv.port, MN, PW, 0.05, stop, minute_s=0.4,
+                                                      stack=CemsStack(clock=Paced())))
         readings: list[Reading] = []
         async with asyncio.timeout(10):
             while not any(r.point == "so2_avg_1m" for r in readings):
@@ -103,12 +106,13 @@ async def test_9014_only_when_asked_and_readings_from_split_reads() -> None:
 
 
 @pytest.mark.parametrize("settings, raw, qnrtn, reason", [
-    ({"pw": "654321"}, upload(), 3, "pw"),
-    ({"allowed_mn": ["OTHER"]}, upload(), 4, "mn"),
+    ({"stations": {MN: {"pw": "654321"}}}, upload(), 3, "pw"),
+    ({"stations": {"OTHER": {"pw": PW}}}, upload(), 4, "mn"),
     ({}, upload(version=2), 6, "flag"),
     ({}, upload(cn="2021"), 8, "cn"),
     ({}, upload().replace(b"12.5", b"12.6"), 9, "crc"),
-    ({}, frame(b"QN=20240315103000123;ST=31;CN=2011;PW=123456;MN=M1;Flag=5;CP=&&a21026-Rtd=1&&"), 100, "cp"),
+    ({"stations": {"M1": {"pw": PW}}},
+     frame(b"QN=20240315103000123;ST=31;CN=2011;PW=123456;MN=M1;Flag=5;CP=&&a21026-Rtd=1&&"), 100, "cp"),
 ])
 async def test_refused_packets_get_a_9011_naming_the_fault(settings: dict[str, object], raw: bytes, qnrtn: int,
                                                            reason: str) -> None:
@@ -152,7 +156,7 @@ async def test_bad_input_is_counted_and_the_server_keeps_serving() -> None:
 
 
 async def test_many_concurrent_units() -> None:
-    async with driver() as (drv, got):
+    async with driver(stations={f"MN{i:04d}": {"pw": PW} for i in range(60)}) as (drv, got):
         async def unit(i: int) -> list[Packet]:
             reader, writer = await asyncio.open_connection("127.0.0.1", drv.port)
             mn = f"MN{i:04d}"
@@ -191,10 +195,11 @@ async def test_server_survives_a_failing_sink_and_unit_reconnects_after_restart(
         if calls == 2:
             raise RuntimeError("bug in the sink")
 
-    cfg = ServerConfig(port=port)
+    cfg = ServerConfig(stations={MN: PW}, port=port)
     stop = asyncio.Event()
     stats = ClientStats()
-    client = asyncio.create_task(run_hj212_client("127.0.0.1", port, MN, PW, 0.05, stop, stats=stats))
+    client = asyncio.create_task(run_hj212_client("127.0.0.1", port, MN, PW, 0.05, stop, stats=stats,
+                                                  stack=CemsStack(clock=Paced())))
     async with Hj212Server(cfg, sink) as server:
         async with asyncio.timeout(5):
             while stats.replies.get("9014", 0) < 3:

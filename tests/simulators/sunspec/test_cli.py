@@ -12,6 +12,7 @@ from carbonlink.kernel.wire import Quality
 from carbonlink.simulators.sunspec_cli import app
 from tests.edge.drivers.sunspec.conftest import make_driver
 from tests.services import ROOT
+from tests.simulators.clocks import NOON_ISO
 
 from .test_simulator import consecutive_free_ports
 
@@ -28,7 +29,7 @@ async def test_fleet_from_the_command_line_with_faults_typed_at_run_time() -> No
     first = consecutive_free_ports(2)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from carbonlink.simulators.sunspec_cli import app; app()",
-        "--port", str(first), "--fleet", "2", "--base", "0", "--model", "111", "--json",
+        "--port", str(first), "--fleet", "2", "--base", "0", "--model", "111", "--json", "--start", NOON_ISO,
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None

@@ -96,7 +96,7 @@ async def test_a_fleet_serves_distinct_inverters_on_consecutive_ports() -> None:
 async def test_run_inverter_fleet_stops_cleanly() -> None:
     first = consecutive_free_ports(2)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_inverter_fleet(2, first, stop=stop, base=50000))
+    task = asyncio.create_task(run_inverter_fleet(2, first, stop=stop, base=50000, clock=Paced()))
     await asyncio.sleep(0.3)
     drv = make_driver(first + 1)
     session, got = await first_poll(drv)

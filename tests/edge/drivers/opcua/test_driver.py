@@ -12,7 +12,9 @@ import pytest_asyncio
 from carbonlink.edge.drivers.base import DriverError
 from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver
 from carbonlink.kernel.wire import Quality
+from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer
+from tests.simulators.clocks import Paced
 
 from .helpers import device, settle_tasks, take
 
@@ -22,7 +24,7 @@ POINTS = ["so2", "nox", "no", "no2", "o2", "co2", "dust", "flow", "temp", "press
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim() -> AsyncIterator[CemsOpcUaServer]:
-    async with CemsOpcUaServer(interval_s=0.1) as server:
+    async with CemsOpcUaServer(interval_s=0.1, stack=CemsStack(clock=Paced())) as server:
         yield server
 
 

@@ -14,7 +14,9 @@ from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.wire import Reading
+from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer
+from tests.simulators.clocks import Paced
 
 from .helpers import device, settle_tasks, until
 
@@ -66,7 +68,7 @@ class SilentLink:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim() -> AsyncIterator[CemsOpcUaServer]:
-    async with CemsOpcUaServer(interval_s=0.1) as server:
+    async with CemsOpcUaServer(interval_s=0.1, stack=CemsStack(clock=Paced())) as server:
         yield server
 
 

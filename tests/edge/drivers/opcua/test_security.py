@@ -13,7 +13,9 @@ import pytest_asyncio
 
 from carbonlink.edge.drivers.base import DriverError
 from carbonlink.edge.drivers.opcua import OpcUaDriver
+from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer, self_signed_certificate
+from tests.simulators.clocks import Paced
 
 from .helpers import device, settle_tasks, take
 
@@ -42,8 +44,8 @@ def certs() -> Iterator[Certs]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim(certs: Certs) -> AsyncIterator[CemsOpcUaServer]:
     # Plain channels need a username; a signed channel from a trusted certificate may be anonymous.
-    async with CemsOpcUaServer(interval_s=0.1, username=USER, password=PASSWORD, secure=True,
-                               trusted_client_certs=[certs.cert]) as server:
+    async with CemsOpcUaServer(interval_s=0.1, stack=CemsStack(clock=Paced()), username=USER, password=PASSWORD,
+                               secure=True, trusted_client_certs=[certs.cert]) as server:
         yield server
 
 

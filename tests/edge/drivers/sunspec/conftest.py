@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from carbonlink.edge.drivers.sunspec import SunSpecDevice, SunSpecDriver
 from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.inverter import SolarInverter
+from tests.simulators.clocks import Paced
 
 # 2024-06-21 04:00 UTC: solar noon for the simulator's UTC+8 site, so power is never zero.
 NOON = 1718942400.0
 
 
 def noon_inverter(seed: int = 1, **kwargs: Any) -> SolarInverter:
-    start = time.time()
-    return SolarInverter(seed=seed, clock=lambda: NOON + (time.time() - start), **kwargs)
+    """Noon of the same day on every run, moving on with elapsed time."""
+    return SolarInverter(seed=seed, clock=Paced(NOON), **kwargs)
 
 
 def make_driver(port: int, **kwargs: Any) -> SunSpecDriver:

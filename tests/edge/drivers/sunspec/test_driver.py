@@ -133,7 +133,7 @@ async def test_exception_replies_become_flagged_readings(port: int) -> None:
 
 
 async def test_wrong_register_map_is_a_clear_error(port: int) -> None:
-    async with SunSpecInverter(port=port, faults=InverterFaults(wrong_map=True)):
+    async with SunSpecInverter(port=port, inverter=noon_inverter(), faults=InverterFaults(wrong_map=True)):
         with pytest.raises(ChainError, match="no 'SunS' marker"):
             await first_poll(make_driver(port))
 

@@ -133,7 +133,7 @@ async def test_reads_and_decodes_over_a_serial_line() -> None:
 
 async def test_a_missing_serial_port_is_a_driver_error(tmp_path) -> None:
     session = rtu_driver(str(tmp_path / "ttyNOPE")).session()
-    with pytest.raises(DriverError, match="cannot open serial port"):
+    with pytest.raises(DriverError, match="cannot connect to serial port"):
         await anext(session)
 
 
