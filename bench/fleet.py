@@ -442,13 +442,13 @@ def emit(obj: dict[str, Any]) -> None:
 # --- the ingest node ------------------------------------------------------------------------------------
 
 
-async def ingest_main(db: str, mqtt: str, ident: str) -> None:
+async def ingest_main(db: str, mqtt: str, ident: str, group: str | None) -> None:
     from carbonlink.cloud.ingest import IngestService
     from carbonlink.cloud.store import open_store
 
     store = open_store(db)
     await store.open()
-    svc = IngestService(store, mqtt, client_id=ident)
+    svc = IngestService(store, mqtt, client_id=ident, shared_group=group)
     task = asyncio.create_task(svc.run())
     await asyncio.wait_for(svc.connected.wait(), 20)
     emit({"ready": True})
@@ -595,7 +595,8 @@ async def wait_until(cond: Callable[[], bool], limit_s: float, every: Callable[[
 
 
 async def register(db: str, n: int, seed: int) -> float:
-    """Every gateway in the registry with its public key, in one transaction."""
+    """Every gateway in the registry with its public key: the registry's own call for the first, then the
+    same row for the rest in one statement (10,000 single commits take a minute on a loaded machine)."""
     from carbonlink.cloud.store import open_store
     from carbonlink.edge.identity import public_key_hex
 
@@ -603,9 +604,13 @@ async def register(db: str, n: int, seed: int) -> float:
     await store.open()
     t0 = time.perf_counter()
     try:
-        for i in range(n):
-            gw = gateway_id(i)
-            await store.registry.register_gateway(gw, SITE, "ed25519", public_key_hex(gateway_key(seed, gw)))
+        await store.registry.register_gateway(gateway_id(0), SITE, "ed25519", public_key_hex(gateway_key(seed,
+                                                                                                       gateway_id(0))))
+        now = now_ms()
+        await store.db.executemany("INSERT INTO gateways(id, site, alg, key, registered_ms) VALUES (?,?,?,?,?)",
+                                   [(gateway_id(i), SITE, "ed25519", public_key_hex(gateway_key(seed, gateway_id(i))),
+                                     now) for i in range(1, n)])
+        assert await store.registry.get_gateway(gateway_id(n - 1)) is not None
     finally:
         await store.close()
     return time.perf_counter() - t0
@@ -632,10 +637,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     db = f"{args.db}?schema={schema}"
     result: dict[str, Any] = {"gateways": args.gateways, "interval_s": args.interval, "readings_per_batch":
                               args.readings, "procs": args.procs, "steady_s": args.duration,
-                              "outage_s": args.outage, "crash": args.crash}
+                              "outage_s": args.outage, "crash": args.crash, "workers": args.workers}
     result["register_s"] = round(await register(db, args.gateways, args.seed), 2)
     children: list[Child] = []
-    ingest: Child | None = None
+    workers: list[Child] = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as d:
         port = free_port()
         # A queue per client that holds the ingest's backlog after a restart (every gateway's outage batches).
@@ -647,12 +652,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         def sample() -> None:
             b = broker.sample()
             rss["broker"] = max(rss["broker"], b.get("vmrss", 0.0))
-            if ingest is not None and ingest.proc.returncode is None:
-                rss["ingest"] = max(rss["ingest"], proc_status(ingest.proc.pid).get("vmrss", 0.0))
+            for w in workers:
+                if w.proc.returncode is None:
+                    rss["ingest"] = max(rss["ingest"], proc_status(w.proc.pid).get("vmrss", 0.0))
+
+        def ingest_cpu() -> float:
+            return sum(proc_status(w.proc.pid).get("cpu_s", 0.0) for w in workers)
 
         try:
-            ingest = await spawn("ingest", "--role", "ingest", "--db", db, "--mqtt", mqtt,
-                                 "--id", f"fleet-ingest-{schema}", log=Path(d) / "ingest.log")
+            group = ["--group", "fleet"] if args.workers > 1 else []
+            for k in range(args.workers):
+                workers.append(await spawn(f"ingest-{k}", "--role", "ingest", "--db", db, "--mqtt", mqtt, *group,
+                                           "--id", f"fleet-ingest-{k}-{schema}", log=Path(d) / f"ingest-{k}.log"))
             per = -(-args.gateways // args.procs)
             t0 = time.time()
             spawns = [spawn(f"gateways-{k}", "--role", "gateways", "--first", str(k * per), "--count",
@@ -671,7 +682,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # steady state
             t_steady = time.time()
             cpu0 = {"broker": broker.sample().get("cpu_s", 0.0),
-                    "ingest": proc_status(ingest.proc.pid).get("cpu_s", 0.0)}
+                    "ingest": ingest_cpu()}
             acked0 = 0
             end = time.monotonic() + args.duration
             while time.monotonic() < end:
@@ -681,7 +692,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
             steady_wall = time.time() - t_steady
             cpu1 = {"broker": broker.sample().get("cpu_s", 0.0),
-                    "ingest": proc_status(ingest.proc.pid).get("cpu_s", 0.0)}
+                    "ingest": ingest_cpu()}
             result["steady_cpu_share"] = {k: round((cpu1[k] - cpu0[k]) / steady_wall, 3) for k in cpu0}
             result["steady_acked"] = acked0
             result["broker_rss_steady_mb"] = round(rss["broker"], 1)
@@ -712,10 +723,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await wait_until(lambda: all(c.final is not None for c in children), 90, sample)
             sample()
             result["broker_rss_peak_mb"] = round(max(rss["broker"], broker.peak_rss_mb), 1)
-            ingest.proc.send_signal(signal.SIGTERM)
-            await wait_until(lambda: ingest is not None and ingest.final is not None, 30)
+            for c in workers:
+                c.proc.send_signal(signal.SIGTERM)
+            await wait_until(lambda: all(c.final is not None for c in workers), 30)
         finally:
-            for c in [*children, *([ingest] if ingest else [])]:
+            for c in [*children, *workers]:
                 if c.proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         c.proc.kill()
@@ -731,7 +743,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             statuses[k] = statuses.get(k, 0) + v
     batches = sum(f.get("batches", 0) for f in finals)
     counts = await count_store(db)
-    ing = ingest.final if ingest is not None and ingest.final else {}
+    ings = [w.final or {} for w in workers]
     result.update(
         batches_sent=batches, readings_sent=batches * args.readings,
         readings_stored=counts["readings"], batches_stored=counts["batches"],
@@ -742,8 +754,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connects=sum(f.get("connects", 0) for f in finals),
         ack_steady_ms={p: round(pct(lat_s, p), 1) for p in (50, 95, 99)}, ack_steady_n=len(lat_s),
         ack_recovery_ms={p: round(pct(lat_r, p), 1) for p in (50, 95, 99)}, ack_recovery_n=len(lat_r),
-        ingest_rss_peak_mb=round(max(ing.get("peak_rss_mb", 0.0), rss["ingest"]), 1),
-        ingest_connects=ing.get("connects"),
+        ingest_rss_peak_mb=round(max([rss["ingest"], *(i.get("peak_rss_mb", 0.0) for i in ings)]), 1),
+        ingest_connects=[i.get("connects") for i in ings], ingest_batches=[i.get("batches") for i in ings],
         gateway_proc_peak_rss_mb=round(max((f.get("peak_rss_mb", 0.0) for f in finals), default=0.0), 1),
         gateway_proc_cpu_s=[round(f.get("cpu_s", 0.0), 1) for f in finals],
         readings_per_s=round(args.gateways * args.readings / args.interval),
@@ -779,8 +791,9 @@ def print_table(r: dict[str, Any]) -> None:
               " / ".join(f"{r['ack_recovery_ms'][p]:.0f}" for p in (50, 95, 99)) + f" ms ({r['ack_recovery_n']:,})")
     t.add_row("broker RSS connected / steady / peak",
               f"{r['broker_rss_connected_mb']} / {r['broker_rss_steady_mb']} / {r['broker_rss_peak_mb']} MB")
-    t.add_row("ingest RSS steady / peak", f"{r['ingest_rss_steady_mb']} / {r['ingest_rss_peak_mb']} MB")
-    t.add_row("CPU share in steady state: broker / ingest",
+    t.add_row(f"ingest RSS steady / peak (largest of {r['workers']} worker(s))",
+              f"{r['ingest_rss_steady_mb']} / {r['ingest_rss_peak_mb']} MB")
+    t.add_row("CPU share in steady state: broker / ingest (all workers)",
               f"{r['steady_cpu_share']['broker']:.2f} / {r['steady_cpu_share']['ingest']:.2f} of a core")
     t.add_row("gateway processes: peak RSS, CPU s", f"{r['gateway_proc_peak_rss_mb']} MB, {r['gateway_proc_cpu_s']}")
     t.add_row("batches sent / resent / connects / resubscribes",
@@ -800,6 +813,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--mqtt", help=argparse.SUPPRESS)
     ap.add_argument("--id", default="fleet-ingest", help=argparse.SUPPRESS)
+    ap.add_argument("--group", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="ingest worker processes on the node, on one shared subscription (one core each)")
     ap.add_argument("--db", default=DEFAULT_DB, help="PostgreSQL URL (a throwaway schema is made in it)")
     ap.add_argument("--gateways", type=int, default=10_000)
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between a gateway's batches")
@@ -824,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.ack_timeout))
         return 0
     if args.role == "ingest":
-        asyncio.run(ingest_main(args.db, args.mqtt, args.id))
+        asyncio.run(ingest_main(args.db, args.mqtt, args.id, args.group))
         return 0
     r = asyncio.run(run(args))
     if args.json:
