@@ -545,8 +545,10 @@ class IngestService:
         while True:
             try:
                 self.state = "connecting"
+                # Acks go out a group at a time (up to max_group): paho's default window of 20 unacknowledged
+                # publishes made a group's acks wait for several broker round trips (bench/fleet.py).
                 client = ManualAckClient(self.url.host, self.url.port, identifier=self.client_id,
-                                         clean_session=False, keepalive=30)
+                                         clean_session=False, keepalive=30, max_inflight_messages=4 * self.max_group)
                 async with client:
                     async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
                         await client.publish(topic, payload, qos=1)
