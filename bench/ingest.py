@@ -10,6 +10,7 @@ One run measures, on the same pre-generated signed messages:
       are counted in the database afterwards (lost = published - stored, must be 0);
   (d) publish-to-ack latency at a steady rate (the ack goes out after the commit, so this bounds
       publish-to-commit from above);
+  (g) the ingest's parse-and-verify step alone on the same messages, in CPU seconds of one core;
   (e) the RSS of each worker: its largest during (d), and its peak over the whole run.
 ``--latency-only`` runs (d) and (e) alone (the issue's goals: p99 <= 200 ms at 20,000 readings/s, a worker
 <= 150 MB), so the full-speed phases do not leave their high-water mark in the worker's memory.
@@ -211,6 +212,19 @@ async def raw_copy_rate(db: str, msgs: list[Message], chunk: int = 10_000, *, in
         await con.close()
 
 
+async def parse_verify_rate(store: Any, msgs: list[Message], group: int = 200) -> float:
+    """Readings/s through the ingest's judge step alone (parse, checks, signature), on one core, no commit."""
+    from carbonlink.cloud.ingest import IngestProcessor
+
+    proc = IngestProcessor(store, key_cache_s=3600)
+    work = [(m.topic, m.payload) for m in msgs]
+    await proc.judge(work[:group])  # gateway keys into the cache
+    t0 = time.process_time()
+    for i in range(0, len(work), group):
+        await proc.judge(work[i:i + group])
+    return sum(len(m.rows) for m in msgs) / (time.process_time() - t0)
+
+
 class AckListener:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -332,6 +346,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 out, _ = await asyncio.to_thread(sink.communicate, timeout=300)
                 sink_stats = json.loads(out.strip().splitlines()[-1])
                 result["broker_rate"] = n_e2e / (sink_stats["last"] - t0)
+                # (g) parse and verify alone, in this process (one core): the ingest's CPU stage
+                result["parse_verify_rate"] = await parse_verify_rate(store, e2e_msgs)
                 # (c) raw COPY of the same rows
                 result["copy_rate"] = await raw_copy_rate(db, e2e_msgs)
                 result["copy_noindex_rate"] = await raw_copy_rate(db, e2e_msgs, index=False)
@@ -437,6 +453,7 @@ def print_table(r: dict[str, Any]) -> None:
     if not r.get("latency_only"):
         t.add_row("(a) committed end to end", f"{r['e2e_rate']:,.0f} readings/s")
         t.add_row("(b) raw broker delivery", f"{r['broker_rate']:,.0f} readings/s")
+        t.add_row("(g) parse + verify alone, CPU time of one core", f"{r['parse_verify_rate']:,.0f} readings/s")
         t.add_row("(c) raw COPY into PostgreSQL, readings' key", f"{r['copy_rate']:,.0f} readings/s")
         t.add_row("(c') raw COPY into a table with no index", f"{r['copy_noindex_rate']:,.0f} readings/s")
         if r.get("nodered_rate"):
