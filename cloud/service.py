@@ -12,10 +12,12 @@ from typing import Any
 
 import uvicorn
 
+from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.kernel.wire import now_ms
 
 from .api import create_app
 from .auth import first_admin_hint
+from .carbon import warnings as carbon_warnings
 from .commands import ControlLink
 from .ingest import IngestService
 from .metrics import Metrics, instrument
@@ -27,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class CloudService:
-    def __init__(self, store_url: str, mqtt_url: str, *, http_host: str = "127.0.0.1", http_port: int = 8080,
-                 client_id: str = "carbonlink-ingest", shared_group: str | None = None,
+    def __init__(self, store_url: str, mqtt_url: str | MqttUrl, *, http_host: str = "127.0.0.1",
+                 http_port: int = 8080, client_id: str = "carbonlink-ingest", shared_group: str | None = None,
                  settings: CloudSettings | None = None, refresh_every_s: float = 30.0,
                  sites: list[str] | None = None) -> None:
         self.settings = settings or CloudSettings()
@@ -36,11 +38,13 @@ class CloudService:
         # Ingest and API share one store; /metrics sees its statement latency, commits, lag and dead letters.
         self.store: Store = open_store(store_url)
         instrument(self.store, self.metrics)
-        self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group,
+        # The broker URL with CARBONLINK_MQTT_* credentials and TLS files, checked once here (kernel/mqtturl.py).
+        self.mqtt = mqtt_url if isinstance(mqtt_url, MqttUrl) else MqttUrl.from_env(mqtt_url)
+        self.ingest = IngestService(self.store, self.mqtt, client_id=client_id, shared_group=shared_group,
                                     sites=sites)
         self.metrics.attach(self.ingest.processor)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
-        self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
+        self.control = ControlLink(self.store, self.mqtt, client_id=f"{client_id}-control")
         # Rules: gateways' alert events into the alerts table, the cloud's own evaluation of what ingest
         # committed, alert changes published on the control link (cloud/rules_service.py).
         self.rules = RulesService(self.store, self.settings, publish=self.control.publish)
@@ -62,10 +66,18 @@ class CloudService:
 
     def stats(self) -> dict[str, Any]:
         return {"ingest": {"state": self.ingest.state, "store_error": self.ingest.store_error,
-                           **asdict(self.ingest.counters)}}
+                           **asdict(self.ingest.counters)},
+                "rules": asdict(self.rules.counters)}
 
     async def start(self) -> None:
         await self.store.open()
+        # Node secrets are sealed at rest; without their key the service does not start (cloud/secretbox.py).
+        try:
+            await self.store.registry.use_secrets(self.settings.secret_box(),
+                                                  plain_allowed=self.settings.environment == "development")
+        except BaseException:
+            await self.store.close()
+            raise
         if not await self.store.access.has_credentials():  # the API needs an admin to make users: say how, once
             log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.
@@ -100,6 +112,8 @@ class CloudService:
                 done = await self.store.data.refresh_hours(now_ms())
                 while len(done) >= 500:  # a backlog (a day of backfill): keep going, one round at a time
                     done = await self.store.data.refresh_hours(now_ms())
+                # Allowance warnings as the refreshed accounts now forecast them (each level once a year).
+                await carbon_warnings.check(self.store.db, now_ms(), self.control.publish)
                 if failing:
                     log.info("rollup refresh works again")
                 failing = False
@@ -121,7 +135,7 @@ class CloudService:
 
 
 @contextlib.asynccontextmanager
-async def running_cloud(store_url: str, mqtt_url: str, **kw: Any) -> AsyncIterator[CloudService]:
+async def running_cloud(store_url: str, mqtt_url: str | MqttUrl, **kw: Any) -> AsyncIterator[CloudService]:
     svc = CloudService(store_url, mqtt_url, **kw)
     await svc.start()
     try:
