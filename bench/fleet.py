@@ -17,15 +17,16 @@ What runs, each in its own process:
     (the outbox rule), reconnecting with ``kernel.backoff.Backoff`` (0.5 s doubling to 30 s, jittered)
     as the edge uplink does.
 
-Why a minimal MQTT client: aiomqtt (over paho) costs a thread-free but heavy client object, a task and
-a queue per connection; measured here, 2,500 of them take ~1 s of CPU each time they all connect and
-several hundred MB per process. ``MiniMqtt`` below is an ``asyncio.Protocol`` with the few MQTT 3.1.1
+Why a minimal MQTT client: an aiomqtt client (over paho) is a paho object, a task and a message queue per
+connection, with its own reconnect logic; 2,500 of them per process was not tried (not measured here).
+``MiniMqtt`` below is an ``asyncio.Protocol`` with the few MQTT 3.1.1
 packets a gateway uses (CONNECT with will, CONNACK, SUBSCRIBE/SUBACK, PUBLISH QoS 0/1 both ways,
 PUBACK, PINGREQ/PINGRESP; OASIS MQTT 3.1.1, sections 3.1-3.14). It is a load generator, not a client
 to deploy: it does not track the broker's PUBACKs, because a gateway's unit of delivery is the
 cloud's ack, after commit.
 
-The run: all gateways connect; ``--duration`` s of steady batches; the broker is stopped (SIGTERM, or
+The run: all gateways connect; one and a half ``--interval`` of warm-up (every gateway's first batch creates its
+series; those latencies are not counted); ``--duration`` s of steady batches; the broker is stopped (SIGTERM, or
 SIGKILL with ``--crash``), stays down ``--outage`` s and starts again on the same port and data; every
 gateway reconnects with jitter and resends what the cloud has not acknowledged; ``--after`` s more of
 steady batches; production stops and the last acks are awaited. It prints the time to reconnect every
@@ -843,7 +844,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the broker's max_inflight_messages: what a worker can hold uncommitted; with small batches"
                          " a worker's rate is this window divided by its commit-and-ack cycle")
     ap.add_argument("--ack-timeout", type=float, default=30.0, help="a gateway resends a batch unacked this long")
-    ap.add_argument("--recovery-limit", type=float, default=180.0, help="seconds allowed for full recovery")
+    ap.add_argument("--recovery-limit", type=float, default=120.0, help="seconds allowed for full recovery")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep the bench schema")
     ap.add_argument("--json", action="store_true")
