@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.events import Event, parse_event, verify_event
+from carbonlink.kernel.ids import ID_RE
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.wire import (
     MAX_BATCH_BYTES,
@@ -184,6 +185,9 @@ class IngestProcessor:
             if self.store.db.is_unavailable(exc):
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             raise
+        return self._remember(gateway_id, rec)
+
+    def _remember(self, gateway_id: str, rec: GatewayRecord | None) -> tuple[GatewayRecord | None, list[VerifyKey]]:
         keys: list[VerifyKey] = []
         if rec is not None:
             for text in (rec.key, *rec.previous_keys):
@@ -191,6 +195,35 @@ class IngestProcessor:
                             else bytes.fromhex(text))
         self._keys[gateway_id] = (time.monotonic(), rec, keys)
         return rec, keys
+
+    async def _prefetch(self, messages: list[tuple[str, bytes]]) -> None:
+        """Look up every gateway of a group whose cached record is stale in one query.
+
+        With thousands of gateways each sending every few seconds, nearly every batch finds its
+        gateway's entry expired: one lookup per message was a round trip each, and capped what one
+        worker carries (bench/fleet.py, docs/scaling.md). A failure here only leaves the per-message
+        path to do the lookups (and to report the store being down).
+        """
+        now = time.monotonic()
+        stale: set[str] = set()
+        for topic, _ in messages:
+            parts = topics.split(topic)
+            if parts is None or not ID_RE.fullmatch(parts[1]):
+                continue
+            hit = self._keys.get(parts[1])
+            if hit is None or now - hit[0] >= self.key_cache_s:
+                stale.add(parts[1])
+        if len(stale) < 2:
+            return
+        try:
+            found = await self.store.registry.get_gateways(sorted(stale))
+        except Exception as exc:
+            if not self.store.db.is_unavailable(exc):
+                log.warning("gateway lookup for a group failed (%s: %s); looking up one by one",
+                            type(exc).__name__, exc)
+            return
+        for gw in stale:
+            self._remember(gw, found.get(gw))
 
     def forget_key(self, gateway_id: str) -> None:
         self._keys.pop(gateway_id, None)
@@ -212,6 +245,8 @@ class IngestProcessor:
         outcomes = [Outcome.REJECTED] * len(messages)
         batches: list[_Item] = []
         events: list[_Item] = []
+        if len(messages) > 1:
+            await self._prefetch(messages)
         for i, (topic, raw) in enumerate(messages):
             self.counters.messages += 1
             item = _Item(i, topic, raw, self.clock(), topics.split(topic))
@@ -462,15 +497,25 @@ class IngestProcessor:
         await self.publish(ack_topic, json.dumps(body, separators=(",", ":")).encode())
 
     async def handle_status(self, topic: str, raw: bytes) -> None:
-        parts = topics.split(topic)
-        status = raw.decode("utf-8", "replace").strip()
-        if parts and status in ("online", "offline"):
-            try:
-                await self.store.registry.set_gateway_status(parts[1], status, self.clock())
-            except Exception as exc:
-                if self.store.db.is_unavailable(exc):
-                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-                log.warning("status of %s not recorded: %s", parts[1], exc)
+        await self.handle_statuses([(topic, raw)])
+
+    async def handle_statuses(self, messages: list[tuple[str, bytes]]) -> None:
+        """Presence (``online``/``offline``) of a group's gateways, in one round trip, in arrival order."""
+        now = self.clock()
+        updates: list[tuple[str, str, int]] = []
+        for topic, raw in messages:
+            parts = topics.split(topic)
+            status = raw.decode("utf-8", "replace").strip()
+            if parts and status in ("online", "offline"):
+                updates.append((parts[1], status, now))
+        if not updates:
+            return
+        try:
+            await self.store.registry.set_gateway_statuses(updates)
+        except Exception as exc:
+            if self.store.db.is_unavailable(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            log.warning("status of %d gateway(s) not recorded: %s", len(updates), exc)
 
 
 class IngestService:
@@ -500,8 +545,10 @@ class IngestService:
         while True:
             try:
                 self.state = "connecting"
+                # Acks go out a group at a time (up to max_group): paho's default window of 20 unacknowledged
+                # publishes made a group's acks wait for several broker round trips (bench/fleet.py).
                 client = ManualAckClient(**self.url.client_kwargs(), identifier=self.client_id,
-                                         clean_session=False, keepalive=30)
+                                         clean_session=False, keepalive=30, max_inflight_messages=4 * self.max_group)
                 async with client:
                     async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
                         await client.publish(topic, payload, qos=1)
@@ -543,13 +590,13 @@ class IngestService:
                 while len(messages) and len(group) < self.max_group:
                     group.append(await anext(messages))
                 work: list[tuple[str, bytes]] = []
+                statuses: list[tuple[str, bytes]] = []
                 for m in group:
                     raw = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
                     t = str(m.topic)
-                    if t.endswith("/" + topics.STATUS):
-                        await self._until_stored(self.processor.handle_status, t, raw)
-                    else:
-                        work.append((t, raw))
+                    (statuses if t.endswith("/" + topics.STATUS) else work).append((t, raw))
+                if statuses:  # a fleet reconnecting sends thousands: one write per group, not one each
+                    await self._until_stored(self.processor.handle_statuses, statuses)
                 judged = await self._until_stored(self.processor.judge, work) if work else None
                 if committing is not None:
                     await committing

@@ -8,6 +8,7 @@ any plain or old-key secret when the cloud starts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from carbonlink.kernel.wire import now_ms
@@ -127,8 +128,44 @@ class Registry:
         older = tuple(dict.fromkeys(k for k in (self._open(gateway_id, r["key"]) for r in previous) if k != key))
         return GatewayRecord(row["id"], row["site"], row["alg"], key, bool(row["revoked"]), older, row["tenant"])
 
+    async def get_gateways(self, gateway_ids: Sequence[str]) -> dict[str, GatewayRecord]:
+        """Several gateways' records in two queries, by id; unknown ids are absent.
+
+        The ingest looks up a whole group's gateways at once: one round trip per gateway is what
+        limits a worker carrying thousands of gateways (docs/scaling.md).
+        """
+        ids = list(dict.fromkeys(gateway_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self.db.fetch(f"SELECT id, site, alg, key, revoked, tenant FROM gateways WHERE id IN ({marks})",
+                                   *ids)
+        previous: dict[str, list[str]] = {}
+        if rows:
+            for r in await self.db.fetch(f"SELECT gateway, key FROM gateway_keys WHERE gateway IN ({marks})"
+                                         " AND retired_ms > ?", *ids, now_ms() - KEY_GRACE_MS):
+                previous.setdefault(r["gateway"], []).append(r["key"])
+        out: dict[str, GatewayRecord] = {}
+        for r in rows:  # as get_gateway: keys opened (they may be sealed at rest), older ones without the current
+            gw = r["id"]
+            key = self._open(gw, r["key"])
+            older = tuple(dict.fromkeys(k for k in (self._open(gw, stored) for stored in previous.get(gw, ())
+                                                    if stored != r["key"]) if k != key))
+            out[gw] = GatewayRecord(gw, r["site"], r["alg"], key, bool(r["revoked"]), older, r["tenant"])
+        return out
+
     async def set_gateway_status(self, gateway_id: str, status: str, ts_ms: int) -> None:
         await self.db.execute("UPDATE gateways SET status = ?, status_ms = ? WHERE id = ?", status, ts_ms, gateway_id)
+
+    async def set_gateway_statuses(self, updates: Sequence[tuple[str, str, int]]) -> None:
+        """(gateway, status, ts_ms) updates in one round trip, applied in order (the last for a gateway wins).
+
+        Thousands of gateways coming back after a broker restart each publish ``online``: one commit each
+        would hold the ingest for tens of seconds.
+        """
+        if updates:
+            await self.db.executemany("UPDATE gateways SET status = ?, status_ms = ? WHERE id = ?",
+                                      [(status, ts, gw) for gw, status, ts in updates])
 
     async def set_revoked(self, gateway_id: str, revoked: bool) -> bool:
         return await self.db.execute("UPDATE gateways SET revoked = ? WHERE id = ?", revoked, gateway_id) > 0
