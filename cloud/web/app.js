@@ -12,6 +12,8 @@ function can(perm) { return !!state.me && state.me.permissions.includes(perm); }
 function shell() {
   document.getElementById("logout").textContent = t("auth.logout");
   document.getElementById("lang").value = currentLang();
+  const dot = document.getElementById("live-dot");
+  dot.title = t(dot.classList.contains("on") ? "live.on" : "live.off");
   document.getElementById("who").textContent = state.me ? `${state.me.subject} · ${t("role." + state.me.role)} · ${state.me.tenant}` : "";
   const nav = document.getElementById("nav");
   const groups = {};
@@ -72,12 +74,16 @@ async function render() {
     view.innerHTML = message("error", t("auth.forbidden", {role: t("role." + state.me.role)}));
     return;
   }
+  // Each render gets its own element: a page's late callbacks after navigating away touch a detached
+  // element, never the next page.
   view.innerHTML = "";
-  const ctx = {view, args, me: state.me, can, api, onLive, rerender: render};
+  const own = document.createElement("div");
+  view.appendChild(own);
+  const ctx = {view: own, args, me: state.me, can, api, onLive, rerender: render};
   try {
     state.cleanup = (await page.render(ctx)) || null;
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) view.insertAdjacentHTML("beforeend", message("error", String(e.detail || e)));
+    if (!(e instanceof ApiError && e.status === 401)) own.insertAdjacentHTML("beforeend", message("error", String(e.detail || e)));
   }
   view.dataset.ready = "1";
   if (!window.__firstPaint) { window.__firstPaint = performance.now(); performance.mark("console-ready"); }

@@ -120,8 +120,8 @@ export async function rules(ctx) {
     try {
       const r = await api("/api/rules", {method: "POST", body: {...body(), base_version: base}});
       base = r.rule.version;
-      view.querySelector("#r-msg").innerHTML = message("info", t("rules.saved", {v: r.rule.version}));
       await load();
+      view.querySelector("#r-msg").innerHTML = message("info", t("rules.saved", {v: r.rule.version}));
     } catch (e) {
       if (e instanceof ApiError && e.status === 422 && e.body && e.body.errors) showErrors(e.body.errors);
       else if (e instanceof ApiError && e.status === 409) view.querySelector("#r-msg").innerHTML = message("error", t("rules.conflict"));

@@ -75,7 +75,7 @@ export async function pollutants(ctx) {
     const over = lim && r.value > Number(lim.value);
     card.innerHTML = `<h2>${esc(t("pollutant." + r.point))} · ${data(r.device)}</h2>
       <div class="kpi"><div class="v ${over ? "bad" : "ok"}" data-testid="conc-${esc(r.device)}-${esc(r.point)}">${esc(num(r.value))} ${data(unit(r.unit))}</div>
-      <div class="l">${lim ? esc(t("poll.limit", {limit: num(lim.value), unit: unit(lim.unit), source: lim.source})) : esc(t("poll.no_limit"))}</div></div>`;
+      <div class="l">${lim ? `${esc(t("poll.limit", {limit: num(lim.value), unit: unit(lim.unit)}))} · ${data(lim.source)}` : esc(t("poll.no_limit"))}</div></div>`;
     boxes.appendChild(card);
     try {
       const h = await api("/api/rollups", {query: {device: r.device, gateway: r.gateway, point: r.point, start, end, granularity: "hour"}});
