@@ -11,7 +11,7 @@ import yaml
 from tests.services import ROOT, require
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
-SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN")
+SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN", "GRAFANA_DB_PASSWORD")
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
