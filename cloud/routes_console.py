@@ -169,20 +169,17 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
         return {"items": rows, "count": len(rows), "states": {c["state"]: {"windows": c["n"], "readings": c["readings"]}
                                                               for c in counts}}
 
-    @r.get("/api/carbon/dashboard", tags=["carbon"],
-           summary="Emissions per site and period with coverage, totals per period, and the limits")
+    @r.get("/api/carbon/dashboard", tags=["carbon"], response_class=Response,
+           summary="Emissions per site and period with coverage, and the organisation's totals per period")
     async def carbon_dashboard(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
                                granularity: Literal["day", "month", "year"] = "month",
                                tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
-                               ) -> dict[str, Any]:
-        from .carbon import sqlstore
-
-        tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
-        start = int(dt.datetime(year, 1, 1, tzinfo=tz).timestamp() * 1000)
-        end = int(dt.datetime(year + 1, 1, 1, tzinfo=tz).timestamp() * 1000)
-        rows = await sqlstore.periods(db, p.tenant, granularity, start, end, tz_offset_min=tz_offset_min)
-        return {"tenant": p.tenant, "year": year, "granularity": granularity, "items": rows,
-                "totals": _totals(rows)}
+                               ) -> Response:
+        """The same figures as ``/api/carbon/accounts`` (grams summed exactly, then shown as tonnes and
+        kilograms), for a whole year of every site at once: one aggregate per stack and local day in SQL,
+        the rest in integers, the body serialised once."""
+        body = await dashboard_figures(db, p.tenant, year, granularity, tz_offset_min)
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     @r.get("/api/carbon/balance", tags=["carbon"],
            summary="The year so far, the year-end forecast and the allowance; allowance null when none is set")
@@ -220,19 +217,66 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
     return r
 
 
-def _totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The organisation's figure per period: exact decimal sums of the sites', coverage summed."""
+_FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings")
+
+
+def _decimal_text(units: int, scale: int) -> str:
+    """``units / 10**scale`` written exactly, like ``str(Decimal(units) / 10**scale)`` for these values."""
     from decimal import Decimal
 
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        t = out.setdefault(row["period"], {"period": row["period"], "scope1_t": Decimal(0), "sites": 0,
-                                           "coverage": {"valid": 0, "substituted": 0, "missing": 0}})
-        t["scope1_t"] += Decimal(row["scope1_t"])
-        t["sites"] += 1
-        for k in ("valid", "substituted", "missing"):
-            t["coverage"][k] += row["coverage"][k]
-    return [{**t, "scope1_t": str(t["scope1_t"])} for _, t in sorted(out.items())]
+    return str(Decimal(units).scaleb(-scale).normalize()) if units % 10**scale else str(units // 10**scale)
+
+
+async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int) -> dict[str, Any]:
+    from .carbon.sqlstore import DAY_MS
+
+    tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
+    start = int(dt.datetime(year, 1, 1, tzinfo=tz).timestamp() * 1000)
+    end = int(dt.datetime(year + 1, 1, 1, tzinfo=tz).timestamp() * 1000)
+    bucket = f"(h.hour_ms + {int(tz_offset_min) * 60_000}) / {DAY_MS}"  # integers: the same text in both dialects
+    # Per stack and local day first (hash aggregate on the stack-hour key), then per site in Python.
+    rows = await db.fetch(
+        "SELECT c.site, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing, d.readings"
+        f" FROM (SELECT h.src, {bucket} AS day, sum(h.co2_g) AS co2_g, sum(h.so2_g) AS so2_g,"
+        " sum(h.nox_g) AS nox_g, sum(h.dust_g) AS dust_g,"
+        " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
+        " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
+        " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
+        " sum(h.readings) AS readings FROM carbon_hours h"
+        " WHERE h.src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND h.hour_ms >= ? AND h.hour_ms < ?"
+        f" GROUP BY h.src, {bucket}) d JOIN carbon_sources c ON c.src = d.src", tenant, start, end)
+    epoch = dt.date(1970, 1, 1)
+    labels: dict[int, str] = {}
+    per_site: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        day = int(r["day"])
+        label = labels.get(day)
+        if label is None:
+            d = epoch + dt.timedelta(days=day)
+            label = labels[day] = (d.isoformat() if granularity == "day" else
+                                   f"{d.year}-{d.month:02d}" if granularity == "month" else str(d.year))
+        acc = per_site.get((r["site"], label))
+        if acc is None:
+            acc = per_site[(r["site"], label)] = [0] * len(_FIGURES)
+        for i, k in enumerate(_FIGURES):
+            acc[i] += int(r[k] or 0)
+    items, totals = [], {}
+    for (site, label), a in sorted(per_site.items()):
+        co2, so2, nox, dust, valid, subst, missing, readings = a
+        items.append({"site": site, "period": label, "scope1_t": _decimal_text(co2, 6),
+                      "pollutants_kg": {"so2": _decimal_text(so2, 3), "nox": _decimal_text(nox, 3),
+                                        "dust": _decimal_text(dust, 3)},
+                      "coverage": {"valid": valid, "substituted": subst, "missing": missing}, "readings": readings})
+        t = totals.setdefault(label, [0, 0, 0, 0, 0])
+        t[0] += co2
+        t[1] += 1
+        t[2] += valid
+        t[3] += subst
+        t[4] += missing
+    return {"tenant": tenant, "year": year, "granularity": granularity, "items": items,
+            "totals": [{"period": label, "scope1_t": _decimal_text(t[0], 6), "sites": t[1],
+                        "coverage": {"valid": t[2], "substituted": t[3], "missing": t[4]}}
+                       for label, t in sorted(totals.items())]}
 
 
 def mount_console(app: FastAPI) -> None:
