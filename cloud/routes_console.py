@@ -221,10 +221,14 @@ _FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missin
 
 
 def _decimal_text(units: int, scale: int) -> str:
-    """``units / 10**scale`` written exactly, like ``str(Decimal(units) / 10**scale)`` for these values."""
-    from decimal import Decimal
+    """``units / 10**scale`` written exactly as ``str(Decimal(units) / 10**scale)`` writes it (GB/T 8170
+    rounding happened per hour already: this only places the decimal point)."""
+    if units < 0:
+        from decimal import Decimal
 
-    return str(Decimal(units).scaleb(-scale).normalize()) if units % 10**scale else str(units // 10**scale)
+        return str(Decimal(units) / 10**scale)
+    q, r = divmod(units, 10**scale)
+    return f"{q}.{r:0{scale}d}".rstrip("0") if r else str(q)
 
 
 async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int) -> dict[str, Any]:
@@ -237,12 +241,13 @@ async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, t
     # Per stack and local day first (hash aggregate on the stack-hour key), then per site in Python.
     rows = await db.fetch(
         "SELECT c.site, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing, d.readings"
-        f" FROM (SELECT h.src, {bucket} AS day, sum(h.co2_g) AS co2_g, sum(h.so2_g) AS so2_g,"
-        " sum(h.nox_g) AS nox_g, sum(h.dust_g) AS dust_g,"
+        f" FROM (SELECT h.src, {bucket} AS day, CAST(sum(h.co2_g) AS BIGINT) AS co2_g,"
+        " CAST(sum(h.so2_g) AS BIGINT) AS so2_g,"
+        " CAST(sum(h.nox_g) AS BIGINT) AS nox_g, CAST(sum(h.dust_g) AS BIGINT) AS dust_g,"
         " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
         " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
         " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
-        " sum(h.readings) AS readings FROM carbon_hours h"
+        " CAST(sum(h.readings) AS BIGINT) AS readings FROM carbon_hours h"
         " WHERE h.src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND h.hour_ms >= ? AND h.hour_ms < ?"
         f" GROUP BY h.src, {bucket}) d JOIN carbon_sources c ON c.src = d.src", tenant, start, end)
     epoch = dt.date(1970, 1, 1)
@@ -259,8 +264,9 @@ async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, t
         if acc is None:
             acc = per_site[(r["site"], label)] = [0] * len(_FIGURES)
         for i, k in enumerate(_FIGURES):
-            acc[i] += int(r[k] or 0)
-    items, totals = [], {}
+            acc[i] += r[k] or 0
+    items: list[dict[str, Any]] = []
+    totals: dict[str, list[int]] = {}
     for (site, label), a in sorted(per_site.items()):
         co2, so2, nox, dust, valid, subst, missing, readings = a
         items.append({"site": site, "period": label, "scope1_t": _decimal_text(co2, 6),
