@@ -108,7 +108,7 @@ export async function proofDownload(gateway, device, point, ts, box) {
 export async function gateway(ctx) {
   const {view, args, can} = ctx;
   const gw = args[0];
-  view.innerHTML = `<h1>${esc(t("gateway.title"))} ${data(gw)}</h1>
+  view.innerHTML = `<h1>${esc(t("gateway.title"))} ${data(gw)} <small id="gw-presence"></small></h1>
     <div class="grid2"><div class="card"><h2>${esc(t("shadow.title"))}</h2><div id="shadow"></div></div>
     <div class="card"><h2>${esc(t("shadow.edit"))}</h2><div id="editor"></div></div></div>
     <div class="card"><h2>${esc(t("commands.title"))}</h2><div id="cmd-form"></div><div id="cmd-msg"></div><div id="cmds"></div></div>`;
@@ -201,8 +201,11 @@ export async function gateway(ctx) {
     };
   }
   await loadCommands();
-  const off = ctx.onLive("presence", () => {});
-  return off;
+  return ctx.onLive("presence", (rows) => {
+    const g = rows.find((x) => x.id === gw);
+    const el = view.querySelector("#gw-presence");
+    if (g && el) el.innerHTML = `${presence(g)} <span class="muted">${esc(t("fleet.last_seen", {when: ago(g.last_seen_ms)}))}</span>`;
+  });
 }
 
 // --- dead letters ---------------------------------------------------------------------------------
