@@ -176,12 +176,14 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
            summary="Emissions per site and period with coverage, and the organisation's totals per period")
     async def carbon_dashboard(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
                                granularity: Literal["day", "month", "year"] = "month",
+                               by: Annotated[Literal["site", "stack"], Query(description="one row per site or per"
+                                                                                         " stack (source)")] = "site",
                                tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
                                ) -> Response:
         """The same figures as ``/api/carbon/accounts`` (grams summed exactly, then shown as tonnes and
         kilograms), for a whole year of every site at once: one aggregate per stack and local day in SQL,
         the rest in integers, the body serialised once."""
-        body = await dashboard_figures(db, p.tenant, year, granularity, tz_offset_min)
+        body = await dashboard_figures(db, p.tenant, year, granularity, tz_offset_min, by=by)
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     @r.get("/api/carbon/balance", tags=["carbon"],
@@ -234,7 +236,9 @@ def _decimal_text(units: int, scale: int) -> str:
     return f"{q}.{r:0{scale}d}".rstrip("0") if r else str(q)
 
 
-async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int) -> dict[str, Any]:
+async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int, *,
+                            by: str = "site") -> dict[str, Any]:
+    """Rows per site (or per stack, with its site) and period; totals per period for the organisation."""
     from .carbon.sqlstore import DAY_MS
 
     tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
@@ -243,7 +247,8 @@ async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, t
     bucket = f"(h.hour_ms + {int(tz_offset_min) * 60_000}) / {DAY_MS}"  # integers: the same text in both dialects
     # Per stack and local day first (hash aggregate on the stack-hour key), then per site in Python.
     rows = await db.fetch(
-        "SELECT c.site, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing, d.readings"
+        "SELECT c.site, c.source_id, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing,"
+        " d.readings"
         f" FROM (SELECT h.src, {bucket} AS day, CAST(sum(h.co2_g) AS BIGINT) AS co2_g,"
         " CAST(sum(h.so2_g) AS BIGINT) AS so2_g,"
         " CAST(sum(h.nox_g) AS BIGINT) AS nox_g, CAST(sum(h.dust_g) AS BIGINT) AS dust_g,"
@@ -255,7 +260,7 @@ async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, t
         f" GROUP BY h.src, {bucket}) d JOIN carbon_sources c ON c.src = d.src", tenant, start, end)
     epoch = dt.date(1970, 1, 1)
     labels: dict[int, str] = {}
-    per_site: dict[tuple[str, str], list[int]] = {}
+    per_site: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:
         day = int(r["day"])
         label = labels.get(day)
@@ -263,26 +268,28 @@ async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, t
             d = epoch + dt.timedelta(days=day)
             label = labels[day] = (d.isoformat() if granularity == "day" else
                                    f"{d.year}-{d.month:02d}" if granularity == "month" else str(d.year))
-        acc = per_site.get((r["site"], label))
+        key = (r["site"], r["source_id"] if by == "stack" else "", label)
+        acc = per_site.get(key)
         if acc is None:
-            acc = per_site[(r["site"], label)] = [0] * len(_FIGURES)
+            acc = per_site[key] = [0] * len(_FIGURES)
         for i, k in enumerate(_FIGURES):
             acc[i] += r[k] or 0
     items: list[dict[str, Any]] = []
     totals: dict[str, list[int]] = {}
-    for (site, label), a in sorted(per_site.items()):
+    for (site, stack, label), a in sorted(per_site.items()):
         co2, so2, nox, dust, valid, subst, missing, readings = a
-        items.append({"site": site, "period": label, "scope1_t": _decimal_text(co2, 6),
+        items.append({"site": site, **({"stack": stack} if by == "stack" else {}), "period": label,
+                      "scope1_t": _decimal_text(co2, 6),
                       "pollutants_kg": {"so2": _decimal_text(so2, 3), "nox": _decimal_text(nox, 3),
                                         "dust": _decimal_text(dust, 3)},
                       "coverage": {"valid": valid, "substituted": subst, "missing": missing}, "readings": readings})
         t = totals.setdefault(label, [0, 0, 0, 0, 0])
         t[0] += co2
-        t[1] += 1
+        t[1] += 1  # rows: sites, or stacks
         t[2] += valid
         t[3] += subst
         t[4] += missing
-    return {"tenant": tenant, "year": year, "granularity": granularity, "items": items,
+    return {"tenant": tenant, "year": year, "granularity": granularity, "by": by, "items": items,
             "totals": [{"period": label, "scope1_t": _decimal_text(t[0], 6), "sites": t[1],
                         "coverage": {"valid": t[2], "substituted": t[3], "missing": t[4]}}
                        for label, t in sorted(totals.items())]}

@@ -9,8 +9,8 @@ const thisYear = () => new Date().getFullYear();
 const POLLUTANT_POINTS = {so2: "so2", nox: "nox", dust: "dust"};
 
 function toCsv(rows) {
-  const head = ["site", "period", "scope1_t", "so2_kg", "nox_kg", "dust_kg", "valid_h", "substituted_h", "missing_h"];
-  return [head.join(",")].concat(rows.map((r) => [r.site, r.period, r.scope1_t, r.pollutants_kg.so2, r.pollutants_kg.nox,
+  const head = ["site", "stack", "period", "scope1_t", "so2_kg", "nox_kg", "dust_kg", "valid_h", "substituted_h", "missing_h"];
+  return [head.join(",")].concat(rows.map((r) => [r.site, r.stack || "", r.period, r.scope1_t, r.pollutants_kg.so2, r.pollutants_kg.nox,
     r.pollutants_kg.dust, r.coverage.valid, r.coverage.substituted, r.coverage.missing].join(","))).join("\n") + "\n";
 }
 
@@ -19,17 +19,19 @@ export async function emissions(ctx) {
   view.innerHTML = `<h1>${esc(t("emis.title"))}</h1>
     <form class="inline card" id="f"><label>${esc(t("emis.year"))}<input id="e-year" type="number" min="2000" max="2100" value="${thisYear()}" style="width:6em"></label>
       <label>${esc(t("emis.granularity"))}<select id="e-gran">${["day", "month", "year"].map((g) => `<option value="${g}" ${g === "month" ? "selected" : ""}>${esc(t("gran." + g))}</option>`).join("")}</select></label>
+      <label>${esc(t("emis.by"))}<select id="e-by"><option value="site">${esc(t("emis.by_site_opt"))}</option><option value="stack">${esc(t("emis.by_stack_opt"))}</option></select></label>
       <button type="button" class="secondary" id="csv">${esc(t("emis.download_csv"))}</button>
       <button type="button" class="secondary" id="json">${esc(t("emis.download_json"))}</button></form>
     <div class="kpis" id="kpis"></div><div class="card" id="chart"></div>
     <div class="card"><h2>${esc(t("emis.org"))}</h2><div id="org"></div></div>
-    <div class="card"><h2>${esc(t("emis.by_site"))}</h2><div id="sites"></div></div>
+    <div class="card"><h2 id="sites-title">${esc(t("emis.by_site"))}</h2><div id="sites"></div></div>
     <p class="muted">${esc(t("emis.reports_hint"))}</p>`;
   let last = null;
   async function load() {
     const year = Number(view.querySelector("#e-year").value), granularity = view.querySelector("#e-gran").value;
+    const by = view.querySelector("#e-by").value;
     const tz = -new Date().getTimezoneOffset();
-    const r = await api("/api/carbon/dashboard", {query: {year, granularity, tz_offset_min: Math.round(tz / 15) * 15}});
+    const r = await api("/api/carbon/dashboard", {query: {year, granularity, by, tz_offset_min: Math.round(tz / 15) * 15}});
     last = r;
     const total = r.totals.reduce((a, x) => a + Number(x.scope1_t), 0);
     const cov = r.totals.reduce((a, x) => ({valid: a.valid + x.coverage.valid, substituted: a.substituted + x.coverage.substituted, missing: a.missing + x.coverage.missing}), {valid: 0, substituted: 0, missing: 0});
@@ -41,8 +43,9 @@ export async function emissions(ctx) {
     view.querySelector("#org").innerHTML = table(["emis.period", "emis.scope1", "emis.coverage"],
       r.totals.map((x) => `<tr><td>${esc(period(x.period))}</td><td class="num">${esc(num(x.scope1_t, 3))}</td><td>${coverage(x.coverage)}</td></tr>`),
       {testid: "emissions-org", empty: "emis.none"});
-    view.querySelector("#sites").innerHTML = table(["emis.site", "emis.period", "emis.scope1", "emis.so2", "emis.nox", "emis.dust", "emis.coverage"],
-      r.items.map((x) => `<tr><td>${data(x.site)}</td><td>${esc(period(x.period))}</td><td class="num">${esc(num(x.scope1_t, 3))}</td>
+    view.querySelector("#sites-title").textContent = t(by === "stack" ? "emis.by_stack" : "emis.by_site");
+    view.querySelector("#sites").innerHTML = table(["emis.site", ...(by === "stack" ? ["emis.stack"] : []), "emis.period", "emis.scope1", "emis.so2", "emis.nox", "emis.dust", "emis.coverage"],
+      r.items.map((x) => `<tr><td>${data(x.site)}</td>${by === "stack" ? `<td>${data(x.stack)}</td>` : ""}<td>${esc(period(x.period))}</td><td class="num">${esc(num(x.scope1_t, 3))}</td>
         <td class="num">${esc(num(x.pollutants_kg.so2))}</td><td class="num">${esc(num(x.pollutants_kg.nox))}</td><td class="num">${esc(num(x.pollutants_kg.dust))}</td>
         <td>${coverage(x.coverage)}</td></tr>`), {testid: "emissions-sites", empty: "emis.none"});
   }

@@ -77,6 +77,8 @@ async def test_dashboard_figures_equal_the_accounts(api: Api) -> None:
         assert got["items"] == want
         total = sum(Decimal(x["scope1_t"]) for x in want)
         assert sum(Decimal(x["scope1_t"]) for x in got["totals"]) == total
+        stacks = await dashboard_figures(db, "acme", 2025, gran, 480, by="stack")
+        assert {x["stack"] for x in stacks["items"]} == {"s0", "s1"} and stacks["totals"] == got["totals"]
     r = await api.client.get("/api/carbon/dashboard", params={"year": 2025, "granularity": "month"},
                              headers=api.as_("analyst"))
     assert r.status_code == 200 and {x["site"] for x in r.json()["items"]} == {"plant-a", "plant-a2"}
