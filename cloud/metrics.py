@@ -37,13 +37,15 @@ class _StatsCollector(Collector):
         self.stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        ingest = self.stats().get("ingest", {})
+        stats = self.stats()
+        ingest = stats.get("ingest", {})
         up = GaugeMetricFamily("carbonlink_ingest_connected", "1 while the ingest is connected to the broker")
         up.add_metric([], 1.0 if ingest.get("state") == "connected" else 0.0)
         yield up
-        for name, value in ingest.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                yield CounterMetricFamily(f"carbonlink_ingest_{name}", f"ingest counter {name}", value=value)
+        for group, counters in stats.items():  # ingest, rules: each service's own counters
+            for name, value in counters.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    yield CounterMetricFamily(f"carbonlink_{group}_{name}", f"{group} counter {name}", value=value)
 
 
 class Metrics:

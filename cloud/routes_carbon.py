@@ -53,6 +53,20 @@ def create_carbon_router(store: Store) -> APIRouter:
         except CarbonInputError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    @router.get("/api/carbon/sources/{source_id}/concentrations",
+                summary="A stack's hourly pollutant concentrations, corrected to reference O2, against its limits")
+    async def concentrations(p: Reader, source_id: str, start: str, end: str) -> dict[str, Any]:
+        s, e = ts_param("start", start), ts_param("end", end)
+        if e <= s:
+            raise HTTPException(422, "end must be after start")
+        owner = await (await db()).fetchval("SELECT tenant FROM carbon_sources WHERE source_id = ?", source_id)
+        if owner != p.tenant:
+            raise HTTPException(404, f"no source {source_id!r}")
+        try:
+            return await sqlstore.concentrations(store.db, source_id, s, e)
+        except CarbonInputError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     @router.get("/api/carbon/forecast", summary="Year-end forecast of covered emissions against the allowance")
     async def forecast(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
                        as_of: Annotated[str, Query(description="YYYY-MM-DD, the last day with data")],

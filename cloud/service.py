@@ -16,6 +16,7 @@ from carbonlink.kernel.wire import now_ms
 
 from .api import create_app
 from .auth import first_admin_hint
+from .carbon import warnings as carbon_warnings
 from .commands import ControlLink
 from .ingest import IngestService
 from .metrics import Metrics, instrument
@@ -62,7 +63,8 @@ class CloudService:
 
     def stats(self) -> dict[str, Any]:
         return {"ingest": {"state": self.ingest.state, "store_error": self.ingest.store_error,
-                           **asdict(self.ingest.counters)}}
+                           **asdict(self.ingest.counters)},
+                "rules": asdict(self.rules.counters)}
 
     async def start(self) -> None:
         await self.store.open()
@@ -100,6 +102,8 @@ class CloudService:
                 done = await self.store.data.refresh_hours(now_ms())
                 while len(done) >= 500:  # a backlog (a day of backfill): keep going, one round at a time
                     done = await self.store.data.refresh_hours(now_ms())
+                # Allowance warnings as the refreshed accounts now forecast them (each level once a year).
+                await carbon_warnings.check(self.store.db, now_ms(), self.control.publish)
                 if failing:
                     log.info("rollup refresh works again")
                 failing = False

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -337,24 +338,30 @@ def verify_batch(batch: Batch, key: Ed25519PublicKey | bytes, raw: bytes | None 
     from the bytes themselves; if the sender's bytes were not canonical the batch
     is re-serialised, so any faithful JSON rendering of a signed batch verifies.
     """
+    if not check_signature("batch", batch.alg, batch.sig, batch.signing_bytes, key, raw):
+        raise WireError(f"signature does not match the key registered for gateway {batch.gateway!r}")
+
+
+def check_signature(what: str, alg: SigAlg, sig: str, signing_bytes: Callable[[], bytes],
+                    key: Ed25519PublicKey | bytes, raw: bytes | None) -> bool:
+    """Whether ``sig`` signs the message: over the received bytes without their ``sig`` member first,
+    then over the canonical bytes. A key of the other kind than ``alg`` raises WireError."""
+    if (alg is SigAlg.ED25519) != isinstance(key, Ed25519PublicKey):
+        mine, theirs = ("ed25519", "secret") if alg is SigAlg.ED25519 else ("hmac-sha256", "key")
+        raise WireError(f"{what} is signed with {mine} but the device is registered with a {theirs}")
     candidates: list[bytes] = []
     if raw is not None:
-        member = f',"sig":"{batch.sig}"'.encode()
+        member = f',"sig":"{sig}"'.encode()
         if raw.count(member) == 1:
             candidates.append(raw.replace(member, b""))
-    candidates.append(batch.signing_bytes())
+    candidates.append(signing_bytes())
     for data in candidates:
-        if batch.alg is SigAlg.ED25519:
-            if not isinstance(key, Ed25519PublicKey):
-                raise WireError("batch is signed with ed25519 but the device is registered with a secret")
+        if isinstance(key, Ed25519PublicKey):
             try:
-                key.verify(bytes.fromhex(batch.sig), data)
-                return
-            except InvalidSignature:
+                key.verify(bytes.fromhex(sig), data)
+                return True
+            except (InvalidSignature, ValueError):
                 continue
-        else:
-            if isinstance(key, Ed25519PublicKey):
-                raise WireError("batch is signed with hmac-sha256 but the device is registered with a key")
-            if hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), batch.sig):
-                return
-    raise WireError(f"signature does not match the key registered for gateway {batch.gateway!r}")
+        elif hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), sig):
+            return True
+    return False

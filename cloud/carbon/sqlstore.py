@@ -13,7 +13,7 @@ Tables (made by the store's migration 7, on both engines):
 ``account_hours`` computes a range of hours of one stack with one INSERT … SELECT over ``rollup_hour``
 (pivoting the stack's series per hour, HJ 75 App. A in SQL arithmetic, HJ 76 validity from the rollup's
 valid minutes); only the hours that are not valid are then substituted in Python (``substitution``), and
-figures rounded to grams half up (``_round``: the one dialect hook). ``recompute`` does the same for the
+figures rounded to grams half up (the store's ``round_half_up`` dialect hook). ``recompute`` does the same for the
 hours a late batch touched and records revisions. ``day_totals`` aggregates in SQL per site and local
 day; months and years are sums of days.
 """
@@ -41,14 +41,6 @@ POLLUTANTS = ("so2", "nox", "dust")
 FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g")
 CONC_UNITS = {"mg/m³": Decimal(1), "mg/m3": Decimal(1), "mg/Nm³": Decimal(1), "mg/Nm3": Decimal(1)}
 
-
-
-def _round(db: Any, expr: str) -> str:
-    """Whole grams, half up, for a non-negative double: the one place the engines differ (PostgreSQL casts
-    a double to bigint by rounding, SQLite by truncating)."""
-    if db.dialect == "postgresql":
-        return f"CAST(floor(({expr}) + 0.5) AS BIGINT)"
-    return f"CAST(({expr}) + 0.5 AS INTEGER)"
 
 
 @dataclass(frozen=True)
@@ -116,8 +108,8 @@ def _hour_sql(db: Any, valid_minutes: int, where: str = "p.src = ?") -> str:
     """Every stack-hour of the pivot, computed and inserted by one statement (its parameters: the pivot's
     ``where`` values, then start and end)."""
     qsn = "flow * 273.0 / (273.0 + temp) * (c.p_atm_pa + p_static) / 101325.0 * (1.0 - moisture / 100.0)"
-    co2 = _round(db, f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
-    masses = ", ".join(_round(db, f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
+    co2 = db.round_half_up(f"co2 / 100.0 * qsn * {fm.M_CO2} / {fm.MOLAR_VOLUME_L} * 1000.0")  # g in the hour
+    masses = ", ".join(db.round_half_up(f"{p} * qsn / 1000.0") for p in POLLUTANTS)  # mg/m³ × m³ → g
     return (
         "INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, qsn_m3,"
         " co2_g, so2_g, nox_g, dust_g, note, formula_version)"
@@ -291,6 +283,63 @@ async def day_totals(db: Any, tenant: str, start_ms: int, end_ms: int, *, tz_off
 
 def tonnes(grams: int | None) -> Decimal:
     return Decimal(grams or 0) / 1_000_000
+
+
+MAX_CONCENTRATION_HOURS = 93 * 24  # a quarter of hourly rows per request
+
+
+async def concentrations(db: Any, source_id: str, start_ms: int, end_ms: int, *, valid_minutes: int = 45,
+                         factors: FactorSet | None = None) -> dict[str, Any]:
+    """A stack's hourly pollutant concentrations against its limits: measured (dry), corrected to the
+    source type's reference O2 (HJ 75-2017 App. A; only for comparison, never for mass), the limit of
+    the regime, and whether the hour is above it. Only hours whose pollutant and O2 are valid are judged."""
+    start_ms, end_ms = start_ms - start_ms % HOUR_MS, -(-end_ms // HOUR_MS) * HOUR_MS
+    if (end_ms - start_ms) // HOUR_MS > MAX_CONCENTRATION_HOURS:
+        raise CarbonInputError("range", f"{(end_ms - start_ms) // HOUR_MS} hours",
+                               f"ask for at most {MAX_CONCENTRATION_HOURS} hours at a time")
+    row = await db.fetchrow("SELECT src, config FROM carbon_sources WHERE source_id = ?", source_id)
+    if row is None:
+        raise CarbonInputError(f"source {source_id!r}", "is not registered", "list them with /api/carbon/sources")
+    cfg = json.loads(row["config"])
+    fs = factors or FactorSet.default()
+    source_type = cfg.get("source_type", "coal_boiler")
+    regime = cfg.get("limit_regime", "gb13223")
+    o2_ref = Decimal(cfg["o2_ref_pct"]) if cfg.get("o2_ref_pct") else fs.o2_ref(source_type).value
+    limits = {p: fs.limit(source_type, p, regime) for p in POLLUTANTS}
+    per_role = await db.fetch(
+        "SELECT p.role, r.hour_ms, r.vsum / r.q_n * p.factor + p.offset_v AS v,"
+        f" CASE WHEN r.valid_minutes >= {int(valid_minutes)} AND r.q_n > 0 THEN 1 ELSE 0 END AS ok"
+        " FROM carbon_points p JOIN rollup_hour r ON r.series = p.series"
+        " WHERE p.src = ? AND p.role IN ('o2', 'so2', 'nox', 'dust') AND r.hour_ms >= ? AND r.hour_ms < ?"
+        " ORDER BY r.hour_ms", int(row["src"]), start_ms, end_ms)
+    hours: dict[int, dict[str, Decimal | None]] = {}
+    for r in per_role:
+        ok = bool(r["ok"]) and r["v"] is not None
+        hours.setdefault(int(r["hour_ms"]), {})[r["role"]] = Decimal(repr(float(r["v"]))) if ok else None
+    items = []
+    above = dict.fromkeys(POLLUTANTS, 0)
+    judged = dict.fromkeys(POLLUTANTS, 0)
+    for hour, v in sorted(hours.items()):
+        o2 = v.get("o2")
+        item: dict[str, Any] = {"hour_ms": hour, "o2_pct": None if o2 is None else str(fm.round_fixed(o2, 2))}
+        for p in POLLUTANTS:
+            c = v.get(p)
+            corrected = None
+            if c is not None and o2 is not None and Decimal(0) <= o2 < fm.O2_AIR_PCT and c >= 0:
+                corrected = fm.round_fixed(fm.o2_correction(c, o2, o2_ref), 3)
+            lim = limits[p]
+            over = None if corrected is None or lim is None else corrected > lim.value
+            if over is not None:
+                judged[p] += 1
+                above[p] += int(over)
+            item[p] = {"measured": None if c is None else str(fm.round_fixed(c, 3)),
+                       "corrected": None if corrected is None else str(corrected), "above": over}
+        items.append(item)
+    return {"source_id": source_id, "source_type": source_type, "o2_ref_pct": str(o2_ref), "regime": regime,
+            "limits": {p: None if lim is None else {"value": str(lim.value), "unit": lim.unit, "source": lim.source,
+                                               "status": lim.status}
+                       for p, lim in limits.items()},
+            "hours_judged": judged, "hours_above": above, "items": items}
 
 
 async def hour_provenance(db: Any, source_id: str, hour_ms: int) -> dict[str, Any]:

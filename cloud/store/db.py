@@ -121,6 +121,11 @@ class Database(Conn):
     def least(self, a: str, b: str) -> str:
         return f"least({a}, {b})"
 
+    def round_half_up(self, expr: str) -> str:
+        """A non-negative double to the nearest whole number, halves up, as an integer (PostgreSQL casts a
+        double to bigint by rounding half to even, SQLite truncates: neither is the rule we want)."""
+        return f"CAST(floor(({expr}) + 0.5) AS BIGINT)"
+
     def observe(self, sql: str, started: float) -> None:
         if self.observer is not None:
             self.observer(label_of(sql), time.perf_counter() - started)

@@ -194,3 +194,6 @@ class SqliteDatabase(Database):
 
     def least(self, a: str, b: str) -> str:
         return f"min({a}, {b})"
+
+    def round_half_up(self, expr: str) -> str:
+        return f"CAST(({expr}) + 0.5 AS INTEGER)"  # truncation of a non-negative value + 0.5

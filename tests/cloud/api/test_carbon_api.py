@@ -65,3 +65,41 @@ async def test_provenance_and_forecast(api: Api) -> None:
     assert f.status_code == 409 and "2022-03" in f.text  # no complete month this year, none last year
     formulas = (await api.client.get("/api/carbon/formulas", headers=api.as_("analyst"))).json()["items"]
     assert "co2_cems" in {x["name"] for x in formulas}
+
+
+async def test_concentrations_against_limits_corrected_to_reference_o2(api: Api) -> None:
+    await seed_carbon(api)
+    q = {"start": str(MARCH * 1000), "end": str((MARCH + 24 * H) * 1000)}
+    r = await api.client.get("/api/carbon/sources/acme-stack-1/concentrations", params=q, headers=api.as_("analyst"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["o2_ref_pct"] == "6" and body["limits"]["so2"]["value"] == "100"  # coal boiler, GB 13223-2011
+    assert len(body["items"]) == 24
+    for item in body["items"]:
+        o2 = D(item["o2_pct"])
+        for p in ("so2", "nox", "dust"):
+            c = item[p]
+            # HJ 75-2017 App. A, computed here independently: C = C' (21 - 6) / (21 - O2)
+            want = D(c["measured"]) * 15 / (21 - D(repr(float(o2))))
+            assert abs(D(c["corrected"]) - want) <= D("0.002") * max(want, D(1)) + D("0.01"), (p, c, o2)
+            assert c["above"] == (D(c["corrected"]) > D(body["limits"][p]["value"]))
+    for p in ("so2", "nox", "dust"):
+        assert body["hours_judged"][p] == 24
+        assert body["hours_above"][p] == sum(1 for i in body["items"] if i[p]["above"])
+    # an hour of SO2 far above the limit (its rollup as a spike would leave it) is judged above
+    hour = (MARCH + 5 * H) * 1000
+    await api.store.db.execute("UPDATE rollup_hour SET vsum = vsum * 50 WHERE hour_ms = ? AND series IN"
+                               " (SELECT series FROM carbon_points WHERE source_id = 'acme-stack-1'"
+                               " AND role = 'so2')", hour)
+    spiked = (await api.client.get("/api/carbon/sources/acme-stack-1/concentrations", params=q,
+                                   headers=api.as_("analyst"))).json()
+    assert [i["so2"]["above"] for i in spiked["items"] if i["hour_ms"] == hour] == [True]
+    assert spiked["hours_above"]["so2"] == body["hours_above"]["so2"] + (0 if [
+        i for i in body["items"] if i["hour_ms"] == hour and i["so2"]["above"]] else 1)
+    hidden = await api.client.get("/api/carbon/sources/other-stack-1/concentrations", params=q,
+                                  headers=api.as_("analyst"))
+    assert hidden.status_code == 404
+    long = {"start": str(MARCH * 1000), "end": str((MARCH + 100 * 24 * H) * 1000)}
+    too_long = await api.client.get("/api/carbon/sources/acme-stack-1/concentrations", params=long,
+                                    headers=api.as_("analyst"))
+    assert too_long.status_code == 422 and "at most" in too_long.text

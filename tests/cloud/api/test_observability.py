@@ -59,11 +59,13 @@ async def test_metrics_are_off_without_a_token_and_show_the_ingest_state(api: Ap
     app = create_app(api.store, settings=CloudSettings(environment="development"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert "CARBONLINK_METRICS_TOKEN" in assert_problem(await c.get("/metrics"), 404)["detail"]
-    stats = {"ingest": {"state": "connected", "messages": 7, "readings_stored": 5}}
+    stats = {"ingest": {"state": "connected", "messages": 7, "readings_stored": 5},
+             "rules": {"cloud_alerts": 3, "publish_failed": 1}}
     app = create_app(api.store, lambda: stats, settings=api.settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         m = samples((await c.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text)
         assert m["carbonlink_ingest_connected"] == 1 and m["carbonlink_ingest_messages_total"] == 7
+        assert m["carbonlink_rules_cloud_alerts_total"] == 3 and m["carbonlink_rules_publish_failed_total"] == 1
         s = (await c.get("/api/stats", headers=api.as_("analyst"))).json()
         assert s["ingest"] == {"state": "connected"}  # fleet-wide counters are for /metrics only
 
