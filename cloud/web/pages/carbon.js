@@ -64,12 +64,28 @@ async function limitsByPollutant() {
 
 export async function pollutants(ctx) {
   const {view} = ctx;
-  view.innerHTML = `<h1>${esc(t("poll.title"))}</h1><p class="muted">${esc(t("poll.help"))}</p><div class="grid2" id="cards"></div>`;
+  view.innerHTML = `<h1>${esc(t("poll.title"))}</h1><p class="muted">${esc(t("poll.help"))}</p><div class="grid2" id="cards"></div>
+    <div class="card"><h2>${esc(t("poll.stacks"))}</h2><p class="muted">${esc(t("poll.stacks_help"))}</p><div id="stacks"></div></div>`;
+  // Registered stacks: hourly concentrations corrected to reference O2, hours above the limit (the store's figures).
+  const end24 = Math.floor(Date.now() / 3600_000) * 3600_000;
+  const sources = (await api("/api/carbon/sources")).items.filter((x) => x.kind === "cems");
+  const rowsOut = [];
+  for (const src of sources) {
+    const c = await api(`/api/carbon/sources/${encodeURIComponent(src.source_id)}/concentrations`, {query: {start: end24 - 24 * 3600_000, end: end24}});
+    for (const p of ["so2", "nox", "dust"]) {
+      const last = [...c.items].reverse().find((h) => h[p] && h[p].corrected !== null);
+      rowsOut.push(`<tr><td>${data(src.source_id)}</td><td>${esc(t("pollutant." + p))}</td>
+        <td class="num ${last && last[p].above ? "bad" : ""}">${last ? `${esc(num(last[p].corrected))} ${data(unit("mg/m3"))}` : "–"}</td>
+        <td class="num">${c.limits[p] ? esc(num(c.limits[p].value)) : "–"}</td>
+        <td class="num ${c.hours_above[p] ? "bad" : ""}" data-testid="above-${esc(src.source_id)}-${p}">${esc(num(c.hours_above[p], 0))} / ${esc(num(c.hours_judged[p], 0))}</td></tr>`);
+    }
+  }
+  view.querySelector("#stacks").innerHTML = table(["emis.stack", "big.pollutant", "poll.corrected", "big.limit", "poll.hours_above"], rowsOut, {empty: "poll.no_stacks"});
   const limits = await limitsByPollutant();
   const latest = await api("/api/latest");
   const boxes = view.querySelector("#cards");
   const rows = latest.filter((r) => POLLUTANT_POINTS[r.point]);
-  if (!rows.length) { boxes.outerHTML = message("info", t("poll.none")); return; }
+  if (!rows.length) { boxes.innerHTML = message("info", t("poll.none")); return; }
   const end = Date.now(), start = end - 24 * 3600_000;
   for (const r of rows) {
     const lim = limits[r.point];
