@@ -45,7 +45,7 @@ async def _make_keys(db: Path, tenant: str) -> dict[str, str]:
     await store.open()
     try:
         return {role: (await create_api_key(store, tenant, role, f"e2e {role}"))[1]
-                for role in ("admin", "operator", "analyst", "installer")}
+                for role in ("admin", "operator", "analyst", "installer", "auditor")}
     finally:
         await store.close()
 
