@@ -65,6 +65,8 @@ const SAMPLE = "SELECT avg(value) AS so2 FROM '+/so2' WHERE quality = 'N'\nGROUP
 export async function rules(ctx) {
   const {view, can} = ctx;
   view.innerHTML = `<h1>${esc(t("rules.title"))}</h1><div class="card" id="list"></div>
+    <div class="card"><h2>${esc(t("rules.delivery"))}</h2><div id="delivery"></div>
+      ${can("control") ? `<button class="secondary" id="r-push">${esc(t("rules.push"))}</button>` : ""}<div id="push-msg"></div></div>
     <div class="card"><h2>${esc(t("rules.editor"))}</h2>
     <form class="inline"><label>${esc(t("rules.id"))}<input id="r-id" value="so2-high" pattern="[a-z0-9][a-z0-9_.-]*"></label>
       <label>${esc(t("rules.severity"))}<select id="r-sev">${["info", "warning", "critical"].map((s) => `<option value="${s}">${esc(t("severity." + s))}</option>`).join("")}</select></label>
@@ -82,6 +84,21 @@ export async function rules(ctx) {
         <td>${esc(dateTime(x.created_ms))} ${data(x.created_by)}</td><td><button class="secondary" data-edit="${esc(x.id)}">${esc(t("rules.edit"))}</button></td></tr>`),
       {testid: "rules", empty: "rules.none"});
   }
+  async function loadDelivery() {
+    const st = await api("/api/rulesets/status");
+    view.querySelector("#delivery").innerHTML = `<p class="muted">${esc(st.set ? t("rules.current_set", {v: st.set.version, n: st.set.rules}) : t("rules.no_set"))}</p>` +
+      table(["big.gateway", "rules.asked", "rules.runs", "rules.sync"], st.gateways.map((g) =>
+        `<tr><td>${data(g.gateway)}</td><td>${data(g.desired_version ?? "–")}</td><td>${data(g.reported_version ?? "–")}</td>
+          <td class="${g.in_sync ? "ok" : "warn"}">${esc(t(g.in_sync ? "rules.in_sync" : "rules.pending"))}</td></tr>`), {testid: "rule-delivery"});
+  }
+  const pushBtn = view.querySelector("#r-push");
+  if (pushBtn) pushBtn.onclick = async () => {
+    try {
+      const r = await api("/api/rulesets/push", {method: "POST", body: {}});
+      view.querySelector("#push-msg").innerHTML = message("info", t("rules.pushed", {v: r.version, n: r.pushed.length}));
+    } catch (e) { view.querySelector("#push-msg").innerHTML = message("error", problemText(e)); }
+    await loadDelivery();
+  };
   const ta = view.querySelector("#r-text");
   ta.value = SAMPLE;
   const body = () => ({id: view.querySelector("#r-id").value.trim(), text: ta.value, severity: view.querySelector("#r-sev").value,
@@ -121,6 +138,7 @@ export async function rules(ctx) {
       const r = await api("/api/rules", {method: "POST", body: {...body(), base_version: base}});
       base = r.rule.version;
       await load();
+      await loadDelivery();
       view.querySelector("#r-msg").innerHTML = message("info", t("rules.saved", {v: r.rule.version}));
     } catch (e) {
       if (e instanceof ApiError && e.status === 422 && e.body && e.body.errors) showErrors(e.body.errors);
@@ -129,4 +147,5 @@ export async function rules(ctx) {
     }
   };
   await load();
+  await loadDelivery();
 }

@@ -86,6 +86,9 @@ def test_rule_errors_in_place_then_an_alert_is_acknowledged_and_cleared(watched:
     page.get_by_role("button", name="Save").click()
     page.get_by_text(re.compile(r"Saved as version \d+")).wait_for()
     assert "so2-e2e" in page.locator('[data-testid="rules"]').inner_text()
+    page.get_by_role("button", name="Push the newest set to all gateways").click()  # delivery by the shadow
+    page.get_by_text(re.compile(r"Set version \d+ pushed to 1 gateway")).wait_for()
+    assert "gw-demo-01" in page.locator('[data-testid="rule-delivery"]').inner_text()
 
     page.evaluate("location.hash = '#/alerts'")
     page.wait_for_selector("#view[data-page='alerts'][data-ready='1']")
