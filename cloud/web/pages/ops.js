@@ -105,6 +105,32 @@ export async function proofDownload(gateway, device, point, ts, box) {
 }
 
 // --- one gateway: shadow desired vs reported, the editor, commands ------------------------------
+
+// What the cloud checks about desired (cloud/shadows.py DesiredState), checked here first so a mistake
+// shows before anything is sent; the API stays the judge (its 422 is shown as well).
+const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"];
+function desiredProblems(d) {
+  const out = [];
+  const num = (path, v, lo, hi, int) => {
+    if (v === null || v === undefined) return;
+    if (typeof v !== "number" || (int && !Number.isInteger(v)) || !(v > lo || (int && v >= lo)) || v > hi) out.push({key: path, expected: t(int ? "shadow.expect_int" : "shadow.expect_number", {lo, hi})});
+  };
+  if (d.log_level !== undefined && d.log_level !== null && !LEVELS.includes(d.log_level)) out.push({key: "log_level", expected: LEVELS.join(" | ")});
+  if (d.batch !== undefined && d.batch !== null) {
+    if (typeof d.batch !== "object" || Array.isArray(d.batch)) out.push({key: "batch", expected: t("shadow.expect_object")});
+    else { num("batch.max_readings", d.batch.max_readings, 1, 10000, true); num("batch.max_age_s", d.batch.max_age_s, 0, 3600, false); }
+  }
+  if (d.devices !== undefined && d.devices !== null) {
+    if (typeof d.devices !== "object" || Array.isArray(d.devices)) out.push({key: "devices", expected: t("shadow.expect_object")});
+    else for (const [id, dev] of Object.entries(d.devices)) {
+      if (!dev || typeof dev !== "object" || Array.isArray(dev)) { out.push({key: `devices.${id}`, expected: t("shadow.expect_object")}); continue; }
+      if (dev.enabled !== undefined && dev.enabled !== null && typeof dev.enabled !== "boolean") out.push({key: `devices.${id}.enabled`, expected: "true | false"});
+      num(`devices.${id}.poll_interval_s`, dev.poll_interval_s, 0, 86400, false);
+      if (dev.points !== undefined && dev.points !== null && !(Array.isArray(dev.points) && dev.points.every((x) => typeof x === "string"))) out.push({key: `devices.${id}.points`, expected: t("shadow.expect_list")});
+    }
+  }
+  return out;
+}
 export async function gateway(ctx) {
   const {view, args, can} = ctx;
   const gw = args[0];
@@ -143,13 +169,17 @@ export async function gateway(ctx) {
     const fill = () => { ta.value = JSON.stringify(shadow.state.desired, null, 2); base = shadow.version; };
     fill();
     const check = () => {
+      let v;
       try {
-        const v = JSON.parse(ta.value);
+        v = JSON.parse(ta.value);
         if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error(t("shadow.must_be_object"));
-        ta.classList.remove("invalid"); ed.querySelector("#ed-msg").innerHTML = ""; return v;
       } catch (e) {
         ta.classList.add("invalid"); ed.querySelector("#ed-msg").innerHTML = message("error", t("shadow.invalid_json", {detail: e.message})); return null;
       }
+      const problems = desiredProblems(v);
+      ta.classList.toggle("invalid", problems.length > 0);
+      ed.querySelector("#ed-msg").innerHTML = problems.map((p) => `<div data-testid="shadow-problem">${message("error", t("shadow.bad_value", p))}</div>`).join("");
+      return problems.length ? null : v;
     };
     ta.oninput = check;
     ed.querySelector("#reload").onclick = async () => { await loadShadow(); fill(); check(); };

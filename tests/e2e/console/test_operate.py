@@ -36,6 +36,9 @@ def test_operator_edits_the_shadow_and_sees_a_conflict(watched: Watched, console
     editor = page.locator('[data-testid="shadow-editor"]')
     editor.fill("{not json")
     assert "invalid" in (editor.get_attribute("class") or "")  # validated before anything is sent
+    editor.fill(json.dumps({"log_level": "LOUD", "batch": {"max_readings": 0}}))
+    assert page.locator('[data-testid="shadow-problem"]').count() == 2
+    assert "log_level: expected DEBUG | INFO | WARNING | ERROR" in page.locator("#ed-msg").inner_text()
     editor.fill(json.dumps({"log_level": "INFO"}))
     page.get_by_role("button", name="Save desired").click()
     page.get_by_text(re.compile(r"Saved as version \d+")).wait_for()
