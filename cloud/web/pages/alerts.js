@@ -115,9 +115,12 @@ export async function rules(ctx) {
       ta.focus(); ta.setSelectionRange(pos, Math.min(ta.value.length, pos + 1));
     }
   }
+  let checks = 0;  // only the newest check may write its answer: an old one never hides a save's message
   async function validate() {
+    const mine = ++checks;
     try {
       const r = await api("/api/rulesets/validate", {method: "POST", body: body()});
+      if (mine !== checks) return r.ok;
       showErrors(r.errors || []);
       if (r.ok) view.querySelector("#r-msg").innerHTML = message("info", t("rules.valid", {columns: (r.columns || []).join(", ")}));
       return r.ok;
@@ -134,6 +137,8 @@ export async function rules(ctx) {
   });
   const save = view.querySelector("#r-save");
   if (save) save.onclick = async () => {
+    clearTimeout(timer);
+    checks++;
     try {
       const r = await api("/api/rules", {method: "POST", body: {...body(), base_version: base}});
       base = r.rule.version;

@@ -80,14 +80,15 @@ def test_rule_errors_in_place_then_an_alert_is_acknowledged_and_cleared(watched:
     page.locator("#r-id").fill("so2-e2e")
     page.locator("#r-place").select_option("cloud")
     editor.fill("SELECT value FROM 'cems-stack-1/so2'\nRAISE WHEN value > 1 furlongs")
-    page.get_by_role("button", name="Check").click()
+    page.locator("#r-check").click()
     err = page.locator('[data-testid="rule-error"]').first
     err.wait_for()
     assert re.search(r"Line 2, column \d+", err.inner_text())
     watched.shot("en-rules-error")
     editor.fill("SELECT value FROM 'cems-stack-1/so2'\nRAISE WHEN value > 1 mg/m3")
-    page.get_by_role("button", name="Save").click()
-    page.get_by_text(re.compile(r"Saved as version \d+")).wait_for()
+    page.locator("#r-save").click()
+    page.locator("#r-msg .msg.error").or_(page.get_by_text(re.compile(r"Saved as version \d+"))).first.wait_for()
+    assert re.search(r"Saved as version \d+", page.locator("#r-msg").inner_text()), page.locator("#r-msg").inner_text()
     assert "so2-e2e" in page.locator('[data-testid="rules"]').inner_text()
     page.get_by_role("button", name="Push the newest set to all gateways").click()  # delivery by the shadow
     page.get_by_text(re.compile(r"Set version \d+ pushed to 1 gateway")).wait_for()
