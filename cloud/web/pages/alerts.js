@@ -139,6 +139,8 @@ export async function rules(ctx) {
   if (save) save.onclick = async () => {
     clearTimeout(timer);
     checks++;
+    ta.classList.remove("invalid");
+    view.querySelector("#r-msg").innerHTML = message("info", t("rules.saving"));
     try {
       const r = await api("/api/rules", {method: "POST", body: {...body(), base_version: base}});
       base = r.rule.version;

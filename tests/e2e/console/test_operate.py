@@ -88,6 +88,7 @@ def test_rule_errors_in_place_then_an_alert_is_acknowledged_and_cleared(watched:
     editor.fill("SELECT value FROM 'cems-stack-1/so2'\nRAISE WHEN value > 1 mg/m3")
     page.locator("#r-save").click()
     page.locator("#r-msg .msg.error").or_(page.get_by_text(re.compile(r"Saved as version \d+"))).first.wait_for()
+    # (the click first replaces the check's messages with "Saving…", so what is waited for is the save's answer)
     assert re.search(r"Saved as version \d+", page.locator("#r-msg").inner_text()), page.locator("#r-msg").inner_text()
     assert "so2-e2e" in page.locator('[data-testid="rules"]').inner_text()
     page.get_by_role("button", name="Push the newest set to all gateways").click()  # delivery by the shadow
