@@ -104,29 +104,31 @@ export async function rules(ctx) {
   const body = () => ({id: view.querySelector("#r-id").value.trim(), text: ta.value, severity: view.querySelector("#r-sev").value,
                        placement: view.querySelector("#r-place").value});
   // Errors in place: the message names line and column, and the caret goes there in the editor.
-  function showErrors(errors) {
+  // The caret moves to the error only when the user asked (Check, Save), never on the check made while
+  // typing: that would move it under the user's fingers.
+  function showErrors(errors, moveCaret = false) {
     const box = view.querySelector("#r-msg");
     ta.classList.toggle("invalid", errors.length > 0);
     box.innerHTML = errors.map((e) => `<div data-testid="rule-error">${message("error", e.line ? t("rules.error_at", {line: e.line, column: e.column, detail: e.message}) : t("rules.error", {detail: e.message}))}</div>`).join("");
     const e = errors.find((x) => x.line);
-    if (e) {
+    if (e && moveCaret) {
       const lines = ta.value.split("\n");
       const pos = lines.slice(0, e.line - 1).reduce((n, l) => n + l.length + 1, 0) + Math.max(0, (e.column || 1) - 1);
       ta.focus(); ta.setSelectionRange(pos, Math.min(ta.value.length, pos + 1));
     }
   }
   let checks = 0;  // only the newest check may write its answer: an old one never hides a save's message
-  async function validate() {
+  async function validate(moveCaret = false) {
     const mine = ++checks;
     try {
       const r = await api("/api/rulesets/validate", {method: "POST", body: body()});
       if (mine !== checks) return r.ok;
-      showErrors(r.errors || []);
+      showErrors(r.errors || [], moveCaret);
       if (r.ok) view.querySelector("#r-msg").innerHTML = message("info", t("rules.valid", {columns: (r.columns || []).join(", ")}));
       return r.ok;
     } catch (e) { view.querySelector("#r-msg").innerHTML = message("error", problemText(e)); return false; }
   }
-  view.querySelector("#r-check").onclick = validate;
+  view.querySelector("#r-check").onclick = () => { clearTimeout(timer); validate(true); };
   let timer = null;
   ta.oninput = () => { clearTimeout(timer); timer = setTimeout(validate, 400); };
   on(view, "button[data-edit]", "click", async (_, b) => {
@@ -148,7 +150,7 @@ export async function rules(ctx) {
       await loadDelivery();
       view.querySelector("#r-msg").innerHTML = message("info", t("rules.saved", {v: r.rule.version}));
     } catch (e) {
-      if (e instanceof ApiError && e.status === 422 && e.body && e.body.errors) showErrors(e.body.errors);
+      if (e instanceof ApiError && e.status === 422 && e.body && e.body.errors) showErrors(e.body.errors, true);
       else if (e instanceof ApiError && e.status === 409) view.querySelector("#r-msg").innerHTML = message("error", t("rules.conflict"));
       else view.querySelector("#r-msg").innerHTML = message("error", problemText(e));
     }
