@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS := edge,cloud,chain,ml,sim,dev,influx
+EXTRAS := edge,edge-ml,cloud,chain,ml,sim,dev,influx
 NPM_DIRS := $(wildcard contracts/package.json)
 
 .PHONY: demo test lint bench clean venv npm

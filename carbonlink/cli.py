@@ -31,6 +31,8 @@ GROUPS: dict[str, Lazy] = {
     "rules": Lazy("carbonlink.commands.rules:app", "Rules: validate, list and show rule sets; push them to "
                   "gateways; alerts and silences.", ()),
     "carbon": Lazy("carbonlink.commands.carbon:app", "Carbon accounting: formulas, accounts, reports.", ()),
+    "ml": Lazy("carbonlink.commands.ml:app", "The anomaly model: train on simulated faults, evaluate, inspect, "
+               "ship, back-test.", ("ml",)),
     "faults": Lazy("carbonlink.commands.faults.cli:app", "The fault lab: kill, cut and restart real "
                    "processes; count what was lost.", ("edge", "cloud", "sim")),
 }

@@ -7,13 +7,14 @@ sees only its tenant's data; ``/health``, the console's files and ``/docs`` are 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +30,7 @@ from .routes_rules import create_rules_router, policy_of
 from .settings import CloudSettings
 from .shadows import ShadowService
 from .store import ReadingQuery, Store, encode_cursor
+from .store.models import MAX_MODEL_BYTES
 
 if TYPE_CHECKING:
     from .commands import ControlLink
@@ -40,7 +42,8 @@ PROBLEM = "application/problem+json"
 
 def problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-              409: "Conflict", 410: "Gone", 413: "Content too large", 422: "Invalid request", 500: "Server error"}
+              409: "Conflict", 410: "Gone", 413: "Content too large", 422: "Invalid request",
+              429: "Too many requests", 500: "Server error", 503: "Service unavailable"}
     title = titles.get(status, "Request error" if status < 500 else "Server error")
     return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
                         status_code=status, media_type=PROBLEM, headers=dict(headers) if headers else None)
@@ -65,12 +68,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app sees any of it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.larger = larger or {}  # path prefix -> its own limit (model files)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int) -> None:
         body = (b'{"type":"about:blank","title":"Content too large","status":413,"detail":"request body is over '
-                + str(self.max_bytes).encode() + b' bytes"}')
+                + str(limit).encode() + b' bytes"}')
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -79,9 +83,10 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = next((n for prefix, n in self.larger.items() if scope["path"].startswith(prefix)), self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._too_large(send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._too_large(send, limit)
             return
         # Chunked or lying about its length: read up to the limit here, then hand the app what was read.
         chunks: list[bytes] = []
@@ -91,28 +96,92 @@ class BodyLimit:
             if message["type"] != "http.request":
                 return  # the client went away
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > limit:
+                await self._too_large(send, limit)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        if _has_non_finite(scope, body):
+            await _send_problem(send, 422, "JSON may not contain NaN or Infinity (RFC 8259 has no such numbers)")
+            return
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _has_non_finite(scope: Scope, body: bytes) -> bool:
+    """Whether a JSON body uses NaN, Infinity or -Infinity, which Python's parser accepts and RFC 8259 does not.
+
+    Only bodies that contain those words are parsed here; a body that is not JSON is left to the route.
+    """
+    if b"NaN" not in body and b"Infinity" not in body:
+        return False
+    ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+    if not (ctype == b"application/json" or ctype.endswith(b"+json")):
+        return False
+    try:
+        json.loads(body, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        return str(exc) in ("NaN", "Infinity", "-Infinity")
+    except RecursionError:
+        return False
+    return False
+
+
+async def _send_problem(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": "Invalid request", "status": status, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RefuseNul:
+    """ASGI middleware: a NUL (U+0000) in the path or the query string is 422 before any route runs.
+
+    PostgreSQL text cannot hold NUL, so such a value would otherwise fail deep in a query as a 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").lower()
+            raw = scope.get("raw_path") or b""
+            if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query or b"%00" in raw.lower():
+                await _send_problem(send, 422, "a path or query parameter contains a NUL character (%00)")
+                return
+        await self.app(scope, receive, send)
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=130, description="username@tenant, or a username that only one"
+                          " tenant has")
     password: str = Field(min_length=1, max_length=1024)
+    tenant: str | None = Field(default=None, min_length=1, max_length=64, description="the tenant, if the username"
+                               " does not name it")
+
+    _nul = field_validator("username", "password", "tenant")(_no_nul)
 
 
 class TokenPublic(BaseModel):
@@ -144,12 +213,28 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
                               " login token>` or `X-API-Key`; see cloud/auth.py for what each role may do.")
     app.state.store, app.state.settings, app.state.metrics = store, settings, metrics
     app.state.auth = Authenticator(store, settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, larger={"/api/models/": MAX_MODEL_BYTES})
+    app.add_middleware(RefuseNul)
     app.add_middleware(RequestContext, observe=metrics.observe_http)  # outermost: every answer has an id
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), exc.headers)
+
+    try:
+        from asyncpg.exceptions import CharacterNotInRepertoireError, UntranslatableCharacterError
+    except ImportError:  # pragma: no cover - the postgres extra is not installed
+        pass
+    else:
+        @app.exception_handler(CharacterNotInRepertoireError)
+        @app.exception_handler(UntranslatableCharacterError)
+        async def _bad_text(_: Request, exc: Exception) -> JSONResponse:
+            # A value PostgreSQL cannot hold as text (a NUL, most often) reached a query: the input's fault.
+            return problem(422, "a value contains a character the store cannot hold (NUL, U+0000)")
+
+    @app.exception_handler(auth.Busy)
+    async def _busy(_: Request, exc: auth.Busy) -> JSONResponse:
+        return problem(503, "too many password checks at once; try again in a second", {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -183,11 +268,32 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
             raise auth.unauthorized("missing or wrong metrics token (Authorization: Bearer ...)")
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.post("/api/auth/token", tags=["auth"], summary="Log in with a username and password")
-    async def login(req: LoginRequest) -> TokenPublic:
-        token = await auth.login(store, settings, req.username, req.password)
+    @app.post("/api/auth/token", tags=["auth"], summary="Log in with a username (username@tenant) and password",
+              responses={429: {"model": Problem, "description": "too many failed logins: wait Retry-After seconds"},
+                         503: {"model": Problem, "description": "too many logins at once: retry after a second"}})
+    async def login(req: LoginRequest, request: Request) -> TokenPublic:
+        authn: Authenticator = app.state.auth
+        try:
+            name, tenant = auth.split_login(req.username, req.tenant)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        wait, keys = authn.throttle.check(f"{name}@{tenant or ''}", request.client.host if request.client else None)
+        if wait:
+            raise HTTPException(429, f"too many failed logins; try again in {wait} s",
+                                headers={"Retry-After": str(wait)})
+        outcome: bool | None = False
+        try:
+            token = await auth.login(store, settings, name, req.password, tenant=tenant, workers=authn.workers)
+            outcome = token is not None
+        except auth.Busy:
+            outcome = None  # not an attempt: nothing was checked
+            raise HTTPException(503, "too many logins at once; try again in a second",
+                                headers={"Retry-After": "1"}) from None
+        finally:
+            authn.throttle.done(keys, outcome)
         if token is None:
-            raise auth.unauthorized("wrong username or password")
+            raise auth.unauthorized("wrong username or password (a username that several tenants have needs its"
+                                    " tenant: username@tenant)")
         return TokenPublic(access_token=token, expires_in=settings.jwt_ttl_s)
 
     @app.get("/api/auth/me", tags=["auth"], summary="Who the credentials belong to and what they may do")
@@ -271,6 +377,9 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     from .routes_carbon import create_carbon_router
 
     app.include_router(create_carbon_router(store))
+    from .routes_anomaly import create_anomaly_router
+
+    app.include_router(create_anomaly_router(store))
     if control is not None:
         from .routes_control import create_control_router
 

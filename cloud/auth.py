@@ -7,8 +7,14 @@ Credentials, either header:
 An API key is ``clk_<id>_<secret>``: shown once when made; the cloud keeps only SHA-256 of the
 secret (it is 256 random bits, so a slow hash would add nothing but latency). A login token is an
 HS256 JWT (RFC 7519) from ``POST /api/auth/token`` with a username and password; passwords are
-kept as argon2id hashes (RFC 9106). Every principal belongs to one tenant; anything of another
-tenant answers 404, as if it did not exist.
+kept as argon2id hashes (RFC 9106), checked on a small thread pool of their own (``PasswordWorkers``)
+so logins never block the event loop and a flood of them waits in a bounded queue. Logins are
+throttled per user and per address (cloud/throttle.py): 429 with Retry-After.
+
+A username is unique within its tenant: two tenants may both have an ``ada``. A login names the
+tenant as ``ada@acme`` (or the ``tenant`` field); a bare ``ada`` still works while only one tenant
+has that name. Every principal belongs to one tenant; anything of another tenant answers 404, as if
+it did not exist.
 
 What each role may do (``ROLE_PERMISSIONS``):
 
@@ -31,6 +37,8 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -42,6 +50,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from .settings import CloudSettings
 from .store import ROLES, Store
+from .throttle import LoginThrottle
 
 KEY_PREFIX = "clk_"
 JWT_ALG = "HS256"
@@ -122,11 +131,60 @@ async def create_api_key(store: Store, tenant: str, role: str, name: str) -> tup
     return key_id, key
 
 
-async def create_user(store: Store, username: str, tenant: str, role: str, password: str) -> bool:
-    """Add a user; False if the username is taken. The password is hashed off the event loop."""
+class Busy(Exception):
+    """Too many password checks are waiting: answer 503 with Retry-After."""
+
+
+class PasswordWorkers:
+    """argon2 off the event loop: ``workers`` threads of its own, at most ``max_waiting`` calls queued.
+
+    A hash takes tens of milliseconds of CPU and 64 MiB; unbounded, 200 parallel logins would queue
+    200 of them ahead of a real one (and run them all). Here at most ``workers`` run and ``max_waiting``
+    wait; more get ``Busy`` at once. The login throttle keeps any one user or address from filling it.
+    """
+
+    def __init__(self, workers: int = 2, max_waiting: int = 32) -> None:
+        self.workers, self.max_waiting = workers, max_waiting
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.waiting = 0
+        self.calls = 0  # password checks and hashes run: what tests and bench/login.py count
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.waiting >= self.max_waiting:
+            raise Busy
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="password")
+        if self._slots is None or self._loop is not loop:  # a semaphore belongs to one event loop
+            self._slots, self._loop = asyncio.Semaphore(self.workers), loop
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            self.calls += 1
+            return await loop.run_in_executor(self._pool, fn, *args)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+_default_workers = PasswordWorkers()
+
+
+async def create_user(store: Store, username: str, tenant: str, role: str, password: str,
+                      workers: PasswordWorkers | None = None) -> bool:
+    """Add a user; False if the tenant already has that username. The password is hashed off the event loop."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    digest = await asyncio.to_thread(hash_password, password)
+    digest = await (workers or _default_workers).run(hash_password, password)
     return await store.access.add_user(username, tenant, role, digest, int(time.time() * 1000))
 
 
@@ -136,13 +194,29 @@ def issue_token(settings: CloudSettings, username: str, tenant: str, role: str) 
     return jwt.encode(claims, settings.jwt_key, algorithm=JWT_ALG)
 
 
-async def login(store: Store, settings: CloudSettings, username: str, password: str) -> str | None:
-    """A login token, or None for a wrong username or password (the caller does not learn which)."""
-    user = await store.access.get_user(username)
-    ok = await asyncio.to_thread(password_matches, user["password_hash"] if user else _DUMMY_HASH, password)
+def split_login(username: str, tenant: str | None = None) -> tuple[str, str | None]:
+    """``ada@acme`` → (ada, acme); a bare ``ada`` → (ada, ``tenant``)."""
+    name, at, in_tenant = username.rpartition("@")
+    if not at:
+        return username, tenant
+    if tenant is not None and tenant != in_tenant:
+        raise ValueError(f"the username names tenant {in_tenant!r} and the tenant field {tenant!r}")
+    return name, in_tenant
+
+
+async def login(store: Store, settings: CloudSettings, username: str, password: str, *,
+                tenant: str | None = None, workers: PasswordWorkers | None = None) -> str | None:
+    """A login token, or None for a wrong username or password (the caller does not learn which).
+
+    ``username`` may name its tenant (``ada@acme``); a bare name works while one tenant has it.
+    """
+    name, tenant = split_login(username, tenant)
+    user = await store.access.get_user(name, tenant)
+    ok = await (workers or _default_workers).run(password_matches, user["password_hash"] if user else _DUMMY_HASH,
+                                                 password)
     if not ok or user is None:
         return None
-    return issue_token(settings, username, user["tenant"], user["role"])
+    return issue_token(settings, name, user["tenant"], user["role"])
 
 
 # --- the FastAPI side ------------------------------------------------------------------------------
@@ -156,8 +230,11 @@ key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="an AP
 
 
 class Authenticator:
-    def __init__(self, store: Store, settings: CloudSettings) -> None:
+    def __init__(self, store: Store, settings: CloudSettings, *, throttle: LoginThrottle | None = None,
+                 workers: PasswordWorkers | None = None) -> None:
         self.store, self.settings = store, settings
+        self.throttle = throttle or LoginThrottle()
+        self.workers = workers or PasswordWorkers()
 
     async def from_api_key(self, key: str) -> Principal:
         parts = split_api_key(key)
@@ -177,8 +254,9 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise unauthorized("invalid login token") from None
         # A deleted user, or one whose role changed, loses the old token's rights at once.
-        user = await self.store.access.get_user(str(claims["sub"]))
-        if user is None or user["tenant"] != claims.get("tenant") or user["role"] != claims.get("role"):
+        tenant = claims.get("tenant")
+        user = await self.store.access.get_user(str(claims["sub"]), tenant) if isinstance(tenant, str) else None
+        if user is None or user["tenant"] != tenant or user["role"] != claims.get("role"):
             raise unauthorized("login token no longer valid; log in again")
         return Principal(user["username"], user["tenant"], user["role"], "jwt")
 

@@ -19,9 +19,10 @@ import aiomqtt
 
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
-from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.wire import now_ms
 
+from .model_delivery import ModelServer
 from .rules_delivery import RuleSetServer
 from .shadows import Publish, ShadowService
 from .store import Store
@@ -107,12 +108,13 @@ class ControlLink:
     """One MQTT connection for the control plane: shadow get/update requests and command results in,
     deltas, shadow answers and commands out. Reconnects forever with backoff."""
 
-    def __init__(self, store: Store, url: str, *, client_id: str = "carbonlink-control") -> None:
-        self.url = MqttUrl.parse(url)
+    def __init__(self, store: Store, url: str | MqttUrl, *, client_id: str = "carbonlink-control") -> None:
+        self.url = url if isinstance(url, MqttUrl) else MqttUrl.parse(url)  # credentials and TLS: kernel/mqtturl
         self.client_id = client_id
         self.shadows = ShadowService(store)
         self.commands = CommandService(store)
         self.rulesets = RuleSetServer(store)  # rule sets by hash (cloud/rules_delivery.py)
+        self.models = ModelServer(store)  # anomaly models by hash (cloud/model_delivery.py)
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.backoff = Backoff(initial=0.2, cap=10.0)
@@ -126,13 +128,14 @@ class ControlLink:
         self.shadows.publish = self.publish
         self.commands.publish = self.publish
         self.rulesets.publish = self.publish
+        self.models.publish = self.publish
         failing_since: float | None = None
         while True:
             try:
-                async with aiomqtt.Client(self.url.host, self.url.port, identifier=self.client_id,
+                async with aiomqtt.Client(**self.url.client_kwargs(), identifier=self.client_id,
                                           clean_session=False, keepalive=30) as client:
                     for t in (topics.ALL_SHADOW_GET, topics.ALL_SHADOW_UPDATE, topics.ALL_COMMAND_RESULTS,
-                              topics.ALL_RULESET_GET):
+                              topics.ALL_RULESET_GET, topics.ALL_MODEL_GET):
                         await client.subscribe(t, qos=1)
                     self._client = client
                     self.connected.set()
@@ -148,13 +151,15 @@ class ControlLink:
                                 await self.commands.handle_result(t, raw)
                             elif t.endswith("/" + topics.RULESET_GET):
                                 await self.rulesets.handle(t, raw)
+                            elif t.endswith("/" + topics.MODEL_GET):
+                                await self.models.handle(t, raw)
                             else:
                                 await self.shadows.handle(t, raw)
                         except aiomqtt.MqttError:
                             raise
                         except Exception:  # one bad request must not stop the control plane
                             log.exception("control message on %s failed", t)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, MqttConfigError) as exc:  # a TLS file gone since start: keep trying
                 self._client = None
                 self.connected.clear()
                 if failing_since is None:

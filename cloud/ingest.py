@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.events import Event, parse_event, verify_event
-from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.wire import (
     MAX_BATCH_BYTES,
     MAX_BATCH_DEPTH,
@@ -476,12 +476,12 @@ class IngestProcessor:
 class IngestService:
     """Subscribes to all telemetry and events on a broker and feeds the processor; reconnects forever."""
 
-    def __init__(self, store: Store, url: str, *, client_id: str = "carbonlink-ingest",
+    def __init__(self, store: Store, url: str | MqttUrl, *, client_id: str = "carbonlink-ingest",
                  shared_group: str | None = None, clock: Clock = now_ms, sites: list[str] | None = None) -> None:
         self.store = store
         # Only these sites' topics (a cloud that serves some sites of a shared broker); None: every site.
         self.sites = [topics.check_id("site", s) for s in sites] if sites else None
-        self.url = MqttUrl.parse(url)
+        self.url = url if isinstance(url, MqttUrl) else MqttUrl.parse(url)  # credentials and TLS: kernel/mqtturl
         self.client_id = client_id
         self.shared_group = shared_group  # MQTT 5 shared subscription ($share/group/...) on Mosquitto
         self.processor = IngestProcessor(store, clock=clock)
@@ -500,7 +500,7 @@ class IngestService:
         while True:
             try:
                 self.state = "connecting"
-                client = ManualAckClient(self.url.host, self.url.port, identifier=self.client_id,
+                client = ManualAckClient(**self.url.client_kwargs(), identifier=self.client_id,
                                          clean_session=False, keepalive=30)
                 async with client:
                     async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
@@ -520,7 +520,7 @@ class IngestService:
                         failing_since = None
                     self.connected.set()
                     await self._consume(client)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, MqttConfigError) as exc:  # a TLS file gone since start: keep trying
                 self.connected.clear()
                 self.state = "backoff"
                 if failing_since is None:

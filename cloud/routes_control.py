@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query
@@ -12,6 +13,20 @@ from .commands import CommandError, ControlLink
 from .shadows import ShadowError
 
 GatewayId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+
+def non_finite_at(doc: object) -> str | None:
+    """The path of the first NaN or ±Infinity in ``doc`` (JSON cannot carry them to a gateway), else None."""
+    stack: list[tuple[str, object]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path or "/"
+        if isinstance(value, dict):
+            stack += [(f"{path}/{k}", v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{path}/{i}", v) for i, v in enumerate(value)]
+    return None
 
 
 def create_control_router(control: ControlLink) -> APIRouter:
@@ -33,6 +48,10 @@ def create_control_router(control: ControlLink) -> APIRouter:
         state = body.get("state")
         if set(body) - {"state", "version"} or not isinstance(state, dict) or set(state) != {"desired"}:
             raise HTTPException(422, "body must be {\"state\": {\"desired\": {...}}, \"version\": n (optional)}")
+        bad = non_finite_at(body)
+        if bad is not None:
+            raise HTTPException(422, f"{bad} is NaN or Infinity: JSON has no such numbers, and a gateway could not"
+                                     " read the shadow")
         try:
             return await control.shadows.update(gateway, desired=state["desired"], version=body.get("version"))
         except ShadowError as exc:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import provisioning
-from .auth import Provisioner, not_found, same_tenant, tenant_gateway
+from .auth import Manager, Provisioner, not_found, same_tenant, tenant_gateway
 from .store import ClaimError, Store
 
 
@@ -27,6 +27,12 @@ class ClaimRequest(Strict):
     gateway: str = Field(min_length=1, max_length=64)
     alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
     key: str = Field(min_length=64, max_length=128, description="Ed25519 public key or HMAC secret, hex")
+
+
+class ReKeyRequest(Strict):
+    alg: Literal["ed25519", "hmac-sha256"] = "ed25519"
+    key: str = Field(min_length=64, max_length=128, description="the new Ed25519 public key or HMAC secret, hex")
+    reason: str = Field(min_length=3, max_length=500, description="why: kept in the audit log")
 
 
 class RotateRequest(Strict):
@@ -56,7 +62,9 @@ def provisioning_router(store: Store) -> APIRouter:
             res = await provisioning.claim(store, req.token, req.gateway, req.alg, req.key)
         except ClaimError as exc:
             msg = str(exc)
-            status = 410 if "expired" in msg or "already used" in msg else 409 if "taken" in msg or "revoked" in msg \
+            # reserved: a cloud account; already registered: a claim never replaces a gateway
+            conflict = any(w in msg for w in ("taken", "revoked", "reserved", "already registered"))
+            status = 410 if "expired" in msg or "already used" in msg else 409 if conflict \
                 else 400 if "must be" in msg else 404
             raise HTTPException(status, msg) from None
         return {"tenant": res.tenant, "site": res.site, "gateway": res.gateway,
@@ -70,6 +78,22 @@ def provisioning_router(store: Store) -> APIRouter:
         except ClaimError as exc:
             raise HTTPException(404 if "not registered" in str(exc) else 400, str(exc)) from None
         return {"gateway": gateway_id, "public_key": req.public_key}
+
+    @r.post("/api/gateways/{gateway_id}/re-key")
+    async def re_key(p: Manager, gateway_id: str, req: ReKeyRequest) -> dict[str, Any]:
+        """Admins only: replace a gateway's key and broker password (lost or stolen key); audited.
+
+        The gateway's own way is rotate-key (signed by its current key); this is for when that key is gone.
+        """
+        await tenant_gateway(store, p, gateway_id)
+        try:
+            res = await provisioning.re_key(store, gateway_id, req.alg, req.key, actor=p.subject, reason=req.reason,
+                                            tenant=p.tenant)
+        except ClaimError as exc:
+            msg = str(exc)
+            raise HTTPException(409 if "revoked" in msg else 404 if "not registered" in msg else 400, msg) from None
+        return {"gateway": res.gateway, "site": res.site, "alg": req.alg,
+                "mqtt": {"username": res.mqtt_username, "password": res.mqtt_password}}
 
     @r.post("/api/gateways/{gateway_id}/revoke")
     async def revoke(p: Provisioner, gateway_id: str) -> dict[str, Any]:

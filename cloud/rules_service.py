@@ -4,12 +4,16 @@
   table with their original times (a gateway may speak only of its own subjects, and an alert id must
   be the one its rule, subject and start give); ``rule.derivation`` records which rule version produces
   a derived point from when on.
-- **Cloud evaluation** (an ingest batch listener): each newly committed batch is fed to the tenant's
-  cloud rule set (``rules_eval.CloudRules``). Its alert changes go to the same alerts table (same ids
-  as the gateway's, so they merge) and its derived readings to ``derived_readings``, never to
-  ``readings``: what is in ``readings`` was signed by a device. The listener is called synchronously by
-  the ingest; what it produces is handed to a bounded queue and written by one task, so a slow store
-  never holds up the ingest (if the queue overflows, outputs are dropped, counted and logged).
+- **Cloud evaluation** (a tail of what every ingest worker committed): each newly committed batch is
+  queued by the commit itself (``rules_pending``, same transaction); one evaluator at a time — the
+  holder of the ``rules-eval`` lease, any cloud process — takes the queue in order and feeds each batch
+  to the tenant's cloud rule set (``rules_eval.CloudRules``), so N ingest workers on a shared
+  subscription still give one evaluation over each gateway's whole stream, and a worker that dies
+  after its commit loses no evaluation; the ingest's batch listener only wakes the tail. Its alert
+  changes go to the same alerts table (same ids as the gateway's, so they merge) and its derived
+  readings to ``derived_readings``, never to ``readings``: what is in ``readings`` was signed by a
+  device. What it produces is handed to a bounded queue and written by one task, so a slow store never
+  holds up the tail (if the queue overflows, outputs are dropped, counted and logged).
 - **Rule sets**: each tenant's newest cloud set is loaded at start, every ``refresh_s`` and at once when
   the API changed it in this process (``poke``); a set that does not compile leaves the last one running.
 - **Notifications** of cloud-placed rules: webhooks through the SSRF guard (cloud/webhook_guard.py) with
@@ -18,8 +22,9 @@
 - **Alerts on MQTT**: every change of an alert (raised, acknowledged, cleared, a second source) is
   published on ``cl/{site}/{gateway}/alerts`` (docs/topics.md) for other consumers.
 
-With several ingest workers on one shared subscription, each worker sees only part of a gateway's
-batches: run cloud evaluation in one of them (``CARBONLINK_RULES_CLOUD=false`` in the others).
+If the lease holder dies, another process takes the lease after ``LEASE_MS``; window state that was
+only in the dead process's memory starts again (alerts merge by id, derived readings by key, so an
+evaluation repeated after a crash changes nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.events import Event
-from carbonlink.kernel.wire import Quality, Reading, now_ms
+from carbonlink.kernel.wire import Quality, Reading, WireError, now_ms, parse_batch
 from carbonlink.rules import AlertChange as EngineAlertChange
 from carbonlink.rules.actions import (
     DirSecrets,
@@ -55,6 +63,7 @@ from carbonlink.rules.alerts import alert_id
 from carbonlink.rules.compiler import DERIVED_PREFIX
 from carbonlink.rules.document import RULE_ID
 
+from .batchparse import FastParser
 from .rules_eval import CloudRules, DerivedOut
 from .settings import CloudSettings
 from .store import GatewayRecord, PendingBatch, Store
@@ -66,6 +75,9 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]  # topic, payload, retain (ControlLink.publish)
 ALERTS = topics.ALERTS  # cl/{site}/{gateway}/alerts
+LEASE = "rules-eval"  # one evaluator of the committed-batch queue at a time
+LEASE_MS = 15_000
+TAIL_IDLE_S = 1.0  # the tail looks at the queue at least this often (other workers' commits)
 _SAFE_DIR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -150,17 +162,84 @@ class RulesService:
         self._sites: dict[str, str] = {}
         self._poke = asyncio.Event()
         self._publish_failing = False
+        self._committed = asyncio.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_until = 0
+        self._parser = FastParser()
 
     # --- the ingest's hooks -----------------------------------------------------------------------------
 
     def on_batch(self, rec: GatewayRecord, batch: PendingBatch) -> None:
-        """A newly committed batch (called by the ingest after its acks): evaluate it with the tenant's cloud set."""
-        if self.cloud is None or rec.tenant is None or rec.tenant not in self.cloud.hosts:
-            return
-        self._remember_site(rec.id, rec.site)
-        readings = [Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in batch.rows]
-        alerts, derived = self.cloud.on_commit(rec.tenant, rec.id, readings)
-        self.hand_over(rec.tenant, alerts, derived)
+        """A batch this process committed (the ingest's listener): wake the tail, which evaluates what every
+        worker committed, in queue order."""
+        if self.cloud is not None:
+            self._committed.set()
+
+    # --- the tail of committed batches --------------------------------------------------------------------
+
+    async def _lead(self) -> bool:
+        now = self.clock()
+        if self._lease_until - now > LEASE_MS // 2:
+            return True
+        if await self.store.rules.take_lease(LEASE, self.owner, now, LEASE_MS):
+            self._lease_until = now + LEASE_MS
+            return True
+        self._lease_until = 0
+        return False
+
+    async def evaluate_pending(self, limit: int = 200) -> int:
+        """Evaluate the oldest queued committed batches if this process holds the lease; how many it took."""
+        if self.cloud is None or not await self._lead():
+            return 0
+        rows = await self.store.rules.pending_batches(limit)
+        records: dict[str, GatewayRecord | None] = {}
+        for row in rows:
+            gw = row["gateway"]
+            if gw not in records:
+                records[gw] = await self.store.registry.get_gateway(gw)
+            rec = records[gw]
+            if rec is None or rec.tenant is None or rec.tenant not in self.cloud.hosts or row["payload"] is None:
+                continue
+            readings = self._readings(bytes(row["payload"]))
+            if not readings:
+                log.warning("cloud rules: stored batch %s/%s could not be read again; not evaluated", gw, row["seq"])
+                continue
+            self._remember_site(rec.id, rec.site)
+            alerts, derived = self.cloud.on_commit(rec.tenant, rec.id, readings)
+            self.hand_over(rec.tenant, alerts, derived)
+        await self.store.rules.done_batches((r["gateway"], int(r["seq"])) for r in rows)
+        return len(rows)
+
+    def _readings(self, raw: bytes) -> list[Reading]:
+        fast = self._parser.parse(raw)
+        if fast is not None:
+            return [Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in fast.rows]
+        try:
+            return list(parse_batch(raw).readings)
+        except WireError:
+            return []
+
+    async def _tail(self) -> None:
+        failing = False
+        while True:
+            try:
+                took = await self.evaluate_pending()
+                if failing:
+                    log.info("cloud rules evaluate committed batches again")
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("cloud rules cannot read the committed-batch queue (%s: %s); retrying",
+                                type(exc).__name__, exc)
+                failing = True
+                took = 0
+                await asyncio.sleep(1.0)
+            if took:
+                await asyncio.sleep(0)  # more may be queued: go on, letting others run
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), TAIL_IDLE_S)
+            self._committed.clear()
 
     def hand_over(self, tenant: str, alerts: list[EngineAlertChange], derived: list[DerivedOut]) -> None:
         if not alerts and not derived:
@@ -303,6 +382,9 @@ class RulesService:
                     log.error("cloud rule set v%d of %s does not compile; keeping %s: %s", version, tenant,
                               result["hash"][:12] or "none", result["errors"][:3])
             self.versions[tenant] = version
+        # Queue committed batches only while some tenant has cloud rules (a set loaded here within
+        # ``refresh_s`` of its creation; until then, as before it existed, nothing is evaluated).
+        self.store.data.queue_for_rules = bool(self.cloud.hosts)
 
     def _executors_of(self, tenant: str) -> dict[str, Executor]:
         return self._executors.setdefault(tenant, {})
@@ -346,6 +428,7 @@ class RulesService:
         async with contextlib.AsyncExitStack() as stack:
             self._stack = stack
             writer = asyncio.create_task(self._writer(), name="rules-writer")
+            tail = asyncio.create_task(self._tail(), name="rules-tail") if self.cloud is not None else None
             try:
                 while True:
                     try:
@@ -358,9 +441,15 @@ class RulesService:
                         await asyncio.wait_for(self._poke.wait(), self.refresh_s)
                     self._poke.clear()
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                for task in (writer, tail):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                if self._lease_until:
+                    with contextlib.suppress(Exception):
+                        await self.store.rules.release_lease(LEASE, self.owner)
+                    self._lease_until = 0
                 self._stack = None
 
     async def _writer(self) -> None:
@@ -396,7 +485,15 @@ class RulesService:
             self.counters.cloud_alerts += int(got is not None)
 
     async def drain(self) -> None:
-        """Until every handed-over output is written (tests, orderly shutdown)."""
+        """Until the committed-batch queue is evaluated (if this process leads) and every output is
+        written (tests, orderly shutdown)."""
+        while await self.evaluate_pending():
+            pass
+        if self._stack is None:  # not running: write what is queued here
+            while not self.queue.empty():
+                tenant, alerts, derived = self.queue.get_nowait()
+                await self.write(tenant, alerts, derived)
+                self.queue.task_done()
         await self.queue.join()
 
     def state(self, tenant: str) -> dict[str, Any]:

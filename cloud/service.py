@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.kernel.wire import now_ms
 
 from .api import create_app
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class CloudService:
-    def __init__(self, store_url: str, mqtt_url: str, *, http_host: str = "127.0.0.1", http_port: int = 8080,
-                 client_id: str = "carbonlink-ingest", shared_group: str | None = None,
+    def __init__(self, store_url: str, mqtt_url: str | MqttUrl, *, http_host: str = "127.0.0.1",
+                 http_port: int = 8080, client_id: str = "carbonlink-ingest", shared_group: str | None = None,
                  settings: CloudSettings | None = None, refresh_every_s: float = 30.0,
                  sites: list[str] | None = None) -> None:
         self.settings = settings or CloudSettings()
@@ -37,11 +38,13 @@ class CloudService:
         # Ingest and API share one store; /metrics sees its statement latency, commits, lag and dead letters.
         self.store: Store = open_store(store_url)
         instrument(self.store, self.metrics)
-        self.ingest = IngestService(self.store, mqtt_url, client_id=client_id, shared_group=shared_group,
+        # The broker URL with CARBONLINK_MQTT_* credentials and TLS files, checked once here (kernel/mqtturl.py).
+        self.mqtt = mqtt_url if isinstance(mqtt_url, MqttUrl) else MqttUrl.from_env(mqtt_url)
+        self.ingest = IngestService(self.store, self.mqtt, client_id=client_id, shared_group=shared_group,
                                     sites=sites)
         self.metrics.attach(self.ingest.processor)
         # Shadows and commands travel on their own connection, so a busy ingest never delays them.
-        self.control = ControlLink(self.store, mqtt_url, client_id=f"{client_id}-control")
+        self.control = ControlLink(self.store, self.mqtt, client_id=f"{client_id}-control")
         # Rules: gateways' alert events into the alerts table, the cloud's own evaluation of what ingest
         # committed, alert changes published on the control link (cloud/rules_service.py).
         self.rules = RulesService(self.store, self.settings, publish=self.control.publish)
@@ -68,6 +71,13 @@ class CloudService:
 
     async def start(self) -> None:
         await self.store.open()
+        # Node secrets are sealed at rest; without their key the service does not start (cloud/secretbox.py).
+        try:
+            await self.store.registry.use_secrets(self.settings.secret_box(),
+                                                  plain_allowed=self.settings.environment == "development")
+        except BaseException:
+            await self.store.close()
+            raise
         if not await self.store.access.has_credentials():  # the API needs an admin to make users: say how, once
             log.info(first_admin_hint(re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.store.url)))
         # The control router goes in through create_app, behind the tenant and role checks.
@@ -125,7 +135,7 @@ class CloudService:
 
 
 @contextlib.asynccontextmanager
-async def running_cloud(store_url: str, mqtt_url: str, **kw: Any) -> AsyncIterator[CloudService]:
+async def running_cloud(store_url: str, mqtt_url: str | MqttUrl, **kw: Any) -> AsyncIterator[CloudService]:
     svc = CloudService(store_url, mqtt_url, **kw)
     await svc.start()
     try:

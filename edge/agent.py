@@ -16,6 +16,7 @@ from carbonlink.kernel.tasks import cancel_and_wait
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import Reading
 
+from .anomaly_runner import AnomalyRunner
 from .commands import CommandRejected, CommandRunner
 from .config import GatewayConfig, load_gateway_config
 from .drivers.registry import build_driver
@@ -60,6 +61,7 @@ class EdgeAgent:
         self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
                                  sink=getattr(self, "events", None) or LogSink(), derived=self.outbox.append,
                                  publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
+        self.anomaly = AnomalyRunner(data_dir=cfg.gateway.data_dir, sink=getattr(self, "events", None) or LogSink())
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
         self.uploaders = [u.build() for u in cfg.hj212_upload]
@@ -95,6 +97,7 @@ class EdgeAgent:
                 self.filtered += n - len(readings)
         if not readings:
             return
+        readings = self.anomaly.feed(readings)  # flags only, never drops or changes a value; never raises
         self.outbox.append(readings)
         self.produced += len(readings)
         self.rules.feed(readings)  # never raises: a failing rule is disabled with an event
@@ -173,10 +176,16 @@ class EdgeAgent:
         return {"log_level": logging.getLevelName(logging.getLogger().level),
                 "batch": {"max_readings": self.policy.live_max_readings,
                           "max_age_s": float(self.policy.live_max_age_s)},
-                "devices": devices, "rules": self.rules.state()}
+                "devices": devices, "rules": self.rules.state(), "model": self.anomaly.state()}
 
     def set_rules(self, doc: Any) -> str | None:
         return self.rules.apply(doc)
+
+    def set_model(self, doc: Any) -> str | None:
+        return self.anomaly.apply(doc)
+
+    def holds_model(self, sha256: str) -> bool:
+        return self.anomaly.holds(sha256)
 
     def rules_hash(self) -> str:
         return self.rules.host.applied_hash

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from carbonlink.kernel.configfile import load_yaml_config
+from carbonlink.kernel.mqtturl import MqttUrl
 
 from .drivers.registry import DeviceConfig
 from .drivers.settings import StrictModel
@@ -22,12 +23,19 @@ class GatewaySection(StrictModel):
 
 
 class MqttSection(StrictModel):
-    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    url: str = Field(default="mqtt://127.0.0.1:1883", description=(
+        "mqtt://HOST[:PORT] or mqtts://HOST[:PORT][?cafile=CA.pem&certfile=…&keyfile=…] (docs/production.md)"))
     username: str | None = None
     password: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     ack_timeout_s: float = Field(default=15.0, gt=0, le=3600, description="resend a batch not acked by then")
     max_inflight: int = Field(default=8, ge=1, le=1000, description="batches published and awaiting ack")
+
+    @field_validator("url")
+    @classmethod
+    def _url_works(cls, v: str) -> str:
+        MqttUrl.parse(v).tls_context()  # a bad URL or an unreadable certificate file fails at load
+        return v
 
 
 class BatchSection(StrictModel):

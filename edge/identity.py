@@ -16,7 +16,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
             raise ValueError(f"{path}: not an Ed25519 private key; fix: delete it to generate a new one")
         return key
     key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

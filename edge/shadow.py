@@ -16,6 +16,9 @@ with the reason, never silently ignored)::
     rules: {"hash": H}, a rule set the gateway fetches by hash (ruleset/get, answered on ruleset) and
            checks against H before it applies it; or a whole rule-set document (docs/rules.md). The last
            good set keeps running while a set is fetched and when one fails to compile.
+    model: {id, version, sha256[, onnx_b64][, flag]}, the anomaly model (edge/anomaly_runner.py), fetched by hash
+           (model/get, answered on model) unless held or inline: hash checked,
+           loaded and probed before it replaces the last good model.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 Publish = Callable[[str, bytes], Awaitable[None]]
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class ShadowTarget(Protocol):
@@ -48,6 +52,8 @@ class ShadowTarget(Protocol):
     def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
                    points: list[str] | None) -> None: ...
     def set_rules(self, doc: Any) -> str | None: ...  # None when applied, else the reason it was refused
+    def set_model(self, doc: Any) -> str | None: ...  # desired.model (edge/anomaly_runner.py); None when applied
+    def holds_model(self, sha256: str) -> bool: ...  # False: fetch it by hash (model/get) first
     def rules_hash(self) -> str: ...  # the hash of the rule set running now ("" for none)
 
 
@@ -125,6 +131,8 @@ def plan(desired: dict[str, Any], devices: dict[str, set[str] | None]) -> tuple[
                 ok[key] = value  # compiled (and refused with positions) by the rules runner
             else:
                 rejected[key] = "must be a rule-set object"
+        elif key == "model":
+            ok[key] = value  # checked (hash, ONNX, inputs) by the anomaly runner, which keeps the last good model
         else:
             rejected[key] = "unknown key"
     return ok, rejected
@@ -140,13 +148,15 @@ class EdgeShadow:
         self.rejected: dict[str, str] = {}
         self.applied = 0  # desired states applied since start
         self.fetching: str | None = None  # the hash of a rule set asked for and not received yet
+        self.fetching_model: dict[str, Any] | None = None  # desired.model whose file was asked for (model/get)
         self._load()
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
         return (self.topics.topic(T.SHADOW_DELTA), self.topics.topic(T.SHADOW_GET_ACCEPTED),
                 self.topics.topic(T.SHADOW_GET_REJECTED), self.topics.topic(T.SHADOW_UPDATE_ACCEPTED),
-                self.topics.topic(T.SHADOW_UPDATE_REJECTED), self.topics.topic(T.RULESET))
+                self.topics.topic(T.SHADOW_UPDATE_REJECTED), self.topics.topic(T.RULESET),
+                self.topics.topic(T.MODEL))
 
     def _load(self) -> None:
         try:
@@ -189,6 +199,13 @@ class EdgeShadow:
                 refused = self.target.set_rules(ok["rules"])
                 if refused:
                     self.rejected["rules"] = refused
+        self.fetching_model = None
+        model = ok.get("model")
+        if isinstance(model, dict) and "onnx_b64" not in model and isinstance(model.get("sha256"), str) \
+                and _SHA_RE.fullmatch(model["sha256"]) and not self.target.holds_model(model["sha256"]):
+            self.fetching_model = model  # the last good model runs until this one arrives
+        elif "model" in ok and (refused := self.target.set_model(model)):
+            self.rejected["model"] = refused
         self.applied += 1
         for path, reason in self.rejected.items():
             log.warning("desired %s rejected: %s", path, reason)
@@ -206,6 +223,35 @@ class EdgeShadow:
         if self.fetching:
             log.info("fetching rule set %s from the cloud", self.fetching[:12])
             await publish(self.topics.topic(T.RULESET_GET), json.dumps({"hash": self.fetching}).encode())
+        if self.fetching_model:
+            sha = self.fetching_model["sha256"]
+            log.info("fetching anomaly model %s from the cloud", sha[:12])
+            await publish(self.topics.topic(T.MODEL_GET), json.dumps({"sha256": sha}).encode())
+
+    async def _model(self, raw: bytes, publish: Publish) -> None:
+        """The cloud's answer to model/get: handed to the anomaly runner (which checks the hash, loads and
+        probes the file) only if it is the model asked for."""
+        want = self.fetching_model
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            log.warning("malformed model message")
+            return
+        if want is None or not isinstance(msg, dict) or msg.get("sha256") != want["sha256"]:
+            return  # an answer to an earlier request
+        if "error" in msg:
+            self.rejected["model"] = f"the cloud cannot deliver model {want['sha256'][:12]}: {str(msg['error'])[:200]}"
+        else:
+            doc = {**want, "onnx_b64": msg.get("onnx_b64")}
+            refused = self.target.set_model(doc)
+            if refused:
+                self.rejected["model"] = refused
+            else:
+                self.rejected.pop("model", None)
+        self.fetching_model = None
+        if "model" in self.rejected:
+            log.warning("desired model rejected: %s", self.rejected["model"])
+        await publish(self.topics.topic(T.SHADOW_UPDATE), self.report())
 
     async def _ruleset(self, raw: bytes, publish: Publish) -> None:
         """The cloud's answer to ruleset/get: applied only if it is the set asked for and its hash checks."""
@@ -249,6 +295,9 @@ class EdgeShadow:
             return True
         if suffix == T.RULESET:
             await self._ruleset(raw, publish)
+            return True
+        if suffix == T.MODEL:
+            await self._model(raw, publish)
             return True
         if suffix not in (T.SHADOW_DELTA, T.SHADOW_GET_ACCEPTED):
             return False

@@ -20,7 +20,6 @@ import asyncio
 import enum
 import json
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 import aiomqtt
 
 from carbonlink.kernel.backoff import Backoff
-from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 
@@ -130,7 +129,7 @@ class Uplink:
             except asyncio.CancelledError:
                 self.state = LinkState.STOPPED
                 raise
-            except (aiomqtt.MqttError, OSError) as exc:
+            except (aiomqtt.MqttError, OSError, MqttConfigError) as exc:  # MqttConfigError: a TLS file gone
                 self.counters.last_error = str(exc)
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
@@ -141,12 +140,12 @@ class Uplink:
             await asyncio.sleep(self.backoff.next_delay())
 
     def _client(self) -> aiomqtt.Client:
-        tls = ssl.create_default_context() if self.url.tls else None
+        conn = self.url.client_kwargs()  # host, port, TLS (cafile, client certificate) from the URL
         return aiomqtt.Client(
-            self.url.host, self.url.port,
+            conn["hostname"], conn["port"],
             identifier=f"{self.topics.site}.{self.topics.gateway}",
-            username=self.username, password=self.password,
-            keepalive=self.keepalive, clean_session=False, tls_context=tls,
+            username=self.username or self.url.username, password=self.password or self.url.password,
+            keepalive=self.keepalive, clean_session=False, tls_context=conn["tls_context"],
             will=aiomqtt.Will(self.topics.status, b"offline", qos=1, retain=True),
             max_queued_outgoing_messages=10_000,
         )

@@ -1,6 +1,7 @@
 """The layers of design.md, checked on the source: imports point down only.
 
 kernel  <- codecs  <- edge | cloud | simulators | rules  <- commands and the root CLI
+anomaly (the model runtime) sits beside codecs: it imports only the kernel, edge and cloud may import it.
 Edge and cloud never import each other or simulators; nothing imports a layout folder by its bare name.
 """
 
@@ -22,6 +23,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
                           "carbonlink.rules", "carbonlink.commands", "carbonlink.cli"),
     "carbonlink.codecs": ("carbonlink.edge", "carbonlink.cloud", "carbonlink.simulators", "carbonlink.rules",
                           "carbonlink.commands", "carbonlink.cli"),
+    "carbonlink.anomaly": ("carbonlink.edge", "carbonlink.cloud", "carbonlink.simulators", "carbonlink.rules",
+                           "carbonlink.commands", "carbonlink.cli"),
     "carbonlink.rules": ("carbonlink.edge", "carbonlink.cloud", "carbonlink.simulators", "carbonlink.commands",
                          "carbonlink.cli"),
     "carbonlink.edge": ("carbonlink.cloud", "carbonlink.simulators", "carbonlink.commands", "carbonlink.cli"),

@@ -191,9 +191,11 @@ def anchor_new_key(
     if out_file.exists():
         raise fail(f"{out_file} exists; refusing to overwrite a key")
     account = Account.create()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(Account.encrypt(account.key, password)))
-    out_file.chmod(0o600)
+    out_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Created 0600 from the first byte (not chmod after writing): the keystore is never readable by others.
+    fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(Account.encrypt(account.key, password)))
     if json_out:
         print(json.dumps({"address": account.address, "keystore": str(out_file)}))
     else:

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from carbonlink.commands.common import DEFAULT_DB, err, run_until_signal
+from carbonlink.commands.common import DEFAULT_DB, err, fail, redact_url, run_until_signal
 from carbonlink.commands.storage import app as storage_app
-from carbonlink.commands.users import key_app, user_app
+from carbonlink.commands.users import gateway_app, key_app, user_app
+from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.ports import port_free
 
 cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", no_args_is_help=True)
@@ -20,6 +21,7 @@ cloud_app = typer.Typer(help="The cloud: ingest, storage, API and dashboard.", n
 cloud_app.registered_commands.extend(storage_app.registered_commands)
 cloud_app.add_typer(user_app, name="user")
 cloud_app.add_typer(key_app, name="key")
+cloud_app.add_typer(gateway_app, name="gateway")
 
 
 @cloud_app.command("serve")
@@ -37,6 +39,7 @@ def cloud_serve(
 
     from carbonlink.cloud.broker import EmbeddedBroker
     from carbonlink.cloud.logs import configure
+    from carbonlink.cloud.secretbox import SecretKeyError
     from carbonlink.cloud.service import running_cloud
     from carbonlink.cloud.settings import CloudSettings
 
@@ -47,16 +50,26 @@ def cloud_serve(
         err.print(f"[red]cloud settings (CARBONLINK_* environment): {problems}[/]")
         raise typer.Exit(2) from None
     configure("INFO", settings.log_format)
+    try:  # credentials and TLS files (CARBONLINK_MQTT_*) are checked before anything starts
+        broker = MqttUrl.from_env(mqtt) if mqtt is not None else None
+    except MqttConfigError as exc:
+        err.print(f"[red]broker settings (--mqtt, CARBONLINK_MQTT_*): {exc}[/]")
+        raise typer.Exit(2) from None
 
     async def go() -> None:
         async with contextlib.AsyncExitStack() as stack:
-            url = mqtt
+            url = broker
             if url is None:
-                url = (await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))).url
-            svc = await stack.enter_async_context(
-                running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
-                              shared_group=shared_group, settings=settings))
-            err.print(f"cloud up: broker {url}, storage {db}, API {svc.dashboard_url}")
+                embedded = await stack.enter_async_context(EmbeddedBroker(port=1883 if port_free(1883) else None))
+                url = MqttUrl.parse(embedded.url)
+            try:
+                svc = await stack.enter_async_context(
+                    running_cloud(db, url, http_host=host, http_port=port, client_id=client_id,
+                                  shared_group=shared_group, settings=settings))
+            except SecretKeyError as exc:
+                raise fail(f"cloud secret key: {exc}") from None
+            # str(MqttUrl) never shows the password; the storage URL may hold one too.
+            err.print(f"cloud up: broker {url}, storage {redact_url(db)}, API {svc.dashboard_url}")
             await asyncio.Event().wait()
 
     run_until_signal(go())

@@ -56,7 +56,24 @@ async def open_store(db: str, *, create: bool = True) -> Store:
         await store.open()
     except OSError as exc:
         raise fail(f"cannot reach the database at {redact_url(db)}: {exc}; is it running?") from None
+    _attach_key_ring(store)
     return store
+
+
+def _attach_key_ring(store: Store) -> None:
+    """Let a command read sealed node secrets when the cloud's key ring is at hand (never made here)."""
+    from pydantic import ValidationError
+
+    from carbonlink.cloud.secretbox import SecretKeyError
+    from carbonlink.cloud.settings import CloudSettings
+
+    try:
+        store.registry.attach_secrets(CloudSettings().secret_box(create=False))
+    except ValidationError:
+        return  # the cloud's settings are not in this shell's environment: nothing to attach
+    except (SecretKeyError, OSError) as exc:
+        err.print(f"[yellow]note:[/] the cloud's secret key ring is not usable here ({exc}); commands that need an"
+                  " HMAC node's secret will say so")
 
 
 def _sqlite_missing(db: str) -> bool:

@@ -26,7 +26,8 @@ EXTRA_PROBES: dict[str, tuple[str, ...]] = {
     "cloud": ("fastapi", "uvicorn", "aiosqlite", "asyncpg"),
     "chain": ("web3", "eth_account"),
     "sim": ("pymodbus", "asyncua"),
-    "ml": ("onnxruntime", "numpy"),
+    "ml": ("onnxruntime", "numpy", "sklearn", "skl2onnx"),
+    "edge-ml": ("onnxruntime", "numpy"),
     "train": ("sklearn", "skl2onnx"),
 }
 

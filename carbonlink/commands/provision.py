@@ -19,6 +19,7 @@ import yaml
 from rich.table import Table
 
 from carbonlink.commands.common import err, fail, out, with_store
+from carbonlink.kernel.ids import check_account_id
 
 app = typer.Typer(help="Register gateways and devices, issue credentials, write configs.", no_args_is_help=True)
 
@@ -110,6 +111,10 @@ def claim(
         gateway = typer.prompt("Gateway id") if interactive else None
     if not token or not gateway:
         raise fail("--token and --gateway are required (or run interactively)")
+    try:  # refused by the cloud too (409); say so before a key is made
+        check_account_id("gateway", gateway)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     devices = []
     for spec in device or []:
         try:
@@ -149,33 +154,164 @@ def claim(
     _emit(summary, json_out, f"Gateway {gateway} claimed")
 
 
+BROKER_GROUP = "mosquitto"  # the user and group Debian's and the eclipse-mosquitto image's broker runs as
+
+
+def _group_id(name: str) -> int | None:
+    import grp
+
+    if name.isdigit():  # a numeric gid, e.g. 1883 for the eclipse-mosquitto container's group
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _user_id(name: str) -> int | None:
+    import pwd
+
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def write_broker_file(path: Path, text: str, *, uid: int, gid: int, mode: int) -> None:
+    """Replace ``path`` atomically (a broker reloading on SIGHUP never reads half a file), owned uid:gid."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            if (uid, gid) != (-1, -1):
+                os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), mode)  # after the chown, which may clear mode bits
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _password_file(file: Path, option: str) -> tuple[str, str]:
+    """The password in ``file``, or a new one written there (0600) if it does not exist yet."""
+    import secrets
+
+    from carbonlink.kernel.mqtturl import MqttConfigError, read_password_file
+
+    if file.exists():
+        try:
+            return read_password_file(file, option), str(file)
+        except MqttConfigError as exc:
+            raise fail(str(exc)) from None
+    password = secrets.token_urlsafe(24)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a service's secret: owner only
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password, f"{file} (new)"
+
+
+def _ingest_password(given: str | None, file: Path | None) -> tuple[str, str]:
+    """(password, where it came from): --ingest-password-file (read, or made once), the env, or new."""
+    import secrets
+
+    if given is not None and file is not None:
+        raise fail("give the ingest password once: CARBONLINK_INGEST_PASSWORD or --ingest-password-file")
+    if given is not None:
+        return given, "CARBONLINK_INGEST_PASSWORD"
+    if file is not None:
+        return _password_file(file, "--ingest-password-file")
+    return secrets.token_urlsafe(24), "generated"
+
+
 @app.command("broker-files")
 def broker_files(
     db: Annotated[str, typer.Option(help="storage URL")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for passwd and acl")],
-    ingest_password: Annotated[str | None, typer.Option(envvar="CARBONLINK_INGEST_PASSWORD",
+    ingest_password: Annotated[str | None, typer.Option(envvar="CARBONLINK_INGEST_PASSWORD", show_envvar=True,
                                                         help="password of the cloud's own MQTT account")] = None,
+    ingest_password_file: Annotated[Path | None, typer.Option(
+        help="file with the cloud's MQTT password; made (0600) with a new one if missing. Give the cloud the "
+             "same file as CARBONLINK_MQTT_PASSWORD_FILE")] = None,
+    reader_password_file: Annotated[Path | None, typer.Option(
+        help="add the read-only account carbonlink-reader (Node-RED) with the password in this file; made "
+             "(0600) if missing")] = None,
+    owner: Annotated[str | None, typer.Option(
+        help="user (name or uid) that owns the files (default: whoever runs this)")] = None,
+    group: Annotated[str | None, typer.Option(
+        help=f"group (name or gid) that may read the files (mode 0640): the broker's, 1883 in the "
+             f"eclipse-mosquitto image. Default: {BROKER_GROUP!r} if that group exists, else none (mode 0600)")] = None,
+    private: Annotated[bool, typer.Option("--private", help="mode 0600 and no group, for a broker that runs as "
+                                                             "the files' owner")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Write Mosquitto password and ACL files: each gateway may use only its own topics."""
-    import secrets
+    """Write Mosquitto password and ACL files: each gateway may use only its own topics.
 
-    from carbonlink.cloud.provisioning import INGEST_USER, MOSQUITTO_CONF_SNIPPET, mosquitto_password_hash
+    The files hold password hashes, not passwords; they are written atomically, owned by --owner and
+    readable by --group (Mosquitto drops to user and group `mosquitto` before it reads them). The
+    folder gets the same group, mode 0750. See docs/production.md, "Broker files".
+    """
+    from carbonlink.cloud.provisioning import (
+        INGEST_USER,
+        MOSQUITTO_CONF_SNIPPET,
+        READER_USER,
+        BrokerFilesError,
+        mosquitto_password_hash,
+    )
     from carbonlink.cloud.provisioning import broker_files as make_files
 
-    generated = ingest_password is None
-    ingest_password = ingest_password or secrets.token_urlsafe(24)
-    passwd, acl = with_store(db, lambda s: make_files(s, mosquitto_password_hash(ingest_password)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("passwd", passwd), ("acl", acl)):
-        fd = os.open(out_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-    data = {"passwd": str(out_dir / "passwd"), "acl": str(out_dir / "acl"),
-            "accounts": passwd.count("\n"), "ingest_user": INGEST_USER,
-            **({"ingest_password": ingest_password} if generated else {})}
+    if private and group is not None:
+        raise fail("--private and --group exclude each other")
+    uid = -1
+    if owner is not None:
+        found_uid = _user_id(owner)
+        if found_uid is None:
+            raise fail(f"--owner {owner!r}: no such user on this host; give an existing user name")
+        uid = found_uid
+    gid = -1
+    group_name = None if private else (group if group is not None else
+                                       (BROKER_GROUP if _group_id(BROKER_GROUP) is not None else None))
+    if group_name is not None:
+        found_gid = _group_id(group_name)
+        if found_gid is None:
+            raise fail(f"--group {group_name!r}: no such group on this host; give the group Mosquitto runs as "
+                       "(see `ps -o group= -C mosquitto`) or --private")
+        gid = found_gid
+    mode = 0o640 if group_name is not None else 0o600
+    password, source = _ingest_password(ingest_password, ingest_password_file)
+    reader = _password_file(reader_password_file, "--reader-password-file")[0] if reader_password_file else None
+    reader_hash = mosquitto_password_hash(reader) if reader is not None else None
+    try:
+        passwd, acl = with_store(db, lambda s: make_files(s, mosquitto_password_hash(password), reader_hash))
+    except BrokerFilesError as exc:
+        raise fail(str(exc)) from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (uid, gid) != (-1, -1):
+            os.chown(out_dir, uid, gid)
+        out_dir.chmod(0o750 if group_name is not None else 0o700)
+        for name, text in (("passwd", passwd), ("acl", acl)):
+            write_broker_file(out_dir / name, text, uid=uid, gid=gid, mode=mode)
+    except PermissionError as exc:
+        raise fail(f"cannot give {exc.filename or out_dir} to {owner or 'this user'}:{group_name or '-'} "
+                   f"({exc.strerror}): run as root, or choose a --group you belong to, or --private") from None
+    data: dict[str, Any] = {
+        "passwd": str(out_dir / "passwd"), "acl": str(out_dir / "acl"), "accounts": passwd.count("\n"),
+        "owner": owner or "(this user)", "group": group_name or "(none)", "mode": oct(mode),
+        "ingest_user": INGEST_USER, "ingest_password_from": source,
+        **({"reader_user": READER_USER, "reader_password_file": str(reader_password_file)} if reader else {}),
+        **({"ingest_password": password} if source == "generated" else {})}
     _emit(data, json_out, "Mosquitto files")
     if not json_out:
+        if source == "generated":
+            err.print("The ingest password above is shown once; next time use --ingest-password-file so the "
+                      "cloud and the broker keep agreeing.")
         err.print("Add to mosquitto.conf:\n" + MOSQUITTO_CONF_SNIPPET.format(dir=out_dir.resolve()))
 
 
@@ -286,6 +422,7 @@ def node(
     import secrets as pysecrets
 
     try:
+        check_account_id("node", node_id)
         sensors = node_sensors(soil or [], bthome or [], sensors_json)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from None
@@ -308,7 +445,7 @@ def node(
     }
     if wifi_ssid:
         cfg["wifi"] = {"ssid": wifi_ssid, "password": wifi_password or ""}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # holds the node's secret
     with os.fdopen(fd, "w") as f:
         json.dump(cfg, f, indent=1)

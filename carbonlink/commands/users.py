@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from carbonlink.cloud.provisioning import ReKeyResult
 
 from carbonlink.cloud.store import ROLES
 from carbonlink.commands.common import DEFAULT_DB, err, fail, table, with_store
@@ -18,6 +21,8 @@ from carbonlink.kernel.ids import ID_RE
 
 user_app = typer.Typer(help="API users: username, password, role in one tenant.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys: for scripts and scrapers; shown once.", no_args_is_help=True)
+gateway_app = typer.Typer(help="Operator actions on a gateway's identity, on the cloud's host; audited.",
+                          no_args_is_help=True)
 T = TypeVar("T")
 _ID = ID_RE
 
@@ -55,12 +60,13 @@ def user_add(
     if len(password) < 12:
         raise fail("the password must have at least 12 characters")
     if not with_store(db, lambda s: create_user(s, username, tenant, role, password)):
-        raise fail(f"username {username!r} is taken; choose another or `carbonlink cloud user remove` it first")
+        raise fail(f"tenant {tenant!r} already has a user {username!r}; choose another name or"
+                   " `carbonlink cloud user remove` it first")
     if json_out:
         print(json.dumps({"username": username, "tenant": tenant, "role": role}))
     else:
-        err.print(f"[green]added[/] {username} ({role} of {tenant}); log in on the dashboard or with"
-                  " POST /api/auth/token")
+        err.print(f"[green]added[/] {username} ({role} of {tenant}); log in as {username}@{tenant} on the dashboard"
+                  " or with POST /api/auth/token")
 
 
 @user_app.command("list")
@@ -124,3 +130,48 @@ def key_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (clk_<id
     if not with_store(db, lambda s: s.access.revoke_api_key(tenant, key_id, int(time.time() * 1000))):
         raise fail(f"no active key {key_id!r} in tenant {tenant!r}; see `carbonlink cloud key list`")
     err.print(f"revoked {key_id}")
+
+
+@gateway_app.command("re-key")
+def gateway_re_key(
+    gateway: Annotated[str, typer.Argument(help="the gateway id")],
+    key: Annotated[str, typer.Option(help="the new Ed25519 public key (or a node's HMAC secret), hex")],
+    reason: Annotated[str, typer.Option(help="why; kept in the audit log")],
+    alg: Annotated[str, typer.Option(help="ed25519 or hmac-sha256")] = "ed25519",
+    db: Db = DEFAULT_DB,
+    json_out: Json = False,
+) -> None:
+    """Replace a gateway's key and broker password when its own key is lost or stolen.
+
+    A gateway that still has its key rotates it itself (POST /api/gateways/ID/rotate-key, signed by the
+    old key). This is the operator's way: the old key stops at once, the new broker password is shown
+    once, and the audit log records who did it and why.
+    """
+    import getpass
+    import socket
+
+    from carbonlink.cloud.provisioning import re_key
+    from carbonlink.cloud.secretbox import SecretKeyError
+    from carbonlink.cloud.settings import CloudSettings
+    from carbonlink.cloud.store import ClaimError, Store
+
+    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+
+    async def go(s: Store) -> ReKeyResult:
+        # The same key ring as the cloud: a node's new secret is sealed, never stored in plain text.
+        settings = CloudSettings()
+        await s.registry.use_secrets(settings.secret_box(), plain_allowed=settings.environment == "development")
+        return await re_key(s, gateway, alg, key, actor=actor, reason=reason)
+
+    try:
+        res = with_store(db, go)
+    except (ClaimError, SecretKeyError) as exc:
+        raise fail(str(exc)) from None
+    if json_out:
+        print(json.dumps({"gateway": res.gateway, "site": res.site, "alg": alg,
+                          "mqtt": {"username": res.mqtt_username, "password": res.mqtt_password}}))
+    else:
+        err.print(f"[green]re-keyed[/] {gateway} (audited as {actor}); its old key no longer verifies."
+                  " New broker password, shown this once:")
+        print(res.mqtt_password)
+        err.print("regenerate the broker files (`carbonlink provision broker-files`) and reload the broker")

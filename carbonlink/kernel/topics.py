@@ -28,6 +28,8 @@ SHADOW_GET_REJECTED = "shadow/get/rejected"        # cloud → gateway
 RULESET_GET = "ruleset/get"        # {"hash"}: the rule set the shadow names by hash
 RULESET = "ruleset"                # cloud → gateway: {"hash", "doc"} or {"hash", "error"}
 ALERTS = "alerts"                  # cloud → consumers: every change of an alert of this gateway
+MODEL_GET = "model/get"            # {"sha256"}: the anomaly model the shadow names by hash
+MODEL = "model"                    # cloud → gateway: {"sha256", "id", "version", "onnx_b64"} or {"sha256", "error"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ ALL_SHADOW_GET = f"{ROOT}/+/+/{SHADOW_GET}"
 ALL_SHADOW_UPDATE = f"{ROOT}/+/+/{SHADOW_UPDATE}"
 ALL_COMMAND_RESULTS = f"{ROOT}/+/+/{COMMAND_RESULT}"
 ALL_RULESET_GET = f"{ROOT}/+/+/{RULESET_GET}"
+ALL_MODEL_GET = f"{ROOT}/+/+/{MODEL_GET}"
 
 
 def split(topic: str) -> tuple[str, str, str] | None:

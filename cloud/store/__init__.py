@@ -10,6 +10,7 @@
 - ``store.audit``: dead letters, gateway events, the audit log
 - ``store.rules``: rule versions, rule-set versions and sets by hash, silences, provenance of derived
   readings, readings the cloud derived; ``store.rules.alerts``: alerts and their lifecycle
+- ``store.models``: anomaly model files by hash, per tenant
 
 Every back end keeps the same promises: a batch is committed at most once per (gateway, seq), a
 reading at most once per (gateway, device, point, ts).
@@ -43,6 +44,7 @@ from .model import (
     seq_gap_summary,
     unit_reason,
 )
+from .models import Models
 from .registry import Registry
 from .rules import Rules
 
@@ -67,6 +69,7 @@ class Store:
         self.anchors = Anchors(db)
         self.audit = Audit(db)
         self.rules = Rules(db)
+        self.models = Models(db)
 
     @property
     def url(self) -> str:

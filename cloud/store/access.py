@@ -1,4 +1,4 @@
-"""API users and keys (cloud/auth.py): only hashes are stored."""
+"""API users and keys (cloud/auth.py): only hashes are stored. A username is unique within its tenant."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ class Access:
                 "INSERT INTO api_users(username, tenant, role, password_hash, created_ms) VALUES (?,?,?,?,?)"
                 " ON CONFLICT DO NOTHING", username, tenant, role, password_hash, now) == 1
 
-    async def get_user(self, username: str) -> dict[str, Any] | None:
-        return await self.db.fetchrow("SELECT * FROM api_users WHERE username = ?", username)
+    async def get_user(self, username: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """The user ``username`` of ``tenant``; without a tenant, the one user of that name if only one
+        tenant has it (logins from before usernames were per tenant), else None."""
+        if tenant is not None:
+            return await self.db.fetchrow("SELECT * FROM api_users WHERE tenant = ? AND username = ?",
+                                          tenant, username)
+        rows = await self.db.fetch("SELECT * FROM api_users WHERE username = ? LIMIT 2", username)
+        return rows[0] if len(rows) == 1 else None
 
     async def list_users(self, tenant: str) -> list[dict[str, Any]]:
         return await self.db.fetch("SELECT username, tenant, role, created_ms FROM api_users WHERE tenant = ?"

@@ -63,6 +63,10 @@ class Data:
         self._series: dict[SeriesKey, tuple[int, str]] = {}  # (gateway, device, point) -> (id, unit)
         self._seen_written: dict[str, int] = {}
         self.hours_listeners: list[HoursListener] = []
+        # With cloud rules on, every newly committed batch is queued (``rules_pending``) in the same
+        # transaction, so the one evaluator sees what every ingest worker committed, and nothing is
+        # lost when a worker dies between its commit and the evaluation.
+        self.queue_for_rules = False
 
     # --- the point registry -----------------------------------------------------------------------
 
@@ -202,6 +206,9 @@ class Data:
             await tx.bulk(f"INSERT INTO {table}(gateway, hour_ms) {{rows}} ON CONFLICT (gateway, hour_ms)"
                           f" DO UPDATE SET gen = {table}.gen + 1", ("text", "bigint"), hours)
         await self._touch_gateways(tx, fresh)
+        if self.queue_for_rules and counts:
+            await tx.bulk("INSERT INTO rules_pending(gateway, seq) {rows} ON CONFLICT (gateway, seq) DO NOTHING",
+                          ("text", "bigint"), sorted(counts))
 
         out: list[CommitResult] = []
         for i, p in enumerate(items):

@@ -322,5 +322,35 @@ async def _m8_rules(con: asyncpg.Connection, timescale: bool, retention_days: in
     """))
 
 
+# Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
+# transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+# Anomaly models by hash, per tenant, for gateways to fetch (cloud/model_delivery.py).
+_RULES_QUEUE = """
+    CREATE TABLE rules_pending (id bigserial PRIMARY KEY, gateway text NOT NULL, seq bigint NOT NULL,
+                                UNIQUE (gateway, seq));
+    CREATE TABLE leases (name text PRIMARY KEY, owner text NOT NULL, until_ms bigint NOT NULL);
+    CREATE TABLE model_blobs (tenant text NOT NULL, sha256 text NOT NULL, model_id text NOT NULL,
+                              version integer NOT NULL, onnx bytea NOT NULL, bytes integer NOT NULL,
+                              created_ms bigint NOT NULL, created_by text NOT NULL, PRIMARY KEY (tenant, sha256));
+"""
+
+
+async def _m_rules_queue(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_c(_RULES_QUEUE))
+
+
+async def _m10_users_per_tenant(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    """10: a username is unique within its tenant, not across tenants; logins name the tenant (cloud/auth.py)."""
+    await con.execute("""
+    ALTER TABLE api_users DROP CONSTRAINT api_users_pkey;
+    ALTER TABLE api_users ADD PRIMARY KEY (tenant, username);
+    CREATE INDEX api_users_username ON api_users (username);
+    """)
+
+
+USERS_PER_TENANT = _m10_users_per_tenant  # tests migrate up to it
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
-                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules]
+                               _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue,
+                               _m10_users_per_tenant]

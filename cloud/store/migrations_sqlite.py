@@ -265,5 +265,34 @@ CREATE TABLE derived_readings (
 CREATE INDEX derived_readings_tenant ON derived_readings (tenant, device, point, ts_ms)
 """
 
+# Cloud rules over what every ingest worker committed: the commit queues each new batch here in its own
+# transaction; one evaluator at a time (a lease) takes them in (gateway, seq) order and deletes them.
+# Anomaly models by hash, per tenant, for gateways to fetch (cloud/model_delivery.py).
+_M_RULES_QUEUE = """
+CREATE TABLE rules_pending (id INTEGER PRIMARY KEY AUTOINCREMENT, gateway TEXT NOT NULL, seq INTEGER NOT NULL,
+                            UNIQUE (gateway, seq));
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE model_blobs (tenant TEXT NOT NULL, sha256 TEXT NOT NULL, model_id TEXT NOT NULL,
+                          version INTEGER NOT NULL, onnx BLOB NOT NULL, bytes INTEGER NOT NULL,
+                          created_ms INTEGER NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (tenant, sha256))
+"""
+
+# 10: a username is unique within its tenant, not across tenants (creating one must not reveal another
+# tenant's users); logins name the tenant (cloud/auth.py).
+_M10_USERS_PER_TENANT = """
+CREATE TABLE api_users_10 (
+    tenant TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (tenant, username)
+);
+INSERT INTO api_users_10(tenant, username, role, password_hash, created_ms)
+    SELECT tenant, username, role, password_hash, created_ms FROM api_users;
+DROP TABLE api_users;
+ALTER TABLE api_users_10 RENAME TO api_users;
+CREATE INDEX api_users_username ON api_users (username)
+"""
+
+USERS_PER_TENANT = _script(_M10_USERS_PER_TENANT)  # tests migrate up to it
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
-                                                                      _script(_M7_CARBON), _script(_M8_RULES)]
+                                                                      _script(_M7_CARBON), _script(_M8_RULES),
+                                                                      _script(_M_RULES_QUEUE), USERS_PER_TENANT]

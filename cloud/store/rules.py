@@ -66,6 +66,35 @@ class Rules:
         self.db = db
         self.alerts = Alerts(db)
 
+    # --- the committed-batch queue for cloud evaluation --------------------------------------------
+
+    async def take_lease(self, name: str, owner: str, now: int, ttl_ms: int) -> bool:
+        """Hold (or renew) the named lease until ``now + ttl_ms``; False while another owner's is live."""
+        await self.db.execute(
+            "INSERT INTO leases(name, owner, until_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " owner = excluded.owner, until_ms = excluded.until_ms"
+            " WHERE leases.owner = excluded.owner OR leases.until_ms < ?", name, owner, now + ttl_ms, now)
+        return await self.db.fetchval("SELECT owner FROM leases WHERE name = ?", name) == owner
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self.db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner)
+
+    async def pending_batches(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The longest-queued batches with their raw payloads, each gateway's in sequence order (taking
+        them in queue order means a busy gateway never starves a quiet one)."""
+        rows = await self.db.fetch(
+            "SELECT q.gateway, q.seq, b.payload FROM rules_pending q"
+            " LEFT JOIN batches b ON b.gateway = q.gateway AND b.seq = q.seq ORDER BY q.id LIMIT ?", limit)
+        return sorted(rows, key=lambda r: (r["gateway"], int(r["seq"])))
+
+    async def done_batches(self, keys: Iterable[tuple[str, int]]) -> None:
+        rows = sorted(set(keys))
+        if rows:
+            await self.db.executemany("DELETE FROM rules_pending WHERE gateway = ? AND seq = ?", rows)
+
+    async def pending_count(self) -> int:
+        return int(await self.db.fetchval("SELECT count(*) FROM rules_pending"))
+
     # --- rules and their versions --------------------------------------------------------------------
 
     async def save_rule(self, tenant: str, doc: RuleDoc, placement: str, *, by: str, now: int,

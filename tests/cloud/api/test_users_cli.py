@@ -56,7 +56,11 @@ def test_first_admin_keys_and_revocation(tmp_path: Path) -> None:
     assert asyncio.run(_has(db)) is True
     r = runner.invoke(cli, ["user", "add", "--username", "root", "--tenant", "acme", "--db", db,
                             "--password", "another long one"])
-    assert r.exit_code == 2 and "taken" in r.output
+    assert r.exit_code == 2 and "already has a user 'root'" in r.output
+    # Usernames are per tenant: another tenant may have its own root.
+    r = runner.invoke(cli, ["user", "add", "--username", "root", "--tenant", "other", "--db", db,
+                            "--password", "another long one"])
+    assert r.exit_code == 0 and "root@other" in r.output, r.output
     r = runner.invoke(cli, ["user", "add", "--username", "x", "--tenant", "acme", "--role", "god", "--db", db,
                             "--password", "another long one"])
     assert r.exit_code == 2 and "not a role" in r.output
@@ -67,7 +71,7 @@ def test_first_admin_keys_and_revocation(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     made = json.loads(r.stdout)
     headers = {"X-API-Key": made["key"]}
-    assert asyncio.run(_me(db, headers, {"username": "root", "password": "a long password"})) == [200, 200]
+    assert asyncio.run(_me(db, headers, {"username": "root@acme", "password": "a long password"})) == [200, 200]
     listed = runner.invoke(cli, ["key", "list", "--tenant", "acme", "--db", db, "--json"]).stdout
     assert made["id"] in listed and made["key"] not in listed
     assert runner.invoke(cli, ["key", "revoke", made["key"], "--tenant", "other", "--db", db]).exit_code == 2

@@ -1,0 +1,136 @@
+"""The anomaly model at the edge: CPU time per 1,000 readings, latency per 60-point window, memory added.
+
+    .venv/bin/python bench/ml.py            # the packaged model
+    .venv/bin/python bench/ml.py --model anomaly.onnx --json
+
+Readings are a simulated CEMS stack's nine points, one poll a minute, fed through the gateway's own code
+path (``WindowStream.score``: window features + one onnxruntime call per poll). Memory is the process's
+resident set (VmRSS) before importing numpy and onnxruntime, after, and after loading and running the
+model. Goals (issue 16): < 1 ms per 60-point window, < 30 MB added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="an ONNX model file (default: the packaged one)")
+    ap.add_argument("--readings", type=int, default=20_000, help="readings fed after warm-up")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from carbonlink.kernel.wire import Reading
+    from carbonlink.simulators.cems import CemsStack
+
+    stack = CemsStack(seed=1, clock=lambda: 0.0)
+    points = ("so2", "nox", "no", "no2", "o2", "co2", "dust", "flow", "temp")
+    t0 = 1_767_225_600
+    n_polls = 120 + args.readings // len(points) + 1
+    polls = []
+    for m in range(n_polls):
+        v = stack.true_values(t0 + m * 60)
+        polls.append([Reading("stack-1", p, (t0 + m * 60) * 1000, float(v[p]), "") for p in points])
+
+    rss0 = rss_mb()
+    import numpy as np
+    import onnxruntime  # noqa: F401
+
+    rss_import = rss_mb()
+    from carbonlink.anomaly.model import load, load_default
+    from carbonlink.anomaly.stream import WindowStream
+
+    model = load(args.model.read_bytes()) if args.model else load_default()
+    rss_model = rss_mb()
+
+    stream = WindowStream()
+    for p in polls[:120]:
+        stream.score(p, model)  # buffers full from here on
+    fed = polls[120:]
+    n = sum(len(p) for p in fed)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for p in fed:
+        stream.score(p, model)
+    cpu_per_1000 = (time.process_time() - c0) / n * 1000 * 1000  # ms
+    wall_per_1000 = (time.perf_counter() - w0) / n * 1000 * 1000
+
+    # features alone, so the model's share shows
+    st2 = WindowStream()
+    for p in polls[:120]:
+        st2.features(p)
+    c0 = time.process_time()
+    rows = []
+    for p in fed:
+        rows.append(st2.features(p)[1])
+    feat_per_1000 = (time.process_time() - c0) / n * 1000 * 1000
+
+    # one window, one call: the latency a lone reading sees (features of one 60-point window + inference)
+    one_row = rows[-1][:1]
+    lat_model, lat_total = [], []
+    single = WindowStream()
+    for p in polls[:120]:
+        single.features(p[:1])
+    for p in fed[:2000]:
+        a = time.perf_counter()
+        model.score(one_row)
+        b = time.perf_counter()
+        single.score(p[:1], model)
+        c = time.perf_counter()
+        lat_model.append((b - a) * 1000)
+        lat_total.append((c - b) * 1000)
+    rss_run = rss_mb()
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
+
+    out = {
+        "model": model.info.provenance(),
+        "readings": n,
+        "cpu_ms_per_1000_readings": round(cpu_per_1000, 2),
+        "wall_ms_per_1000_readings": round(wall_per_1000, 2),
+        "features_cpu_ms_per_1000_readings": round(feat_per_1000, 2),
+        "window_latency_ms": {"inference_median": round(statistics.median(lat_model), 4),
+                              "inference_p99": round(pct(lat_model, 0.99), 4),
+                              "features_plus_inference_median": round(statistics.median(lat_total), 4),
+                              "features_plus_inference_p99": round(pct(lat_total, 0.99), 4)},
+        "rss_mb": {"before": round(rss0, 1), "after_import_numpy_onnxruntime": round(rss_import, 1),
+                   "after_model_load": round(rss_model, 1), "after_scoring": round(rss_run, 1)},
+        "memory_added_mb": {"runtime_imports": round(rss_import - rss0, 1), "model": round(rss_model - rss_import, 1),
+                            "total": round(rss_run - rss0, 1)},
+        "goals": {"window_latency_ms": 1.0, "memory_added_mb": 30.0},
+    }
+    out["goal_ratios"] = {"latency_median_vs_1ms": round(out["window_latency_ms"]["features_plus_inference_median"], 3),
+                          "memory_total_vs_30mb": round((rss_run - rss0) / 30.0, 3)}
+    del np
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    lat = out["window_latency_ms"]
+    mem = out["memory_added_mb"]
+    print(f"model {model.info.model_id} v{model.info.version} ({model.info.sha256[:12]}), {n} readings after warm-up")
+    print(f"CPU per 1,000 readings: {cpu_per_1000:.1f} ms (features alone {feat_per_1000:.1f} ms), "
+          f"wall {wall_per_1000:.1f} ms")
+    print(f"one 60-point window: inference {lat['inference_median']:.3f} ms median, {lat['inference_p99']:.3f} ms p99;"
+          f" features + inference {lat['features_plus_inference_median']:.3f} ms median, "
+          f"{lat['features_plus_inference_p99']:.3f} ms p99 (goal < 1 ms)")
+    print(f"memory added: numpy + onnxruntime {mem['runtime_imports']} MB, model {mem['model']} MB, "
+          f"total after scoring {mem['total']} MB (goal < 30 MB)")
+
+
+if __name__ == "__main__":
+    main()

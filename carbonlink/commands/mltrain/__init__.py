@@ -1,0 +1,1 @@
+"""Training and evaluating the anomaly model on simulated faults (``carbonlink ml …``); needs the ``ml`` extra."""

@@ -1,0 +1,85 @@
+"""The window stream: one row per reading once its buffer is full; bad input is an Issue, never a crash."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from carbonlink.anomaly.features import BUFFER
+from carbonlink.anomaly.model import load_default
+from carbonlink.anomaly.stream import WindowStream
+from carbonlink.kernel.wire import Quality, Reading
+from tests.anomaly.fakes import POINTS, T0, cems_polls
+
+
+def test_rows_once_buffer_full_and_same_however_fed() -> None:
+    polls = cems_polls(BUFFER + 10)
+    a = WindowStream()
+    counts = [len(a.features(p)[0]) for p in polls]
+    assert counts[: BUFFER - 1] == [0] * (BUFFER - 1) and counts[BUFFER - 1:] == [len(POINTS)] * 11
+    # all polls in one call give the same last rows as poll by poll
+    b, c = WindowStream(), WindowStream()
+    for p in polls[:-1]:
+        b.features(p)
+    last_b = b.features(polls[-1])[1]
+    flat = [r for p in polls for r in p]
+    _, rows_c, _ = c.features(flat)
+    assert np.array_equal(rows_c[-len(POINTS):], last_b)
+
+
+def test_stuck_stack_is_flagged_and_clean_stack_mostly_not() -> None:
+    model = load_default()
+    clean, stuck = WindowStream(), WindowStream()
+    flagged_clean = flagged_stuck = judged_stuck = 0
+    for p in cems_polls(240):
+        flagged_clean += sum(s.anomalous for s in clean.score(p, model).scored)
+    for m, p in enumerate(cems_polls(240, stuck_from=150)):
+        res = stuck.score(p, model)
+        if m >= 170:
+            judged_stuck += len(res.scored)
+            flagged_stuck += sum(s.anomalous for s in res.scored)
+    assert flagged_stuck > 0.5 * judged_stuck
+    assert flagged_clean < 0.05 * (240 - BUFFER + 1) * len(POINTS)
+
+
+def test_episodes_start_and_end() -> None:
+    model = load_default()
+    st = WindowStream()
+    eps = []
+    for p in cems_polls(300, stuck_from=150):
+        eps += st.score(p, model).episodes
+    started = [e for e in eps if e.started]
+    assert started and all(e.count == 1 for e in started)
+
+
+def test_nan_gap_order_and_flagged_readings() -> None:
+    st = WindowStream()
+    polls = cems_polls(BUFFER + 5)
+    for p in polls[:BUFFER]:
+        st.features(p)
+    nan = [replace(polls[BUFFER][0], value=math.nan), *polls[BUFFER][1:]]
+    ready, _, issues = st.features(nan)
+    assert len(ready) == len(POINTS) - 1
+    assert [(i.kind, i.point) for i in issues] == [("window_incomplete", "so2")] and "finite" in issues[0].reason
+    # the same instant again: not newer, not judged
+    ready, _, issues = st.features(polls[BUFFER])
+    assert not ready and len(issues) == len(POINTS) and "not newer" in issues[0].reason
+    # a 20-minute hole: every series restarts
+    late = [Reading(r.device, r.point, r.ts_ms + 20 * 60_000, r.value, r.unit) for r in polls[BUFFER + 1]]
+    ready, _, issues = st.features(late)
+    assert not ready and {i.kind for i in issues} == {"window_incomplete"} and "missing points" in issues[-1].reason
+    # readings the device flagged itself (calibration) are neither judged nor added
+    cal = [Reading("stack-1", p, T0 + 10**9, 1.0, "", Quality.CALIBRATION) for p in POINTS]
+    ready, rows, issues = st.features(cal)
+    assert ready == [] and rows.size == 0 and issues == []
+
+
+def test_readings_are_never_changed() -> None:
+    model = load_default()
+    st = WindowStream()
+    for p in cems_polls(200, spike_at=150):
+        before = list(p)
+        res = st.score(p, model)
+        assert p == before and all(s.reading in before for s in res.scored)
