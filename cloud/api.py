@@ -1,22 +1,19 @@
 """The HTTP API and the dashboard (FastAPI).
 
 Every ``/api`` call needs credentials (cloud/auth.py: API keys, login tokens, roles per tenant) and
-sees only its tenant's data; ``/health``, the dashboard page and plotly.js are open. Errors are
+sees only its tenant's data; ``/health``, the console's files and ``/docs`` are open. Errors are
 ``application/problem+json`` (RFC 9457) everywhere, 500 included, without internals.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from carbonlink import __version__
 
 from . import auth
-from .auth import Auditor, Authenticator, Permission, Principal, Reader, not_found, tenant_gateway
+from .auth import Auditor, Authenticator, Permission, Principal, Reader, tenant_gateway
 from .logs import RequestContext
 from .metrics import CONTENT_TYPE, Metrics, instrument
 from .routes_data import ts_param
@@ -41,16 +38,6 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 5000
 PROBLEM = "application/problem+json"
-
-
-def _plotly_js() -> Path | None:
-    """plotly.min.js from the installed plotly package: a declared dependency, not a CDN or a copy."""
-    try:
-        import plotly
-    except ImportError:
-        return None
-    path = Path(os.path.dirname(plotly.__file__)) / "package_data" / "plotly.min.js"
-    return path if path.exists() else None
 
 
 def problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -220,7 +207,7 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
         metrics = Metrics(stats)
         if store.db.observer is None:
             instrument(store, metrics)
-    app = FastAPI(title="CarbonLink", version=__version__, responses=_ERRORS,
+    app = FastAPI(title="CarbonLink", version=__version__, responses=_ERRORS, docs_url=None, redoc_url=None,
                   description="Signed telemetry from field gateways: tenants, sites, gateways, devices, points,"
                               " readings, rollups and proofs. Authenticate with `Authorization: Bearer <API key or"
                               " login token>` or `X-API-Key`; see cloud/auth.py for what each role may do.")
@@ -229,7 +216,6 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, larger={"/api/models/": MAX_MODEL_BYTES})
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestContext, observe=metrics.observe_http)  # outermost: every answer has an id
-    plotly_js = _plotly_js()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -404,16 +390,10 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
 
         app.include_router(create_control_router(control), dependencies=[Depends(control_guard)])
 
-    @app.get("/static/plotly.min.js", include_in_schema=False)
-    async def plotly_file() -> FileResponse:
-        if plotly_js is None:
-            raise not_found("file", "plotly.min.js; install the 'cloud' extra")
-        return FileResponse(plotly_js, media_type="application/javascript")
+    from .routes_console import create_console_router, mount_console
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        html = resources.files("carbonlink.cloud").joinpath("web/dashboard.html").read_text("utf-8")
-        return HTMLResponse(html.replace("{{version}}", __version__))
+    app.include_router(create_console_router(store))
+    mount_console(app)
 
     return app
 

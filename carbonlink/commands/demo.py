@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from carbonlink.commands.common import err, setup_logging
+from carbonlink.commands.common import setup_logging
 from carbonlink.kernel.ports import free_port, port_free
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,14 @@ class DemoSummary:
     dashboard: str
     mqtt: str
     drained: bool
-    anchored_windows: int = 0
+    anchored_windows: int = 0  # this run's
     anchored_readings: int = 0
+    # The data folder keeps earlier runs (their readings, anchors and chain): said, never mixed in silently.
+    run: int = 1  # this is the data folder's n-th demo run
+    earlier_runs: int = 0
+    anchored_windows_all_runs: int = 0
+    anchored_readings_all_runs: int = 0
+    note: str = ""
     # Tonnes so far (provisional: from raw readings, before any HJ 76 hour is complete; cloud/carbon/live.py)
     co2_emitted_t: str = "0"
     co2_avoided_t: str = "0"
@@ -100,6 +107,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         http_port = free_port()
     started = time.monotonic()
     started_ms = int(time.time() * 1000)
+    run = _count_run(data_dir)
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(_broker(mqtt_url))
         cems = await stack.enter_async_context(ModbusDeviceHost(CemsStack().fill, port=free_port()))
@@ -112,7 +120,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                           client_id=f"carbonlink-ingest-demo-{http_port}"))
         # Anchoring: windows of readings → Merkle roots → the AnchorRegistry on an in-process EVM whose
         # transactions are journaled in the data folder, so proofs still verify after the demo restarts.
-        anchor = await stack.enter_async_context(running_anchor(
+        await stack.enter_async_context(running_anchor(
             cloud.store, f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
             settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
         simsources.install()
@@ -134,15 +142,34 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             stats = agent.stats()
             await agent.stop()
         c = cloud.ingest.counters
-        anchored = await anchor.jobs(state="anchored")
+        this_run = await cloud.store.db.fetchrow(
+            "SELECT count(*) AS w, coalesce(sum(count), 0) AS r FROM anchor_jobs WHERE state = 'anchored'"
+            " AND created_ms >= ?", started_ms)
+        all_w, all_r = await cloud.store.anchors.anchored_count()
         tonnes = await _tonnes_so_far(cloud.store, started_ms, int(time.time() * 1000) + 1)
         return DemoSummary(
             produced=stats.produced, published=stats.published, stored=c.readings_stored,
             rejected=c.rejected_readings, duplicates=c.readings_duplicate, unacked=stats.unacked_batches,
             seconds=round(time.monotonic() - started, 1), dashboard=cloud.dashboard_url, mqtt=url,
-            drained=drained, anchored_windows=len(anchored),
-            anchored_readings=sum(j.count for j in anchored), **tonnes,
+            drained=drained, anchored_windows=int(this_run["w"]) if this_run else 0,
+            anchored_readings=int(this_run["r"]) if this_run else 0, run=run, earlier_runs=run - 1,
+            anchored_windows_all_runs=all_w, anchored_readings_all_runs=all_r,
+            note=(f"the data folder {data_dir} holds {run - 1} earlier run(s): produced/stored/anchored_* count this"
+                  f" run; *_all_runs and the console include the earlier ones (a fresh folder: --data-dir)"
+                  if run > 1 else ""), **tonnes,
         )
+
+
+def _count_run(data_dir: Path) -> int:
+    """This run's number in the data folder (1 on a fresh one), kept in ``demo-runs``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "demo-runs"
+    try:
+        n = int(path.read_text().strip() or 0) + 1
+    except (FileNotFoundError, ValueError):
+        n = 1 if not (data_dir / "cloud.sqlite").exists() else 2
+    path.write_text(f"{n}\n")
+    return n
 
 
 async def _tonnes_so_far(store: Any, start_ms: int, end_ms: int) -> dict[str, str]:
@@ -170,29 +197,41 @@ async def _watch(agent: Any, cloud: Any, duration: float | None, stop: asyncio.E
     console = Console(stderr=True)
     deadline = None if duration is None else time.monotonic() + duration
 
-    def line() -> Text:
+    def status() -> str:
         s, c = agent.stats(), cloud.ingest.counters
         devs = " ".join(f"{k}:{v['state']}" for k, v in s.devices.items())
-        return Text.assemble(
-            ("CarbonLink demo ", "bold green"), (f"dashboard {login_url}  ", "cyan"),
-            f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
-            f"rejected {c.rejected_readings}  link {s.link}  {devs}  ",
-            ("Ctrl-C to stop" if deadline is None else f"{max(0, deadline - time.monotonic()):.0f}s left", "dim"),
-        )
+        left = "Ctrl-C to stop" if deadline is None else f"{max(0, deadline - time.monotonic()):.0f}s left"
+        return (f"produced {s.produced}  published {s.published}  stored {c.readings_stored}  "
+                f"rejected {c.rejected_readings}  link {s.link}  {devs}  {left}")
 
-    async def wait() -> None:
+    async def wait(tick: Any) -> None:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             await asyncio.sleep(0.25)
-            if live_view is not None:
-                live_view.update(line())
+            tick()
 
-    live_view: Live | None = None
-    if live:
-        console.print(f"Dashboard (logged in as the demo's admin while it runs): [bold cyan]{login_url}[/]")
-        with Live(line(), console=console, refresh_per_second=4, transient=False) as live_view:
-            await wait()
-    else:
-        await wait()
+    if not live:
+        await wait(lambda: None)
+        return
+    if console.is_terminal:
+        # The sign-in link on a line of its own that is never wrapped (a wrapped link breaks the key),
+        # then one status line that updates in place.
+        console.print("CarbonLink demo. Console, signed in as the demo's admin while it runs:", style="bold green")
+        console.print(login_url, style="bold cyan", soft_wrap=True, overflow="ignore", crop=False)
+        with Live(Text(status()), console=console, refresh_per_second=4, transient=True) as view:
+            await wait(lambda: view.update(Text(status())))
+        return
+    # Not a terminal (a log, a pipe, CI): plain lines, never wrapped; a status line every 10 s.
+    print("CarbonLink demo. Console, signed in as the demo's admin while it runs:", file=sys.stderr)
+    print(login_url, file=sys.stderr, flush=True)
+    last = time.monotonic()
+
+    def every_10s() -> None:
+        nonlocal last
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            print(status(), file=sys.stderr, flush=True)
+
+    await wait(every_10s)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -225,5 +264,7 @@ def demo(
     if json_out:
         print(json.dumps(summary.as_dict()))
     else:
-        err.print(f"stopped: produced {summary.produced}, published {summary.published}, "
-                  f"stored {summary.stored}, rejected {summary.rejected}")
+        print(f"stopped: produced {summary.produced}, published {summary.published}, "
+              f"stored {summary.stored}, rejected {summary.rejected}", file=sys.stderr)
+        if summary.note:
+            print(f"note: {summary.note}", file=sys.stderr)

@@ -82,9 +82,14 @@ async def test_injection_like_strings_are_just_data(client: httpx.AsyncClient) -
     assert (await client.get("/api/stats")).json()["readings"] == 60
 
 
-async def test_dashboard_and_chart_library_are_served_locally(client: httpx.AsyncClient) -> None:
+async def test_console_and_swagger_ui_are_served_locally(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
-    assert page.status_code == 200 and '<script src="/static/plotly.min.js">' in page.text
-    assert "http" not in page.text.split("<script")[1].split(">")[0]  # no CDN
-    js = await client.get("/static/plotly.min.js")
-    assert js.status_code == 200 and len(js.content) > 1_000_000
+    assert page.status_code == 200 and '<script type="module" src="/console/app.js">' in page.text
+    assert "http" not in page.text.split("<body>")[0].replace("http-equiv", "")  # no CDN in the head
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    js = await client.get("/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 500_000
+    assert (await client.get("/docs-assets/../../etc/passwd")).status_code == 404
+    assert (await client.get("/console/../api.py")).status_code == 404

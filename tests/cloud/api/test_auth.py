@@ -42,10 +42,11 @@ async def test_no_or_bad_credentials_get_401(api: Api, method: str, path: str) -
         assert_problem(await api.client.request(method, path, headers=headers), 401)
 
 
-async def test_health_dashboard_and_plotly_are_open(api: Api) -> None:
+async def test_health_console_and_docs_are_open(api: Api) -> None:
     assert (await api.client.get("/health")).json()["status"] == "ok"
     assert (await api.client.get("/")).status_code == 200
-    assert (await api.client.get("/static/plotly.min.js")).status_code == 200
+    assert (await api.client.get("/console/app.js")).status_code == 200
+    assert (await api.client.get("/docs")).status_code == 200
 
 
 async def test_both_headers_carry_an_api_key(api: Api) -> None:

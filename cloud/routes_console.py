@@ -1,0 +1,348 @@
+"""What the operator console needs besides the resource API: live updates, the fleet tree, replays,
+claim tokens, anchoring status, the dashboard figures, and the console's own files.
+
+- ``GET /api/live`` is a server-sent event stream (``text/event-stream``, WHATWG HTML "Server-sent
+  events") of ``presence`` (gateways' status and last-seen), ``latest`` (changed latest values) and
+  ``alerts`` (counts and the newest open alerts). It needs credentials like any ``/api`` call, so the
+  console reads it with ``fetch`` and an ``Authorization`` header: a key never goes into a URL.
+- The console itself is plain ES modules, a message catalogue per language and hand-written SVG
+  charts under ``cloud/web/``; no build step and no CDN. ``/docs`` is Swagger UI from the installed
+  ``swagger-ui-bundle`` package, so it works offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+
+from carbonlink import __version__
+
+from .auth import Controller, Provisioner, Reader
+from .store import Store
+from .store.registry import IN_TENANT
+
+LIVE_INTERVAL_S = 1.0
+HEARTBEAT_S = 15.0
+WEB_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml",
+             ".html": "text/html", ".png": "image/png", ".map": "application/json"}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One server-sent event; ``data`` as a single JSON line (JSON has no raw newlines)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n".encode()
+
+
+async def live_snapshot(store: Store, tenant: str) -> dict[str, Any]:
+    from .store.rules_model import AlertQuery
+
+    # Presence without the batch counts list_gateways adds: this runs every second per open console.
+    presence = await store.db.fetch("SELECT id, site, status, status_ms, last_seen_ms, revoked FROM gateways"
+                                    " WHERE tenant = ? ORDER BY id", tenant)
+    for g in presence:
+        g["revoked"] = int(bool(g["revoked"]))
+    latest = await store.data.latest(None, tenant)
+    counts = await store.rules.alerts.counts(AlertQuery(tenant, ("acknowledged", "raised"), limit=10))
+    open_alerts = await store.rules.alerts.list(AlertQuery(tenant, ("acknowledged", "raised"), limit=10))
+    return {"presence": presence, "latest": latest,
+            "alerts": {"counts": counts, "open": [a.public() for a in open_alerts]}}
+
+
+async def live_events(store: Store, tenant: str, request: Request | None = None, *,
+                      interval_s: float = LIVE_INTERVAL_S, rounds: int | None = None) -> AsyncIterator[bytes]:
+    """The first round sends everything; later rounds only what changed (latest values row by row)."""
+    seen: dict[str, str] = {}
+    seen_rows: dict[tuple[str, str, str], int] = {}
+    quiet = 0.0
+    n = 0
+    yield b"retry: 3000\n\n"
+    while rounds is None or n < rounds:
+        n += 1
+        if request is not None and await request.is_disconnected():
+            return
+        snap = await live_snapshot(store, tenant)
+        sent = False
+        for kind in ("presence", "alerts"):
+            d = _digest(snap[kind])
+            if seen.get(kind) != d:
+                seen[kind] = d
+                sent = True
+                yield sse(kind, snap[kind])
+        changed = []
+        for r in snap["latest"]:
+            key = (r["gateway"], r["device"], r["point"])
+            if seen_rows.get(key) != r["ts_ms"]:
+                seen_rows[key] = r["ts_ms"]
+                changed.append(r)
+        if changed or n == 1:
+            sent = True
+            yield sse("latest", {"items": changed, "full": n == 1})
+        quiet = 0.0 if sent else quiet + interval_s
+        if quiet >= HEARTBEAT_S:  # a comment keeps proxies from closing an idle stream
+            quiet = 0.0
+            yield b": keep-alive\n\n"
+        if rounds is None or n < rounds:
+            await asyncio.sleep(interval_s)
+
+
+def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVAL_S) -> APIRouter:
+    r = APIRouter()
+    db = store.db
+
+    @r.get("/api/live", tags=["live"], response_class=StreamingResponse,
+           summary="Server-sent events: presence, latest values and alerts of the tenant, as they change")
+    async def live(p: Reader, request: Request) -> StreamingResponse:
+        return StreamingResponse(live_events(store, p.tenant, request, interval_s=live_interval_s),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @r.get("/api/console/tree", tags=["fleet"],
+           summary="Sites → gateways → devices → points of the tenant, with presence and last data")
+    async def tree(p: Reader) -> dict[str, Any]:
+        sites = {s["id"]: {"id": s["id"], "name": s["name"], "gateways": []}
+                 for s in await store.registry.list_sites(p.tenant)}
+        gws: dict[str, dict[str, Any]] = {}
+        for g in await store.registry.list_gateways(p.tenant):
+            node = {"id": g["id"], "status": g["status"], "last_seen_ms": g["last_seen_ms"], "revoked": g["revoked"],
+                    "batches": g["batches"], "devices": {}}
+            gws[g["id"]] = node
+            sites.setdefault(g["site"], {"id": g["site"], "name": g["site"], "gateways": []})["gateways"].append(node)
+        for row in await store.data.latest(None, p.tenant):
+            gw = gws.get(row["gateway"])
+            if gw is None:
+                continue
+            dev = gw["devices"].setdefault(row["device"], {"id": row["device"], "last_ts_ms": 0, "points": []})
+            dev["last_ts_ms"] = max(dev["last_ts_ms"], row["ts_ms"])
+            dev["points"].append({k: row[k] for k in ("point", "value", "unit", "quality", "ts_ms")})
+        for gw in gws.values():
+            gw["devices"] = list(gw["devices"].values())
+        return {"tenant": p.tenant, "sites": list(sites.values())}
+
+    @r.post("/api/dead-letters/{letter}/replay", tags=["data"],
+            summary="Run a dead letter through the ingest's checks again (admin, operator)")
+    async def replay(p: Controller, letter: Annotated[int, PathParam(ge=1, le=2**62)]) -> dict[str, Any]:
+        from .deadletters import replay as run_replay
+
+        # Only letters of the tenant's gateways are visible to it (as in /api/dead-letters); others: 404.
+        mine = await db.fetchval("SELECT id FROM dead_letters WHERE id = ? AND " + IN_TENANT, letter, p.tenant)
+        if mine is None:
+            raise HTTPException(404, f"no dead letter {letter}")
+        result = (await run_replay(store, [letter]))[0]
+        return {"letter": result.letter, "outcome": result.outcome, "detail": result.detail}
+
+    @r.get("/api/provision/claim-tokens", tags=["provisioning"],
+           summary="The tenant's claim tokens: site, expiry, use (never the token itself)")
+    async def claim_tokens(p: Provisioner, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+        rows = await db.fetch("SELECT token_hash, site, created_ms, expires_ms, used_ms, gateway FROM claim_tokens"
+                              " WHERE tenant = ? ORDER BY created_ms DESC LIMIT ?", p.tenant, limit)
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        items = [{"id": str(x["token_hash"])[:12], "site": x["site"], "created_ms": x["created_ms"],
+                  "expires_ms": x["expires_ms"], "used_ms": x["used_ms"], "gateway": x["gateway"],
+                  "state": "used" if x["used_ms"] else "expired" if x["expires_ms"] <= now else "open"}
+                 for x in rows]
+        return {"items": items, "count": len(items)}
+
+    @r.get("/api/anchors", tags=["proofs"], summary="Anchoring jobs of the tenant's sites, newest first")
+    async def anchors(p: Reader, state: Annotated[str | None, Query(max_length=32)] = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+        from .store.anchors import JOB_COLS
+
+        cols = ", ".join(c for c in JOB_COLS if c not in ("root",))
+        where, args = "site IN (SELECT id FROM sites WHERE tenant = ?)", [p.tenant]
+        if state:
+            where += " AND state = ?"
+            args.append(state)
+        rows = await db.fetch(f"SELECT {cols} FROM anchor_jobs WHERE {where} ORDER BY id DESC LIMIT ?", *args, limit)
+        counts = await db.fetch("SELECT state, count(*) AS n, coalesce(sum(count), 0) AS readings FROM anchor_jobs"
+                                " WHERE site IN (SELECT id FROM sites WHERE tenant = ?) GROUP BY state", p.tenant)
+        return {"items": rows, "count": len(rows), "states": {c["state"]: {"windows": c["n"], "readings": c["readings"]}
+                                                              for c in counts}}
+
+    @r.get("/api/carbon/dashboard", tags=["carbon"], response_class=Response,
+           summary="Emissions per site and period with coverage, and the organisation's totals per period")
+    async def carbon_dashboard(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
+                               granularity: Literal["day", "month", "year"] = "month",
+                               by: Annotated[Literal["site", "stack"], Query(description="one row per site or per"
+                                                                                         " stack (source)")] = "site",
+                               tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
+                               ) -> Response:
+        """The same figures as ``/api/carbon/accounts`` (grams summed exactly, then shown as tonnes and
+        kilograms), for a whole year of every site at once: one aggregate per stack and local day in SQL,
+        the rest in integers, the body serialised once."""
+        body = await dashboard_figures(db, p.tenant, year, granularity, tz_offset_min, by=by)
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    @r.get("/api/carbon/balance", tags=["carbon"],
+           summary="The year so far, the year-end forecast and the allowance; allowance null when none is set")
+    async def balance(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
+                      as_of: Annotated[str, Query(description="YYYY-MM-DD, the last day with data")],
+                      tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480) -> dict[str, Any]:
+        from .carbon import sqlstore
+        from .carbon.errors import CarbonInputError
+
+        try:
+            day = dt.date.fromisoformat(as_of)
+        except ValueError:
+            raise HTTPException(422, "as_of must be YYYY-MM-DD") from None
+        if day.year != year:
+            raise HTTPException(422, "as_of must fall in the year")
+        if await sqlstore.allowance(db, p.tenant, year) is None:
+            return {"year": year, "allowance_t": None, "forecast": None,
+                    "hint": f"no allowance set for {year}: carbonlink carbon allowance"}
+        try:
+            f = await sqlstore.forecast(db, p.tenant, year, day.month, day.day, tz_offset_min=tz_offset_min)
+        except CarbonInputError as exc:
+            raise HTTPException(409, str(exc)) from None
+        out: dict[str, Any] = f.as_dict()
+        return {"year": year, "allowance_t": out["allowance_t"], "forecast": out, "hint": None}
+
+    @r.get("/api/carbon/limits", tags=["carbon"], summary="Emission limits from the factor tables (mg/m³)")
+    async def limits(p: Reader) -> dict[str, Any]:
+        from .carbon.factors import FactorSet
+
+        fs = FactorSet.default()
+        items = [{"source_type": k[0], "regime": k[1], "pollutant": k[2], **ref.as_dict()}
+                 for k, ref in sorted(fs.limits.items())]
+        return {"items": items, "count": len(items)}
+
+    return r
+
+
+_FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings")
+
+
+def _decimal_text(units: int, scale: int) -> str:
+    """``units / 10**scale`` written exactly as ``str(Decimal(units) / 10**scale)`` writes it (GB/T 8170
+    rounding happened per hour already: this only places the decimal point)."""
+    if units < 0:
+        from decimal import Decimal
+
+        return str(Decimal(units) / 10**scale)
+    q, r = divmod(units, 10**scale)
+    return f"{q}.{r:0{scale}d}".rstrip("0") if r else str(q)
+
+
+async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int, *,
+                            by: str = "site") -> dict[str, Any]:
+    """Rows per site (or per stack, with its site) and period; totals per period for the organisation."""
+    from .carbon.sqlstore import DAY_MS
+
+    tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
+    start = int(dt.datetime(year, 1, 1, tzinfo=tz).timestamp() * 1000)
+    end = int(dt.datetime(year + 1, 1, 1, tzinfo=tz).timestamp() * 1000)
+    bucket = f"(h.hour_ms + {int(tz_offset_min) * 60_000}) / {DAY_MS}"  # integers: the same text in both dialects
+    # Per stack and local day first (hash aggregate on the stack-hour key), then per site in Python.
+    rows = await db.fetch(
+        "SELECT c.site, c.source_id, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing,"
+        " d.readings"
+        f" FROM (SELECT h.src, {bucket} AS day, CAST(sum(h.co2_g) AS BIGINT) AS co2_g,"
+        " CAST(sum(h.so2_g) AS BIGINT) AS so2_g,"
+        " CAST(sum(h.nox_g) AS BIGINT) AS nox_g, CAST(sum(h.dust_g) AS BIGINT) AS dust_g,"
+        " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
+        " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
+        " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
+        " CAST(sum(h.readings) AS BIGINT) AS readings FROM carbon_hours h"
+        " WHERE h.src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND h.hour_ms >= ? AND h.hour_ms < ?"
+        f" GROUP BY h.src, {bucket}) d JOIN carbon_sources c ON c.src = d.src", tenant, start, end)
+    epoch = dt.date(1970, 1, 1)
+    labels: dict[int, str] = {}
+    per_site: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        day = int(r["day"])
+        label = labels.get(day)
+        if label is None:
+            d = epoch + dt.timedelta(days=day)
+            label = labels[day] = (d.isoformat() if granularity == "day" else
+                                   f"{d.year}-{d.month:02d}" if granularity == "month" else str(d.year))
+        key = (r["site"], r["source_id"] if by == "stack" else "", label)
+        acc = per_site.get(key)
+        if acc is None:
+            acc = per_site[key] = [0] * len(_FIGURES)
+        for i, k in enumerate(_FIGURES):
+            acc[i] += r[k] or 0
+    items: list[dict[str, Any]] = []
+    totals: dict[str, list[int]] = {}
+    for (site, stack, label), a in sorted(per_site.items()):
+        co2, so2, nox, dust, valid, subst, missing, readings = a
+        items.append({"site": site, **({"stack": stack} if by == "stack" else {}), "period": label,
+                      "scope1_t": _decimal_text(co2, 6),
+                      "pollutants_kg": {"so2": _decimal_text(so2, 3), "nox": _decimal_text(nox, 3),
+                                        "dust": _decimal_text(dust, 3)},
+                      "coverage": {"valid": valid, "substituted": subst, "missing": missing}, "readings": readings})
+        t = totals.setdefault(label, [0, 0, 0, 0, 0])
+        t[0] += co2
+        t[1] += 1  # rows: sites, or stacks
+        t[2] += valid
+        t[3] += subst
+        t[4] += missing
+    return {"tenant": tenant, "year": year, "granularity": granularity, "by": by, "items": items,
+            "totals": [{"period": label, "scope1_t": _decimal_text(t[0], 6), "sites": t[1],
+                        "coverage": {"valid": t[2], "substituted": t[3], "missing": t[4]}}
+                       for label, t in sorted(totals.items())]}
+
+
+def mount_console(app: FastAPI) -> None:
+    """The console's page and files, and Swagger UI at /docs, all served from installed packages."""
+    web = resources.files("carbonlink.cloud").joinpath("web")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        html = web.joinpath("index.html").read_text("utf-8")
+        return HTMLResponse(html.replace("{{version}}", __version__),
+                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+
+    @app.get("/console/{path:path}", include_in_schema=False)
+    async def console_file(path: str) -> Response:
+        parts = path.split("/")
+        if not path or any(x in ("", ".", "..") or x.startswith(".") for x in parts):
+            raise HTTPException(404, "no such file")
+        f = web.joinpath(*parts)
+        suffix = Path(path).suffix
+        if suffix not in WEB_TYPES or not f.is_file():
+            raise HTTPException(404, "no such file")
+        return Response(f.read_bytes(), media_type=WEB_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+    swagger = _swagger_dir()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if swagger is None:
+            raise HTTPException(404, "Swagger UI is not installed: install the 'cloud' extra (swagger-ui-bundle)")
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="CarbonLink API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        allowed = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"}
+        if swagger is None or name not in allowed:
+            raise HTTPException(404, "no such file")
+        return FileResponse(swagger / name, media_type=WEB_TYPES[Path(name).suffix])
+
+
+# Only this origin: scripts, styles, images and connections (fetch of /api, the live stream).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+       " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def _swagger_dir() -> Path | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
