@@ -239,25 +239,16 @@ def _decimal_text(units: int, scale: int) -> str:
 async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int, *,
                             by: str = "site") -> dict[str, Any]:
     """Rows per site (or per stack, with its site) and period; totals per period for the organisation."""
-    from .carbon.sqlstore import DAY_MS
+    from .carbon.sqlstore import stack_days_sql
 
     tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
     start = int(dt.datetime(year, 1, 1, tzinfo=tz).timestamp() * 1000)
     end = int(dt.datetime(year + 1, 1, 1, tzinfo=tz).timestamp() * 1000)
-    bucket = f"(h.hour_ms + {int(tz_offset_min) * 60_000}) / {DAY_MS}"  # integers: the same text in both dialects
-    # Per stack and local day first (hash aggregate on the stack-hour key), then per site in Python.
+    # Per stack and local day (the kept carbon_days for a whole year at UTC+8), then per site in Python.
+    days, args = stack_days_sql(start, end, tz_offset_min)
     rows = await db.fetch(
         "SELECT c.site, c.source_id, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing,"
-        " d.readings"
-        f" FROM (SELECT h.src, {bucket} AS day, CAST(sum(h.co2_g) AS BIGINT) AS co2_g,"
-        " CAST(sum(h.so2_g) AS BIGINT) AS so2_g,"
-        " CAST(sum(h.nox_g) AS BIGINT) AS nox_g, CAST(sum(h.dust_g) AS BIGINT) AS dust_g,"
-        " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
-        " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
-        " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
-        " CAST(sum(h.readings) AS BIGINT) AS readings FROM carbon_hours h"
-        " WHERE h.src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND h.hour_ms >= ? AND h.hour_ms < ?"
-        f" GROUP BY h.src, {bucket}) d JOIN carbon_sources c ON c.src = d.src", tenant, start, end)
+        f" d.readings FROM ({days}) d JOIN carbon_sources c ON c.src = d.src", tenant, *args)
     epoch = dt.date(1970, 1, 1)
     labels: dict[int, str] = {}
     per_site: dict[tuple[str, str, str], list[int]] = {}

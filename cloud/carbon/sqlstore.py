@@ -158,6 +158,7 @@ async def account_sources(db: Any, sources: Sequence[StackSource], start_ms: int
     for src in sources:
         if src.src not in complete:
             await _substitute(db, src, start_ms, end_ms, valid_minutes)
+    await refresh_days(db, ids, start_ms, end_ms)  # the kept days these hours fall in follow them
     rows = await db.fetch(f"SELECT status, count(*) AS n FROM carbon_hours WHERE src IN ({marks})"
                           " AND hour_ms >= ? AND hour_ms < ? GROUP BY status", *ids, start_ms, end_ms)
     return {r["status"]: int(r["n"]) for r in rows}
@@ -261,23 +262,61 @@ def _txt(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+DAYS_TZ_OFFSET_MIN = 480  # carbon_days are kept for local days at UTC+8, the accounts' default
+_DAY_SUMS = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings")
+
+
+def stack_days_sql(start_ms: int, end_ms: int, tz_offset_min: int) -> tuple[str, list[Any]]:
+    """A subquery of per stack and local day sums for a tenant (its first parameter), with its other
+    parameters: from the kept ``carbon_days`` when the range is whole days at their offset, else from the
+    hours (any offset, any range). Integer sums either way, so both give the same figures."""
+    off = tz_offset_min * 60_000
+    if tz_offset_min == DAYS_TZ_OFFSET_MIN and (start_ms + off) % DAY_MS == 0 and (end_ms + off) % DAY_MS == 0:
+        return (f"SELECT src, day, {', '.join(_DAY_SUMS)} FROM carbon_days WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN}"
+                " AND src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND day >= ? AND day < ?",
+                [(start_ms + off) // DAY_MS, (end_ms + off) // DAY_MS])
+    bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
+    return (f"SELECT h.src, {bucket} AS day, {_HOUR_SUMS} FROM carbon_hours h"
+            " WHERE h.src IN (SELECT src FROM carbon_sources WHERE tenant = ?) AND h.hour_ms >= ? AND h.hour_ms < ?"
+            f" GROUP BY h.src, {bucket}", [start_ms, end_ms])
+
+
+_HOUR_SUMS = ("CAST(sum(h.co2_g) AS BIGINT) AS co2_g, CAST(sum(h.so2_g) AS BIGINT) AS so2_g,"
+              " CAST(sum(h.nox_g) AS BIGINT) AS nox_g, CAST(sum(h.dust_g) AS BIGINT) AS dust_g,"
+              " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
+              " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
+              " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
+              " CAST(sum(h.readings) AS BIGINT) AS readings")
+
+
+async def refresh_days(db: Any, srcs: Sequence[int], start_ms: int, end_ms: int) -> None:
+    """Re-sum the kept local days that hours [start, end) of these stacks fall in (after any change to them)."""
+    if not srcs or end_ms <= start_ms:
+        return
+    off = DAYS_TZ_OFFSET_MIN * 60_000
+    lo, hi = (start_ms + off) // DAY_MS, (end_ms - 1 + off) // DAY_MS + 1
+    m = ",".join("?" * len(srcs))
+    bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
+    async with db.transaction() as tx:
+        await tx.execute(f"DELETE FROM carbon_days WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN} AND src IN ({m})"
+                         " AND day >= ? AND day < ?", *srcs, lo, hi)
+        await tx.execute(
+            f"INSERT INTO carbon_days (tz_offset_min, src, day, {', '.join(_DAY_SUMS)})"
+            f" SELECT {DAYS_TZ_OFFSET_MIN}, h.src, {bucket}, {_HOUR_SUMS} FROM carbon_hours h"
+            f" WHERE h.src IN ({m}) AND h.hour_ms >= ? AND h.hour_ms < ? GROUP BY h.src, {bucket}",
+            *srcs, lo * DAY_MS - off, hi * DAY_MS - off)
+
+
 async def day_totals(db: Any, tenant: str, start_ms: int, end_ms: int, *, tz_offset_min: int = 480,
                      site: str | None = None) -> list[dict[str, Any]]:
     """Per site and local day: grams of CO2 and pollutants and hours by status, aggregated in SQL."""
-    off = tz_offset_min * 60_000
-    where = " AND c.site = ?" if site else ""
-    args: list[Any] = [tenant, start_ms, end_ms] + ([site] if site else [])
-    bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
+    days, args = stack_days_sql(start_ms, end_ms, tz_offset_min)
+    where = " WHERE c.site = ?" if site else ""
     rows = await db.fetch(
-        f"SELECT c.site, {bucket} AS day, count(DISTINCT h.src) AS sources,"
-        " sum(h.co2_g) AS co2_g, sum(h.so2_g) AS so2_g, sum(h.nox_g) AS nox_g, sum(h.dust_g) AS dust_g,"
-        " sum(CASE WHEN h.status = 'valid' THEN 1 ELSE 0 END) AS valid,"
-        " sum(CASE WHEN h.status = 'substituted' THEN 1 ELSE 0 END) AS substituted,"
-        " sum(CASE WHEN h.status = 'missing' OR h.status = 'invalid' THEN 1 ELSE 0 END) AS missing,"
-        " sum(h.readings) AS readings"
-        " FROM carbon_hours h JOIN carbon_sources c ON c.src = h.src"
-        f" WHERE c.tenant = ? AND h.hour_ms >= ? AND h.hour_ms < ?{where}"
-        f" GROUP BY c.site, {bucket} ORDER BY c.site, day", *args)
+        "SELECT c.site, d.day, count(DISTINCT d.src) AS sources, "
+        + ", ".join(f"sum(d.{k}) AS {k}" for k in _DAY_SUMS)
+        + f" FROM ({days}) d JOIN carbon_sources c ON c.src = d.src{where}"
+        " GROUP BY c.site, d.day ORDER BY c.site, d.day", tenant, *args, *([site] if site else []))
     return [{k: (int(v) if v is not None and k != "site" else v) for k, v in r.items()} for r in rows]
 
 

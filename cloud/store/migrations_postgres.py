@@ -351,6 +351,25 @@ async def _m10_users_per_tenant(con: asyncpg.Connection, timescale: bool, retent
 USERS_PER_TENANT = _m10_users_per_tenant  # tests migrate up to it
 
 
+# 11: per stack and local day (UTC+8) sums of the stack-hours, kept with them (cloud/carbon/sqlstore.py
+# refresh_days), so a year of daily figures for many sites reads days, not every hour.
+_M11_CARBON_DAYS = """
+CREATE TABLE carbon_days (tz_offset_min INTEGER NOT NULL, src INTEGER NOT NULL, day INTEGER NOT NULL,
+                          co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT, valid INTEGER NOT NULL,
+                          substituted INTEGER NOT NULL, missing INTEGER NOT NULL, readings BIGINT NOT NULL,
+                          PRIMARY KEY (tz_offset_min, src, day));
+INSERT INTO carbon_days SELECT 480, src, (hour_ms + 28800000) / 86400000, sum(co2_g), sum(so2_g), sum(nox_g),
+       sum(dust_g), sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END),
+       sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END),
+       sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END), sum(readings)
+  FROM carbon_hours GROUP BY src, (hour_ms + 28800000) / 86400000
+"""
+
+
+async def _m11_carbon_days(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(_M11_CARBON_DAYS)
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
                                _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue,
-                               _m10_users_per_tenant]
+                               _m10_users_per_tenant, _m11_carbon_days]

@@ -293,6 +293,21 @@ CREATE INDEX api_users_username ON api_users (username)
 
 USERS_PER_TENANT = _script(_M10_USERS_PER_TENANT)  # tests migrate up to it
 
+# 11: per stack and local day (UTC+8) sums of the stack-hours, kept with them (cloud/carbon/sqlstore.py
+# refresh_days), so a year of daily figures for many sites reads days, not every hour.
+_M11_CARBON_DAYS = """
+CREATE TABLE carbon_days (tz_offset_min INTEGER NOT NULL, src INTEGER NOT NULL, day INTEGER NOT NULL,
+                          co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT, valid INTEGER NOT NULL,
+                          substituted INTEGER NOT NULL, missing INTEGER NOT NULL, readings BIGINT NOT NULL,
+                          PRIMARY KEY (tz_offset_min, src, day));
+INSERT INTO carbon_days SELECT 480, src, (hour_ms + 28800000) / 86400000, sum(co2_g), sum(so2_g), sum(nox_g),
+       sum(dust_g), sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END),
+       sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END),
+       sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END), sum(readings)
+  FROM carbon_hours GROUP BY src, (hour_ms + 28800000) / 86400000
+"""
+
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
                                                                       _script(_M7_CARBON), _script(_M8_RULES),
-                                                                      _script(_M_RULES_QUEUE), USERS_PER_TENANT]
+                                                                      _script(_M_RULES_QUEUE), USERS_PER_TENANT,
+                                                                      _script(_M11_CARBON_DAYS)]

@@ -4,6 +4,7 @@ Python reference (``cems.account_stack``) on the simulated stack's hours."""
 from __future__ import annotations
 
 from decimal import Decimal as D
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from carbonlink.cloud.carbon.sqlstore import (
     hour_provenance,
     recompute,
     register_stack,
+    stack_days_sql,
 )
 from carbonlink.cloud.store import Store
 from carbonlink.simulators.cems import CemsStack
@@ -103,3 +105,36 @@ async def test_warnings_are_raised_once_per_level_and_year(any_store: Store) -> 
     rows = await db.fetch("SELECT level, severity FROM carbon_warnings ORDER BY at_ms, level")
     assert [(r["level"], r["severity"]) for r in rows] == [("notice", "info"), ("warning", "warning"),
                                                            ("exceeded", "critical")]
+
+
+async def _days_kept(db: Any) -> list[tuple[int, ...]]:
+    rows = await db.fetch("SELECT src, day, co2_g, so2_g, nox_g, dust_g, valid, substituted, missing, readings"
+                          " FROM carbon_days WHERE tz_offset_min = 480 ORDER BY src, day")
+    return [tuple(int(v) for v in r.values()) for r in rows]
+
+
+async def _days_from_hours(db: Any) -> list[tuple[int, ...]]:
+    sql, args = stack_days_sql(MARCH * 1000 - 7 * 86_400_000 + 1, (MARCH + HOURS * H) * 1000 + 86_400_000, 480)
+    rows = await db.fetch(f"SELECT src, day, co2_g, so2_g, nox_g, dust_g, valid, substituted, missing, readings"
+                          f" FROM ({sql}) d ORDER BY src, day", "acme", *args)
+    return [tuple(int(v) for v in r.values()) for r in rows]
+
+
+async def test_kept_days_follow_their_hours_through_substitution_and_late_data(any_store: Store,
+                                                                               sim_hours) -> None:  # type: ignore[no-untyped-def]
+    src = await setup(any_store, sim_hours)
+    db = any_store.db
+    await account_hours(db, src, MARCH * 1000, (MARCH + HOURS * H) * 1000)
+    kept = await _days_kept(db)
+    assert len(kept) == 2 and kept == await _days_from_hours(db)  # misaligned range: read from the hours
+    late = (MARCH + 30 * H) * 1000
+    await db.execute("UPDATE rollup_hour SET valid_minutes = 60, vsum = vsum * 2 WHERE hour_ms = ?", late)
+    await recompute(db, [("gw-1", late)], at_ms=late + 7 * H * 1000)
+    after = await _days_kept(db)
+    assert after == await _days_from_hours(db) and after[0] == kept[0] and after[1] != kept[1]
+    # whole local days at UTC+8 are read from the kept days, with the same figures as from the hours
+    whole = await day_totals(db, "acme", MARCH * 1000, (MARCH + 2 * 24 * H) * 1000)
+    assert [(d["day"], d["co2_g"], d["valid"], d["substituted"]) for d in whole] == [
+        (k[1], k[2], k[6], k[7]) for k in after]
+    by_hours = await day_totals(db, "acme", MARCH * 1000, (MARCH + 2 * 24 * H) * 1000, tz_offset_min=465)
+    assert sum(d["co2_g"] for d in by_hours) == sum(k[2] for k in after)
