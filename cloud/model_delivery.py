@@ -14,62 +14,20 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import re
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import aiomqtt
 
 from carbonlink.kernel import topics
 
-from .store import Store
-
-log = logging.getLogger(__name__)
-
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-Publish = Callable[[str, bytes, bool], Awaitable[None]]
+from .delivery import ByHashServer
 
 
-class ModelServer:
+class ModelServer(ByHashServer):
     """Answers gateways' ``model/get`` requests (on the cloud's control link)."""
 
-    def __init__(self, store: Store, publish: Publish | None = None) -> None:
-        self.store = store
-        self.publish = publish
-        self.served = 0
-        self.refused = 0
+    key, answer, what = "sha256", topics.MODEL, "model"
 
-    async def handle(self, topic: str, raw: bytes) -> None:
-        parts = topics.split(topic)
-        if parts is None or self.publish is None:
-            return
-        site, gateway, _ = parts
-        answer_topic = f"{topics.ROOT}/{site}/{gateway}/{topics.MODEL}"
-        h = None
-        try:
-            msg = json.loads(raw) if len(raw) <= 1024 else None
-            h = msg.get("sha256") if isinstance(msg, dict) else None
-            if not isinstance(h, str) or not SHA_RE.fullmatch(h):
-                raise LookupError('a request is {"sha256": "<64 lowercase hex>"}')
-            rec = await self.store.registry.get_gateway(gateway)
-            if rec is None or rec.revoked or rec.site != site:
-                raise LookupError(f"gateway {gateway!r} is not registered at site {site!r} or is revoked")
-            model = await self.store.models.get(rec.tenant or "", h)
-            if model is None:
-                raise LookupError(f"no model {h[:12]} is stored for this gateway's tenant")
-        except (ValueError, LookupError) as exc:
-            self.refused += 1
-            log.info("model request on %s refused: %s", topic, exc)
-            await self._send(answer_topic, {"sha256": h if isinstance(h, str) else None, "error": str(exc)[:300]})
-            return
-        self.served += 1
-        await self._send(answer_topic, {"sha256": h, "id": model["model_id"], "version": int(model["version"]),
-                                        "onnx_b64": base64.b64encode(model["onnx"]).decode()})
-
-    async def _send(self, topic: str, body: dict[str, Any]) -> None:
-        assert self.publish is not None
-        try:
-            await self.publish(topic, json.dumps(body, separators=(",", ":")).encode(), False)
-        except aiomqtt.MqttError as exc:  # the gateway asks again when it reconnects
-            log.warning("model answer on %s not sent: %s", topic, exc)
+    async def find(self, tenant: str, h: str) -> bytes | None:
+        model = await self.store.models.get(tenant, h)
+        if model is None:
+            return None
+        return json.dumps({"sha256": h, "id": model["model_id"], "version": int(model["version"]),
+                           "onnx_b64": base64.b64encode(model["onnx"]).decode()}, separators=(",", ":")).encode()

@@ -21,23 +21,19 @@ compiled, stored by its hash and replaced by the reference in the same update.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import aiomqtt
 
 from carbonlink.kernel import topics
 from carbonlink.kernel.wire import now_ms
 from carbonlink.rules import RuleSetDoc
 
+from .delivery import ByHashServer
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
 
 
@@ -55,45 +51,11 @@ async def store_inline(store: Store, tenant: str, doc: RuleSetDoc) -> str:
     return await store.rules.put_blob(tenant, doc, now_ms())
 
 
-class RuleSetServer:
+class RuleSetServer(ByHashServer):
     """Answers gateways' ``ruleset/get`` requests (on the cloud's control link)."""
 
-    def __init__(self, store: Store, publish: Publish | None = None) -> None:
-        self.store = store
-        self.publish = publish
-        self.served = 0
-        self.refused = 0
+    key, answer, what = "hash", topics.RULESET, "rule set"
 
-    async def handle(self, topic: str, raw: bytes) -> None:
-        parts = topics.split(topic)
-        if parts is None or self.publish is None:
-            return
-        site, gateway, _ = parts
-        answer_topic = f"{topics.ROOT}/{site}/{gateway}/{topics.RULESET}"
-        h = None
-        try:
-            msg = json.loads(raw) if len(raw) <= 1024 else None
-            h = msg.get("hash") if isinstance(msg, dict) else None
-            if not isinstance(h, str) or not HASH_RE.fullmatch(h):
-                raise LookupError("a request is {\"hash\": \"<64 lowercase hex>\"}")
-            rec = await self.store.registry.get_gateway(gateway)
-            if rec is None or rec.revoked or rec.site != site:
-                raise LookupError(f"gateway {gateway!r} is not registered at site {site!r} or is revoked")
-            text = await self.store.rules.blob(rec.tenant or "", h)
-            if text is None:
-                raise LookupError(f"no rule set {h[:12]} is stored for this gateway's tenant")
-        except (ValueError, LookupError) as exc:
-            self.refused += 1
-            log.info("rule set request on %s refused: %s", topic, exc)
-            await self._send(answer_topic, {"hash": h if isinstance(h, str) else None, "error": str(exc)[:300]})
-            return
-        self.served += 1
-        await self._send(answer_topic, b'{"doc":' + text.encode() + b',"hash":"' + h.encode() + b'"}')
-
-    async def _send(self, topic: str, body: dict[str, Any] | bytes) -> None:
-        assert self.publish is not None
-        payload = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-        try:
-            await self.publish(topic, payload, False)
-        except aiomqtt.MqttError as exc:  # the gateway asks again when it reconnects
-            log.warning("rule set answer on %s not sent: %s", topic, exc)
+    async def find(self, tenant: str, h: str) -> bytes | None:
+        text = await self.store.rules.blob(tenant, h)
+        return None if text is None else b'{"doc":' + text.encode() + b',"hash":"' + h.encode() + b'"}'

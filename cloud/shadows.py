@@ -87,7 +87,8 @@ def _check_rules(doc: dict[str, Any]) -> Any:
     """
     from carbonlink.rules import RuleSetDoc, RuleSetError, compile_ruleset
 
-    from .rules_delivery import HASH_RE, is_ref
+    from .delivery import HEX64_RE as HASH_RE
+    from .rules_delivery import is_ref
 
     if "hash" in doc:
         if not is_ref(doc) or not HASH_RE.fullmatch(doc["hash"]):
