@@ -21,7 +21,8 @@ from tests.services import ROOT, free_port, require
 from tests.tlsfiles import make_ca
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
-SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN", "GRAFANA_DB_PASSWORD")
+SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN", "GRAFANA_DB_PASSWORD",
+           "CARBONLINK_SECRET_KEY")
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,9 @@ import yaml
 from tests.services import ROOT, require
 
 FILES = ("-f", str(ROOT / "compose" / "docker-compose.yml"), "-f", str(ROOT / "compose" / "docker-compose.scale.yml"))
-SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN", "EMQX_COOKIE",
-           "EMQX_DASHBOARD_PASSWORD")
+SECRETS = ("POSTGRES_PASSWORD", "CARBONLINK_JWT_SECRET", "CARBONLINK_METRICS_TOKEN", "GRAFANA_DB_PASSWORD",
+           "CARBONLINK_SECRET_KEY",
+           "EMQX_COOKIE", "EMQX_DASHBOARD_PASSWORD")
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

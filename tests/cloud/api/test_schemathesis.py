@@ -26,6 +26,7 @@ from carbonlink.cloud.store import Store, open_store
 from tests.cloud.api.conftest import JWT_SECRET, METRICS_TOKEN, seed
 
 EXAMPLES = 10
+STREAMS = {"/api/live"}
 REAL = {"tenant": "acme", "site": "plant-a", "gateway": "gw-a", "gateway_id": "gw-a", "device": "cems-1",
         "point": "so2"}
 
@@ -44,7 +45,9 @@ def test_no_generated_request_gets_a_500(tmp_path: Path) -> None:
                                                        metrics_token=METRICS_TOKEN))
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         auth = {"Authorization": f"Bearer {key}", "X-API-Key": key}  # generated credentials would only get 401
-        ops = [r.ok() for r in schema.get_all_operations()]
+        # /api/live is a server-sent event stream that ends only when the client leaves: it has no response to
+        # judge, and each generated call would hold the run for seconds (tests/cloud/api/test_console_api.py).
+        ops = [o for o in (r.ok() for r in schema.get_all_operations()) if o.path not in STREAMS]
         assert len(ops) >= 35, [o.label for o in ops]
         calls: dict[int, int] = {}
         no_negative: list[str] = []
