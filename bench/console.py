@@ -39,6 +39,7 @@ import httpx
 
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
+from carbonlink.cloud.carbon.sqlstore import refresh_days
 from carbonlink.cloud.store import open_store
 
 PG = os.environ.get("CARBONLINK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -113,7 +114,10 @@ async def dashboard_api(sites: int, runs: int) -> dict[str, Any]:
             " WHEN (s + h) % 41 = 0 THEN 'substituted' ELSE 'valid' END, 5, 3600, 300000,"
             " 80000000 + ((s * 7919 + h * 104729) % 20000000), 12000 + (h % 500), 15000 + (s % 700), 1500, '', 'bench'"
             f" FROM generate_series(1, {sites}) AS s, generate_series(0, {HOURS - 1}) AS h")
+        # the kept local days follow the hours, as the accounting keeps them (sqlstore.refresh_days)
+        await refresh_days(db, list(range(1, sites + 1)), T0_MS, T0_MS + HOURS * 3_600_000)
         await db.execute("ANALYZE carbon_hours")
+        await db.execute("ANALYZE carbon_days")
         load_s = time.perf_counter() - t
         _, key = await create_api_key(store, "bench", "analyst", "bench")
         app = create_app(store)

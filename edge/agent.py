@@ -91,7 +91,7 @@ class EdgeAgent:
         self.rules = RulesRunner(gateway=cfg.gateway.id, site=cfg.gateway.site, data_dir=cfg.gateway.data_dir,
                                  sink=self.events, derived=self._store,
                                  publish=self._publish, tags={d.id: {"driver": d.driver} for d in cfg.devices})
-        self.anomaly = AnomalyRunner(data_dir=cfg.gateway.data_dir, sink=self.events)
+        self.anomaly = AnomalyRunner(data_dir=cfg.gateway.data_dir, sink=self.events, enabled=cfg.anomaly.enabled)
         self.shadow = EdgeShadow(cfg.gateway.data_dir / "shadow.json", self.topics, self)
         self.commands = CommandRunner(self.topics, self)
         self.uploaders = [u.build() for u in cfg.hj212_upload]

@@ -43,7 +43,7 @@ FLAGS = {"D": Quality.FAULT, "none": None}
 
 class AnomalyRunner:
     def __init__(self, *, data_dir: Path, sink: EventSink, clock: Callable[[], float] = time.time,
-                 flag: str = "D") -> None:
+                 flag: str = "D", enabled: bool = True) -> None:
         self.dir = data_dir / "anomaly"
         self.sink = sink
         self.clock = clock
@@ -56,6 +56,11 @@ class AnomalyRunner:
         self.judged = 0
         self._issue_at: dict[tuple[str, str, str], tuple[int, int]] = {}  # (cause, device, point)
         self._rolled_back: set[str] = set()  # hashes that failed on live data: not applied again
+        self.disabled = not enabled
+        if self.disabled:  # gateway.yaml anomaly.enabled: false — nothing imported, readings pass unjudged
+            self.unavailable = "anomaly model off in gateway.yaml (anomaly.enabled: false)"
+            log.info(self.unavailable)
+            return
         try:
             from carbonlink.anomaly.stream import WindowStream
         except ImportError as exc:  # numpy missing: the gateway runs without the model
@@ -110,6 +115,8 @@ class AnomalyRunner:
         return refused
 
     def _apply(self, doc: Any) -> str | None:
+        if self.disabled:
+            return self.unavailable
         if self.unavailable and self.model is None and "onnxruntime" in self.unavailable:
             return self.unavailable
         if not isinstance(doc, dict):
@@ -168,6 +175,8 @@ class AnomalyRunner:
 
     def holds(self, digest: str) -> bool:
         """Whether this gateway can run the model ``digest`` without fetching it (running, kept or packaged)."""
+        if self.disabled:
+            return True  # nothing to fetch it for: the shadow gets the reason from apply
         if self.model is not None and self.model.info.sha256 == digest:
             return True
         try:

@@ -69,12 +69,19 @@ class DeliverySection(StrictModel):
         " (halved per round trip, grown back one at a time); 0 = off"))
 
 
+class AnomalySection(StrictModel):
+    enabled: bool = Field(default=True, description=(
+        "score windows with the ONNX anomaly model (edge/anomaly_runner.py; needs the edge-ml extra, about"
+        " 55 MB more memory); false keeps a small gateway to the agent alone"))
+
+
 class GatewayConfig(StrictModel):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     batch: BatchSection = BatchSection()
     outbox: OutboxSection = OutboxSection()
     delivery: DeliverySection = DeliverySection()
+    anomaly: AnomalySection = AnomalySection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     devices: list[DeviceConfig] = Field(default_factory=list)
     # Monitoring platforms (provincial/national) that receive this gateway's data in HJ 212 form.

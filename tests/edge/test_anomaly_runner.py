@@ -183,3 +183,19 @@ def test_a_held_model_by_hash_alone(tmp_path: Path) -> None:
     unknown = {"id": "x", "version": 9, "sha256": "c" * 64}
     refused = r.apply(unknown)
     assert refused and "not on this gateway" in refused and r.model.info.sha256 == packaged.sha256
+
+
+def test_switched_off_in_the_config_the_runner_judges_nothing_and_says_why(tmp_path: Path) -> None:
+    from carbonlink.kernel.wire import Reading
+
+    sink = Sink()
+    off = AnomalyRunner(data_dir=tmp_path, sink=sink, clock=lambda: 1_767_225_600.0, enabled=False)
+    rs = [Reading.make("cems-1", "so2", 1_767_225_600_000 + i * 1000, 1.0, "mg/m³") for i in range(200)]
+    assert off.feed(rs) == rs and off.model is None
+    state = off.state()
+    assert state["running"] is None and "anomaly.enabled: false" in state["error"]
+    data = default_model_bytes()
+    refused = off.apply(doc(data))
+    assert refused is not None and "anomaly.enabled" in refused
+    assert off.holds("ab" * 32)  # nothing to fetch for a gateway that does not run models
+    assert not (tmp_path / "anomaly").exists()
