@@ -845,6 +845,16 @@ def _salvage(path: Path) -> _Salvage:
                 continue
             out.readings.extend((r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, int(created))
                                 for r in batch.readings)
+        # A damaged b-tree can hand a row out twice (rowids out of order), and a reading can be both pending
+        # and in a batch cut just before the damage: queue each reading identity once.
+        seen: set[tuple[str, str, int]] = set()
+        unique = []
+        for item in out.readings:
+            key = (item[0], item[1], item[2])
+            if key not in seen:
+                seen.add(key)
+                unique.append(item)
+        out.readings = unique
         out.quarantine = _rows(db, "quarantine", "seq, n, lane, payload, reason, quarantined_ms", out)
         out.events = [e for e in _rows(db, "events", "ts_ms, body, eid, kind, severity, device, point", out)
                       if e[2] is not None]
