@@ -314,7 +314,9 @@ class Outbox:
         passes True: the file is moved aside (never deleted), what can still be read from it is
         salvaged, and a fresh outbox continues above the sequence lease (``self.reset`` says what was done).
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the gateway's data folder holds its key too
+        if not path.exists():  # readings are the operator's data: owner only (SQLite gives -wal/-shm the same mode)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
         self.gateway_id = gateway_id
         self.clock = clock

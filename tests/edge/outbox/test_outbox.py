@@ -56,3 +56,12 @@ def test_failed_signing_leaves_no_torn_batch(tmp_path: Path) -> None:
         pass
     assert ob.pending_count() == 3 and ob.unacked() == [] and ob.next_seq() == 1
     assert ob.cut_batch(10, sign) is not None and ob.next_seq() == 2
+
+
+def test_a_new_outbox_and_its_folder_are_the_owners_only(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "edge" / "outbox.sqlite"
+    ob = Outbox(path, "gw-1")
+    ob.append([Reading.make("cems-1", "so2", 1_767_225_600_000, 1.0, "mg/m³")])
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for p in [path, *path.parent.glob("outbox.sqlite-*")]:
+        assert p.stat().st_mode & 0o077 == 0, (p, oct(p.stat().st_mode))
