@@ -177,8 +177,8 @@ def _claimed(tmp_path: Path, *gateways: str) -> dict[str, str]:
 
 
 def test_broker_files_are_readable_by_the_brokers_group(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or ids_group("mosquitto") is None:
-        pytest.skip("needs root and a 'mosquitto' group (apt-get install -y mosquitto)")
+    require(os.geteuid() == 0 and ids_group("mosquitto") is not None, "root and a 'mosquitto' group",
+            "run as root with Debian's mosquitto installed (apt-get install -y mosquitto)")
     _claimed(tmp_path, "gw-1")
     pw = tmp_path / "secrets" / "ingest.password"
     out = tmp_path / "auth"
@@ -233,8 +233,8 @@ def test_broker_files_refuse_to_write_a_duplicate_user(tmp_path: Path) -> None:
 
 def test_mosquitto_running_as_its_own_user_opens_the_files(tmp_path: Path) -> None:
     """The failure the issue saw ("Unable to open pwfile"): mosquitto drops to user mosquitto first."""
-    if os.geteuid() != 0 or ids_group("mosquitto") is None:
-        pytest.skip("needs root and a 'mosquitto' user and group (apt-get install -y mosquitto)")
+    require(os.geteuid() == 0 and ids_group("mosquitto") is not None, "root and a 'mosquitto' user and group",
+            "run as root with Debian's mosquitto installed (apt-get install -y mosquitto)")
     creds = _claimed(tmp_path, "gw-1")
     base = Path(tempfile.mkdtemp(prefix="cl-broker-files-"))  # pytest's tmp_path is 0700: mosquitto cannot enter
     try:

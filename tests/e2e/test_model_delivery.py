@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import onnx  # the ml extra, installed by make (a missing one fails, never skips)
 import pytest
 from fastapi import FastAPI
 
@@ -24,8 +25,6 @@ from tests.cloud.store.conftest import throwaway_store
 from tests.e2e.test_control import SITE, gateway_yaml, until
 from tests.services import free_port, own_mosquitto
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 T0 = 1_767_225_600.0
 
 
