@@ -20,6 +20,17 @@ from .store import Store
 MAX_RANGE_MS = 3 * 366 * DAY_MS
 
 
+def as_of_day(year: int, as_of: str) -> dt.date:
+    """The ``as_of`` query parameter of a forecast: a real date in ``year``, else 422."""
+    try:
+        day = dt.date.fromisoformat(as_of)
+    except ValueError:
+        raise HTTPException(422, "as_of must be YYYY-MM-DD") from None
+    if day.year != year:
+        raise HTTPException(422, "as_of must fall in the year")
+    return day
+
+
 def create_carbon_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["carbon"])
 
@@ -71,12 +82,7 @@ def create_carbon_router(store: Store) -> APIRouter:
     async def forecast(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
                        as_of: Annotated[str, Query(description="YYYY-MM-DD, the last day with data")],
                        tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480) -> dict[str, Any]:
-        try:
-            day = dt.date.fromisoformat(as_of)
-        except ValueError:
-            raise HTTPException(422, "as_of must be YYYY-MM-DD") from None
-        if day.year != year:
-            raise HTTPException(422, "as_of must fall in the year")
+        day = as_of_day(year, as_of)
         try:
             f = await sqlstore.forecast(await db(), p.tenant, year, day.month, day.day, tz_offset_min=tz_offset_min)
         except CarbonInputError as exc:

@@ -193,13 +193,9 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
                       tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480) -> dict[str, Any]:
         from .carbon import sqlstore
         from .carbon.errors import CarbonInputError
+        from .routes_carbon import as_of_day
 
-        try:
-            day = dt.date.fromisoformat(as_of)
-        except ValueError:
-            raise HTTPException(422, "as_of must be YYYY-MM-DD") from None
-        if day.year != year:
-            raise HTTPException(422, "as_of must fall in the year")
+        day = as_of_day(year, as_of)
         if await sqlstore.allowance(db, p.tenant, year) is None:
             return {"year": year, "allowance_t": None, "forecast": None,
                     "hint": f"no allowance set for {year}: carbonlink carbon allowance"}
