@@ -21,7 +21,7 @@ from carbonlink.cloud.ingest import IngestService
 from carbonlink.edge.agent import EdgeAgent
 from carbonlink.edge.config import load_gateway_config
 from carbonlink.edge.identity import load_or_create_key, public_key_hex
-from carbonlink.edge.outbox import KeySigner, Outbox, OutboxCorrupt, SeqLease
+from carbonlink.edge.outbox import KeySigner, Outbox, OutboxCorrupt, SeqLease, _salvage
 from carbonlink.kernel.wire import Reading, parse_batch
 from tests.cloud.store.conftest import throwaway_store
 from tests.services import ROOT, own_mosquitto
@@ -187,7 +187,7 @@ async def test_kill_corrupt_restart_loses_and_doubles_nothing_in_the_cloud(tmp_p
         await kill_corrupt_restart(tmp_path, kind, f"mqtt://127.0.0.1:{port}")
 
 
-async def kill_corrupt_restart(tmp_path: Path, kind: str, mqtt: str) -> None:
+async def kill_corrupt_restart(tmp_path: Path, kind: str, mqtt: str) -> list[int]:
     gw = tmp_path / "gw"
     gw.mkdir()
     config = gw / "gateway.yaml"
@@ -246,16 +246,17 @@ async def kill_corrupt_restart(tmp_path: Path, kind: str, mqtt: str) -> None:
         phase2 = [t for t in ts if T0 + 10_000 <= t < T0 + 20_000]
         phase3 = [t for t in ts if t >= T0 + 20_000]
         assert phase1 == list(range(T0, T0 + 3000)) and phase3 == list(range(T0 + 20_000, T0 + 23_000))
-        reset = await store.db.fetchrow("SELECT body FROM events WHERE kind = 'outbox.reset'")
-        assert reset is not None
-        body = reset["body"] if isinstance(reset["body"], dict) else json.loads(reset["body"])
+        resets = [r["body"] if isinstance(r["body"], dict) else json.loads(r["body"])
+                  for r in await store.db.fetch("SELECT body FROM events WHERE kind = 'outbox.reset'")]
         # What was unacked in the damaged file arrives as far as it could be read, nothing invented.
         assert set(phase2) <= set(range(T0 + 10_000, T0 + 16_000))
-        # Readings were salvaged. Not asserted: that every salvaged reading is stored. In about half the runs
-        # the salvage counts one batch (200) more than phase 2 has in the cloud, also on wip/edgeq alone; a
-        # loss after salvage or a miscount, not yet diagnosed (closing note of stop 17).
-        assert 0 < body["salvaged_readings"]
-        assert sorted(p.name for p in (gw / "edge").iterdir() if ".corrupt-" in p.name)[0].endswith(".sqlite")
+        # Every reading the damaged file still held readably was salvaged, once, and is stored (with those
+        # the broker held for the cloud from before the kill).
+        [aside] = [p for p in (gw / "edge").iterdir() if ".corrupt-" in p.name and p.suffix == ".sqlite"]
+        salvaged = [r[2] for r in _salvage(aside).readings]
+        assert len(salvaged) == len(set(salvaged)) > 0 and set(salvaged) <= set(phase2)
+        assert [b["salvaged_readings"] for b in resets] == [len(salvaged)]
+    return ts
 
 
 
