@@ -221,6 +221,8 @@ async def run_hj212_client(host: str, port: int, mn: str, pw: str, interval_s: f
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await replies
             writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            try:  # a gateway that stopped reading would hold the close (and the unit) forever
+                await asyncio.wait_for(writer.wait_closed(), 5.0)
+            except (OSError, TimeoutError):
+                writer.transport.abort()
     return stats

@@ -107,6 +107,10 @@ class Hj212ServerDevice(DeviceBase):
     utc_offset_minutes: int = Field(default=480, ge=-720, le=840, description="time zone of DataTime (CST = 480)")
     idle_timeout_s: float = Field(default=600.0, gt=0, le=86400)
     max_connections: int = Field(default=64, ge=1, le=10_000)
+    auth_timeout_s: float = Field(default=120.0, gt=0, le=86400, description=(
+        "a connection that sends no packet from a configured station with its PW this long is closed"))
+    max_unauthenticated_per_host: int = Field(default=8, ge=1, le=10_000, description=(
+        "connections one address may hold open before a station on them has authenticated"))
     queue_packets: int = Field(default=1000, ge=1, le=100_000, description="accepted packets waiting for the agent")
     max_pw_failures: int = Field(default=5, ge=1, le=1000, description="wrong PWs before an MN is locked out")
     lockout_s: float = Field(default=300.0, gt=0, le=86400, description="how long a locked-out MN is refused")
@@ -137,6 +141,8 @@ class Hj212ServerDriver(Driver):
         s = self.settings
         return ServerConfig(stations={mn: st.secret() for mn, st in s.stations.items()}, host=s.host,
                             port=s.port, protocol_version=s.protocol_version, idle_timeout_s=s.idle_timeout_s,
+                            auth_timeout_s=s.auth_timeout_s,
+                            max_unauthenticated_per_host=s.max_unauthenticated_per_host,
                             max_connections=s.max_connections, max_pw_failures=s.max_pw_failures,
                             lockout_s=s.lockout_s)
 

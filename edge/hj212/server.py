@@ -74,6 +74,11 @@ class ServerConfig:
     protocol_version: int = VERSION_2017
     idle_timeout_s: float = 600.0  # close a connection silent this long
     max_connections: int = 64
+    # A connection must deliver one packet from a configured station with its PW within this long, or it is
+    # closed: a peer that only connects cannot hold a slot for idle_timeout_s. A unit uploads real-time
+    # data (CN 2011) at least every minute, so a genuine one proves itself well inside the default.
+    auth_timeout_s: float = 120.0
+    max_unauthenticated_per_host: int = 8  # connections one address may hold before a station proves itself
     cns: frozenset[str] = field(default=DATA_CNS)  # CN codes handed to the sink
     max_pw_failures: int = 5  # wrong PWs for one MN from one address within lockout_s before it is locked
     lockout_s: float = 300.0
@@ -110,6 +115,7 @@ class Hj212Server:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._unproven: dict[str, int] = {}  # per address: connections not yet authenticated
 
     @property
     def port(self) -> int:
@@ -149,16 +155,25 @@ class Hj212Server:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        host = _host(_peer(writer))
         if len(self._handlers) >= self.config.max_connections:
             self.counters.bump("connections_refused")
             log.warning("HJ 212: refusing a connection from %s: %d connections open (max_connections)",
                         _peer(writer), len(self._handlers))
             writer.close()
             return
+        if self._unproven.get(host, 0) >= self.config.max_unauthenticated_per_host:
+            self.counters.bump("connections_refused")
+            log.warning("HJ 212: refusing a connection from %s: %d connections from that address have not"
+                        " authenticated yet (max_unauthenticated_per_host)", _peer(writer), self._unproven[host])
+            writer.close()
+            return
         self._handlers.add(task)
+        self._unproven[host] = self._unproven.get(host, 0) + 1
+        proven = [False]
         self.counters.bump("connections")
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, lambda: self._proven(host, proven))
         except asyncio.CancelledError:
             # close() cancels handlers; ending quietly keeps asyncio's stream callback (3.11) from
             # logging the cancellation as an error. This task is a leaf: nothing waits on its result.
@@ -170,32 +185,56 @@ class Hj212Server:
             log.exception("HJ 212 connection %s failed unexpectedly", _peer(writer))
         finally:
             self._handlers.discard(task)
+            self._proven(host, proven)
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+            try:  # a peer that stops reading keeps unsent replies in the buffer: close() alone would wait forever
+                await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+            except (ConnectionError, OSError, TimeoutError, asyncio.CancelledError):
+                writer.transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _proven(self, host: str, proven: list[bool]) -> None:
+        """The connection authenticated (or ended): it no longer counts against its address."""
+        if not proven[0]:
+            proven[0] = True
+            if (left := self._unproven.pop(host, 1) - 1) > 0:
+                self._unproven[host] = left
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     on_authenticated: Callable[[], None]) -> None:
         framer = StreamFramer()
         peer = _peer(writer)
         seen: set[Reason] = set()
+        c = self.config
+        auth_deadline: float | None = self.monotonic() + c.auth_timeout_s  # None once a station proved itself
         while True:
+            wait, why = c.idle_timeout_s, "idle"
+            if auth_deadline is not None and (left := auth_deadline - self.monotonic()) < wait:
+                wait, why = max(left, 0.0), "unauthenticated"
             try:
-                chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.config.idle_timeout_s)
+                chunk = await asyncio.wait_for(reader.read(READ_SIZE), wait)
             except TimeoutError:
-                log.info("HJ 212 connection %s idle for %.0f s; closing", peer, self.config.idle_timeout_s)
+                if why == "idle":
+                    log.info("HJ 212 connection %s idle for %.0f s; closing", peer, c.idle_timeout_s)
+                else:
+                    self.counters.bump("closed_unauthenticated")
+                    log.info("HJ 212 connection %s sent no packet from a configured station in %.0f s;"
+                             " closing (auth_timeout_s)", peer, c.auth_timeout_s)
                 chunk = b""
             events = framer.feed(chunk) if chunk else framer.close()
             for event in events:
                 if isinstance(event, Hj212Error):
                     self._reject(event, peer, seen)
                     await self._answer_error(event, writer)
-                else:
-                    await self._frame(event, writer, peer, seen)
+                elif await self._frame(event, writer, peer, seen) and auth_deadline is not None:
+                    auth_deadline = None
+                    on_authenticated()
             if not chunk:
                 return
 
-    async def _frame(self, raw: bytes, writer: asyncio.StreamWriter, peer: str, seen: set[Reason]) -> None:
+    async def _frame(self, raw: bytes, writer: asyncio.StreamWriter, peer: str, seen: set[Reason]) -> bool:
+        """Handle one frame; True when it came from a configured station with its PW."""
         c = self.config
+        authenticated = False
         try:
             packet = parse_data(raw[6:-6])  # between the length field and the CRC
             hdr = packet.header_fields()
@@ -203,6 +242,7 @@ class Hj212Server:
                 raise Hj212Error(Reason.FLAG, f"protocol version {packet.version} in Flag={packet.flag}, this"
                                  f" server speaks version {c.protocol_version} (set protocol_version)", hdr)
             self._authenticate(packet, hdr, peer)
+            authenticated = True
             if packet.cn not in c.cns:
                 raise Hj212Error(Reason.CN, f"CN {packet.cn} is not handled here"
                                  f" (accepted: {', '.join(sorted(c.cns))})", hdr)
@@ -214,11 +254,12 @@ class Hj212Server:
         except Hj212Error as exc:
             self._reject(exc, peer, seen)
             await self._answer_error(exc, writer)
-            return
+            return authenticated
         self.counters.bump("packets")
         if packet.reply_requested:
             reply = reply_packet(packet, CN_DATA_REPLY, version=c.protocol_version)
             await self._send(writer, reply.encode())
+        return True
 
     # --- who may upload ----------------------------------------------------------------------
 

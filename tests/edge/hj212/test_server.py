@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -156,7 +157,10 @@ async def test_bad_input_is_counted_and_the_server_keeps_serving() -> None:
 
 
 async def test_many_concurrent_units() -> None:
-    async with driver(stations={f"MN{i:04d}": {"pw": PW} for i in range(60)}) as (drv, got):
+    # All 60 come from one address (loopback) at once, as loggers behind one NAT after an outage: the
+    # per-address cap on unauthenticated connections is raised to let them all in together.
+    async with driver(stations={f"MN{i:04d}": {"pw": PW} for i in range(60)},
+                      max_unauthenticated_per_host=60) as (drv, got):
         async def unit(i: int) -> list[Packet]:
             reader, writer = await asyncio.open_connection("127.0.0.1", drv.port)
             mn = f"MN{i:04d}"
@@ -212,7 +216,7 @@ async def test_server_survives_a_failing_sink_and_unit_reconnects_after_restart(
             while stats.replies["9014"] < got_before + 3:
                 await asyncio.sleep(0.02)
     stop.set()
-    await client
+    await asyncio.wait_for(client, 10)
     assert stats.connects >= 3 and stats.failures >= 1
 
 
@@ -249,3 +253,64 @@ def test_host_port_option() -> None:
     for bad in ("9212", "host:", "host:99999", ":1"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_host_port(bad)
+
+
+async def test_a_peer_that_never_authenticates_is_closed_and_one_address_cannot_hold_many_unproven() -> None:
+    async with driver(max_connections=8, max_unauthenticated_per_host=2, auth_timeout_s=0.3,
+                      idle_timeout_s=60) as (drv, got):
+        unit = await asyncio.open_connection("127.0.0.1", drv.port)
+        unit[1].write(upload())  # a configured station with its PW: stays past the deadline
+        assert [p.cn for p in await read_replies(unit[0], 1)] == ["9014"]
+        silent = await asyncio.open_connection("127.0.0.1", drv.port)
+        stranger = await asyncio.open_connection("127.0.0.1", drv.port)
+        stranger[1].write(upload(mn="CEMS00000000000000000999"))  # answered (refused), but never let in
+        third = await asyncio.open_connection("127.0.0.1", drv.port)  # a 3rd unproven one: refused at once
+        assert await asyncio.wait_for(third[0].read(), 2) == b""
+        assert await asyncio.wait_for(silent[0].read(), 2) == b""  # no station within auth_timeout_s
+        refused = await read_replies(stranger[0], 1)
+        assert refused[0].cn != "9014"
+        assert await asyncio.wait_for(stranger[0].read(), 2) == b""
+        assert drv.counters.extra["closed_unauthenticated"] == 2
+        assert drv.counters.extra["connections_refused"] == 1
+        await asyncio.sleep(0.4)  # well past the deadline: the unit still uploads
+        unit[1].write(upload(qn="20240315103100123"))
+        assert [p.cn for p in await read_replies(unit[0], 1)] == ["9014"]
+        assert (await asyncio.wait_for(got.get(), 2))[0].value == 12.5
+        for _, w in (unit, silent, stranger, third):
+            w.close()
+
+
+
+
+async def test_a_peer_that_stops_reading_is_cut_off_and_frees_its_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from carbonlink.edge.hj212 import server as server_module
+
+    monkeypatch.setattr(server_module, "WRITE_TIMEOUT_S", 0.3)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window: replies back up at once
+    sock.setblocking(False)
+    got: list[Packet] = []
+
+    async def sink(packet: Packet) -> None:
+        got.append(packet)
+
+    async with Hj212Server(ServerConfig(stations={MN: PW}), sink) as server:
+        assert server._server is not None  # accepted sockets inherit the listener's small send buffer
+        server._server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        # Uploads asking for replies, and never a byte read back.
+        send = asyncio.create_task(loop.sock_sendall(sock, b"".join(
+            upload(qn=f"2024031510{k:07d}") for k in range(3000))))
+        async with asyncio.timeout(20):
+            while server.connections == 0:
+                await asyncio.sleep(0.01)
+            while server.connections:  # the server gives up on the stalled peer and frees the slot
+                await asyncio.sleep(0.05)
+            # ... and drops the connection itself (a reset): replies left unsent no longer pin it open.
+            while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == 1:  # tcpi_state ESTABLISHED
+                await asyncio.sleep(0.05)
+        assert server.counters.errors == 0 and 0 < len(got) < 3000
+        send.cancel()
+        sock.close()
