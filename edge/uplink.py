@@ -7,7 +7,9 @@ A batch is removed from the outbox only on the cloud's ack, never on PUBACK.
 
 Sending order on every turn of the loop (see edge/outbox.py for the lanes):
 1. resends: cut batches whose ack did not come within ``ack_timeout`` (after a
-   reconnect, every unacked batch), oldest seq first;
+   reconnect, every unacked batch), oldest seq first. Each further resend of a
+   batch waits twice as long (up to 8 ack timeouts, spread per seq), so a
+   lagging ingest is not buried under copies of what it has not read yet;
 2. the live lane: a batch of recent readings once it is big or old enough;
 3. the backlog lane: the oldest readings in big batches, under a token-bucket
    rate limit and its own inflight window, so a 24-hour backlog drains steadily
@@ -101,6 +103,9 @@ class _Bucket:
         return self.tokens
 
 
+RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
+
+
 class Uplink:
     def __init__(self, outbox: Outbox, topics: GatewayTopics, url: str, *, username: str | None = None,
                  password: str | None = None, keepalive: int = 30, ack_timeout: float = 15.0,
@@ -129,6 +134,7 @@ class Uplink:
         self.flush = False  # cut live readings regardless of age (shutdown drain)
         self.client: aiomqtt.Client | None = None
         self._inflight: dict[int, tuple[float, str]] = {}
+        self._resends: dict[int, int] = {}  # seq → times sent again; kept across reconnects, gone with the ack
         self._events_inflight: dict[str, float] = {}
         self.clock = clock  # monotonic seconds, for the backlog window's pacing
         self.on_store_error: Callable[[sqlite3.Error], None] | None = None  # the agent repairs the outbox
@@ -249,6 +255,7 @@ class Uplink:
             return
         n = self.outbox.ack(seq)
         sent = self._inflight.pop(seq, None)
+        self._resends.pop(seq, None)
         if n == 0:
             self._unknown(seq)
             return
@@ -292,6 +299,7 @@ class Uplink:
         """The cloud can never accept this batch: keep it in the quarantine for an operator, never delete it."""
         result = self.outbox.quarantine(seq, reason, max_entries=self.quarantine_max)
         self._inflight.pop(seq, None)
+        self._resends.pop(seq, None)
         if result is None:
             self._unknown(seq)
             return
@@ -324,6 +332,7 @@ class Uplink:
     def forget_inflight(self) -> None:
         """The outbox was replaced: what was in flight is the old file's; the new one is sent afresh."""
         self._inflight.clear()
+        self._resends.clear()
         self._events_inflight.clear()
         self.wakeup.set()
 
@@ -397,14 +406,14 @@ class Uplink:
             now = time.monotonic()
             window = self.policy.live_inflight + self.policy.backlog_inflight
             # Poll the heads only: reading every unacked payload on each turn cost more than cutting them.
-            due = [(seq, n, payload, lane) for seq, n, lane in self.outbox.unacked_heads(limit=window)
-                   if seq not in self._inflight or now - self._inflight[seq][0] > self.ack_timeout
+            due = [(seq, n, payload, lane) for seq, n, lane in self._due(now, window)
                    if (payload := self.outbox.payload(seq)) is not None]
             fresh = await self._cut(now_ms()) if len(self._inflight) + len(due) < window else []
             batch = due + fresh
             for seq, n, payload, lane in batch:
                 if seq <= self.counters.highest_seq_published:
                     self.counters.resends += 1
+                    self._resends[seq] = self._resends.get(seq, 0) + 1
                 else:
                     self.counters.highest_seq_published = seq
                     self.counters.batches_published += 1
@@ -427,6 +436,28 @@ class Uplink:
                     await self.wakeup.wait()
             except TimeoutError:
                 pass
+
+    def resend_wait(self, seq: int) -> float:
+        """Seconds an unacked batch waits for its ack before it is sent again.
+
+        The ack timeout first; then doubling with each resend up to RESEND_CAP timeouts, spread by up to
+        20 % per seq so a fleet's resends do not arrive in waves. A broker that dropped the batch (Mosquitto's
+        queue limit drops silently) still gets it again; an ingest that is only slow is not sent copies faster
+        than it can read them.
+        """
+        k = self._resends.get(seq, 0)
+        if k == 0:
+            return self.ack_timeout
+        return self.ack_timeout * min(2 ** k, RESEND_CAP) * (1.0 + (seq * 2654435761 % 1000) / 5000)
+
+    def _due(self, now: float, limit: int) -> list[tuple[int, int, str]]:
+        """Unacked batches to send now: never sent on this connection, or past their resend wait."""
+        heads = self.outbox.unacked_heads(limit=limit)
+        if len(self._resends) > 4 * max(limit, 1000):  # batches gone another way (quarantine, a new outbox)
+            live = {seq for seq, _, _ in heads} | self._inflight.keys()
+            self._resends = {seq: k for seq, k in self._resends.items() if seq in live}
+        return [(seq, n, lane) for seq, n, lane in heads
+                if seq not in self._inflight or now - self._inflight[seq][0] > self.resend_wait(seq)]
 
     def _published(self, task: asyncio.Task[None]) -> None:
         self._publishing.discard(task)
