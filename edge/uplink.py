@@ -9,7 +9,8 @@ Sending order on every turn of the loop (see edge/outbox.py for the lanes):
 1. resends: cut batches whose ack did not come within ``ack_timeout`` (after a
    reconnect, every unacked batch), oldest seq first. Each further resend of a
    batch waits twice as long (up to 8 ack timeouts, spread per seq), so a
-   lagging ingest is not buried under copies of what it has not read yet;
+   lagging ingest is not buried under copies of what it has not read yet
+   (a reconnect starts the waits over);
 2. the live lane: a batch of recent readings once it is big or old enough;
 3. the backlog lane: the oldest readings in big batches, under a token-bucket
    rate limit and its own inflight window, so a 24-hour backlog drains steadily
@@ -134,7 +135,7 @@ class Uplink:
         self.flush = False  # cut live readings regardless of age (shutdown drain)
         self.client: aiomqtt.Client | None = None
         self._inflight: dict[int, tuple[float, str]] = {}
-        self._resends: dict[int, int] = {}  # seq → times sent again; kept across reconnects, gone with the ack
+        self._resends: dict[int, int] = {}  # seq → times sent again on this connection; gone with the ack
         self._events_inflight: dict[str, float] = {}
         self.clock = clock  # monotonic seconds, for the backlog window's pacing
         self.on_store_error: Callable[[sqlite3.Error], None] | None = None  # the agent repairs the outbox
@@ -174,6 +175,7 @@ class Uplink:
             self.client = None
             self.state = LinkState.BACKOFF
             self._inflight.clear()
+            self._resends.clear()  # a new session: what was sent may be gone, the waits start over
             self._events_inflight.clear()
             await asyncio.sleep(self.backoff.next_delay())
 
