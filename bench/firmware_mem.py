@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carbonlink.commands.faults.lab import port_open
 from carbonlink.commands.firmwarelab.micropython import compile_firmware
 from carbonlink.commands.firmwarelab.node import NodeRunError, cloud, fill_buffer, make_node, run_node
+from carbonlink.kernel.ports import port_open
 
 BUFFER = {"segment_bytes": 16384, "max_segments": 8}
 
@@ -62,7 +62,7 @@ async def main() -> None:
         built = compile_firmware(mpy)
         print(f"mpy-cross: {len(built)} modules, {sum(p.stat().st_size for p in built)} bytes of .mpy")
         for deliver in (False, True):
-            if deliver and not port_open("127.0.0.1", 1883):
+            if deliver and not port_open(1883):
                 print("deliver: skipped (no Mosquitto on 127.0.0.1:1883)")
                 continue
             template = tmp / f"template-{deliver}"

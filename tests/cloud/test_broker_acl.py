@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from carbonlink.cloud import provisioning
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.store import ClaimError, Store, open_store
-from carbonlink.commands.faults.lab import port_open, stop_process
+from carbonlink.commands.faults.lab import stop_process
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel import ids
+from carbonlink.kernel.ports import port_open
 from tests.services import free_port, own_mosquitto, require
 
 
@@ -252,7 +253,7 @@ def test_mosquitto_running_as_its_own_user_opens_the_files(tmp_path: Path) -> No
                                 stderr=subprocess.PIPE)
         try:
             for _ in range(100):
-                if port_open("127.0.0.1", port, 0.1) or proc.poll() is not None:
+                if port_open(port, timeout=0.1) or proc.poll() is not None:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
