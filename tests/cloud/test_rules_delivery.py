@@ -28,7 +28,7 @@ from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 from carbonlink.rules import RuleSetDoc
 from tests.rules.helpers import ListSink
-from tests.services import require_mosquitto_service
+from tests.services import require_mosquitto_service, until
 
 BIG = {"rules": [{"id": f"so2-high-{i:03d}", "severity": "critical", "description": "x" * 100,
                   "text": f"SELECT avg(value) AS so2 FROM 'stack-{i}/so2' GROUP BY device, TUMBLING(1m)"
@@ -95,12 +95,6 @@ async def connected(shadow: EdgeShadow, url: str, cid: str) -> AsyncIterator[Non
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def until(check: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not await check():
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
