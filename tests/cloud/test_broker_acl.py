@@ -29,6 +29,17 @@ from carbonlink.kernel.ports import port_open
 from tests.services import free_port, own_mosquitto, require
 
 
+async def received(client: aiomqtt.Client, until: bytes, with_topic: bool = False) -> list:
+    """What the client receives, in order, up to and including the payload ``until`` (5 s at most)."""
+    got: list = []
+    async with asyncio.timeout(5):
+        async for m in client.messages:
+            got.append((str(m.topic), m.payload) if with_topic else m.payload)
+            if m.payload == until:
+                return got
+    return got
+
+
 def ids_group(name: str) -> int | None:
     try:
         return grp.getgrnam(name).gr_gid
@@ -67,12 +78,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
             await gw1.publish("cl/site-a/gw-2/telemetry", b"forged", qos=1)  # another gateway's topic
             await gw1.publish("cl/site-a/gw-1/ack", b"self-ack", qos=1)  # only the cloud may ack
             await gw1.publish("cl/site-a/gw-1/telemetry", b"own", qos=1)
-            got = []
-            async with asyncio.timeout(5):
-                async for m in ingest.messages:
-                    got.append((str(m.topic), m.payload))
-                    if m.payload == b"own":
-                        break
+            got = await received(ingest, until=b"own", with_topic=True)
             await asyncio.sleep(0.3)
             assert got == [("cl/site-a/gw-1/telemetry", b"own")]
             # Reading another gateway's acks: Mosquitto 2.0 grants the SUBACK but checks the ACL on
@@ -81,12 +87,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
             await gw1.subscribe("cl/site-a/gw-1/ack", qos=1)
             await ingest.publish("cl/site-a/gw-2/ack", b"for gw-2", qos=1)
             await ingest.publish("cl/site-a/gw-1/ack", b"for gw-1", qos=1)
-            seen = []
-            async with asyncio.timeout(5):
-                async for m in gw1.messages:
-                    seen.append(m.payload)
-                    if m.payload == b"for gw-1":
-                        break
+            seen = await received(gw1, until=b"for gw-1")
             await asyncio.sleep(0.3)
             assert seen == [b"for gw-1"]
 
@@ -295,19 +296,9 @@ async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp
             await reader.publish("cl/site-a/gw-1/ack", b"forged by reader", qos=1)  # nor write anything under cl/
             await reader.publish("carbonlink/nodered/alerts", b"alert", qos=1)
             await gw1.publish("cl/site-a/gw-1/telemetry", b"telemetry", qos=1)
-            seen = []
-            async with asyncio.timeout(5):
-                async for m in reader.messages:
-                    seen.append(m.payload)
-                    if m.payload == b"telemetry":
-                        break
+            seen = await received(reader, until=b"telemetry")
             assert seen == [b"telemetry"]
-            got = []
-            async with asyncio.timeout(5):
-                async for m in ingest.messages:
-                    got.append(m.payload)
-                    if m.payload == b"telemetry":
-                        break
+            got = await received(ingest, until=b"telemetry")
             assert got == [b"an ack", b"telemetry"]  # the reader's forgery was dropped
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from carbonlink.cloud.commands import ControlLink
 from carbonlink.cloud.shadows import MAX_SHADOW_BYTES, ShadowError
-from carbonlink.cloud.store import Store, open_store
+from carbonlink.cloud.store import Store
 from carbonlink.edge.rules_runner import RulesRunner
 from carbonlink.edge.shadow import EdgeShadow
 from carbonlink.kernel import topics
@@ -95,14 +95,6 @@ async def connected(shadow: EdgeShadow, url: str, cid: str) -> AsyncIterator[Non
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_large_rule_set_travels_by_hash_and_the_delta_closes(store: Store, tmp_path: Path) -> None:
