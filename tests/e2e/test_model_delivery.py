@@ -22,8 +22,8 @@ from carbonlink.edge.identity import public_key_hex
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
 from tests.cloud.store.conftest import throwaway_store
-from tests.e2e.test_control import SITE, gateway_yaml, until
-from tests.services import free_port, own_mosquitto
+from tests.e2e.test_control import SITE, gateway_yaml
+from tests.services import free_port, own_mosquitto, until
 
 T0 = 1_767_225_600.0
 
@@ -76,7 +76,7 @@ async def test_a_model_by_hash_is_fetched_checked_and_run(any_store: Store, tmp_
                 async def rejected() -> bool:
                     s = (await http.get(f"/api/gateways/{gw}/shadow")).json()
                     return "cannot deliver" in s.get("rejected", {}).get("model", "")
-                await until(rejected)
+                await until(rejected, 15)
                 assert (agent.anomaly.model.info.sha256 if agent.anomaly.model else None) == before
 
                 wanted = {"id": "cl-anomaly", "version": 7, "sha256": digest}
