@@ -17,7 +17,7 @@ async def test_serves_until_the_stop_event_on_the_given_port(port: int) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(run_cems_opcua(port, stop, interval_s=0.2, stack=CemsStack(clock=Paced())))
     try:
-        await until(lambda: port_open(port, timeout=0.1) or task.done(), 15)
+        await until(lambda: port_open(port, timeout=0.1) or task.done(), 30)  # asyncua starts slowly under load
         layout = CemsOpcUaServer(port=port, stack=CemsStack(clock=Paced()))  # only for the documented addresses
         settings = OpcUaDevice.model_validate({
             "id": "stack1", "driver": "opcua", "endpoint": layout.url,
