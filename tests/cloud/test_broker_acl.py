@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import shutil
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -27,6 +29,17 @@ from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel import ids
 from carbonlink.kernel.ports import port_open
 from tests.services import free_port, own_mosquitto, require
+
+
+@contextlib.contextmanager
+def acl_broker(folder: Path, passwd: str, acl: str) -> Iterator[int]:
+    """A private Mosquitto with these password and ACL files (written into folder), no anonymous users;
+    yields its port."""
+    (folder / "passwd").write_text(passwd)
+    (folder / "acl").write_text(acl)
+    conf = f"password_file {folder / 'passwd'}\nacl_file {folder / 'acl'}\n"
+    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+        yield port
 
 
 async def received(client: aiomqtt.Client, until: bytes, with_topic: bool = False) -> list:
@@ -57,10 +70,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
         creds[gw] = res.mqtt_password
     passwd, acl = await provisioning.broker_files(store, provisioning.mosquitto_password_hash("ingest-pw"))
     await store.close()
-    (tmp_path / "passwd").write_text(passwd)
-    (tmp_path / "acl").write_text(acl)
-    conf = f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
-    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+    with acl_broker(tmp_path, passwd, acl) as port:
         def client(user: str, password: str, cid: str) -> aiomqtt.Client:
             return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=cid,
                                   protocol=aiomqtt.ProtocolVersion.V5)
@@ -280,10 +290,7 @@ async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp
     passwd, acl = await provisioning.broker_files(store, provisioning.mosquitto_password_hash("ingest-pw"),
                                                   provisioning.mosquitto_password_hash("reader-pw"))
     await store.close()
-    (tmp_path / "passwd").write_text(passwd)
-    (tmp_path / "acl").write_text(acl)
-    conf = f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
-    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+    with acl_broker(tmp_path, passwd, acl) as port:
         def client(user: str, password: str, cid: str) -> aiomqtt.Client:
             return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=cid)
 

@@ -37,6 +37,20 @@ def gateway_yaml(tmp: Path, gw: str, mqtt: str, modbus_port: int) -> Path:
     return path
 
 
+def control_api(control: ControlLink) -> httpx.AsyncClient:
+    """An HTTP client for the control routes (shadow, commands) of this control link, in process."""
+    app = FastAPI()
+    app.include_router(create_control_router(control))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def start_link(control: ControlLink) -> asyncio.Task[None]:
+    """The control link running, once it is connected to the broker."""
+    link = asyncio.create_task(control.run())
+    await asyncio.wait_for(control.connected.wait(), 10)
+    return link
+
+
 async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
     gw = "gw-" + uuid.uuid4().hex[:6]
     store = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
@@ -48,11 +62,8 @@ async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
             agent = EdgeAgent(cfg, config_path=cfg_path)
             await store.registry.register_gateway(gw, SITE, "ed25519", public_key_hex(agent.key))
             control = ControlLink(store, url, client_id="ctl-" + gw)
-            app = FastAPI()
-            app.include_router(create_control_router(control))
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-            link = asyncio.create_task(control.run())
-            await asyncio.wait_for(control.connected.wait(), 10)
+            http = control_api(control)
+            link = await start_link(control)
 
             # The operator changes desired while the gateway is offline.
             desired = {"log_level": "WARNING", "batch": {"max_readings": 50},
