@@ -30,12 +30,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg
 
 from carbonlink.cloud.carbon.cems import StackConfig
 from carbonlink.cloud.carbon.sqlstore import account_sources, recompute, register_stack
 from carbonlink.cloud.store import open_store
 from carbonlink.cloud.store.model import FLAG_COLS
+from carbonlink.cloud.store.postgres import drop_schema
 
 T0_MS = 1_672_502_400_000  # 2023-01-01 00:00 +08:00
 HOUR_MS = 3_600_000
@@ -100,11 +100,7 @@ async def run(url: str, stacks: int, hours: int, repeats: int) -> dict[str, Any]
                 "late_hour_ms_max": round(max(late) * 1000, 1), "revisions": int(revisions)}
     finally:
         await store.close()
-        con = await asyncpg.connect(url)
-        try:
-            await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await con.close()
+        await drop_schema(url, schema)
 
 
 def main() -> None:

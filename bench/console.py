@@ -34,13 +34,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg
 import httpx
 
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
 from carbonlink.cloud.carbon.sqlstore import refresh_days
 from carbonlink.cloud.store import open_store
+from carbonlink.cloud.store.postgres import drop_schema
 
 PG = os.environ.get("CARBONLINK_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 YEAR = 2025
@@ -144,11 +144,7 @@ async def dashboard_api(sites: int, runs: int) -> dict[str, Any]:
                 "ratio_to_plain_sum": round(med / statistics.median(raw), 2), "goal_ms": 300}
     finally:
         await store.close()
-        con = await asyncpg.connect(PG)
-        try:
-            await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await con.close()
+        await drop_schema(PG, schema)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ twice their size on the 32-bit ESP32, so these figures are an upper bound for th
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
@@ -19,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carbonlink.commands.faults.lab import port_open
-from tests.firmware.conftest import compile_firmware
-from tests.firmware.nodekit import cloud, make_node, run_node
+from carbonlink.commands.firmwarelab.micropython import compile_firmware
+from carbonlink.commands.firmwarelab.node import NodeRunError, cloud, fill_buffer, make_node, run_node
+from carbonlink.kernel.ports import port_open
 
 BUFFER = {"segment_bytes": 16384, "max_segments": 8}
 
@@ -31,14 +32,13 @@ async def _works(template: Path, work: Path, mpy: Path, heap_k: int, deliver: bo
     shutil.copytree(template, work)
     try:
         if deliver:
-            import json
             cfg = json.loads((work / "config.json").read_text())
             async with cloud(work, "mqtt://127.0.0.1:1883", cfg):
                 out, stats = await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, time_limit=120)
             return "uplink True" in out and stats["pending"] == 0
         await run_node(work, 1, heap=f"{heap_k}k", modules=mpy, time_limit=120)
         return True
-    except AssertionError:  # MemoryError inside MicroPython: the run failed
+    except NodeRunError:  # MemoryError inside MicroPython: the run failed
         return False
 
 
@@ -62,17 +62,16 @@ async def main() -> None:
         built = compile_firmware(mpy)
         print(f"mpy-cross: {len(built)} modules, {sum(p.stat().st_size for p in built)} bytes of .mpy")
         for deliver in (False, True):
-            if deliver and not port_open("127.0.0.1", 1883):
+            if deliver and not port_open(1883):
                 print("deliver: skipped (no Mosquitto on 127.0.0.1:1883)")
                 continue
             template = tmp / f"template-{deliver}"
             make_node(template, 1883, buffer=BUFFER, uplink_every=1 if deliver else 288, window=4)
-            out, _ = await run_node(template, 130, modules=mpy, script="fill_buffer.py")
-            filled = next(ln for ln in out.splitlines() if ln.startswith("filled")).split()
+            filled = await fill_buffer(template, 130, modules=mpy)
             need = await bisect(template, tmp / "work", mpy, deliver)
             what = "sample + deliver the full buffer" if deliver else "sample into the full buffer (offline)"
-            print(f"{what}: buffer {filled[1]} batches / {filled[2]} bytes ({filled[3]} dropped at the bound);"
-                  f" peak heap: runs in {need} KB, fails in {need - 1} KB")
+            print(f"{what}: buffer {filled.pending} batches / {filled.bytes} bytes ({filled.dropped} dropped at "
+                  f"the bound); peak heap: runs in {need} KB, fails in {need - 1} KB")
 
 
 if __name__ == "__main__":

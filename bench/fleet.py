@@ -634,9 +634,8 @@ async def count_store(db: str) -> dict[str, int]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    import asyncpg
 
-    from carbonlink.cloud.store.postgres import split_url
+    from carbonlink.cloud.store.postgres import drop_schema, split_url
     from carbonlink.kernel.ports import free_port
 
     schema = "fleet_" + uuid.uuid4().hex[:10]
@@ -776,9 +775,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         readings_per_s=round(args.gateways * args.readings / args.interval),
     )
     if not args.keep:
-        con = await asyncpg.connect(split_url(db)[0])
-        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await con.close()
+        await drop_schema(split_url(db)[0], schema)
     return result
 
 

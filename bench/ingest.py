@@ -431,11 +431,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             w.kill()
         await store.close()
         if not args.keep:
-            from carbonlink.cloud.store.postgres import split_url
+            from carbonlink.cloud.store.postgres import drop_schema, split_url
 
-            con = await asyncpg.connect(split_url(db)[0])
-            await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            await con.close()
+            await drop_schema(split_url(db)[0], schema)
     return result
 
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from carbonlink.commands.faults.lab import port_open, stop_process
-from carbonlink.kernel.ports import free_port
+from carbonlink.commands.faults.lab import stop_process
+from carbonlink.kernel.ports import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "var" / "node-red"
@@ -92,7 +92,7 @@ def running(mqtt_port: int, pg: dict[str, object], table: str) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while not port_open("127.0.0.1", port, 0.2):
+        while not port_open(port, timeout=0.2):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Node-RED did not start: {(BENCH_DIR / 'node-red.log').read_text()[-2000:]}")
             time.sleep(0.2)

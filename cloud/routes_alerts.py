@@ -22,11 +22,13 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from carbonlink.kernel.events import Severity
+from carbonlink.kernel.ids import ID_PATTERN
 from carbonlink.rules.alerts import LifecycleError
 from carbonlink.rules.document import RULE_ID
 
 from .auth import Controller, Principal, Reader, not_found, tenant_gateway
 from .routes_data import ts_param
+from .routes_resources import PATH_TEXT
 from .store import Store
 from .store.rules_model import (
     AlertQuery,
@@ -40,9 +42,8 @@ if TYPE_CHECKING:
     from .rules_service import RulesService
 
 AlertId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
-SilenceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-_GW = r"^[A-Za-z0-9_.-]{1,64}$"
-_TEXT = r'^[^\x00-\x1f\x7f"\\/]{1,128}$'
+SilenceId = Annotated[str, Path(pattern=ID_PATTERN)]
+_GW = ID_PATTERN
 MAX_SILENCE_MS = 90 * 86_400_000
 StateFilter = Literal["raised", "acknowledged", "cleared", "open"]
 StateQ = Annotated[list[StateFilter] | None, Query(description="repeat for several; open = raised or acknowledged")]
@@ -65,8 +66,8 @@ class OperatorNote(Strict):
 class SilenceCreate(Strict):
     rule: str | None = Field(default=None, pattern=RULE_ID, description="one rule; default every rule")
     gateway: str | None = Field(default=None, pattern=_GW, description="one gateway; default every gateway")
-    device: str | None = Field(default=None, pattern=_TEXT)
-    point: str | None = Field(default=None, pattern=_TEXT, description="needs device")
+    device: str | None = Field(default=None, pattern=PATH_TEXT)
+    point: str | None = Field(default=None, pattern=PATH_TEXT, description="needs device")
     start: str | None = Field(default=None, max_length=40, description="ISO UTC with ms or epoch ms; default now")
     end: str | None = Field(default=None, max_length=40, description="give end or duration_s")
     duration_s: int | None = Field(default=None, ge=60, le=MAX_SILENCE_MS // 1000)

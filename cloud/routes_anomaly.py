@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 
+from carbonlink.kernel.ids import ID_PATTERN
+
 from .auth import Controller, Reader
 from .routes_data import DAY_MS, ts_param
 from .store import Store
@@ -61,7 +63,7 @@ def create_anomaly_router(store: Store) -> APIRouter:
     @router.put("/api/models/{model_id}/{version}", status_code=201,
                 summary="Upload an anomaly model (ONNX) for the tenant's gateways; answers its sha256")
     async def put_model(p: Controller, request: Request,
-                        model_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+                        model_id: Annotated[str, Path(pattern=ID_PATTERN)],
                         version: Annotated[int, Path(ge=0, le=2**31 - 1)]) -> dict[str, Any]:
         data = await request.body()
         if not data or len(data) > MAX_MODEL_BYTES:

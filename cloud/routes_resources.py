@@ -31,12 +31,12 @@ CSV_PAGE = 2000  # rows per keyset page under a CSV stream: what one stream hold
 MAX_JSON_RANGE_MS = 31 * DAY_MS
 MAX_CSV_RANGE_MS = 400 * DAY_MS
 _ID = ID_PATTERN
-_TEXT = r'^[^\x00-\x1f\x7f"\\/]{1,128}$'  # device and point ids as the wire format allows them, no slashes
+PATH_TEXT = r'^[^\x00-\x1f\x7f"\\/]{1,128}$'  # device and point ids as the wire format allows them, no slashes
 TenantId = Annotated[str, Path(pattern=_ID)]
 SiteId = Annotated[str, Path(pattern=_ID)]
 GatewayId = Annotated[str, Path(pattern=_ID)]
-DeviceId = Annotated[str, Path(pattern=_TEXT)]
-PointId = Annotated[str, Path(pattern=_TEXT)]
+DeviceId = Annotated[str, Path(pattern=PATH_TEXT)]
+PointId = Annotated[str, Path(pattern=PATH_TEXT)]
 Start = Annotated[str, Query(description="inclusive; ISO UTC with ms (2026-01-01T00:00:00.000Z) or epoch ms")]
 End = Annotated[str, Query(description="exclusive; ISO UTC with ms or epoch ms")]
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="csv streams the whole range")]

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from carbonlink.kernel.events import Severity
+from carbonlink.kernel.ids import ID_PATTERN
 from carbonlink.rules import CompiledRule, RuleDoc, RuleError, compile_rule
 from carbonlink.rules.document import NOTICES, RULE_ID, Action, Notice, WebhookAction
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 PROBLEM = "application/problem+json"
 RuleId = Annotated[str, Path(pattern=RULE_ID)]
-GatewayId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+GatewayId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class Strict(BaseModel):

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import httpx
 
 from carbonlink.kernel.backoff import Backoff
+from carbonlink.kernel.ids import ID_RE
 from carbonlink.kernel.tasks import cancel_and_wait
 
 from .document import EmailAction, RepublishAction, WebhookAction, canonical_json
@@ -92,7 +93,7 @@ class DirSecrets:
     folder: Path
 
     def get(self, name: str) -> bytes | None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name.startswith("."):
+        if not ID_RE.fullmatch(name) or name.startswith("."):
             return None
         path = self.folder / name
         try:

@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from carbonlink.kernel.events import Severity
+from carbonlink.kernel.ids import ID_PATTERN
 
 RULE_ID = r"^[a-z0-9][a-z0-9_-]{0,47}$"
-_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_NAME = ID_PATTERN
 _EMAIL_RE = re.compile(r"^[^@\s\"\\<>,;]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
 MAX_RULES = 500
 MAX_SILENCES = 200

@@ -95,3 +95,10 @@ def test_tests_and_benches_use_the_installed_names() -> None:
                 if imported.split(".")[0] in LAYOUT:
                     offenders.append(f"{path.relative_to(ROOT)}: {imported}")
     assert not offenders, offenders
+
+
+def test_benches_import_nothing_from_the_tests() -> None:
+    """A bench that needs a test's helper finds it in the package (as the firmware lab is), not in tests/."""
+    offenders = [f"{path.relative_to(ROOT)}: {imported}" for path in (ROOT / "bench").rglob("*.py")
+                 for imported in _imports(path.stem, path) if imported.split(".")[0] == "tests"]
+    assert not offenders, offenders

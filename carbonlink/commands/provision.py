@@ -19,7 +19,7 @@ import yaml
 from rich.table import Table
 
 from carbonlink.commands.common import err, fail, out, with_store
-from carbonlink.kernel.ids import check_account_id
+from carbonlink.kernel.ids import DEVICE_ID_BODY, ID_BODY, check_account_id
 
 app = typer.Typer(help="Register gateways and devices, issue credentials, write configs.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "cems": {"driver": "modbus_tcp", "pointmap": "cems", "port": 502, "poll_interval_s": 1.0},
     "inverter": {"driver": "modbus_tcp", "pointmap": "inverter", "port": 502, "poll_interval_s": 5.0},
 }
-_DEVICE_SPEC = re.compile(r"(?P<id>[A-Za-z0-9_.:-]{1,64})=(?P<template>[a-z_]+)@(?P<host>[^:\s]+)(:(?P<port>\d{1,5}))?")
+_DEVICE_SPEC = re.compile(rf"(?P<id>{DEVICE_ID_BODY})=(?P<template>[a-z_]+)@(?P<host>[^:\s]+)(:(?P<port>\d{{1,5}}))?")
 
 
 def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
@@ -365,8 +365,9 @@ def rotate_key(
            "next": "restart the agent to sign with the new key"}, json_out, "Key rotated")
 
 
-_SOIL = re.compile(r"(?P<device>[A-Za-z0-9_.-]{1,64})@(?P<pin>\d{1,2})")
-_BLE = re.compile(r"(?P<mac>([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})=(?P<device>[A-Za-z0-9_.-]{1,64})")
+# A node's device ids are plain ids (the firmware's config rule): no ':' as a gateway's device ids may have.
+_SOIL = re.compile(rf"(?P<device>{ID_BODY})@(?P<pin>\d{{1,2}})")
+_BLE = re.compile(rf"(?P<mac>([0-9A-Fa-f]{{2}}:){{5}}[0-9A-Fa-f]{{2}})=(?P<device>{ID_BODY})")
 
 
 def node_sensors(soil: list[str], bthome: list[str], extra: Path | None) -> list[dict[str, Any]]:

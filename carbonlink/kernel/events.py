@@ -25,13 +25,21 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .ids import DEVICE_ID_RE, DEVICE_ID_RULE
-from .wire import WIRE_VERSION, SigAlg, WireError, check_depth, check_signature, format_ts, parse_ts
+from .wire import (
+    TEXT_RE,
+    WIRE_VERSION,
+    SigAlg,
+    WireError,
+    check_depth,
+    check_signature,
+    format_ts,
+    parse_alg_sig,
+    parse_ts,
+)
 
 MAX_EVENT_BYTES = 16 * 1024
 MAX_BODY_DEPTH = 8
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,3}")  # e.g. alert.raised, outbox.corrupt
-_TEXT_RE = re.compile(r'[^"\\\x00-\x1f\x7f]{1,128}')
-_HEX_RE = re.compile(r"[0-9a-f]*")
 FIELDS = {"alg", "body", "device", "gateway", "id", "kind", "point", "severity", "sig", "ts", "v"}
 
 
@@ -98,7 +106,7 @@ def _severity(value: Any) -> Severity:
 
 
 def check_event(event: Event) -> None:
-    if not isinstance(event.gateway, str) or not _TEXT_RE.fullmatch(event.gateway):
+    if not isinstance(event.gateway, str) or not TEXT_RE.fullmatch(event.gateway):
         raise WireError(f"event gateway {event.gateway!r} is not a valid identifier")
     if not isinstance(event.id, str) or not DEVICE_ID_RE.fullmatch(event.id):
         raise WireError(f"event id {event.id!r} must be {DEVICE_ID_RULE}")
@@ -108,7 +116,7 @@ def check_event(event: Event) -> None:
         raise WireError(f"event time {event.ts_ms!r} must be integer milliseconds between 1970 and 9999")
     for name in ("device", "point"):
         value = getattr(event, name)
-        if value is not None and (not isinstance(value, str) or not _TEXT_RE.fullmatch(value)):
+        if value is not None and (not isinstance(value, str) or not TEXT_RE.fullmatch(value)):
             raise WireError(f"event {name} {value!r} is not a valid identifier")
     if not isinstance(event.body, dict):
         raise WireError("event body must be a JSON object")
@@ -136,13 +144,7 @@ def parse_event(raw: bytes) -> Event:
         raise WireError(f"event fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
     if obj["v"] != WIRE_VERSION:
         raise WireError(f"wire version {obj['v']!r} is not supported (expected {WIRE_VERSION})")
-    try:
-        alg = SigAlg(obj["alg"])
-    except ValueError:
-        raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
-    sig = obj["sig"]
-    if not isinstance(sig, str) or not _HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
-        raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
+    alg, sig = parse_alg_sig(obj)
     event = Event(obj["gateway"], obj["id"], obj["kind"], parse_ts(obj["ts"]), _severity(obj["severity"]),
                   obj["device"], obj["point"], obj["body"], alg, sig)
     check_event(event)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
-ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # tenants, sites, gateways, users, API key names, rules
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # devices
+ID_BODY = r"[A-Za-z0-9_.-]{1,64}"  # tenants, sites, gateways, users, API key names, rules, secrets, models
+DEVICE_ID_BODY = r"[A-Za-z0-9_.:-]{1,64}"  # devices
+ID_PATTERN = f"^{ID_BODY}$"  # the anchored forms, for pydantic and FastAPI `pattern=`; the bodies compose
+DEVICE_ID_PATTERN = f"^{DEVICE_ID_BODY}$"  # into larger expressions (a command line's ID=TEMPLATE@HOST)
 ID_RE = re.compile(ID_PATTERN)
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 ID_RULE = "1-64 of A-Z a-z 0-9 _ . -"

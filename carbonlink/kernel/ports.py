@@ -1,4 +1,4 @@
-"""Local TCP ports: find a free one, or check that one is free, on loopback."""
+"""Local TCP ports: find a free one, check that one is free, or that something listens on it."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
             return True
         except OSError:
             return False
+
+
+def port_open(port: int, host: str = "127.0.0.1", *, timeout: float = 0.5) -> bool:
+    """Something accepts TCP connections on the port (a broker, a database, a server that has started)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

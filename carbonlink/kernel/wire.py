@@ -280,6 +280,18 @@ def check_batch_fields(obj: Any) -> None:
         raise WireError(f"wire version {obj['v']!r} is not supported (expected {WIRE_VERSION})")
 
 
+def parse_alg_sig(obj: dict[str, Any]) -> tuple[SigAlg, str]:
+    """The ``alg`` and ``sig`` fields of a batch or an event, checked; WireError says which is wrong."""
+    try:
+        alg = SigAlg(obj["alg"])
+    except ValueError:
+        raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
+    sig = obj["sig"]
+    if not isinstance(sig, str) or not HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
+        raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
+    return alg, sig
+
+
 def parse_batch(raw: bytes) -> Batch:
     """Parse and validate a message; raises WireError naming the first broken rule."""
     if len(raw) > MAX_BATCH_BYTES:
@@ -293,13 +305,7 @@ def parse_batch(raw: bytes) -> Batch:
     seq = obj["seq"]
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
         raise WireError(f"seq must be an integer from 1 to 2^53-1, got {seq!r}")
-    try:
-        alg = SigAlg(obj["alg"])
-    except ValueError:
-        raise WireError(f"alg {obj['alg']!r} is not one of {[a.value for a in SigAlg]}") from None
-    sig = obj["sig"]
-    if not isinstance(sig, str) or not HEX_RE.fullmatch(sig) or len(sig) not in (64, 128):
-        raise WireError("sig must be lowercase hex: 128 digits (ed25519) or 64 (hmac-sha256)")
+    alg, sig = parse_alg_sig(obj)
     readings = obj["readings"]
     if not isinstance(readings, list) or not readings:
         raise WireError("readings must be a non-empty list")

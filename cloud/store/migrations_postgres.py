@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from .migrations_shared import CARBON_DAYS_M11, CARBON_M7
 from .model import FLAG_COLS, QUALITY_FLAGS
 
 
@@ -245,30 +246,7 @@ async def _m6_series(con: asyncpg.Connection, timescale: bool, retention_days: i
 # 7: carbon accounting (cloud/carbon/sqlstore.py): stacks and their series, stack-hours in whole grams,
 # revisions, allowances and allowance warnings.
 async def _m7_carbon(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
-    await con.execute("""
-CREATE TABLE IF NOT EXISTS carbon_sources (
-        source_id TEXT PRIMARY KEY, src INTEGER NOT NULL UNIQUE, tenant TEXT NOT NULL, site TEXT NOT NULL,
-        kind TEXT NOT NULL, p_atm_pa DOUBLE PRECISION NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS carbon_points (
-        source_id TEXT NOT NULL, src INTEGER NOT NULL, role TEXT NOT NULL, ri INTEGER NOT NULL, series INTEGER NOT NULL,
-        factor DOUBLE PRECISION NOT NULL, offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role));
-CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series);
-CREATE TABLE IF NOT EXISTS carbon_hours (
-        src INTEGER NOT NULL, hour_ms BIGINT NOT NULL, status TEXT NOT NULL, params_valid INTEGER NOT NULL,
-        readings INTEGER NOT NULL,
-        qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
-        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (src, hour_ms));
-CREATE TABLE IF NOT EXISTS carbon_revisions (
-        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
-        at_ms BIGINT NOT NULL, cause TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS carbon_revisions_source ON carbon_revisions (source_id, hour_ms);
-CREATE TABLE IF NOT EXISTS carbon_allowances (
-        tenant TEXT NOT NULL, year INTEGER NOT NULL, t TEXT NOT NULL, PRIMARY KEY (tenant, year));
-CREATE TABLE IF NOT EXISTS carbon_warnings (
-    tenant TEXT NOT NULL, year INTEGER NOT NULL, level TEXT NOT NULL, severity TEXT NOT NULL, ratio TEXT NOT NULL,
-    forecast_t TEXT NOT NULL, allowance_t TEXT NOT NULL, as_of TEXT NOT NULL, at_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant, year, level));
-    """)
+    await con.execute(CARBON_M7)
 
 
 # 8: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
@@ -351,23 +329,9 @@ async def _m10_users_per_tenant(con: asyncpg.Connection, timescale: bool, retent
 USERS_PER_TENANT = _m10_users_per_tenant  # tests migrate up to it
 
 
-# 11: per stack and local day (UTC+8) sums of the stack-hours, kept with them (cloud/carbon/sqlstore.py
-# refresh_days), so a year of daily figures for many sites reads days, not every hour.
-_M11_CARBON_DAYS = """
-CREATE TABLE carbon_days (tz_offset_min INTEGER NOT NULL, src INTEGER NOT NULL, day INTEGER NOT NULL,
-                          co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT, valid INTEGER NOT NULL,
-                          substituted INTEGER NOT NULL, missing INTEGER NOT NULL, readings BIGINT NOT NULL,
-                          PRIMARY KEY (tz_offset_min, src, day));
-INSERT INTO carbon_days SELECT 480, src, (hour_ms + 28800000) / 86400000, sum(co2_g), sum(so2_g), sum(nox_g),
-       sum(dust_g), sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END),
-       sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END),
-       sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END), sum(readings)
-  FROM carbon_hours GROUP BY src, (hour_ms + 28800000) / 86400000
-"""
-
-
+# 11: per stack and local day (UTC+8) sums of the stack-hours (migrations_shared.py).
 async def _m11_carbon_days(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
-    await con.execute(_M11_CARBON_DAYS)
+    await con.execute(CARBON_DAYS_M11)
 
 
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
+from .migrations_shared import CARBON_DAYS_M11, CARBON_M7
+
 _SQL: list[str] = [
     """
     CREATE TABLE gateways (
@@ -189,32 +191,8 @@ async def _m6_series(con: aiosqlite.Connection) -> None:
     await con.execute("INSERT INTO anchor_pending (gateway, hour_ms) SELECT gateway, hour_ms FROM rollup_dirty")
 
 
-# 7: carbon accounting (cloud/carbon/sqlstore.py): stacks and their series, stack-hours in whole grams,
-# revisions, allowances and allowance warnings.
-_M7_CARBON = """
-CREATE TABLE IF NOT EXISTS carbon_sources (
-        source_id TEXT PRIMARY KEY, src INTEGER NOT NULL UNIQUE, tenant TEXT NOT NULL, site TEXT NOT NULL,
-        kind TEXT NOT NULL, p_atm_pa DOUBLE PRECISION NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS carbon_points (
-        source_id TEXT NOT NULL, src INTEGER NOT NULL, role TEXT NOT NULL, ri INTEGER NOT NULL, series INTEGER NOT NULL,
-        factor DOUBLE PRECISION NOT NULL, offset_v DOUBLE PRECISION NOT NULL, PRIMARY KEY (source_id, role));
-CREATE INDEX IF NOT EXISTS carbon_points_series ON carbon_points (series);
-CREATE TABLE IF NOT EXISTS carbon_hours (
-        src INTEGER NOT NULL, hour_ms BIGINT NOT NULL, status TEXT NOT NULL, params_valid INTEGER NOT NULL,
-        readings INTEGER NOT NULL,
-        qsn_m3 DOUBLE PRECISION, co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT,
-        note TEXT NOT NULL DEFAULT '', formula_version TEXT NOT NULL, PRIMARY KEY (src, hour_ms));
-CREATE TABLE IF NOT EXISTS carbon_revisions (
-        source_id TEXT NOT NULL, hour_ms BIGINT NOT NULL, field TEXT NOT NULL, before_v TEXT, after_v TEXT,
-        at_ms BIGINT NOT NULL, cause TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS carbon_revisions_source ON carbon_revisions (source_id, hour_ms);
-CREATE TABLE IF NOT EXISTS carbon_allowances (
-        tenant TEXT NOT NULL, year INTEGER NOT NULL, t TEXT NOT NULL, PRIMARY KEY (tenant, year));
-CREATE TABLE IF NOT EXISTS carbon_warnings (
-    tenant TEXT NOT NULL, year INTEGER NOT NULL, level TEXT NOT NULL, severity TEXT NOT NULL, ratio TEXT NOT NULL,
-    forecast_t TEXT NOT NULL, allowance_t TEXT NOT NULL, as_of TEXT NOT NULL, at_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant, year, level))
-"""
+# 7: carbon accounting (migrations_shared.py)
+
 
 # 8: rules as data (versions per rule, rule-set versions, content-addressed sets for delivery by hash),
 # alerts with their lifecycle, silences, the provenance of derived readings, readings derived in the cloud.
@@ -293,21 +271,8 @@ CREATE INDEX api_users_username ON api_users (username)
 
 USERS_PER_TENANT = _script(_M10_USERS_PER_TENANT)  # tests migrate up to it
 
-# 11: per stack and local day (UTC+8) sums of the stack-hours, kept with them (cloud/carbon/sqlstore.py
-# refresh_days), so a year of daily figures for many sites reads days, not every hour.
-_M11_CARBON_DAYS = """
-CREATE TABLE carbon_days (tz_offset_min INTEGER NOT NULL, src INTEGER NOT NULL, day INTEGER NOT NULL,
-                          co2_g BIGINT, so2_g BIGINT, nox_g BIGINT, dust_g BIGINT, valid INTEGER NOT NULL,
-                          substituted INTEGER NOT NULL, missing INTEGER NOT NULL, readings BIGINT NOT NULL,
-                          PRIMARY KEY (tz_offset_min, src, day));
-INSERT INTO carbon_days SELECT 480, src, (hour_ms + 28800000) / 86400000, sum(co2_g), sum(so2_g), sum(nox_g),
-       sum(dust_g), sum(CASE WHEN status = 'valid' THEN 1 ELSE 0 END),
-       sum(CASE WHEN status = 'substituted' THEN 1 ELSE 0 END),
-       sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END), sum(readings)
-  FROM carbon_hours GROUP BY src, (hour_ms + 28800000) / 86400000
-"""
 
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
-                                                                      _script(_M7_CARBON), _script(_M8_RULES),
+                                                                      _script(CARBON_M7), _script(_M8_RULES),
                                                                       _script(_M_RULES_QUEUE), USERS_PER_TENANT,
-                                                                      _script(_M11_CARBON_DAYS)]
+                                                                      _script(CARBON_DAYS_M11)]

@@ -54,10 +54,26 @@ def split_url(url: str) -> tuple[str, str | None, int | None]:
     opts = {k: v for k, v in query if k in ours}
     dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in ours])))
     schema = opts.get("schema")
-    if schema is not None and not (schema.replace("_", "").isalnum() and schema.isascii()):
-        raise ValueError(f"schema {schema!r} must be letters, digits and underscores")
+    if schema is not None:
+        check_schema(schema)
     retention = int(opts["retention_days"]) if "retention_days" in opts else None
     return dsn, schema, retention
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` if it is letters, digits and underscores (it is put into SQL as a quoted name), else ValueError."""
+    if not (schema.replace("_", "").isalnum() and schema.isascii()):
+        raise ValueError(f"schema {schema!r} must be letters, digits and underscores")
+    return schema
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    """Drop a schema and everything in it, if it exists: how tests and benches remove the schema they made."""
+    con = await asyncpg.connect(dsn)
+    try:
+        await con.execute(f'DROP SCHEMA IF EXISTS "{check_schema(schema)}" CASCADE')
+    finally:
+        await con.close()
 
 
 def lock_timeout_of(url: str) -> int:

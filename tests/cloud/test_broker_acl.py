@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import shutil
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -22,10 +24,33 @@ from typer.testing import CliRunner
 from carbonlink.cloud import provisioning
 from carbonlink.cloud.api import create_app
 from carbonlink.cloud.store import ClaimError, Store, open_store
-from carbonlink.commands.faults.lab import port_open, stop_process
+from carbonlink.commands.faults.lab import stop_process
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel import ids
+from carbonlink.kernel.ports import port_open
 from tests.services import free_port, own_mosquitto, require
+
+
+@contextlib.contextmanager
+def acl_broker(folder: Path, passwd: str, acl: str) -> Iterator[int]:
+    """A private Mosquitto with these password and ACL files (written into folder), no anonymous users;
+    yields its port."""
+    (folder / "passwd").write_text(passwd)
+    (folder / "acl").write_text(acl)
+    conf = f"password_file {folder / 'passwd'}\nacl_file {folder / 'acl'}\n"
+    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+        yield port
+
+
+async def received(client: aiomqtt.Client, until: bytes, with_topic: bool = False) -> list:
+    """What the client receives, in order, up to and including the payload ``until`` (5 s at most)."""
+    got: list = []
+    async with asyncio.timeout(5):
+        async for m in client.messages:
+            got.append((str(m.topic), m.payload) if with_topic else m.payload)
+            if m.payload == until:
+                return got
+    return got
 
 
 def ids_group(name: str) -> int | None:
@@ -45,10 +70,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
         creds[gw] = res.mqtt_password
     passwd, acl = await provisioning.broker_files(store, provisioning.mosquitto_password_hash("ingest-pw"))
     await store.close()
-    (tmp_path / "passwd").write_text(passwd)
-    (tmp_path / "acl").write_text(acl)
-    conf = f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
-    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+    with acl_broker(tmp_path, passwd, acl) as port:
         def client(user: str, password: str, cid: str) -> aiomqtt.Client:
             return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=cid,
                                   protocol=aiomqtt.ProtocolVersion.V5)
@@ -66,12 +88,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
             await gw1.publish("cl/site-a/gw-2/telemetry", b"forged", qos=1)  # another gateway's topic
             await gw1.publish("cl/site-a/gw-1/ack", b"self-ack", qos=1)  # only the cloud may ack
             await gw1.publish("cl/site-a/gw-1/telemetry", b"own", qos=1)
-            got = []
-            async with asyncio.timeout(5):
-                async for m in ingest.messages:
-                    got.append((str(m.topic), m.payload))
-                    if m.payload == b"own":
-                        break
+            got = await received(ingest, until=b"own", with_topic=True)
             await asyncio.sleep(0.3)
             assert got == [("cl/site-a/gw-1/telemetry", b"own")]
             # Reading another gateway's acks: Mosquitto 2.0 grants the SUBACK but checks the ACL on
@@ -80,12 +97,7 @@ async def test_generated_acl_confines_each_gateway(tmp_path: Path) -> None:
             await gw1.subscribe("cl/site-a/gw-1/ack", qos=1)
             await ingest.publish("cl/site-a/gw-2/ack", b"for gw-2", qos=1)
             await ingest.publish("cl/site-a/gw-1/ack", b"for gw-1", qos=1)
-            seen = []
-            async with asyncio.timeout(5):
-                async for m in gw1.messages:
-                    seen.append(m.payload)
-                    if m.payload == b"for gw-1":
-                        break
+            seen = await received(gw1, until=b"for gw-1")
             await asyncio.sleep(0.3)
             assert seen == [b"for gw-1"]
 
@@ -252,7 +264,7 @@ def test_mosquitto_running_as_its_own_user_opens_the_files(tmp_path: Path) -> No
                                 stderr=subprocess.PIPE)
         try:
             for _ in range(100):
-                if port_open("127.0.0.1", port, 0.1) or proc.poll() is not None:
+                if port_open(port, timeout=0.1) or proc.poll() is not None:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -278,10 +290,7 @@ async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp
     passwd, acl = await provisioning.broker_files(store, provisioning.mosquitto_password_hash("ingest-pw"),
                                                   provisioning.mosquitto_password_hash("reader-pw"))
     await store.close()
-    (tmp_path / "passwd").write_text(passwd)
-    (tmp_path / "acl").write_text(acl)
-    conf = f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n"
-    with own_mosquitto(conf, anonymous=False) as (_url, port, _d):
+    with acl_broker(tmp_path, passwd, acl) as port:
         def client(user: str, password: str, cid: str) -> aiomqtt.Client:
             return aiomqtt.Client("127.0.0.1", port, username=user, password=password, identifier=cid)
 
@@ -294,19 +303,9 @@ async def test_the_reader_account_only_reads_telemetry_and_writes_its_outbox(tmp
             await reader.publish("cl/site-a/gw-1/ack", b"forged by reader", qos=1)  # nor write anything under cl/
             await reader.publish("carbonlink/nodered/alerts", b"alert", qos=1)
             await gw1.publish("cl/site-a/gw-1/telemetry", b"telemetry", qos=1)
-            seen = []
-            async with asyncio.timeout(5):
-                async for m in reader.messages:
-                    seen.append(m.payload)
-                    if m.payload == b"telemetry":
-                        break
+            seen = await received(reader, until=b"telemetry")
             assert seen == [b"telemetry"]
-            got = []
-            async with asyncio.timeout(5):
-                async for m in ingest.messages:
-                    got.append(m.payload)
-                    if m.payload == b"telemetry":
-                        break
+            got = await received(ingest, until=b"telemetry")
             assert got == [b"an ack", b"telemetry"]  # the reader's forgery was dropped
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,17 +13,9 @@ from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
 from carbonlink.cloud.ingest import IngestProcessor, Outcome
 from carbonlink.cloud.provisioning import check_mosquitto_password, issue_claim_token, rotation_message
-from carbonlink.cloud.store import ClaimError, Store, open_store
+from carbonlink.cloud.store import ClaimError, Store
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'c.sqlite'}")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from carbonlink.cloud.commands import ControlLink
 from carbonlink.cloud.shadows import MAX_SHADOW_BYTES, ShadowError
-from carbonlink.cloud.store import Store, open_store
+from carbonlink.cloud.store import Store
 from carbonlink.edge.rules_runner import RulesRunner
 from carbonlink.edge.shadow import EdgeShadow
 from carbonlink.kernel import topics
@@ -28,7 +28,7 @@ from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 from carbonlink.rules import RuleSetDoc
 from tests.rules.helpers import ListSink
-from tests.services import require_mosquitto_service
+from tests.services import require_mosquitto_service, until
 
 BIG = {"rules": [{"id": f"so2-high-{i:03d}", "severity": "critical", "description": "x" * 100,
                   "text": f"SELECT avg(value) AS so2 FROM 'stack-{i}/so2' GROUP BY device, TUMBLING(1m)"
@@ -95,20 +95,6 @@ async def connected(shadow: EdgeShadow, url: str, cid: str) -> AsyncIterator[Non
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def until(check: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not await check():
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_large_rule_set_travels_by_hash_and_the_delta_closes(store: Store, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from carbonlink.kernel.events import Event, sign_event
 from carbonlink.kernel.wire import Batch, Reading, sign_batch
 from carbonlink.rules import RuleDoc, RuleHost
 from tests.rules.helpers import ListSink
-from tests.services import require_mosquitto_service
+from tests.services import require_mosquitto_service, until
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_767_225_600_000
@@ -77,12 +77,6 @@ def event_bytes(gw: str, e: dict[str, Any], **body: Any) -> bytes:
     ev = Event.make(gw, e["kind"], e["ts_ms"], severity=e["severity"], device=e["device"], point=e["point"],
                     body={**e["body"], **body})
     return sign_event(ev, KEY).to_bytes()
-
-
-async def until(check: Any, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("gateway_first", [False, True])

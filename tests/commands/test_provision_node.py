@@ -11,7 +11,7 @@ from pathlib import Path
 from carbonlink.cloud.broker import EmbeddedBroker
 from carbonlink.cloud.provisioning import issue_claim_token
 from carbonlink.cloud.service import running_cloud
-from tests.firmware.conftest import FIRMWARE, micropython_binary
+from carbonlink.commands.firmwarelab.micropython import FIRMWARE, micropython_binary
 from tests.services import free_port, require
 
 

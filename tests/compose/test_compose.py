@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from carbonlink.cloud.provisioning import INGEST_USER, mosquitto_password_hash
-from carbonlink.commands.faults.lab import port_open, stop_process
+from carbonlink.commands.faults.lab import stop_process
 from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.ports import port_open
 from tests.services import ROOT, free_port, require
 from tests.tlsfiles import make_ca
 
@@ -112,7 +113,7 @@ def test_the_stacks_mosquitto_conf_works_with_generated_files(tmp_path: Path) ->
                             stderr=subprocess.PIPE)
     try:
         for _ in range(100):
-            if all(port_open("127.0.0.1", p, 0.1) for p in (gw_port, cloud_port, plain_port)) \
+            if all(port_open(p, timeout=0.1) for p in (gw_port, cloud_port, plain_port)) \
                     or proc.poll() is not None:
                 break
             time.sleep(0.05)

@@ -74,7 +74,7 @@ def nodered(broker: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port, 0.2):
+        while not port_open(port, timeout=0.2):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"Node-RED did not start: {(user_dir / 'node-red.log').read_text()[-2000:]}")
             time.sleep(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,9 @@ from carbonlink.edge.config import load_gateway_config
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
-from tests.services import free_port, own_mosquitto
+from tests.services import free_port, own_mosquitto, until
 
 SITE = "site-ctl"
-
-
-async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            got = check()
-            if asyncio.iscoroutine(got):
-                got = await got
-            if got:
-                return
-            await asyncio.sleep(0.1)
 
 
 def gateway_yaml(tmp: Path, gw: str, mqtt: str, modbus_port: int) -> Path:
@@ -49,6 +37,20 @@ def gateway_yaml(tmp: Path, gw: str, mqtt: str, modbus_port: int) -> Path:
     return path
 
 
+def control_api(control: ControlLink) -> httpx.AsyncClient:
+    """An HTTP client for the control routes (shadow, commands) of this control link, in process."""
+    app = FastAPI()
+    app.include_router(create_control_router(control))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def start_link(control: ControlLink) -> asyncio.Task[None]:
+    """The control link running, once it is connected to the broker."""
+    link = asyncio.create_task(control.run())
+    await asyncio.wait_for(control.connected.wait(), 10)
+    return link
+
+
 async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
     gw = "gw-" + uuid.uuid4().hex[:6]
     store = open_store(f"sqlite:///{tmp_path / 'cloud.sqlite'}")
@@ -60,11 +62,8 @@ async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
             agent = EdgeAgent(cfg, config_path=cfg_path)
             await store.registry.register_gateway(gw, SITE, "ed25519", public_key_hex(agent.key))
             control = ControlLink(store, url, client_id="ctl-" + gw)
-            app = FastAPI()
-            app.include_router(create_control_router(control))
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-            link = asyncio.create_task(control.run())
-            await asyncio.wait_for(control.connected.wait(), 10)
+            http = control_api(control)
+            link = await start_link(control)
 
             # The operator changes desired while the gateway is offline.
             desired = {"log_level": "WARNING", "batch": {"max_readings": 50},
@@ -86,16 +85,16 @@ async def test_shadow_and_commands_across_outages(tmp_path: Path) -> None:
             await asyncio.gather(link, return_exceptions=True)
             await agent.start()
             try:
-                await until(lambda: agent.policy.live_max_readings == 50 and "cems" in agent.point_filter)
+                await until(lambda: agent.policy.live_max_readings == 50 and "cems" in agent.point_filter, 15)
                 assert agent.devices["cems"].poll_interval_s == 0.3
-                await until(lambda: agent.produced > 0)
+                await until(lambda: agent.produced > 0, 15)
                 # Control comes back: the gateway's queued report reaches the shadow (persistent session).
                 link = asyncio.create_task(control.run())
 
-                async def reported() -> bool:
+                async def reported() -> bool:  # the gateway may report what it applied in more than one message
                     s = (await http.get(f"/api/gateways/{gw}/shadow")).json()
-                    return s["state"]["reported"].get("log_level") == "WARNING"
-                await until(reported)
+                    return s["state"]["reported"].get("log_level") == "WARNING" and "batch" not in s["state"]["delta"]
+                await until(reported, 15)
                 shadow = (await http.get(f"/api/gateways/{gw}/shadow")).json()
                 assert shadow["state"]["delta"] == {"firmware": "2.0"}  # the one key the gateway cannot apply
                 assert shadow["rejected"] == {"firmware": "unknown key"}

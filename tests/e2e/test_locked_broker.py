@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -24,29 +24,18 @@ from carbonlink.cloud import provisioning
 from carbonlink.cloud.auth import create_api_key
 from carbonlink.cloud.service import running_cloud
 from carbonlink.cloud.store import open_store
+from carbonlink.cloud.store.postgres import drop_schema
 from carbonlink.edge.agent import EdgeAgent
 from carbonlink.edge.config import load_gateway_config
 from carbonlink.edge.identity import load_or_create_key, public_key_hex
 from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
-from tests.cloud.store.conftest import drop_schema
-from tests.services import free_port, own_mosquitto, require_postgres
+from tests.services import free_port, own_mosquitto, require_postgres, until
 from tests.tlsfiles import make_ca
 
 SITE = "site-locked"
 TENANT = "acme"
-
-
-async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            got = check()
-            if asyncio.iscoroutine(got):
-                got = await got
-            if got:
-                return
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -128,7 +117,7 @@ async def test_cloud_and_gateway_round_trip_on_a_locked_tls_broker(tmp_path: Pat
                 await agent.start()
                 try:
                     # Batch → committed → acked, over TLS with each side's own account.
-                    await until(lambda: agent.uplink.counters.batches_acked >= 2)
+                    await until(lambda: agent.uplink.counters.batches_acked >= 2, 20)
                     assert cloud.ingest.counters.batches_committed >= 2
                     # Shadow: desired set through the API reaches the gateway, which reports it.
                     r = await http.patch(f"/api/gateways/{gw}/shadow",
@@ -138,7 +127,7 @@ async def test_cloud_and_gateway_round_trip_on_a_locked_tls_broker(tmp_path: Pat
                     async def reported() -> bool:
                         s = (await http.get(f"/api/gateways/{gw}/shadow")).json()
                         return s["state"]["reported"].get("log_level") == "WARNING"
-                    await until(reported)
+                    await until(reported, 20)
                     # Command → result.
                     r = await http.post(f"/api/gateways/{gw}/commands", json={"name": "read_now",
                                                                               "args": {"device": "cems"}})
@@ -153,7 +142,7 @@ async def test_cloud_and_gateway_round_trip_on_a_locked_tls_broker(tmp_path: Pat
                     await spy.publish(f"cl/{SITE}/{gw}/telemetry", b"forged-telemetry", qos=1)
                     await spy.publish(f"cl/{SITE}/{gw}/cmd/read_now", b"forged-command", qos=1)
                     await spy.publish(f"cl/{SITE}/{other}/status", b"online", qos=1)
-                    await until(lambda: agent.uplink.counters.batches_acked > acked_before + 2)
+                    await until(lambda: agent.uplink.counters.batches_acked > acked_before + 2, 20)
                 finally:
                     await agent.stop()
                 # A message the spy may read (its own ack topic, from the cloud's account) closes the window:

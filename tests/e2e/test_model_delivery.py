@@ -8,13 +8,10 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import httpx
 import onnx  # the ml extra, installed by make (a missing one fails, never skips)
 import pytest
-from fastapi import FastAPI
 
 from carbonlink.cloud.commands import ControlLink
-from carbonlink.cloud.routes_control import create_control_router
 from carbonlink.cloud.store import Store
 from carbonlink.edge.agent import EdgeAgent
 from carbonlink.edge.config import load_gateway_config
@@ -22,8 +19,8 @@ from carbonlink.edge.identity import public_key_hex
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
 from tests.cloud.store.conftest import throwaway_store
-from tests.e2e.test_control import SITE, gateway_yaml, until
-from tests.services import free_port, own_mosquitto
+from tests.e2e.test_control import SITE, control_api, gateway_yaml, start_link
+from tests.services import free_port, own_mosquitto, until
 
 T0 = 1_767_225_600.0
 
@@ -59,11 +56,8 @@ async def test_a_model_by_hash_is_fetched_checked_and_run(any_store: Store, tmp_
             agent = EdgeAgent(load_gateway_config(cfg_path), config_path=cfg_path)
             await store.registry.register_gateway(gw, SITE, "ed25519", public_key_hex(agent.key), tenant="acme")
             control = ControlLink(store, url, client_id="ctl-" + gw)
-            app = FastAPI()
-            app.include_router(create_control_router(control))
-            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-            link = asyncio.create_task(control.run())
-            await asyncio.wait_for(control.connected.wait(), 10)
+            http = control_api(control)
+            link = await start_link(control)
             await agent.start()
             try:
                 before = agent.anomaly.model.info.sha256 if agent.anomaly.model else None
@@ -76,7 +70,7 @@ async def test_a_model_by_hash_is_fetched_checked_and_run(any_store: Store, tmp_
                 async def rejected() -> bool:
                     s = (await http.get(f"/api/gateways/{gw}/shadow")).json()
                     return "cannot deliver" in s.get("rejected", {}).get("model", "")
-                await until(rejected)
+                await until(rejected, 15)
                 assert (agent.anomaly.model.info.sha256 if agent.anomaly.model else None) == before
 
                 wanted = {"id": "cl-anomaly", "version": 7, "sha256": digest}

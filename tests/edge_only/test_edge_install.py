@@ -34,6 +34,8 @@ IGNORE = shutil.ignore_patterns("node_modules", "__pycache__", "*.pyc", "*.sqlit
 # The cloud's and the chain's libraries (aiosqlite is not here: asyncua needs it).
 HEAVY = ("fastapi", "uvicorn", "web3", "eth_account", "py_ecc", "asyncpg", "sqlalchemy", "amqtt",
          "onnxruntime", "numpy")
+# The install resolves and builds for real: on a loaded 2-core machine it outlasts the suite's 120 s default.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")

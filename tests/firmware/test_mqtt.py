@@ -11,7 +11,7 @@ import aiomqtt
 
 from tests.services import free_port, require_mosquitto_service
 
-from .conftest import assert_all_ok, mp_argv, mp_env
+from .conftest import assert_all_ok, mp_env, script_argv
 
 
 def _prefix() -> str:
@@ -19,7 +19,7 @@ def _prefix() -> str:
 
 
 async def _run_mp(*args: str) -> asyncio.subprocess.Process:
-    argv = mp_argv("t_mqtt.py", *args)
+    argv = script_argv("t_mqtt.py", *args)
     return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, env=mp_env())
 
@@ -79,7 +79,7 @@ async def test_last_will_is_published_when_the_node_dies() -> None:
 
 
 def test_refused_connection_is_an_oserror() -> None:
-    res = subprocess.run(mp_argv("t_mqtt.py", "refused", "127.0.0.1", str(free_port()), "x"), capture_output=True,
+    res = subprocess.run(script_argv("t_mqtt.py", "refused", "127.0.0.1", str(free_port()), "x"), capture_output=True,
                          text=True, env=mp_env(), timeout=20)
     from .conftest import MpResult
     assert_all_ok(MpResult(res.returncode, res.stdout, res.stderr))

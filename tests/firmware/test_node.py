@@ -8,10 +8,9 @@ from pathlib import Path
 
 import aiomqtt
 
+from carbonlink.commands.firmwarelab.node import READINGS_PER_BATCH, cloud, make_node, run_node
 from carbonlink.kernel.wire import parse_batch
 from tests.services import require_mosquitto_service
-
-from .nodekit import READINGS_PER_BATCH, cloud, make_node, run_node
 
 
 async def test_batches_reach_the_cloud_and_are_acked(tmp_path: Path) -> None:

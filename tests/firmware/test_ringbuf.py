@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import assert_all_ok, mp_argv, mp_env, run_mp
+from .conftest import assert_all_ok, mp_env, run_mp, script_argv
 
 SEG, MAXSEGS = 4096, 64
 
@@ -91,7 +91,7 @@ def test_kill_during_writes_loses_nothing_that_was_acknowledged(tmp_path: Path) 
     rng = random.Random(3)
     confirmed = 0
     for _ in range(6):
-        proc = subprocess.Popen(mp_argv("t_ring.py", "write", str(root), "-1", str(SEG), str(MAXSEGS)),
+        proc = subprocess.Popen(script_argv("t_ring.py", "write", str(root), "-1", str(SEG), str(MAXSEGS)),
                                 stdout=subprocess.PIPE, text=True, env=mp_env())
         assert proc.stdout is not None
         target = confirmed + rng.randint(5, 60)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from carbonlink.commands.firmwarelab.node import SIM, bthome_advert, make_node, run_node
+
 from .conftest import assert_all_ok, run_mp
-from .nodekit import SIM, bthome_advert, make_node, run_node
 
 
 def test_modbus_bthome_soil_watchdog(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.modbus_host import ModbusDeviceHost
+from tests.memgrowth import session_growth
 from tests.services import ROOT
 from tests.simulators.clocks import NOON_ISO, Paced
 
@@ -37,29 +38,13 @@ async def test_long_poll_run_does_not_grow_memory(port: int) -> None:
     try:
         await asyncio.wait_for(proc.stdout.readline(), 20)
         driver = ModbusTcpDriver("cems", device(port, poll_interval_s=0.0001))
-        gen = driver.session()
-        warm, measured = 1000, 2000
-        try:
-            for _ in range(warm):
-                await anext(gen)
-            tracemalloc.start(1)
-            try:
-                for _ in range(200):
-                    await anext(gen)
-                base = tracemalloc.take_snapshot()
-                for _ in range(measured):
-                    batch = await anext(gen)
-                end = tracemalloc.take_snapshot()
-            finally:
-                tracemalloc.stop()
-        finally:
-            await gen.aclose()
+        measured = 2000
+        growth, batch = await session_growth(driver.session(), 1000, measured,
+                                             [tracemalloc.Filter(False, __file__)])
     finally:
         proc.terminate()
         await proc.wait()
     assert len(batch) == 13 and {r.quality for r in batch} == {"N"} and driver.counters.rejected == 0
-    skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
-    growth = sum(d.size_diff for d in end.filter_traces(skip).compare_to(base.filter_traces(skip), "filename"))
     # Measured: about 3 kB of noise over 2,000 polls; keeping 100 bytes per poll adds about 320 kB.
     assert growth < 50_000, f"grew {growth} B over {measured} polls"
 

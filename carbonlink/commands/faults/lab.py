@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from carbonlink.kernel.ports import free_port
+from carbonlink.kernel.ports import free_port, port_open
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,11 @@ class Broker:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        import socket
 
         for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.1).close()
+            if port_open(self.port, timeout=0.1):
                 return
-            except OSError:
-                time.sleep(0.025)
+            time.sleep(0.025)
         raise RuntimeError("mosquitto did not start")
 
     def kill(self) -> None:
@@ -276,14 +272,6 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], within: 
         proc.wait(5)
 
 
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def own_mosquitto(extra_conf: str = "", port: int | None = None,
                   anonymous: bool = True) -> Iterator[tuple[str, int, Path]]:
@@ -302,7 +290,7 @@ def own_mosquitto(extra_conf: str = "", port: int | None = None,
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             for _ in range(100):
-                if port_open("127.0.0.1", port, 0.1):
+                if port_open(port, timeout=0.1):
                     break
                 if proc.poll() is not None:
                     raise RuntimeError(f"mosquitto exited: {proc.stderr.read().decode() if proc.stderr else ''}")

@@ -7,19 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from carbonlink.cloud.store import Store, open_store
+from carbonlink.cloud.store.postgres import drop_schema
 from tests.services import require_postgres
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    con = await asyncpg.connect(url)
-    try:
-        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await con.close()
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from carbonlink.cloud.api import create_app
 from carbonlink.cloud.auth import create_api_key
 from carbonlink.cloud.routes_data import create_data_router
 from carbonlink.cloud.store import Store
+from carbonlink.cloud.store.postgres import drop_schema
 from carbonlink.commands.storage import app
 from carbonlink.kernel.wire import Batch, Reading, parse_ts, sign_batch
-from tests.cloud.store.conftest import drop_schema
 from tests.services import require_postgres
 
 T0 = parse_ts("2024-03-01T00:00:00.000Z")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from carbonlink.cloud.store.postgres import drop_schema
 from carbonlink.commands.faults.scenarios import PROFILES, run_profile
-from tests.cloud.store.conftest import drop_schema
 from tests.services import require, require_postgres
 
 

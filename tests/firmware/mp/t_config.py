@@ -3,8 +3,8 @@ import json
 import sys
 
 import config
+from mpcheck import done, fail
 
-fails = 0
 with open(sys.argv[1]) as f:
     good = f.read()
 config.validate(json.loads(good))
@@ -27,17 +27,15 @@ for want, over in cases:
     c.update(over)
     try:
         config.validate(c)
-        fails += 1
-        print("FAIL accepted", want)
+        fail("accepted", want)
     except config.ConfigError as e:
         if want in str(e):
             print("ok", want, "->", e)
         else:
-            fails += 1
-            print("FAIL", want, "not in", e)
+            fail(want, "not in", e)
 try:
     config.load("/nonexistent/config.json")
-    fails += 1
+    fail("missing file loaded")
 except config.ConfigError as e:
     print("ok missing file ->", e)
-print("done", fails)
+done()

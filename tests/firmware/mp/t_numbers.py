@@ -5,10 +5,10 @@ import sys
 from binascii import unhexlify
 
 import wire
+from mpcheck import done, fail
 
 with open(sys.argv[1]) as f:
     cases = json.load(f)
-fails = 0
 for kind, arg, want in cases:
     if kind == "f":
         x = struct.unpack("<d", unhexlify(arg))[0]
@@ -21,8 +21,7 @@ for kind, arg, want in cases:
     except wire.WireError:
         got = None
     if got != want:
-        fails += 1
-        print("FAIL", kind, arg, repr(got), "!=", repr(want))
+        fail(kind, arg, repr(got), "!=", repr(want))
 print("checked", len(cases))
 
 bad = [
@@ -48,9 +47,8 @@ bad = [
 for i, f in enumerate(bad):
     try:
         f()
-        fails += 1
-        print("FAIL bad input", i, "accepted")
+        fail("bad input", i, "accepted")
     except wire.WireError:
         pass
 print("ok bad inputs", len(bad))
-print("done", fails)
+done()

@@ -54,15 +54,7 @@ elif mode == "read":
     print(json.dumps(st))
 
 elif mode == "unit":
-    fails = 0
-
-    def check(name, got, want):
-        global fails
-        if got == want:
-            print("ok", name)
-        else:
-            fails += 1
-            print("FAIL", name, repr(got), "!=", repr(want))
+    from mpcheck import check, done
 
     rb = RingBuffer(root, seg_bytes=2048, max_segs=4)
     check("empty", (rb.pending, rb.peek(5)), (0, []))
@@ -98,4 +90,4 @@ elif mode == "unit":
         check("oversize refused", False, True)
     except ValueError:
         print("ok oversize refused")
-    print("done", fails)
+    done()

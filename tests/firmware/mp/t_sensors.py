@@ -7,29 +7,7 @@ import bthome
 import hw
 import modbus
 import soil
-
-fails = 0
-
-
-def check(name, got, want):
-    global fails
-    if got == want:
-        print("ok", name)
-    else:
-        fails += 1
-        print("FAIL", name, repr(got), "!=", repr(want))
-
-
-def raises(name, exc, f):
-    global fails
-    try:
-        f()
-        fails += 1
-        print("FAIL", name, "did not raise")
-    except exc as e:
-        print("ok", name, "->", e)
-
-
+from mpcheck import check, done, raises
 
 check("crc16 check value", modbus.crc16(b"123456789"), 0x4B37)
 check("crc16 read request", modbus.crc16(bytes([1, 3, 0, 0, 0, 10])), 0xCDC5)
@@ -75,4 +53,4 @@ w.feed()
 time.sleep_ms(80)
 raises("watchdog starved", RuntimeError, w.feed)
 
-print("done", fails)
+done()

@@ -5,19 +5,9 @@ import sys
 from binascii import hexlify, unhexlify
 
 import wire
+from mpcheck import check, done
 
 vdir = sys.argv[1]
-fails = 0
-
-
-def check(name, got, want):
-    global fails
-    if got == want:
-        print("ok", name)
-    else:
-        fails += 1
-        print("FAIL", name, repr(got), "!=", repr(want))
-
 
 with open(vdir + "/numbers.json") as f:
     for case in json.load(f):
@@ -44,4 +34,4 @@ for name in ("cems-two-readings", "numbers-edge-cases", "forest-node-hmac"):
     for r in inp["readings"]:
         check(name + " ts " + r["ts"], wire.format_ts(wire.parse_ts(r["ts"])), r["ts"])
 
-print("done", fails)
+done()

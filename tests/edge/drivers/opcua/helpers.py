@@ -67,11 +67,3 @@ async def settle_tasks(before: set[asyncio.Task[Any]], wait: float = 2.0) -> lis
         await asyncio.sleep(0.05)
 
 
-async def until(cond: Any, within: float, step: float = 0.05) -> None:
-    """Wait until ``cond()`` is true, at most ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not cond():
-        if loop.time() > end:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)

@@ -14,6 +14,7 @@ from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver
 from carbonlink.kernel.wire import Quality
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer
+from tests.memgrowth import session_growth
 from tests.simulators.clocks import Paced
 
 from .helpers import device, settle_tasks, take
@@ -166,27 +167,10 @@ async def test_connection_refused_is_a_driver_error() -> None:
 async def test_long_poll_run_does_not_grow_memory(sim: CemsOpcUaServer) -> None:
     """Thousands of polls as fast as the server answers: what the client side keeps must not grow."""
     driver = OpcUaDriver("stack1", device(sim, mode="poll", poll_interval_s=0.0001))
-    gen = driver.session()
-    warm, measured = 1000, 600  # tracemalloc slows polling about 5x, so it watches the last 600 only
-    try:
-        for _ in range(warm):
-            await anext(gen)
-        tracemalloc.start(1)
-        try:
-            for _ in range(200):
-                await anext(gen)
-            base = tracemalloc.take_snapshot()
-            for _ in range(measured):
-                await anext(gen)
-            end = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-    finally:
-        await gen.aclose()
-    assert driver.counters.rejected == 0
+    measured = 600  # tracemalloc slows polling about 5x, so it watches the last 600 only
     # The server shares this process; count only the client side (edge code, asyncua client, asyncio).
     skip = [tracemalloc.Filter(False, "*/asyncua/server/*"), tracemalloc.Filter(False, "*/simulators/*")]
-    diffs = end.filter_traces(skip).compare_to(base.filter_traces(skip), "filename")
-    growth = sum(d.size_diff for d in diffs)
+    growth, _ = await session_growth(driver.session(), 1000, measured, skip)
+    assert driver.counters.rejected == 0
     # Measured: about 13 kB of noise; keeping one Reading per poll adds about 88 kB over 600 polls.
     assert growth < 48_000, f"grew {growth} B over {measured} polls"

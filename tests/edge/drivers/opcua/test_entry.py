@@ -7,17 +7,17 @@ import asyncio
 from carbonlink.edge.drivers.opcua import OpcUaDevice, OpcUaDriver
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer, run_cems_opcua
-from tests.services import port_open
+from tests.services import port_open, until
 from tests.simulators.clocks import Paced
 
-from .helpers import take, until
+from .helpers import take
 
 
 async def test_serves_until_the_stop_event_on_the_given_port(port: int) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(run_cems_opcua(port, stop, interval_s=0.2, stack=CemsStack(clock=Paced())))
     try:
-        await until(lambda: port_open("127.0.0.1", port, 0.1) or task.done(), 15)
+        await until(lambda: port_open(port, timeout=0.1) or task.done(), 30)  # asyncua starts slowly under load
         layout = CemsOpcUaServer(port=port, stack=CemsStack(clock=Paced()))  # only for the documented addresses
         settings = OpcUaDevice.model_validate({
             "id": "stack1", "driver": "opcua", "endpoint": layout.url,
@@ -27,4 +27,4 @@ async def test_serves_until_the_stop_event_on_the_given_port(port: int) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-    assert not port_open("127.0.0.1", port, 0.2)
+    assert not port_open(port, timeout=0.2)

@@ -16,9 +16,10 @@ from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.wire import Reading
 from carbonlink.simulators.cems import CemsStack
 from carbonlink.simulators.cems_opcua import CemsOpcUaServer
+from tests.services import until
 from tests.simulators.clocks import Paced
 
-from .helpers import device, settle_tasks, until
+from .helpers import device, settle_tasks
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

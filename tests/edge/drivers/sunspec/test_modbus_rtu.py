@@ -27,6 +27,7 @@ from carbonlink.edge.drivers.modbus_rtu import ModbusRtuDevice, ModbusRtuDriver
 from carbonlink.edge.supervisor import DeviceSupervisor
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.wire import Quality, Reading
+from tests.services import until
 
 
 @contextlib.asynccontextmanager
@@ -150,23 +151,17 @@ async def test_a_silent_device_times_out_and_the_supervisor_reconnects() -> None
         sup = DeviceSupervisor(drv, sink, backoff=Backoff(initial=0.05, cap=0.2))
         sup.start()
         try:
-            await _until(lambda: len(polls) >= 2)
+            await until(lambda: len(polls) >= 2)
             await dev.stop()  # the device goes quiet: requests time out
-            await _until(lambda: sup.state is ConnectionState.BACKOFF)
+            await until(lambda: sup.state is ConnectionState.BACKOFF)
             await dev.start()
             n = len(polls)
-            await _until(lambda: len(polls) > n + 1)
+            await until(lambda: len(polls) > n + 1)
             assert sup.state is ConnectionState.ONLINE and drv.counters.reconnects >= 1
             assert values(polls[-1])["flow"] == (3.5, "N")
         finally:
             await sup.stop()
             await dev.stop()
-
-
-async def _until(cond, within_s: float = 5.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():
-            await asyncio.sleep(0.02)
 
 
 def test_rtu_settings_reuse_the_modbus_point_model() -> None:
