@@ -287,13 +287,17 @@ def own_mosquitto(extra_conf: str = "", port: int | None = None,
         user_line = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous {str(anonymous).lower()}\n"
                         f"persistence false\n{user_line}{extra_conf}\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The broker's log goes to a file: a pipe nobody reads fills up (64 KB) and then freezes the broker
+        # mid-test once hundreds of clients connect and it logs each one.
+        log_path = Path(d) / "mosquitto.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
         try:
             for _ in range(100):
                 if port_open(port, timeout=0.1):
                     break
                 if proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+                    raise RuntimeError(f"mosquitto exited: {log_path.read_text(errors='replace')[-2000:]}")
                 time.sleep(0.05)
             yield f"mqtt://127.0.0.1:{port}", port, Path(d)
         finally:
