@@ -149,18 +149,24 @@ def register_stack_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tena
 def account_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
                 start: Annotated[str, typer.Option(help="ISO UTC or epoch ms")],
                 end: Annotated[str, typer.Option(help="ISO UTC or epoch ms")], as_json: JsonOpt = False) -> None:
-    """(Re)compute the tenant's stack-hours from the hour rollups."""
+    """(Re)compute the tenant's stack-hours, solar and forest hours from the stored readings."""
     from carbonlink.cloud.carbon import sqlstore
 
     s, e = _ts("start", start), _ts("end", end)
 
     async def go(store: Any) -> dict[str, int]:
+        from carbonlink.cloud.carbon import assets
+
         ids = [r["source_id"] for r in await store.db.fetch(
-            "SELECT source_id FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
-        if not ids:
+            "SELECT source_id FROM carbon_sources WHERE tenant = ? AND kind = 'stack' ORDER BY source_id", tenant)]
+        others = await assets.load_assets(store.db, tenant=tenant)
+        if not ids and not others:
             raise fail(f"tenant {tenant!r} has no registered sources; run `carbonlink carbon register-stack` first")
         srcs = [await sqlstore.load_stack(store.db, i) for i in ids]
-        return await sqlstore.account_sources(store.db, srcs, s, e)
+        counts = await sqlstore.account_sources(store.db, srcs, s, e)
+        for k, n in (await assets.account_assets(store.db, others, s, e)).items():
+            counts[f"asset {k}"] = n
+        return counts
 
     emit(with_store(db, go), as_json, "stack-hours by status")
 
