@@ -518,6 +518,20 @@ async def forecast(db: Any, tenant: str, year: int, month: int, day: int, *, tz_
     return forecast_year_end(year, month, day, this, last, quota, thresholds or DEFAULT_THRESHOLDS)
 
 
+async def year_to_date(db: Any, tenant: str, year: int, month: int, day: int, *, tz_offset_min: int = 480
+                       ) -> dict[str, str]:
+    """The organisation's year so far (to the end of the given local day): scope 1, solar MWh, avoided,
+    sinks and net (scope 1 − sinks), exact sums of the kept hours."""
+    import calendar
+
+    off = tz_offset_min * 60_000
+    start = calendar.timegm((year, 1, 1, 0, 0, 0)) * 1000 - off
+    end = calendar.timegm((year, month, day, 0, 0, 0)) * 1000 - off + DAY_MS
+    rows = await periods(db, tenant, "year", start, end, tz_offset_min=tz_offset_min)
+    return {k: str(sum((Decimal(r[k]) for r in rows), Decimal(0)))
+            for k in ("scope1_t", "mwh_generated", "avoided_t", "sinks_t", "net_t")}
+
+
 async def raise_warnings(db: Any, tenant: str, f: Any, *, at_ms: int) -> list[dict[str, Any]]:
     """Record each threshold the forecast reached for the first time this year; returns the new warnings
     (what a notifier or the event pipeline sends on). A level is raised once per tenant and year."""
