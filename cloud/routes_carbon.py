@@ -47,6 +47,22 @@ def create_carbon_router(store: Store) -> APIRouter:
         rows = await sqlstore.periods(await db(), p.tenant, granularity, s, e, tz_offset_min=tz_offset_min, site=site)
         return {"tenant": p.tenant, "granularity": granularity, "items": rows}
 
+    @router.get("/api/carbon/assets", summary="Solar (MWh, avoided CO2) and forest sinks per asset and period,"
+                " and per tree, with coverage, from the kept hours")
+    async def asset_figures(p: Reader, start: str, end: str,
+                            granularity: Literal["day", "month", "year"] = "month",
+                            tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
+                            ) -> dict[str, Any]:
+        from .carbon import assets
+
+        s, e = ts_param("start", start), ts_param("end", end)
+        if e <= s or e - s > MAX_RANGE_MS:
+            raise HTTPException(422, "end must be after start, at most three years later")
+        items = await assets.asset_periods(await db(), p.tenant, granularity, s, e, tz_offset_min=tz_offset_min,
+                                           by="source")
+        return {"tenant": p.tenant, "granularity": granularity, "items": items,
+                "trees": await assets.tree_figures(await db(), p.tenant, s, e)}
+
     @router.get("/api/carbon/sources", summary="The tenant's accounted sources")
     async def sources(p: Reader) -> dict[str, Any]:
         rows = await (await db()).fetch("SELECT source_id, site, kind, created_ms FROM carbon_sources"
