@@ -70,13 +70,18 @@ def create_carbon_router(store: Store) -> APIRouter:
         return {"items": [dict(r) for r in rows]}
 
     @router.get("/api/carbon/sources/{source_id}/hours/{hour_ms}",
-                summary="One stack-hour with everything it rests on (provenance)")
+                summary="One stack-, inverter- or plot-hour with everything it rests on (provenance)")
     async def provenance(p: Reader, source_id: str, hour_ms: int) -> dict[str, Any]:
-        owner = await (await db()).fetchval("SELECT tenant FROM carbon_sources WHERE source_id = ?", source_id)
-        if owner != p.tenant:
+        from .carbon import assets
+
+        row = await (await db()).fetchrow("SELECT tenant, kind FROM carbon_sources WHERE source_id = ?", source_id)
+        if row is None or row["tenant"] != p.tenant:
             raise HTTPException(404, f"no source {source_id!r}")
+        hour = hour_ms - hour_ms % sqlstore.HOUR_MS
         try:
-            return await sqlstore.hour_provenance(store.db, source_id, hour_ms - hour_ms % sqlstore.HOUR_MS)
+            if row["kind"] in assets.KINDS:  # an inverter's or a plot's hour (each tree's row)
+                return await assets.asset_hour(store.db, source_id, hour)
+            return await sqlstore.hour_provenance(store.db, source_id, hour)
         except CarbonInputError as exc:
             raise HTTPException(404, str(exc)) from None
 

@@ -219,9 +219,12 @@ async def _tree_rows(db: Any, a: AssetSource, member: str, series: int, cfg: Tre
                          None if first is None else _dec(first))
     out: list[Row] = []
     base = await _previous_max(db, a.src, member, hours[0])
+    by_hour: dict[int, list[DendroReading]] = {}
+    for r in await _readings(db, series, hours[0], hours[-1] + HOUR_MS):  # one query for the whole range
+        ts = int(r["ts_ms"])
+        by_hour.setdefault(ts - ts % HOUR_MS, []).append(DendroReading(ts, _dec(r["value"]), r["quality"] == "N"))
     for h in hours:
-        rows = await _readings(db, series, h, h + HOUR_MS)
-        rs = [DendroReading(int(r["ts_ms"]), _dec(r["value"]), r["quality"] == "N") for r in rows]
+        rs = by_hour.get(h, [])
         if cfg.ref_um is None or (base is None and not any(r.valid for r in rs)):
             out.append((member, h, "missing", len(rs), 0, 0, 0, None, "", "no valid dendrometer reading yet"))
             continue

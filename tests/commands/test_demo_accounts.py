@@ -40,6 +40,14 @@ async def test_a_demo_run_ends_with_emissions_avoided_co2_and_sinks_in_the_api(t
             assert sum(Decimal(x["mwh_generated"]) for x in rows) > 0
             assert sum(Decimal(x["sinks_t"]) for x in rows) > 0
             assert sum(x["coverage"]["valid"] for x in rows) >= 20  # a day of complete stack-hours
+            r = await c.get("/api/carbon/assets", headers=auth, params={"start": now - 2 * 86_400_000, "end": now})
+            got = r.json()
+            assert {x["source_id"] for x in got["items"]} == {"demo-pv-1", "demo-plot-1"}
+            assert {x["tree"] for x in got["trees"]} == {f"tree-{i:03d}" for i in range(1, 6)}
+            hour = now - now % 3_600_000 - 3 * 3_600_000  # a complete hour of the simulated day
+            r = await c.get(f"/api/carbon/sources/demo-pv-1/hours/{hour}", headers=auth)
+            assert r.status_code == 200 and "CN/average" in r.json()["hours"][0]["factor"]
+            assert {x["role"] for x in r.json()["inputs"]} == {"energy", "power"}
             year = time.gmtime(now / 1000 + 8 * 3600).tm_year
             day = time.strftime("%Y-%m-%d", time.gmtime(now / 1000 + 8 * 3600))
             r = await c.get("/api/carbon/balance", headers=auth, params={"year": year, "as_of": day})
