@@ -133,12 +133,14 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                                                     tenant=TENANT_ID)
         # The accounts need complete hours: the simulators' past day goes into the outbox first (commands/
         # demo_carbon.py); the stack, inverter and plot are registered for accounting once their series exist.
-        history, history_start, counter_wh = await demo_carbon.seed_history(
+        history, history_start, history_end, counter_wh = await demo_carbon.seed_history(
             cloud.store, agent.outbox, GATEWAY_ID, cems_device=CEMS_DEVICE, inverter_device=INVERTER_DEVICE,
             trees=TREES)
         if counter_wh is not None:
             inverter.set_energy(counter_wh)  # the live counter goes on from the past day's
-        registering = asyncio.create_task(_register_when_ready(cloud.store, stop))
+        ended = asyncio.Event()
+        registering = asyncio.create_task(_register_when_ready(cloud.store, ended, (history_start, history_end),
+                                                                history))
         # A dashboard login for this run only: an admin key in the URL fragment (never sent to the server
         # in requests; the page keeps it in sessionStorage), revoked when the demo stops.
         key_id, key = await create_api_key(cloud.store, TENANT_ID, "admin", "carbonlink demo dashboard")
@@ -153,7 +155,8 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             drained = await agent.drain(within=15.0)
             stats = agent.stats()
             await agent.stop()
-            registering.cancel()
+            ended.set()
+            await registering  # it stops at its next step; the hours are accounted below either way
         if await _register(cloud.store):
             await demo_carbon.account(cloud.store, TENANT_ID, history_start, int(time.time() * 1000))
         c = cloud.ingest.counters
@@ -181,13 +184,23 @@ async def _register(store: Any) -> bool:
                                               year=time.gmtime(time.time() + 8 * 3600).tm_year)
 
 
-async def _register_when_ready(store: Any, stop: asyncio.Event) -> None:
-    """The sources are registered as soon as their first readings are stored (the console shows them then)."""
-    while not await _register(store):
+async def _register_when_ready(store: Any, ended: asyncio.Event, span: tuple[int, int], history: int) -> None:
+    """Once the simulated day is stored: register the sources and account that day (as an operator runs
+    `carbon register-stack` and `carbon account`), so the console shows it without waiting for the
+    cloud's next refresh round; from then on the refresh pass keeps the hours up to date."""
+    async def wait() -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)  # the run's end registers once more itself
-        if stop.is_set():
+            await asyncio.wait_for(ended.wait(), 1.0)
+        return not ended.is_set()  # at the run's end, run_demo registers and accounts itself
+
+    while await demo_carbon.stored_between(store, GATEWAY_ID, *span) < history:
+        if not await wait():
             return
+    while not await _register(store):
+        if not await wait():
+            return
+    if not ended.is_set():
+        await demo_carbon.account(store, TENANT_ID, span[0], int(time.time() * 1000))
 
 
 def _count_run(data_dir: Path) -> int:

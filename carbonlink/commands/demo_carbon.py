@@ -62,23 +62,30 @@ def past_readings(start_ms: int, end_ms: int, *, cems_device: str, inverter_devi
 
 
 async def seed_history(store: Any, outbox: Any, gateway: str, *, cems_device: str, inverter_device: str,
-                       trees: int, now_ms: int | None = None) -> tuple[int, int, float | None]:
+                       trees: int, now_ms: int | None = None) -> tuple[int, int, int, float | None]:
     """The past day (or the time since the last stored reading) into the outbox.
 
-    Returns (readings added, the history's first instant, the inverter counter to continue from or None)."""
+    Returns (readings added, the history's bounds (start, end], the inverter counter to continue from or None)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     last = await store.db.fetchval("SELECT max(r.ts_ms) FROM readings r JOIN series s ON s.id = r.series"
                                    " WHERE s.gateway = ?", gateway)
     start = now - HISTORY_MS if last is None else max(now - HISTORY_MS, int(last))
     if now - start < 2 * MINUTE_MS:
-        return 0, start, None
+        return 0, start, now, None
     energy = await store.db.fetchval(
         "SELECT r.value FROM readings r JOIN series s ON s.id = r.series WHERE s.gateway = ? AND s.device = ?"
         " AND s.point = 'energy' ORDER BY r.ts_ms DESC LIMIT 1", gateway, inverter_device)
     readings, end_wh = past_readings(start, now, cems_device=cems_device, inverter_device=inverter_device,
                                      trees=trees, energy_wh=12_345_678.0 if energy is None else float(energy))
     outbox.append(readings)
-    return len(readings), start, end_wh
+    return len(readings), start, now, end_wh
+
+
+async def stored_between(store: Any, gateway: str, start_ms: int, end_ms: int) -> int:
+    """How many of the gateway's readings in (start, end) the cloud holds (the history arriving)."""
+    return int(await store.db.fetchval("SELECT count(*) FROM readings r JOIN series s ON s.id = r.series"
+                                       " WHERE s.gateway = ? AND r.ts_ms > ? AND r.ts_ms < ?", gateway, start_ms,
+                                       end_ms))
 
 
 async def register_sources(store: Any, *, tenant: str, site: str, gateway: str, cems_device: str,
