@@ -192,11 +192,16 @@ async def _inverter_rows(db: Any, a: AssetSource, start_ms: int, end_ms: int, fs
         total = h.wh + h.estimated_wh
         status = ("missing" if not covered and total == 0 else
                   "substituted" if h.estimated_wh > 0 or flagged or not covered else "valid")
-        ref = fs.grid_factor(year_of(h.hour_ms, DAYS_TZ_OFFSET_MIN), a.config.get("grid", "CN"),
-                             latest_as_proxy=True)
-        grams = int(fm.round_fixed(fm.grid_co2(total / fm.MILLION, ref.value) * fm.MILLION, 0))
         note = "; ".join(f"{f.kind}: {f.detail}" for f in period.flags
                          if h.hour_ms <= f.ts_ms < hi)[:1000] if status != "valid" else ""
+        try:  # the grid factor of the hour's local year (China's are published per year, late)
+            ref = fs.grid_factor(year_of(h.hour_ms, DAYS_TZ_OFFSET_MIN), a.config.get("grid", "CN"),
+                                 latest_as_proxy=True)
+        except CarbonInputError as exc:  # a year before the table: the energy stands, the avoided CO2 is missing
+            out.append(("", h.hour_ms, "missing", n_in[h.hour_ms], int(total * 1000), int(h.estimated_wh * 1000), 0,
+                        None, "", str(exc)[:1000]))
+            continue
+        grams = int(fm.round_fixed(fm.grid_co2(total / fm.MILLION, ref.value) * fm.MILLION, 0))
         out.append(("", h.hour_ms, status, n_in[h.hour_ms], int(total * 1000), int(h.estimated_wh * 1000), grams,
                     None, f"{ref.key} = {ref.value} {ref.unit} ({ref.status})", note))
     return out
@@ -228,7 +233,12 @@ async def _tree_rows(db: Any, a: AssetSource, member: str, series: int, cfg: Tre
         if cfg.ref_um is None or (base is None and not any(r.valid for r in rs)):
             out.append((member, h, "missing", len(rs), 0, 0, 0, None, "", "no valid dendrometer reading yet"))
             continue
-        res = account_tree(cfg, rs, start_ms=h, end_ms=h + HOUR_MS, baseline_max_um=base, factors=fs)
+        try:
+            res = account_tree(cfg, rs, start_ms=h, end_ms=h + HOUR_MS, baseline_max_um=base, factors=fs)
+        except CarbonInputError as exc:  # e.g. a species the factor table no longer has: said, never a crash
+            out.append((member, h, "missing", len(rs), 0, 0, 0, None if base is None else float(base), "",
+                        str(exc)[:1000]))
+            continue
         status = "missing" if not any(r.valid for r in rs) else "substituted" if res.faults else "valid"
         base = res.max_um_end
         refs = ", ".join(f"{r.key} = {r.value}" for r in res.factors)

@@ -145,3 +145,16 @@ async def test_registration_names_what_is_missing(any_store: Store) -> None:
     with pytest.raises(CarbonInputError, match="species"):
         await assets.register_plot(any_store.db, tenant="acme", site="farm", source_id="p-1", gateway="gw-9",
                                    trees=[TreeConfig("t-1", "no_such_tree", D(20))])
+
+
+async def test_a_year_without_a_grid_factor_keeps_the_energy_and_says_why_the_avoided_co2_is_missing(
+        any_store: Store) -> None:
+    gw, _ = await setup(any_store)
+    y2020 = H0 - 3 * 365 * 24 * HOUR  # 2020: the factor table starts with 2022, and no later year stands in
+    await gw.send([Reading.make("inv-1", "energy", y2020 + m * M, 1000 + 100 * m, "Wh") for m in range(0, 61, 5)])
+    pv = await assets.register_inverter(any_store.db, tenant="acme", site="farm", source_id="pv-1",
+                                        gateway="gw-1", device="inv-1", rated_w=D(100_000))
+    assert await any_store.data.refresh_hours(y2020 + 5 * HOUR) == [("gw-1", y2020), ("gw-1", y2020 + HOUR)]
+    row = await any_store.db.fetchrow("SELECT * FROM carbon_asset_hours WHERE src = ? AND hour_ms = ?", pv.src, y2020)
+    assert row is not None and row["status"] == "missing" and int(row["wh_milli"]) == 6_000_000
+    assert int(row["co2_g"]) == 0 and "no factor for 2020" in row["note"]
