@@ -155,7 +155,8 @@ export async function balance(ctx) {
     const b = await api("/api/carbon/balance", {query: {year: y, as_of: asOf}});
     view.querySelector("#ytd").innerHTML = ["scope1_t", "avoided_t", "sinks_t", "net_t"].map((k) =>
       `<div class="kpi"><div class="v" data-testid="ytd-${k}">${esc(num(b[k] ?? 0))}</div><div class="l">${esc(t("bal." + k, {unit: unit("t CO2")}))}</div></div>`).join("");
-    if (!b.forecast) { view.querySelector("#fc").innerHTML = message("info", b.allowance_t === null ? t("bal.no_allowance", {year: y}) : b.hint); }
+    if (!b.forecast) { view.querySelector("#fc").innerHTML = b.allowance_t === null ? message("info", t("bal.no_allowance", {year: y}))
+      : `<div class="msg info" role="status">${esc(t("bal.no_forecast"))} ${data(b.hint)}</div>`; }
     else {
     const f = b.forecast;
     const ratio = Number(f.ratio);
