@@ -114,17 +114,9 @@ async def register_sources(store: Any, *, tenant: str, site: str, gateway: str, 
 
 async def account(store: Any, tenant: str, start_ms: int, now_ms: int) -> dict[str, int]:
     """Refresh the closed hours, then account the hours from ``start`` to the current one (as `carbon account`)."""
-    from carbonlink.cloud.carbon import assets, sqlstore
+    from carbonlink.cloud.carbon import assets
 
     while len(await store.data.refresh_hours(now_ms)) >= 500:
         pass
     end = now_ms - now_ms % HOUR_MS
-    if end <= start_ms:
-        return {}
-    ids = [r["source_id"] for r in await store.db.fetch(
-        "SELECT source_id FROM carbon_sources WHERE tenant = ? AND kind = 'stack'", tenant)]
-    stacks = [await sqlstore.load_stack(store.db, i) for i in ids]
-    counts = await sqlstore.account_sources(store.db, stacks, start_ms, end)
-    counts.update({f"asset {k}": n for k, n in (await assets.account_assets(
-        store.db, await assets.load_assets(store.db, tenant=tenant), start_ms, end)).items()})
-    return counts
+    return {} if end <= start_ms else await assets.account_tenant(store.db, tenant, start_ms, end)

@@ -337,6 +337,18 @@ async def account_assets(db: Any, assets: Sequence[AssetSource], start_ms: int, 
     return {r["status"]: int(r["n"]) for r in rows}
 
 
+async def account_tenant(db: Any, tenant: str, start_ms: int, end_ms: int) -> dict[str, int]:
+    """Every source of a tenant over [start, end): stack-hours by status, then asset-hours as ``asset <status>``
+    (`carbonlink carbon account`, and the demo after it registers its sources)."""
+    from .sqlstore import account_sources, load_stack
+
+    ids = [r["source_id"] for r in await db.fetch(
+        "SELECT source_id FROM carbon_sources WHERE tenant = ? AND kind = 'stack' ORDER BY source_id", tenant)]
+    counts = await account_sources(db, [await load_stack(db, i) for i in ids], start_ms, end_ms)
+    others = await account_assets(db, await load_assets(db, tenant=tenant), start_ms, end_ms)
+    return counts | {f"asset {k}": n for k, n in others.items()}
+
+
 async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, cause: str = "late data",
                     factors: FactorSet | None = None) -> int:
     """The refresh pass's (gateway, hour) pairs: recompute the asset-hours they touch, keep revisions."""
