@@ -47,6 +47,22 @@ def create_carbon_router(store: Store) -> APIRouter:
         rows = await sqlstore.periods(await db(), p.tenant, granularity, s, e, tz_offset_min=tz_offset_min, site=site)
         return {"tenant": p.tenant, "granularity": granularity, "items": rows}
 
+    @router.get("/api/carbon/assets", summary="Solar (MWh, avoided CO2) and forest sinks per asset and period,"
+                " and per tree, with coverage, from the kept hours")
+    async def asset_figures(p: Reader, start: str, end: str,
+                            granularity: Literal["day", "month", "year"] = "month",
+                            tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
+                            ) -> dict[str, Any]:
+        from .carbon import assets
+
+        s, e = ts_param("start", start), ts_param("end", end)
+        if e <= s or e - s > MAX_RANGE_MS:
+            raise HTTPException(422, "end must be after start, at most three years later")
+        items = await assets.asset_periods(await db(), p.tenant, granularity, s, e, tz_offset_min=tz_offset_min,
+                                           by="source")
+        return {"tenant": p.tenant, "granularity": granularity, "items": items,
+                "trees": await assets.tree_figures(await db(), p.tenant, s, e)}
+
     @router.get("/api/carbon/sources", summary="The tenant's accounted sources")
     async def sources(p: Reader) -> dict[str, Any]:
         rows = await (await db()).fetch("SELECT source_id, site, kind, created_ms FROM carbon_sources"
@@ -54,13 +70,18 @@ def create_carbon_router(store: Store) -> APIRouter:
         return {"items": [dict(r) for r in rows]}
 
     @router.get("/api/carbon/sources/{source_id}/hours/{hour_ms}",
-                summary="One stack-hour with everything it rests on (provenance)")
+                summary="One stack-, inverter- or plot-hour with everything it rests on (provenance)")
     async def provenance(p: Reader, source_id: str, hour_ms: int) -> dict[str, Any]:
-        owner = await (await db()).fetchval("SELECT tenant FROM carbon_sources WHERE source_id = ?", source_id)
-        if owner != p.tenant:
+        from .carbon import assets
+
+        row = await (await db()).fetchrow("SELECT tenant, kind FROM carbon_sources WHERE source_id = ?", source_id)
+        if row is None or row["tenant"] != p.tenant:
             raise HTTPException(404, f"no source {source_id!r}")
+        hour = hour_ms - hour_ms % sqlstore.HOUR_MS
         try:
-            return await sqlstore.hour_provenance(store.db, source_id, hour_ms - hour_ms % sqlstore.HOUR_MS)
+            if row["kind"] in assets.KINDS:  # an inverter's or a plot's hour (each tree's row)
+                return await assets.asset_hour(store.db, source_id, hour)
+            return await sqlstore.hour_provenance(store.db, source_id, hour)
         except CarbonInputError as exc:
             raise HTTPException(404, str(exc)) from None
 

@@ -196,15 +196,18 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
         from .routes_carbon import as_of_day
 
         day = as_of_day(year, as_of)
+        # the year so far with solar, avoided CO2, sinks and net beside scope 1, with or without an allowance
+        ytd = await sqlstore.year_to_date(db, p.tenant, year, day.month, day.day, tz_offset_min=tz_offset_min)
         if await sqlstore.allowance(db, p.tenant, year) is None:
             return {"year": year, "allowance_t": None, "forecast": None,
-                    "hint": f"no allowance set for {year}: carbonlink carbon allowance"}
+                    "hint": f"no allowance set for {year}: carbonlink carbon allowance", **ytd}
         try:
             f = await sqlstore.forecast(db, p.tenant, year, day.month, day.day, tz_offset_min=tz_offset_min)
-        except CarbonInputError as exc:
-            raise HTTPException(409, str(exc)) from None
+        except CarbonInputError as exc:  # too little history to forecast: the year so far still shows
+            quota = await sqlstore.allowance(db, p.tenant, year)
+            return {"year": year, "allowance_t": str(quota), "forecast": None, "hint": str(exc), **ytd}
         out: dict[str, Any] = f.as_dict()
-        return {"year": year, "allowance_t": out["allowance_t"], "forecast": out, "hint": None}
+        return {"year": year, "allowance_t": out["allowance_t"], "forecast": out, "hint": None, **ytd}
 
     @r.get("/api/carbon/limits", tags=["carbon"], summary="Emission limits from the factor tables (mg/m³)")
     async def limits(p: Reader) -> dict[str, Any]:

@@ -149,20 +149,18 @@ def register_stack_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tena
 def account_cmd(db: DbOpt, tenant: Annotated[str, typer.Option(help="tenant id")],
                 start: Annotated[str, typer.Option(help="ISO UTC or epoch ms")],
                 end: Annotated[str, typer.Option(help="ISO UTC or epoch ms")], as_json: JsonOpt = False) -> None:
-    """(Re)compute the tenant's stack-hours from the hour rollups."""
-    from carbonlink.cloud.carbon import sqlstore
+    """(Re)compute the tenant's stack-hours, solar and forest hours from the stored readings."""
+    from carbonlink.cloud.carbon import assets
 
     s, e = _ts("start", start), _ts("end", end)
 
     async def go(store: Any) -> dict[str, int]:
-        ids = [r["source_id"] for r in await store.db.fetch(
-            "SELECT source_id FROM carbon_sources WHERE tenant = ? ORDER BY source_id", tenant)]
-        if not ids:
+        n = await store.db.fetchval("SELECT count(*) FROM carbon_sources WHERE tenant = ?", tenant)
+        if not n:
             raise fail(f"tenant {tenant!r} has no registered sources; run `carbonlink carbon register-stack` first")
-        srcs = [await sqlstore.load_stack(store.db, i) for i in ids]
-        return await sqlstore.account_sources(store.db, srcs, s, e)
+        return await assets.account_tenant(store.db, tenant, s, e)
 
-    emit(with_store(db, go), as_json, "stack-hours by status")
+    emit(with_store(db, go), as_json, "hours by status (stacks; assets as 'asset …')")
 
 
 @app.command("accounts")

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from carbonlink.commands import demo_carbon
 from carbonlink.commands.common import setup_logging
 from carbonlink.kernel.ports import free_port, port_free
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 GATEWAY_ID = "gw-demo-01"
 SITE_ID = "demo-plant"
 TENANT_ID = "demo"
+CEMS_DEVICE, INVERTER_DEVICE, TREES = "cems-stack-1", "inverter-1", 5
 
 
 @dataclass
@@ -51,6 +53,8 @@ class DemoSummary:
     co2_emitted_t: str = "0"
     co2_avoided_t: str = "0"
     co2_sequestered_t: str = "0"
+    # A simulated past day put in the outbox before the live run, so the accounts have complete hours
+    history_readings: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,6 +131,16 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         agent = EdgeAgent(cfg)
         await cloud.store.registry.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
                                                     tenant=TENANT_ID)
+        # The accounts need complete hours: the simulators' past day goes into the outbox first (commands/
+        # demo_carbon.py); the stack, inverter and plot are registered for accounting once their series exist.
+        history, history_start, history_end, counter_wh = await demo_carbon.seed_history(
+            cloud.store, agent.outbox, GATEWAY_ID, cems_device=CEMS_DEVICE, inverter_device=INVERTER_DEVICE,
+            trees=TREES)
+        if counter_wh is not None:
+            inverter.set_energy(counter_wh)  # the live counter goes on from the past day's
+        ended = asyncio.Event()
+        registering = asyncio.create_task(_register_when_ready(cloud.store, ended, (history_start, history_end),
+                                                                history))
         # A dashboard login for this run only: an admin key in the URL fragment (never sent to the server
         # in requests; the page keeps it in sessionStorage), revoked when the demo stops.
         key_id, key = await create_api_key(cloud.store, TENANT_ID, "admin", "carbonlink demo dashboard")
@@ -141,6 +155,10 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             drained = await agent.drain(within=15.0)
             stats = agent.stats()
             await agent.stop()
+            ended.set()
+            await registering  # it stops at its next step; the hours are accounted below either way
+        if await _register(cloud.store):
+            await demo_carbon.account(cloud.store, TENANT_ID, history_start, int(time.time() * 1000))
         c = cloud.ingest.counters
         this_run = await cloud.store.db.fetchrow(
             "SELECT count(*) AS w, coalesce(sum(count), 0) AS r FROM anchor_jobs WHERE state = 'anchored'"
@@ -148,7 +166,7 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
         all_w, all_r = await cloud.store.anchors.anchored_count()
         tonnes = await _tonnes_so_far(cloud.store, started_ms, int(time.time() * 1000) + 1)
         return DemoSummary(
-            produced=stats.produced, published=stats.published, stored=c.readings_stored,
+            produced=stats.produced + history, published=stats.published, stored=c.readings_stored,
             rejected=c.rejected_readings, duplicates=c.readings_duplicate, unacked=stats.unacked_batches,
             seconds=round(time.monotonic() - started, 1), dashboard=cloud.dashboard_url, mqtt=url,
             drained=drained, anchored_windows=int(this_run["w"]) if this_run else 0,
@@ -156,8 +174,33 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
             anchored_windows_all_runs=all_w, anchored_readings_all_runs=all_r,
             note=(f"the data folder {data_dir} holds {run - 1} earlier run(s): produced/stored/anchored_* count this"
                   f" run; *_all_runs and the console include the earlier ones (a fresh folder: --data-dir)"
-                  if run > 1 else ""), **tonnes,
+                  if run > 1 else ""), history_readings=history, **tonnes,
         )
+
+
+async def _register(store: Any) -> bool:
+    return await demo_carbon.register_sources(store, tenant=TENANT_ID, site=SITE_ID, gateway=GATEWAY_ID,
+                                              cems_device=CEMS_DEVICE, inverter_device=INVERTER_DEVICE, trees=TREES,
+                                              year=time.gmtime(time.time() + 8 * 3600).tm_year)
+
+
+async def _register_when_ready(store: Any, ended: asyncio.Event, span: tuple[int, int], history: int) -> None:
+    """Once the simulated day is stored: register the sources and account that day (as an operator runs
+    `carbon register-stack` and `carbon account`), so the console shows it without waiting for the
+    cloud's next refresh round; from then on the refresh pass keeps the hours up to date."""
+    async def wait() -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), 1.0)
+        return not ended.is_set()  # at the run's end, run_demo registers and accounts itself
+
+    while await demo_carbon.stored_between(store, GATEWAY_ID, *span) < history:
+        if not await wait():
+            return
+    while not await _register(store):
+        if not await wait():
+            return
+    if not ended.is_set():
+        await demo_carbon.account(store, TENANT_ID, span[0], int(time.time() * 1000))
 
 
 def _count_run(data_dir: Path) -> int:

@@ -236,7 +236,7 @@ async def recompute(db: Any, hours: Iterable[tuple[str, int]], *, at_ms: int, ca
         return 0
     revised = 0
     sources = await db.fetch("SELECT DISTINCT p.source_id, s.gateway FROM carbon_points p JOIN series s"
-                             " ON s.id = p.series")
+                             " ON s.id = p.series")  # stacks only: solar and forest are assets.recompute's
     by_gateway: dict[str, set[str]] = {}
     for r in sources:
         by_gateway.setdefault(r["gateway"], set()).add(r["source_id"])
@@ -418,7 +418,8 @@ def _local(day: int) -> tuple[int, int, int]:
 
 async def periods(db: Any, tenant: str, granularity: str, start_ms: int, end_ms: int, *, tz_offset_min: int = 480,
                   site: str | None = None) -> list[dict[str, Any]]:
-    """Scope-1 accounts per site and day, month or year: SQL sums per local day, then days summed exactly."""
+    """Accounts per site and day, month or year: scope 1 of the stacks, solar MWh and avoided CO2, sinks
+    and net (scope 1 − sinks), each with its coverage; SQL sums per local day, then days summed exactly."""
     if granularity not in ("day", "month", "year"):
         raise CarbonInputError("granularity", f"{granularity!r}", "use day, month or year")
     out: dict[tuple[str, str], dict[str, Any]] = {}
@@ -430,12 +431,27 @@ async def periods(db: Any, tenant: str, granularity: str, start_ms: int, end_ms:
                                                   "missing": 0, "readings": 0})
         for k in ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings"):
             acc[k] += r[k] or 0
+    from .assets import asset_periods
+
+    assets = {(r["site"], r["period"]): r for r in await asset_periods(db, tenant, granularity, start_ms, end_ms,
+                                                                         tz_offset_min=tz_offset_min, site=site)}
+    for key in assets:
+        out.setdefault(key, {"site": key[0], "period": key[1], "co2_g": 0, "so2_g": 0, "nox_g": 0, "dust_g": 0,
+                             "valid": 0, "substituted": 0, "missing": 0, "readings": 0})
+    none = {"valid": 0, "substituted": 0, "missing": 0}
     rows = []
-    for (_, _), a in sorted(out.items()):
-        rows.append({"site": a["site"], "period": a["period"], "scope1_t": str(tonnes(a["co2_g"])),
+    for key, a in sorted(out.items()):
+        x = assets.get(key, {})
+        scope1, sinks = tonnes(a["co2_g"]), Decimal(x.get("sinks_t", "0"))
+        rows.append({"site": a["site"], "period": a["period"], "scope1_t": str(scope1),
                      "pollutants_kg": {p: str(Decimal(a[f"{p}_g"]) / 1000) for p in POLLUTANTS},
                      "coverage": {"valid": a["valid"], "substituted": a["substituted"], "missing": a["missing"]},
-                     "readings": a["readings"]})
+                     "readings": a["readings"],
+                     # solar and forest (assets.py); net = scope 1 − sinks, avoided beside it (accounts.py)
+                     "mwh_generated": x.get("mwh_generated", "0"), "avoided_t": x.get("avoided_t", "0"),
+                     "sinks_t": str(sinks), "net_t": str(scope1 - sinks),
+                     "coverage_solar": x.get("coverage_solar", none),
+                     "coverage_forest": x.get("coverage_forest", none)})
     return rows
 
 
@@ -453,14 +469,18 @@ async def allowance(db: Any, tenant: str, year: int) -> Decimal | None:
 
 
 def attach(store: Any, clock: Any = None) -> None:
-    """Recompute stack-hours whenever the store materialises rollup hours (late data included): the
-    store's ``refresh_hours`` calls its ``hours_listeners`` with the (gateway, hour) pairs it redid."""
+    """Recompute stack-hours, and the solar and forest hours (``assets``), whenever the store materialises
+    rollup hours (late data included): the store's ``refresh_hours`` calls its ``hours_listeners`` with
+    the (gateway, hour) pairs it redid."""
     import time
 
     now = clock or (lambda: int(time.time() * 1000))
 
     async def on_hours(hours: list[tuple[str, int]]) -> None:
+        from . import assets
+
         await recompute(store.db, hours, at_ms=now(), cause="rollup refreshed")
+        await assets.recompute(store.db, hours, at_ms=now(), cause="rollup refreshed")  # solar and forest hours
 
     store.data.hours_listeners.append(on_hours)
 
@@ -496,6 +516,20 @@ async def forecast(db: Any, tenant: str, year: int, month: int, day: int, *, tz_
     last = by_month(await periods(db, tenant, "month", start_of(year - 1), start_of(year),
                                   tz_offset_min=tz_offset_min))
     return forecast_year_end(year, month, day, this, last, quota, thresholds or DEFAULT_THRESHOLDS)
+
+
+async def year_to_date(db: Any, tenant: str, year: int, month: int, day: int, *, tz_offset_min: int = 480
+                       ) -> dict[str, str]:
+    """The organisation's year so far (to the end of the given local day): scope 1, solar MWh, avoided,
+    sinks and net (scope 1 − sinks), exact sums of the kept hours."""
+    import calendar
+
+    off = tz_offset_min * 60_000
+    start = calendar.timegm((year, 1, 1, 0, 0, 0)) * 1000 - off
+    end = calendar.timegm((year, month, day, 0, 0, 0)) * 1000 - off + DAY_MS
+    rows = await periods(db, tenant, "year", start, end, tz_offset_min=tz_offset_min)
+    return {k: str(sum((Decimal(r[k]) for r in rows), Decimal(0)))
+            for k in ("scope1_t", "mwh_generated", "avoided_t", "sinks_t", "net_t")}
 
 
 async def raise_warnings(db: Any, tenant: str, f: Any, *, at_ms: int) -> list[dict[str, Any]]:

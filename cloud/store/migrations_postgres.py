@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from .migrations_shared import CARBON_DAYS_M11, CARBON_M7
+from .migrations_shared import CARBON_ASSETS_M12, CARBON_DAYS_M11, CARBON_M7
 from .model import FLAG_COLS, QUALITY_FLAGS
 
 
@@ -334,6 +334,11 @@ async def _m11_carbon_days(con: asyncpg.Connection, timescale: bool, retention_d
     await con.execute(CARBON_DAYS_M11)
 
 
+# 12: solar inverters and forest plots accounted per hour like the stacks (migrations_shared.py).
+async def _m12_carbon_assets(con: asyncpg.Connection, timescale: bool, retention_days: int | None) -> None:
+    await con.execute(CARBON_ASSETS_M12)
+
+
 MIGRATIONS: list[Migration] = [_m1_core, _m2_identity, _m3_shadows_commands, _m4_api_identity,
                                _m5_dead_letter_replay, _m6_series, _m7_carbon, _m8_rules, _m_rules_queue,
-                               _m10_users_per_tenant, _m11_carbon_days]
+                               _m10_users_per_tenant, _m11_carbon_days, _m12_carbon_assets]

@@ -45,3 +45,22 @@ INSERT INTO carbon_days SELECT 480, src, (hour_ms + 28800000) / 86400000, sum(co
        sum(CASE WHEN status = 'missing' OR status = 'invalid' THEN 1 ELSE 0 END), sum(readings)
   FROM carbon_hours GROUP BY src, (hour_ms + 28800000) / 86400000
 """
+
+# 12: solar inverters and forest plots accounted per hour like the stacks (cloud/carbon/assets.py): which
+# series feed an asset (a plot: one dendrometer per tree, ``member``), per asset, member and hour the energy
+# (mWh), avoided CO2 or sink (g), coverage status, the tree's carried maximum and the factor used, and
+# per asset and local day (UTC+8) the sums.
+CARBON_ASSETS_M12 = """
+CREATE TABLE carbon_asset_inputs (src INTEGER NOT NULL, member TEXT NOT NULL, role TEXT NOT NULL,
+                                  series INTEGER NOT NULL, config TEXT NOT NULL, PRIMARY KEY (src, member, role));
+CREATE INDEX carbon_asset_inputs_series ON carbon_asset_inputs (series);
+CREATE TABLE carbon_asset_hours (src INTEGER NOT NULL, member TEXT NOT NULL, hour_ms BIGINT NOT NULL,
+                                 status TEXT NOT NULL, readings INTEGER NOT NULL, wh_milli BIGINT NOT NULL,
+                                 est_wh_milli BIGINT NOT NULL, co2_g BIGINT NOT NULL, max_um DOUBLE PRECISION,
+                                 factor TEXT NOT NULL, note TEXT NOT NULL, formula_version TEXT NOT NULL,
+                                 PRIMARY KEY (src, member, hour_ms));
+CREATE TABLE carbon_asset_days (tz_offset_min INTEGER NOT NULL, src INTEGER NOT NULL, day INTEGER NOT NULL,
+                                wh_milli BIGINT NOT NULL, co2_g BIGINT NOT NULL, valid INTEGER NOT NULL,
+                                substituted INTEGER NOT NULL, missing INTEGER NOT NULL, readings BIGINT NOT NULL,
+                                PRIMARY KEY (tz_offset_min, src, day))
+"""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
-from .migrations_shared import CARBON_DAYS_M11, CARBON_M7
+from .migrations_shared import CARBON_ASSETS_M12, CARBON_DAYS_M11, CARBON_M7
 
 _SQL: list[str] = [
     """
@@ -271,8 +271,9 @@ CREATE INDEX api_users_username ON api_users (username)
 
 USERS_PER_TENANT = _script(_M10_USERS_PER_TENANT)  # tests migrate up to it
 
-
+# 11 (carbon days) and 12 (solar and forest hours) are the same text on both back ends: migrations_shared.py.
 MIGRATIONS: list[Callable[[aiosqlite.Connection], Awaitable[None]]] = [*(_script(s) for s in _SQL), _m6_series,
                                                                       _script(CARBON_M7), _script(_M8_RULES),
                                                                       _script(_M_RULES_QUEUE), USERS_PER_TENANT,
-                                                                      _script(CARBON_DAYS_M11)]
+                                                                      _script(CARBON_DAYS_M11),
+                                                                      _script(CARBON_ASSETS_M12)]

@@ -119,7 +119,18 @@ export async function sinks(ctx) {
   view.innerHTML = `<h1>${esc(t("sinks.title"))}</h1>
     <div class="grid2"><div class="card"><h2>${esc(t("sinks.solar"))}</h2><div id="solar"></div></div>
     <div class="card"><h2>${esc(t("sinks.forest"))}</h2><div id="forest"></div></div></div>
+    <div class="card"><h2>${esc(t("sinks.accounted"))}</h2><div id="acc"></div><div id="trees"></div></div>
     <p class="muted">${esc(t("sinks.accounting_hint"))}</p>`;
+  // The stored figures (hours kept by the accounting, with coverage): this year per asset and per tree.
+  const y = thisYear(), start = Date.UTC(y, 0, 1) - 8 * 3600_000, end = Date.UTC(y + 1, 0, 1) - 8 * 3600_000;
+  const acc = await api("/api/carbon/assets", {query: {start, end, granularity: "year"}});
+  view.querySelector("#acc").innerHTML = table(["sinks.asset", "sinks.kind", "sinks.mwh", "sinks.tco2", "emis.coverage"],
+    acc.items.map((x) => `<tr><td>${data(x.source_id)}</td><td>${data(x.kind)}</td><td class="num">${x.kind === "inverter" ? esc(num(x.mwh_generated, 3)) : "–"}</td>
+      <td class="num" data-testid="asset-${esc(x.source_id)}">${esc(num(x.kind === "inverter" ? x.avoided_t : x.sinks_t, 3))}</td><td>${coverage(x.kind === "inverter" ? x.coverage_solar : x.coverage_forest)}</td></tr>`),
+    {testid: "assets", empty: "sinks.none"});
+  view.querySelector("#trees").innerHTML = table(["sinks.asset", "sinks.tree", "sinks.tco2", "emis.coverage"],
+    acc.trees.map((x) => `<tr><td>${data(x.plot)}</td><td>${data(x.tree)}</td><td class="num">${esc(num(x.sinks_t, 6))}</td><td>${coverage(x.coverage)}</td></tr>`),
+    {testid: "trees", empty: "sinks.none"});
   const latest = await api("/api/latest");
   const solar = latest.filter((r) => /inverter|solar|pv/i.test(r.device));
   const forest = latest.filter((r) => /forest|tree/i.test(r.device) || FOREST.test(r.point));
@@ -139,10 +150,13 @@ export async function balance(ctx) {
   const {view} = ctx;
   const y = thisYear(), today = new Date();
   const asOf = `${y}-${String(today.getMonth() + 1).padStart(2, "0")}-${String(today.getDate()).padStart(2, "0")}`;
-  view.innerHTML = `<h1>${esc(t("bal.title"))}</h1><div id="fc"></div><div class="card"><h2>${esc(t("bal.warnings"))}</h2><div id="warn"></div></div>`;
+  view.innerHTML = `<h1>${esc(t("bal.title"))}</h1><div class="kpis" id="ytd"></div><div id="fc"></div><div class="card"><h2>${esc(t("bal.warnings"))}</h2><div id="warn"></div></div>`;
   try {
     const b = await api("/api/carbon/balance", {query: {year: y, as_of: asOf}});
-    if (!b.forecast) { view.querySelector("#fc").innerHTML = message("info", t("bal.no_allowance", {year: y})); }
+    view.querySelector("#ytd").innerHTML = ["scope1_t", "avoided_t", "sinks_t", "net_t"].map((k) =>
+      `<div class="kpi"><div class="v" data-testid="ytd-${k}">${esc(num(b[k] ?? 0))}</div><div class="l">${esc(t("bal." + k, {unit: unit("t CO2")}))}</div></div>`).join("");
+    if (!b.forecast) { view.querySelector("#fc").innerHTML = b.allowance_t === null ? message("info", t("bal.no_allowance", {year: y}))
+      : `<div class="msg info" role="status">${esc(t("bal.no_forecast"))} ${data(b.hint)}</div>`; }
     else {
     const f = b.forecast;
     const ratio = Number(f.ratio);
