@@ -5,6 +5,11 @@ scores at or above the model's threshold leaves with the quality flag ``D`` (HJ 
 count it as invalid, the conservative choice for MRV) instead of ``N`` — its value is never changed — and
 the series' first flagged reading raises an ``anomaly.detected`` event (``anomaly.cleared`` when it ends),
 both carrying the model's id, version and hash. Readings the device already flagged are left alone.
+There is no "suspect" letter of its own: the wire format's flags are HJ 212's eight, and HJ 76 would count
+a suspect reading as not valid all the same (docs/model-card.md, "Why the flag is D").
+
+A model file over ``EDGE_MAX_MODEL_BYTES`` (1 MiB) is refused (``too_large``) whatever its origin: its
+onnxruntime session would cost the gateway about 13 MB of memory per MiB of file.
 
 Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]} (without
 ``onnx_b64``: a model the gateway holds already, the packaged one or the one before): the hash is checked,

@@ -75,15 +75,15 @@ def test_device_flags_are_left_alone(tmp_path: Path) -> None:
 def test_new_model_through_the_shadow_is_saved_and_survives_a_restart(tmp_path: Path) -> None:
     sink = Sink()
     r = runner(tmp_path, sink)
-    v2 = fakes.with_meta(version="2")
-    assert r.apply(doc(v2)) is None
-    assert r.model.info.version == 2 and "anomaly.model_applied" in sink.kinds()
+    v2 = fakes.with_meta(version="20")  # versions the packaged model will not reach soon
+    assert r.apply(doc(v2, version=20)) is None
+    assert r.model.info.version == 20 and "anomaly.model_applied" in sink.kinds()
     assert (tmp_path / "anomaly" / "current.onnx").read_bytes() == v2
-    assert r.apply(doc(v2)) is None  # the same again: nothing to do
-    v3 = fakes.with_meta(version="3")
-    assert r.apply(doc(v3, version=3)) is None
+    assert r.apply(doc(v2, version=20)) is None  # the same again: nothing to do
+    v3 = fakes.with_meta(version="21")
+    assert r.apply(doc(v3, version=21)) is None
     assert (tmp_path / "anomaly" / "previous.onnx").read_bytes() == v2
-    assert runner(tmp_path).model.info.version == 3
+    assert runner(tmp_path).model.info.version == 21
 
 
 @pytest.mark.parametrize("case,code", [
@@ -194,7 +194,7 @@ def test_without_onnxruntime_readings_pass_and_state_says_why(tmp_path: Path, mo
 def test_a_held_model_by_hash_alone(tmp_path: Path) -> None:
     r = runner(tmp_path)
     packaged = r.model.info
-    assert r.apply(doc(fakes.with_meta(version="2"))) is None
+    assert r.apply(doc(fakes.with_meta(version="20"), version=20)) is None
     back = {"id": packaged.model_id, "version": packaged.version, "sha256": packaged.sha256}
     assert r.apply(back) is None and r.model.info.sha256 == packaged.sha256  # back to the packaged model
     unknown = {"id": "x", "version": 9, "sha256": "c" * 64}
