@@ -9,7 +9,7 @@ There is no "suspect" letter of its own: the wire format's flags are HJ 212's ei
 a suspect reading as not valid all the same (docs/model-card.md, "Why the flag is D").
 
 A model file over ``EDGE_MAX_MODEL_BYTES`` (1 MiB) is refused (``too_large``) whatever its origin: its
-onnxruntime session would cost the gateway about 13 MB of memory per MiB of file.
+onnxruntime session would cost the gateway 10–13 MB of memory per MiB of file.
 
 Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]} (without
 ``onnx_b64``: a model the gateway holds already, the packaged one or the one before): the hash is checked,

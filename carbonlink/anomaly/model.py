@@ -30,8 +30,8 @@ from .features import FEATURE_SET, FEATURES, N_FEATURES
 
 META_PREFIX = "carbonlink."
 MAX_MODEL_BYTES = 8 * 1024 * 1024  # larger files are refused before onnxruntime sees them
-# A gateway's budget: a tree ensemble's session holds about 13 bytes of memory per byte of its ONNX file
-# (0.5 KB per tree node) on top of onnxruntime's own ~10 MB, so 1 MiB of model is ~13 MB of RSS.
+# A gateway's budget: a tree ensemble's session holds 10–13 bytes of memory per byte of its ONNX file
+# (about 0.5 KB per tree node; measured with bench/ml.py) on top of the first session's own ~10 MB.
 EDGE_MAX_MODEL_BYTES = 1024 * 1024
 DEFAULT_MODEL = "default.onnx"
 
@@ -138,7 +138,7 @@ def load(data: bytes, *, expect_sha256: str | None = None, max_bytes: int = MAX_
         raise ModelError("not_onnx", "a model is the bytes of an ONNX file")
     if len(data) > max_bytes:
         raise ModelError("too_large", f"model is {len(data)} bytes; the limit is {max_bytes} "
-                                      f"(about {13 * max_bytes / 1e6:.0f} MB of memory once loaded)")
+                                      f"(up to {13 * max_bytes / 1e6:.0f} MB of memory once loaded)")
     digest = sha256_hex(bytes(data))
     if expect_sha256 is not None and digest != expect_sha256.lower():
         raise ModelError("hash_mismatch", f"model has sha256 {digest[:16]}…, expected {expect_sha256[:16]}…")
