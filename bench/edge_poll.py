@@ -40,9 +40,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def peak_rss_mb(pid: int) -> float:
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status: VmHWM (peak RSS), RssAnon (the process's own memory) or RssFile
+    (pages of mapped files such as onnxruntime's library: shared, and given back under memory pressure)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -86,7 +88,8 @@ async def main(devices: int, points: int, seconds: float, warmup: float, model: 
                 stored0, cpu0, t0 = cloud.ingest.counters.readings_stored, cpu_seconds(proc.pid), time.monotonic()
                 await asyncio.sleep(seconds)
                 stored1, cpu1, t1 = cloud.ingest.counters.readings_stored, cpu_seconds(proc.pid), time.monotonic()
-                rss = peak_rss_mb(proc.pid)
+                rss = status_mb(proc.pid, "VmHWM")
+                anon, file = status_mb(proc.pid, "RssAnon"), status_mb(proc.pid, "RssFile")
             finally:
                 proc.terminate()
                 await proc.wait()
@@ -98,6 +101,8 @@ async def main(devices: int, points: int, seconds: float, warmup: float, model: 
         "anomaly_model": model, "devices": devices, "points": devices * points, "seconds": round(wall, 1),
         "cpu_share_of_one_core_pct": round(100 * (cpu1 - cpu0) / wall, 2),
         "peak_rss_mb": round(rss, 1),
+        "rss_anon_mb": round(anon, 1),
+        "rss_file_mb": round(file, 1),
         "readings_stored_per_s": round((stored1 - stored0) / wall, 1),
         "readings_expected_per_s": round(expected / wall, 1),
         "targets": {"cpu_pct_below": 4, "rss_mb_below": 80},
@@ -117,7 +122,8 @@ if __name__ == "__main__":
     modes = {"both": [False, True], "on": [True], "off": [False]}[a.model]
     runs = [asyncio.run(main(a.devices, a.points, a.seconds, a.warmup, m)) for m in modes]
     if len(runs) == 2:
-        runs[1]["rss_added_by_model_mb"] = round(float(runs[1]["peak_rss_mb"]) - float(runs[0]["peak_rss_mb"]), 1)  # type: ignore[arg-type]
+        for k in ("peak_rss", "rss_anon", "rss_file"):
+            runs[1][f"{k}_added_by_model_mb"] = round(float(runs[1][f"{k}_mb"]) - float(runs[0][f"{k}_mb"]), 1)  # type: ignore[arg-type]
     if a.json:
         print(json.dumps(runs))
     else:
@@ -132,9 +138,13 @@ if __name__ == "__main__":
         t.add_column("target", justify="right")
         t.add_row("CPU, % of one core", *[str(r["cpu_share_of_one_core_pct"]) for r in runs], "< 4")
         t.add_row("peak RSS, MB", *[str(r["peak_rss_mb"]) for r in runs], "< 80 alone, < 30 more with the model")
+        t.add_row("  of which anonymous at the end, MB", *[str(r["rss_anon_mb"]) for r in runs], "")
+        t.add_row("  of which mapped files at the end, MB", *[str(r["rss_file_mb"]) for r in runs], "")
         t.add_row("readings stored per s", *[str(r["readings_stored_per_s"]) for r in runs],
                   str(first["readings_expected_per_s"]))
         t.add_row("measured over, s", *[str(r["seconds"]) for r in runs], "")
         Console().print(t)
         if len(runs) == 2:
-            print(f"memory added by the anomaly model: {runs[1]['rss_added_by_model_mb']} MB")
+            print(f"memory added by the anomaly model: {runs[1]['peak_rss_added_by_model_mb']} MB peak RSS "
+                  f"({runs[1]['rss_anon_added_by_model_mb']} MB anonymous, "
+                  f"{runs[1]['rss_file_added_by_model_mb']} MB mapped library files)")

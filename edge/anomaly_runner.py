@@ -5,6 +5,11 @@ scores at or above the model's threshold leaves with the quality flag ``D`` (HJ 
 count it as invalid, the conservative choice for MRV) instead of ``N`` — its value is never changed — and
 the series' first flagged reading raises an ``anomaly.detected`` event (``anomaly.cleared`` when it ends),
 both carrying the model's id, version and hash. Readings the device already flagged are left alone.
+There is no "suspect" letter of its own: the wire format's flags are HJ 212's eight, and HJ 76 would count
+a suspect reading as not valid all the same (docs/model-card.md, "Why the flag is D").
+
+A model file over ``EDGE_MAX_MODEL_BYTES`` (1 MiB) is refused (``too_large``) whatever its origin: its
+onnxruntime session would cost the gateway 10–13 MB of memory per MiB of file.
 
 Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]} (without
 ``onnx_b64``: a model the gateway holds already, the packaged one or the one before): the hash is checked,
@@ -84,21 +89,21 @@ class AnomalyRunner:
             log.exception("anomaly event %s could not be emitted", kind)
 
     def _load_saved(self) -> None:
-        from carbonlink.anomaly.model import ModelError, load, load_default
+        from carbonlink.anomaly.model import EDGE_MAX_MODEL_BYTES, ModelError, load, load_default
 
         for name in ("current", "previous"):
             path = self.dir / f"{name}.onnx"
             if not path.exists():
                 continue
             try:
-                self.model = load(path.read_bytes())
+                self.model = load(path.read_bytes(), max_bytes=EDGE_MAX_MODEL_BYTES)
                 log.info("anomaly model %s v%d from %s", self.model.info.model_id, self.model.info.version, path)
                 return
             except (OSError, ModelError) as exc:
                 self._emit("model_rejected", "warning", reason=f"saved model {path.name} does not load: {exc}",
                            code=getattr(exc, "code", "io"))
         try:
-            self.model = load_default()
+            self.model = load_default(max_bytes=EDGE_MAX_MODEL_BYTES)
         except (OSError, ModelError) as exc:
             self.unavailable = f"no usable anomaly model: {exc}"
             self._emit("unavailable", "warning", reason=self.unavailable)
@@ -152,10 +157,10 @@ class AnomalyRunner:
                 data = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 return "desired.model.onnx_b64 is not valid base64"
-        from carbonlink.anomaly.model import ModelError, load
+        from carbonlink.anomaly.model import EDGE_MAX_MODEL_BYTES, ModelError, load
 
         try:
-            model = load(data, expect_sha256=digest)
+            model = load(data, expect_sha256=digest, max_bytes=EDGE_MAX_MODEL_BYTES)
         except ModelError as exc:
             keep = f"; keeps running {self.model.info.model_id} v{self.model.info.version}" if self.model else ""
             return f"model {mid} v{ver} refused ({exc.code}): {exc}{keep}"

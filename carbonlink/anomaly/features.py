@@ -20,7 +20,7 @@ import numpy as np
 
 WINDOW = 60  # points judged per window (the reading just in is the last)
 BUFFER = 2 * WINDOW  # window plus its reference
-FEATURE_SET = "cl-anomaly-features-1"
+FEATURE_SET = "cl-anomaly-features-2"
 
 
 class Family(enum.IntEnum):
@@ -44,6 +44,13 @@ FEATURES = (
     "slope",  # the window's trend over its length, in reference spreads
     "half_step",  # second half of the window against the first
     "diff_autocorr",  # lag-1 autocorrelation of the steps (white noise added: towards -0.5)
+    "last_step_rz",  # the newest step in the window's robust step spread (MAD of the steps): earlier spikes
+    #                  do not inflate it as they inflate a standard deviation
+    "spike",  # the newest reading alone out of line: the smaller of its robust deviation from the window
+    #           median and its robust step, when both point the same way (0 otherwise)
+    "max_step_rz",  # the largest step in the window in the same robust spread: a spike seen earlier
+    "log_rdsd_ratio",  # robust step spread of the window over the reference's: noise raises it, a few
+    #                    spikes (which raise log_dsd_ratio as much) do not
     "rel_level",  # the relation residual now (mean of the last 5 points)
     "rel_shift",  # the residual's window mean against its reference, in its reference spreads
     "rel_applies",
@@ -114,6 +121,12 @@ def _asinh(x: np.ndarray) -> np.ndarray:
     return np.arcsinh(np.clip(x, -1e6, 1e6))
 
 
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """Row medians of an odd number of columns (the 59 steps of a window): one partition, no averaging."""
+    k = a.shape[1] // 2
+    return np.partition(a, k, axis=1)[:, k]
+
+
 def window_features(x: np.ndarray, res: np.ndarray, rel_applies: np.ndarray, family: np.ndarray) -> np.ndarray:
     """Rows of ``BUFFER`` values (and residuals) to rows of ``N_FEATURES`` float32 features.
 
@@ -159,14 +172,24 @@ def window_features(x: np.ndarray, res: np.ndarray, rel_applies: np.ndarray, fam
     num = np.sum(dc[:, 1:] * dc[:, :-1], axis=1)
     den = np.sum(dc * dc, axis=1)
     out[:, 12] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    # robust step spread: 1.4826 · MAD of the window's steps (a few spikes leave it where it was)
+    dmed = _median_rows(dw)
+    dmad = _median_rows(np.abs(dw - dmed[:, None])) * 1.4826 + floor
+    step_rz = (dw[:, -1] - dmed) / dmad
+    dev_rz = (cur[:, -1] - med) / mad
+    out[:, 13] = _asinh(np.abs(step_rz))
+    out[:, 14] = np.where(step_rz * dev_rz > 0, _asinh(np.minimum(np.abs(step_rz), np.abs(dev_rz))), 0.0)
+    out[:, 15] = _asinh(np.max(np.abs(dw - dmed[:, None]), axis=1) / dmad)
+    rmed = _median_rows(dr_)
+    out[:, 16] = np.log(dmad / (_median_rows(np.abs(dr_ - rmed[:, None])) * 1.4826 + floor))
     rr, rw = res[:, :w], res[:, w:]
-    out[:, 13] = _asinh(rw[:, -5:].mean(axis=1) * 10.0)
-    out[:, 14] = _asinh((rw.mean(axis=1) - rr.mean(axis=1)) / (rr.std(axis=1) + 1e-3))
-    out[:, 15] = np.asarray(rel_applies, dtype=np.float64)
+    out[:, 17] = _asinh(rw[:, -5:].mean(axis=1) * 10.0)
+    out[:, 18] = _asinh((rw.mean(axis=1) - rr.mean(axis=1)) / (rr.std(axis=1) + 1e-3))
+    out[:, 19] = np.asarray(rel_applies, dtype=np.float64)
     fam = np.asarray(family)
-    out[:, 16] = fam == Family.CEMS
-    out[:, 17] = fam == Family.INVERTER
-    out[:, 18] = fam == Family.FOREST
+    out[:, 20] = fam == Family.CEMS
+    out[:, 21] = fam == Family.INVERTER
+    out[:, 22] = fam == Family.FOREST
     return out.astype(np.float32)
 
 

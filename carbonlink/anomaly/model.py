@@ -30,6 +30,9 @@ from .features import FEATURE_SET, FEATURES, N_FEATURES
 
 META_PREFIX = "carbonlink."
 MAX_MODEL_BYTES = 8 * 1024 * 1024  # larger files are refused before onnxruntime sees them
+# A gateway's budget: a tree ensemble's session holds 10–13 bytes of memory per byte of its ONNX file
+# (about 0.5 KB per tree node; measured with bench/ml.py) on top of the first session's own ~10 MB.
+EDGE_MAX_MODEL_BYTES = 1024 * 1024
 DEFAULT_MODEL = "default.onnx"
 
 
@@ -112,6 +115,14 @@ def _session(data: bytes) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # a gateway has few cores and other work; one window is tiny
     opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Memory over speed (bench/ml.py): no arena and no memory pattern, so a large poll's buffers are given
+    # back after the run instead of kept for the next one; a tree ensemble has nothing for the graph
+    # optimiser to fuse, and skipping it saves the optimised copy of the graph (about 0.7 MB).
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -119,12 +130,15 @@ def _session(data: bytes) -> Any:
         raise ModelError("not_onnx", f"not a loadable ONNX model: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def load(data: bytes, *, expect_sha256: str | None = None) -> AnomalyModel:
-    """Verify and load a model file's bytes; raises ModelError saying what is wrong."""
+def load(data: bytes, *, expect_sha256: str | None = None, max_bytes: int = MAX_MODEL_BYTES) -> AnomalyModel:
+    """Verify and load a model file's bytes; raises ModelError saying what is wrong.
+
+    ``max_bytes`` is the memory budget as a file size (a gateway passes ``EDGE_MAX_MODEL_BYTES``)."""
     if not isinstance(data, bytes | bytearray):
         raise ModelError("not_onnx", "a model is the bytes of an ONNX file")
-    if len(data) > MAX_MODEL_BYTES:
-        raise ModelError("too_large", f"model is {len(data)} bytes; the limit is {MAX_MODEL_BYTES}")
+    if len(data) > max_bytes:
+        raise ModelError("too_large", f"model is {len(data)} bytes; the limit is {max_bytes} "
+                                      f"(up to {13 * max_bytes / 1e6:.0f} MB of memory once loaded)")
     digest = sha256_hex(bytes(data))
     if expect_sha256 is not None and digest != expect_sha256.lower():
         raise ModelError("hash_mismatch", f"model has sha256 {digest[:16]}…, expected {expect_sha256[:16]}…")
@@ -189,5 +203,5 @@ def default_model_bytes() -> bytes:
     return resources.files("carbonlink.anomaly").joinpath("models", DEFAULT_MODEL).read_bytes()
 
 
-def load_default() -> AnomalyModel:
-    return load(default_model_bytes())
+def load_default(*, max_bytes: int = MAX_MODEL_BYTES) -> AnomalyModel:
+    return load(default_model_bytes(), max_bytes=max_bytes)

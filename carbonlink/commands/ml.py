@@ -55,7 +55,7 @@ def train(out: Annotated[Path, typer.Option("--out", help="where to write the ON
           algorithm: Annotated[str, typer.Option(help="binary-forest (default), forest (one class per fault) "
                                                  "or iforest (unsupervised)")] = "binary-forest",
           model_id: Annotated[str, typer.Option("--model-id")] = "cl-anomaly",
-          version: Annotated[int, typer.Option(min=0)] = 1,
+          version: Annotated[int, typer.Option(min=0)] = 2,
           install: Annotated[bool, typer.Option("--install", help="also make it the packaged default model")] = False,
           as_json: JsonOpt = False) -> None:
     """Train on simulated faults, export to ONNX and check the export against the trained model."""
@@ -70,7 +70,7 @@ def train(out: Annotated[Path, typer.Option("--out", help="where to write the ON
     va = T.dataset(Plan(seed=seed + 1, days=min(1.0, days), stacks=3, inverters=3, trees=6, faults_per_day=4))
     t_data = time.perf_counter() - t0
     model = T.fit(tr, algorithm, seed)
-    threshold = T.choose_threshold(T.sk_scores(model, va.x), va.y)
+    threshold = T.choose_threshold(T.sk_scores(model, va.x), va)
     z, roc = T.tune_baseline(tr)
     extra = {"algorithm": algorithm, "train_seeds": f"{seed},{seed + 1}", "baseline_z": repr(z),
              "baseline_roc": repr(roc), "onnx_tolerance": repr(T.ONNX_TOLERANCE)}

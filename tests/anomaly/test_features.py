@@ -48,7 +48,25 @@ def test_stuck_noise_and_spike_show() -> None:
     base, s, n, p = rows(x)[0], rows(stuck)[0], rows(noisy)[0], rows(spike)[0]
     assert s[F["flat_frac"]] == 1.0 and base[F["flat_frac"]] < 0.1 and s[F["flat_tail"]] == 1.0
     assert n[F["log_dsd_ratio"]] > base[F["log_dsd_ratio"]] + 1.0
+    assert n[F["log_rdsd_ratio"]] > base[F["log_rdsd_ratio"]] + 1.0
     assert p[F["last_jump"]] > base[F["last_jump"]] + 2.0 and p[F["last_dev"]] > 3.0
+
+
+def test_spike_features_mark_the_spike_itself_not_the_readings_after_it() -> None:
+    rng = np.random.default_rng(7)
+    x = 100 + rng.normal(0, 1, BUFFER + 3)
+    x[BUFFER - 20] += 12  # an earlier spike in the window: a standard deviation would grow, the MAD does not
+    x[BUFFER] += 12  # the spike being judged (window ends there), then two normal readings after it
+    base, at, after, later = (rows(x[i:i + BUFFER])[0] for i in (0, 1, 2, 3))
+    assert at[F["spike"]] > 2.0 and at[F["last_step_rz"]] > 2.0
+    assert base[F["spike"]] < at[F["spike"]] - 1.0
+    # the step back down is large, but the value is where it belongs: not a spike
+    assert after[F["last_step_rz"]] > 2.0 and after[F["spike"]] < 1.0
+    assert later[F["spike"]] < 1.5
+    # the window still remembers it saw one
+    assert after[F["max_step_rz"]] > 2.0 and later[F["max_step_rz"]] > 2.0
+    # two spikes swell the steps' standard deviation like noise does, not their robust spread
+    assert later[F["log_dsd_ratio"]] > 0.5 and abs(later[F["log_rdsd_ratio"]]) < 0.3
 
 
 def test_family_one_hot_and_shape_check() -> None:

@@ -39,7 +39,7 @@ def test_not_onnx(data: bytes) -> None:
 def test_wrong_input_width() -> None:
     with pytest.raises(ModelError) as e:
         load(fakes.wrong_width(5))
-    assert e.value.code == "wrong_inputs" and "[n, 19]" in str(e.value)
+    assert e.value.code == "wrong_inputs" and f"[n, {N_FEATURES}]" in str(e.value)
 
 
 def test_other_feature_set_refused() -> None:

@@ -69,10 +69,10 @@ def test_train_command_writes_a_checked_model(tmp_path: Path) -> None:
 
 
 def test_inspect_and_shadow_doc_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "v2.onnx"
-    path.write_bytes(with_meta(version="2"))
+    path = tmp_path / "v20.onnx"
+    path.write_bytes(with_meta(version="20"))
     res = runner.invoke(app, ["inspect", str(path), "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["model_version"] == 2
+    assert res.exit_code == 0 and json.loads(res.output)["model_version"] == 20
     res = runner.invoke(app, ["shadow-doc", str(path)])
     doc = json.loads(res.output)["model"]
     assert base64.b64decode(doc["onnx_b64"]) == path.read_bytes() and doc["sha256"] == sha256_hex(path.read_bytes())
@@ -82,7 +82,7 @@ def test_inspect_and_shadow_doc_round_trip(tmp_path: Path) -> None:
             pass
 
     gw = AnomalyRunner(data_dir=tmp_path / "gw", sink=Sink())
-    assert gw.apply(doc) is None and gw.model.info.version == 2
+    assert gw.apply(doc) is None and gw.model.info.version == 20
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"nope")
     res = runner.invoke(app, ["inspect", str(bad)])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from carbonlink.anomaly.model import default_model_bytes, sha256_hex
+from carbonlink.anomaly.model import EDGE_MAX_MODEL_BYTES, default_model_bytes, load, sha256_hex
 from carbonlink.edge.anomaly_runner import AnomalyRunner
 from carbonlink.edge.shadow import plan
 from carbonlink.kernel.wire import Quality
@@ -75,15 +75,15 @@ def test_device_flags_are_left_alone(tmp_path: Path) -> None:
 def test_new_model_through_the_shadow_is_saved_and_survives_a_restart(tmp_path: Path) -> None:
     sink = Sink()
     r = runner(tmp_path, sink)
-    v2 = fakes.with_meta(version="2")
-    assert r.apply(doc(v2)) is None
-    assert r.model.info.version == 2 and "anomaly.model_applied" in sink.kinds()
+    v2 = fakes.with_meta(version="20")  # versions the packaged model will not reach soon
+    assert r.apply(doc(v2, version=20)) is None
+    assert r.model.info.version == 20 and "anomaly.model_applied" in sink.kinds()
     assert (tmp_path / "anomaly" / "current.onnx").read_bytes() == v2
-    assert r.apply(doc(v2)) is None  # the same again: nothing to do
-    v3 = fakes.with_meta(version="3")
-    assert r.apply(doc(v3, version=3)) is None
+    assert r.apply(doc(v2, version=20)) is None  # the same again: nothing to do
+    v3 = fakes.with_meta(version="21")
+    assert r.apply(doc(v3, version=21)) is None
     assert (tmp_path / "anomaly" / "previous.onnx").read_bytes() == v2
-    assert runner(tmp_path).model.info.version == 3
+    assert runner(tmp_path).model.info.version == 21
 
 
 @pytest.mark.parametrize("case,code", [
@@ -111,6 +111,23 @@ def test_bad_models_refused_previous_keeps_running(tmp_path: Path, case: str, co
     polls = fakes.cems_polls(130)
     out = [x for p in polls for x in r.feed(p)]
     assert len(out) == sum(len(p) for p in polls)
+
+
+def test_a_model_over_the_gateway_memory_budget_is_refused(tmp_path: Path) -> None:
+    """A valid model the cloud could run, but whose file (~13 bytes of RSS per byte) is over the edge's budget."""
+    sink = Sink()
+    r = runner(tmp_path, sink)
+    before = r.model.info.sha256
+    big = fakes.with_meta(version="2", padding="x" * EDGE_MAX_MODEL_BYTES)
+    assert load(big).info.version == 2  # nothing wrong with it but its size
+    refused = r.apply(doc(big))
+    assert refused and "too_large" in refused and "memory" in refused
+    assert r.model.info.sha256 == before and sink.kinds()[-1] == "anomaly.model_rejected"
+    assert not (tmp_path / "anomaly" / "current.onnx").exists()
+    # one written to disk some other way is not loaded at start either: the packaged model runs
+    (tmp_path / "anomaly").mkdir()
+    (tmp_path / "anomaly" / "current.onnx").write_bytes(big)
+    assert runner(tmp_path).model.info.sha256 == sha256_hex(default_model_bytes())
 
 
 def test_model_returning_nan_on_live_windows_is_rolled_back(tmp_path: Path) -> None:
@@ -177,7 +194,7 @@ def test_without_onnxruntime_readings_pass_and_state_says_why(tmp_path: Path, mo
 def test_a_held_model_by_hash_alone(tmp_path: Path) -> None:
     r = runner(tmp_path)
     packaged = r.model.info
-    assert r.apply(doc(fakes.with_meta(version="2"))) is None
+    assert r.apply(doc(fakes.with_meta(version="20"), version=20)) is None
     back = {"id": packaged.model_id, "version": packaged.version, "sha256": packaged.sha256}
     assert r.apply(back) is None and r.model.info.sha256 == packaged.sha256  # back to the packaged model
     unknown = {"id": "x", "version": 9, "sha256": "c" * 64}
