@@ -22,8 +22,8 @@ from .accounts import Accounts, PeriodAccount, SourceLine, period_account
 from .build import Organisation, StackInput, _methods, _total, sub_periods
 from .calculator import FORMULA_SET_VERSION
 from .errors import CarbonInputError
-from .factors import FactorSet
-from .sqlstore import HOUR_MS, POLLUTANTS, allowance, load_stack, stack_days_sql
+from .factors import FactorRef, FactorSet
+from .sqlstore import HOUR_MS, POLLUTANTS, StackSource, allowance, load_stack, stack_days_sql
 from .substitution import Coverage
 
 Kind = Literal["monthly", "annual"]
@@ -68,7 +68,20 @@ async def stored_accounts(db: Any, tenant: str, *, kind: Kind, year: int, month:
     fs = FactorSet.default()
     return Accounts(tenant, name, tuple(sorted({s.site for s in stacks})), kind, year,
                     month if kind == "monthly" else None, as_of, tz_offset_min, org.covered_scopes, tuple(periods),
-                    total, (), _methods(org), FORMULA_SET_VERSION, dict(fs.versions))
+                    total, _factors(stacks, fs), _methods(org), FORMULA_SET_VERSION, dict(fs.versions))
+
+
+def _factors(stacks: Sequence[StackSource], fs: FactorSet) -> tuple[FactorRef, ...]:
+    """The factors a stack's hours rest on, as the accounting takes them (``cems.account_stack``): the
+    reference O2 of its source type unless configured, and the limits its concentrations are judged by."""
+    used: dict[str, FactorRef] = {}
+    for s in stacks:
+        cfg = s.config
+        refs = [] if cfg.o2_ref_pct is not None else [fs.o2_ref(cfg.source_type)]
+        refs += [r for p in cfg.pollutants if (r := fs.limit(cfg.source_type, p, cfg.limit_regime)) is not None]
+        for r in refs:
+            used[f"{r.table}:{r.key}"] = r
+    return tuple(used[k] for k in sorted(used))
 
 
 async def _sums_by_period(db: Any, tenant: str, subs: Sequence[tuple[str, int, int]],
