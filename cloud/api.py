@@ -377,6 +377,9 @@ def create_app(store: Store, stats: Callable[[], dict[str, Any]] | None = None, 
     from .routes_carbon import create_carbon_router
 
     app.include_router(create_carbon_router(store))
+    from .routes_reports import create_reports_router
+
+    app.include_router(create_reports_router(store))
     from .routes_anomaly import create_anomaly_router
 
     app.include_router(create_anomaly_router(store))

@@ -181,10 +181,12 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
                                tz_offset_min: Annotated[int, Query(ge=-840, le=840, multiple_of=15)] = 480
                                ) -> Response:
         """The same figures as ``/api/carbon/accounts`` (grams summed exactly, then shown as tonnes and
-        kilograms), for a whole year of every site at once: one aggregate per stack and local day in SQL,
-        the rest in integers, the body serialised once."""
-        body = await dashboard_figures(db, p.tenant, year, granularity, tz_offset_min, by=by)
-        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+        kilograms), for a whole year of every site at once: summed, formatted and ordered by the database
+        (``carbon/dashboard.py``), the body passed on as it came."""
+        from .carbon.dashboard import dashboard_json
+
+        return Response(await dashboard_json(db, p.tenant, year, granularity, tz_offset_min, by=by),
+                        media_type="application/json")
 
     @r.get("/api/carbon/balance", tags=["carbon"],
            summary="The year so far, the year-end forecast and the allowance; allowance null when none is set")
@@ -219,70 +221,6 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
         return {"items": items, "count": len(items)}
 
     return r
-
-
-_FIGURES = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings")
-
-
-def _decimal_text(units: int, scale: int) -> str:
-    """``units / 10**scale`` written exactly as ``str(Decimal(units) / 10**scale)`` writes it (GB/T 8170
-    rounding happened per hour already: this only places the decimal point)."""
-    if units < 0:
-        from decimal import Decimal
-
-        return str(Decimal(units) / 10**scale)
-    q, r = divmod(units, 10**scale)
-    return f"{q}.{r:0{scale}d}".rstrip("0") if r else str(q)
-
-
-async def dashboard_figures(db: Any, tenant: str, year: int, granularity: str, tz_offset_min: int, *,
-                            by: str = "site") -> dict[str, Any]:
-    """Rows per site (or per stack, with its site) and period; totals per period for the organisation."""
-    from .carbon.sqlstore import stack_days_sql
-
-    tz = dt.timezone(dt.timedelta(minutes=tz_offset_min))
-    start = int(dt.datetime(year, 1, 1, tzinfo=tz).timestamp() * 1000)
-    end = int(dt.datetime(year + 1, 1, 1, tzinfo=tz).timestamp() * 1000)
-    # Per stack and local day (the kept carbon_days for a whole year at UTC+8), then per site in Python.
-    days, args = stack_days_sql(start, end, tz_offset_min)
-    rows = await db.fetch(
-        "SELECT c.site, c.source_id, d.day, d.co2_g, d.so2_g, d.nox_g, d.dust_g, d.valid, d.substituted, d.missing,"
-        f" d.readings FROM ({days}) d JOIN carbon_sources c ON c.src = d.src", tenant, *args)
-    epoch = dt.date(1970, 1, 1)
-    labels: dict[int, str] = {}
-    per_site: dict[tuple[str, str, str], list[int]] = {}
-    for r in rows:
-        day = int(r["day"])
-        label = labels.get(day)
-        if label is None:
-            d = epoch + dt.timedelta(days=day)
-            label = labels[day] = (d.isoformat() if granularity == "day" else
-                                   f"{d.year}-{d.month:02d}" if granularity == "month" else str(d.year))
-        key = (r["site"], r["source_id"] if by == "stack" else "", label)
-        acc = per_site.get(key)
-        if acc is None:
-            acc = per_site[key] = [0] * len(_FIGURES)
-        for i, k in enumerate(_FIGURES):
-            acc[i] += r[k] or 0
-    items: list[dict[str, Any]] = []
-    totals: dict[str, list[int]] = {}
-    for (site, stack, label), a in sorted(per_site.items()):
-        co2, so2, nox, dust, valid, subst, missing, readings = a
-        items.append({"site": site, **({"stack": stack} if by == "stack" else {}), "period": label,
-                      "scope1_t": _decimal_text(co2, 6),
-                      "pollutants_kg": {"so2": _decimal_text(so2, 3), "nox": _decimal_text(nox, 3),
-                                        "dust": _decimal_text(dust, 3)},
-                      "coverage": {"valid": valid, "substituted": subst, "missing": missing}, "readings": readings})
-        t = totals.setdefault(label, [0, 0, 0, 0, 0])
-        t[0] += co2
-        t[1] += 1  # rows: sites, or stacks
-        t[2] += valid
-        t[3] += subst
-        t[4] += missing
-    return {"tenant": tenant, "year": year, "granularity": granularity, "by": by, "items": items,
-            "totals": [{"period": label, "scope1_t": _decimal_text(t[0], 6), "sites": t[1],
-                        "coverage": {"valid": t[2], "substituted": t[3], "missing": t[4]}}
-                       for label, t in sorted(totals.items())]}
 
 
 def mount_console(app: FastAPI) -> None:

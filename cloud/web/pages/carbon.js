@@ -25,7 +25,11 @@ export async function emissions(ctx) {
     <div class="kpis" id="kpis"></div><div class="card" id="chart"></div>
     <div class="card"><h2>${esc(t("emis.org"))}</h2><div id="org"></div></div>
     <div class="card"><h2 id="sites-title">${esc(t("emis.by_site"))}</h2><div id="sites"></div></div>
-    <p class="muted">${esc(t("emis.reports_hint"))}</p>`;
+    <div class="card"><h2>${esc(t("report.title"))}</h2><p class="muted">${esc(t("emis.reports_hint"))}</p>
+      <form class="inline" id="rep"><label>${esc(t("report.month"))}<select id="r-month"><option value="">${esc(t("report.whole_year"))}</option>
+        ${Array.from({length: 12}, (_, i) => `<option value="${i + 1}">${esc(new Intl.DateTimeFormat(currentLang(), {month: "long", timeZone: "UTC"}).format(Date.UTC(2000, i, 1)))}</option>`).join("")}</select></label>
+      <label>${esc(t("report.format"))}<select id="r-format"><option value="pdf">PDF</option><option value="csv">CSV</option></select></label>
+      <button type="button" id="r-download" data-testid="report-download">${esc(t("report.download"))}</button></form><div id="r-msg"></div></div>`;
   let last = null;
   async function load() {
     const year = Number(view.querySelector("#e-year").value), granularity = view.querySelector("#e-gran").value;
@@ -52,7 +56,29 @@ export async function emissions(ctx) {
   view.querySelector("#f").onchange = load;
   view.querySelector("#csv").onclick = () => last && download(`emissions-${last.year}-${last.granularity}.csv`, toCsv(last.items), "text/csv");
   view.querySelector("#json").onclick = () => last && download(`emissions-${last.year}-${last.granularity}.json`, JSON.stringify(last, null, 2));
+  view.querySelector("#r-download").onclick = () => downloadReport(view);
   await load();
+}
+
+// The report of the year chosen above (a month of it, or the whole year) in the language shown, as the
+// server renders it; the file keeps the name the server gives it.
+async function downloadReport(view) {
+  const box = view.querySelector("#r-msg"), button = view.querySelector("#r-download");
+  const query = {year: Number(view.querySelector("#e-year").value), month: view.querySelector("#r-month").value,
+    format: view.querySelector("#r-format").value, lang: currentLang(),
+    tz_offset_min: Math.round(-new Date().getTimezoneOffset() / 15) * 15};
+  button.disabled = true;
+  box.innerHTML = message("info", t("report.rendering"));
+  try {
+    const r = await api("/api/carbon/report", {query, raw: true});
+    const name = (/filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "") || [])[1] || `emissions-${query.year}.${query.format}`;
+    download(name, await r.blob(), r.headers.get("Content-Type") || "application/octet-stream");
+    box.innerHTML = message("info", t("report.saved"));
+  } catch (e) {
+    box.innerHTML = message("error", problemText(e));
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function limitsByPollutant() {

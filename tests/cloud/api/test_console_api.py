@@ -8,7 +8,8 @@ from decimal import Decimal
 
 from carbonlink.cloud import provisioning
 from carbonlink.cloud.carbon import sqlstore
-from carbonlink.cloud.routes_console import dashboard_figures, live_events
+from carbonlink.cloud.carbon.dashboard import dashboard_figures
+from carbonlink.cloud.routes_console import live_events
 
 from .conftest import T0, Api
 

@@ -187,3 +187,56 @@ def test_proof_of_an_anchored_reading_downloads(watched: Watched, console: Conso
     bundle = json.loads(Path(dl.value.path()).read_text())
     assert bundle["reading"]["point"] == "so2" and bundle["proof"] is not None
     watched.shot("en-anchoring-proof")
+
+
+async def _account_a_stack(db: Path, tenant: str, year: int) -> None:
+    """A stack of the demo's tenant with a fortnight of accounted hours in January (the demo accounts none)."""
+    import calendar
+
+    from carbonlink.cloud.carbon.sqlstore import refresh_days
+    from carbonlink.cloud.store import open_store
+
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    try:
+        config = json.dumps({"source_type": "coal_boiler", "o2_ref_pct": None, "p_atm_pa": "101325",
+                             "method": "part75", "lookback_h": 720})
+        await store.db.execute("INSERT INTO carbon_sources (source_id, src, tenant, site, kind, p_atm_pa, config,"
+                               " created_ms) VALUES ('e2e-report-stack', 9001, ?, 'demo-plant', 'stack', 101325, ?,"
+                               " 0)", tenant, config)
+        t0 = calendar.timegm((year, 1, 2, 0, 0, 0)) * 1000
+        rows = [(9001, t0 + h * 3_600_000, "valid" if h % 9 else "substituted", 1_234_567 + h) for h in range(14 * 24)]
+        await store.db.executemany("INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, co2_g,"
+                                   " so2_g, nox_g, dust_g, formula_version) VALUES (?, ?, ?, 5, 60, ?, 2000, 3000,"
+                                   " 400, 'e2e')", rows)
+        await refresh_days(store.db, [9001], t0, t0 + 14 * 86_400_000)
+    finally:
+        await store.close()
+
+
+def test_analyst_downloads_reports(watched: Watched, console: Console) -> None:
+    import asyncio
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from carbonlink.commands.demo import TENANT_ID
+
+    year = dt.date.today().year  # the year the emissions page opens on
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        pool.submit(asyncio.run, _account_a_stack(console.data_dir / "cloud.sqlite", TENANT_ID, year)).result()
+    page = watched.open("emissions", "analyst", console.keys)
+    page.locator("#r-month").select_option("1")
+    with page.expect_download() as dl:
+        page.get_by_test_id("report-download").click()
+    assert dl.value.suggested_filename == f"emissions-{TENANT_ID}-{year}-01-en.pdf"
+    assert Path(dl.value.path()).read_bytes().startswith(b"%PDF")
+    page.get_by_text("Report saved").wait_for()
+    watched.shot("en-emissions-report")
+    page.locator("#lang").select_option("zh-CN")
+    page.wait_for_selector("html[lang='zh-CN'] #view[data-page='emissions'][data-ready='1']")
+    page.locator("#r-format").select_option("csv")
+    with page.expect_download() as dl:
+        page.get_by_test_id("report-download").click()
+    assert dl.value.suggested_filename == f"emissions-{TENANT_ID}-{year}-zh-CN.csv"
+    text = Path(dl.value.path()).read_text("utf-8-sig")
+    assert f"{year}-01" in text and "e2e-report-stack" in text
