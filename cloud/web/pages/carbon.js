@@ -94,7 +94,7 @@ export async function pollutants(ctx) {
     <div class="card"><h2>${esc(t("poll.stacks"))}</h2><p class="muted">${esc(t("poll.stacks_help"))}</p><div id="stacks"></div></div>`;
   // Registered stacks: hourly concentrations corrected to reference O2, hours above the limit (the store's figures).
   const end24 = Math.floor(Date.now() / 3600_000) * 3600_000;
-  const sources = (await api("/api/carbon/sources")).items.filter((x) => x.kind === "cems");
+  const sources = (await api("/api/carbon/sources")).items.filter((x) => x.kind === "stack");
   const rowsOut = [];
   for (const src of sources) {
     const c = await api(`/api/carbon/sources/${encodeURIComponent(src.source_id)}/concentrations`, {query: {start: end24 - 24 * 3600_000, end: end24}});

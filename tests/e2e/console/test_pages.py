@@ -42,3 +42,7 @@ def test_sinks_and_balance_show_the_demo_s_stored_figures(watched: Watched, cons
     page = watched.open("balance", "analyst", console.keys)
     assert float(page.locator('[data-testid="ytd-scope1_t"]').inner_text().replace(",", "")) > 0
     assert page.locator("#view .msg.error").count() == 0
+    page = watched.open("pollutants", "analyst", console.keys)  # the registered stack's corrected hours
+    page.locator('[data-testid="above-demo-stack-1-so2"]').wait_for(timeout=15_000)
+    assert page.locator('[data-testid^="above-demo-stack-1-"]').count() == 3
+    watched.shot("en-pollutants-accounted")
