@@ -403,7 +403,7 @@ async def refresh_asset_days(db: Any, srcs: Sequence[int], start_ms: int, end_ms
             *srcs, lo * DAY_MS - off, hi * DAY_MS - off)
 
 
-def _days_sql(start_ms: int, end_ms: int, tz_offset_min: int) -> tuple[str, list[Any]]:
+def asset_days_sql(start_ms: int, end_ms: int, tz_offset_min: int) -> tuple[str, list[Any]]:
     """Per asset and local day sums of a tenant (its first parameter): kept days when the range is whole
     days at UTC+8, else from the hours (same integers either way)."""
     off = tz_offset_min * 60_000
@@ -434,7 +434,7 @@ async def asset_periods(db: Any, tenant: str, granularity: str, start_ms: int, e
                         tz_offset_min: int = 480, site: str | None = None, by: str = "site"
                         ) -> list[dict[str, Any]]:
     """Solar MWh and avoided t CO2, sinks t CO2e, with coverage per kind, per site (or asset) and period."""
-    days, args = _days_sql(start_ms, end_ms, tz_offset_min)
+    days, args = asset_days_sql(start_ms, end_ms, tz_offset_min)
     where = " WHERE c.site = ?" if site else ""
     rows = await db.fetch(f"SELECT c.site, c.source_id, c.kind, d.day, {', '.join('d.' + k for k in _SUMS)}"
                           f" FROM ({days}) d JOIN carbon_sources c ON c.src = d.src{where}", tenant, *args,

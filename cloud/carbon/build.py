@@ -247,6 +247,14 @@ def _sum_detail(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
     return out
 
 
+SOLAR_METHOD = MethodRef("solar", "MEE/NBS grid emission factors; China GEC 1 per MWh",
+                         "MWh from energy counters (resets, wraps, replacements never double count; gaps "
+                         "estimated from power and flagged) × grid factor of the local year")
+FOREST_METHOD = MethodRef("forest", "Zweifel 2016 zero growth; Chave 2014 / species allometry; IPCC 2006 Vol. 4",
+                          "ΔD from dendrometer maxima, ΔCO2 = ΔB × (1+R) × CF × 44/12; uncertainty IPCC "
+                          "Vol. 1 Ch. 3 Approach 1")
+
+
 def _methods(org: Organisation) -> tuple[MethodRef, ...]:
     out = []
     if org.stacks:
@@ -259,16 +267,12 @@ def _methods(org: Organisation) -> tuple[MethodRef, ...]:
         out.append(MethodRef("fuel", "IPCC 2006 Vol. 2 Eq. 2.1; China's GHG accounting guidelines",
                              "CO2 = FC × NCV × CC × OF × 44/12, measured NCV/CC/OF where given"))
     if any(c.role == "generation" for c in org.counters):
-        out.append(MethodRef("solar", "MEE/NBS grid emission factors; China GEC 1 per MWh",
-                             "MWh from energy counters (resets, wraps, replacements never double count; gaps "
-                             "estimated from power and flagged) × grid factor of the local year"))
+        out.append(SOLAR_METHOD)
     if any(c.role == "bought" for c in org.counters):
         out.append(MethodRef("scope2", "GHG Protocol Scope 2 (location-based); MEE/NBS grid factors",
                              "MWh bought from meter counters × grid factor of the local year"))
     if org.trees:
-        out.append(MethodRef("forest", "Zweifel 2016 zero growth; Chave 2014 / species allometry; IPCC 2006 Vol. 4",
-                             "ΔD from dendrometer maxima, ΔCO2 = ΔB × (1+R) × CF × 44/12; uncertainty IPCC "
-                             "Vol. 1 Ch. 3 Approach 1"))
+        out.append(FOREST_METHOD)
     out.append(MethodRef("rounding", "GB/T 8170-2008", "hourly figures rounded half to even to 1 g CO2, 1 g of "
                          "pollutant, 1 mWh; totals are exact sums"))
     return tuple(out)

@@ -99,9 +99,60 @@ async def test_report_is_read_within_the_tenant_and_checks_its_parameters(api: A
     assert (await api.client.get("/api/carbon/report", params={"year": 2025})).status_code == 401
     other = await api.client.get("/api/carbon/report", params={"year": 2025, "format": "csv"},
                                  headers=api.as_("other-admin"))
-    assert other.status_code == 404 and "no accounted stacks" in other.json()["detail"]
+    assert other.status_code == 404 and "no accounted sources" in other.json()["detail"]
     for bad in ({"year": 1999}, {"year": 2025, "month": 13}, {"year": 2025, "month": 0}, {"year": "x"},
                 {"year": 2025, "format": "docx"}, {"year": 2025, "lang": "fr"}, {"year": 2025, "tz_offset_min": 7},
                 {}):
         r = await api.client.get("/api/carbon/report", params=bad, headers=api.as_("analyst"))
         assert r.status_code == 422, (bad, r.status_code)
+
+
+async def test_a_report_carries_the_solar_and_forest_hours(api: Api) -> None:
+    """An inverter's avoided CO2 (with its MWh) and a plot's sinks are lines of the report beside the stacks,
+    from the same kept asset-days as /api/carbon/accounts; net = scope 1 - sinks, avoided beside it."""
+    march = await seed(api.store)
+    db = api.store.db
+    for source_id, src, kind in (("pv-1", 81, "inverter"), ("plot-1", 82, "plot")):
+        await db.execute("INSERT INTO carbon_sources (source_id, src, tenant, site, kind, p_atm_pa, config,"
+                         " created_ms) VALUES (?, ?, 'acme', 'plant-a', ?, 101325, '{\"grid\": \"CN\"}', 0)",
+                         source_id, src, kind)
+    rows = [(81, "", T0 + h * H, "valid" if h % 5 else "missing", 12, 12_000_000 + h, 0, 6_367 + h, None,
+             "grid:CN/2023", "", "t") for h in range(0, 31 * 24, 2)]
+    rows += [(82, f"tree-{t}", T0 + h * H, "valid", 60, 0, 0, 41 + t, 1.5, "", "", "t")
+             for t in range(3) for h in range(0, 31 * 24, 4)]
+    await db.executemany("INSERT INTO carbon_asset_hours (src, member, hour_ms, status, readings, wh_milli,"
+                         " est_wh_milli, co2_g, max_um, factor, note, formula_version)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    from carbonlink.cloud.carbon.assets import refresh_asset_days
+
+    await refresh_asset_days(db, [81, 82], T0 - 86_400_000, T0 + 32 * 86_400_000)
+    avoided = sum(r[7] for r in rows if r[0] == 81)
+    sinks = sum(r[7] for r in rows if r[0] == 82)
+    mwh = Decimal(sum(r[5] for r in rows if r[0] == 81)).scaleb(-9)
+    r = await api.client.get("/api/carbon/report", params={"year": 2025, "month": 3, "format": "json", "lang": "en"},
+                             headers=api.as_("analyst"))
+    assert r.status_code == 200, r.text
+    acc = json.loads(r.content)["accounts"]
+    total = acc["total"]
+    assert Decimal(total["scope1_t"]) == Decimal(march) / 1_000_000
+    assert Decimal(total["avoided_t"]) == Decimal(avoided) / 1_000_000
+    assert Decimal(total["sinks_t"]) == Decimal(sinks) / 1_000_000
+    assert Decimal(total["net_t"]) == (Decimal(march) - sinks) / 1_000_000
+    assert Decimal(total["mwh_generated"]) == mwh
+    lines = {s["source_id"]: s for s in total["sources"]}
+    assert lines["pv-1"]["category"] == "avoided" and Decimal(lines["pv-1"]["detail"]["mwh"]) == mwh
+    assert lines["pv-1"]["coverage"]["missing"] == sum(1 for r in rows if r[0] == 81 and r[3] == "missing")
+    assert lines["plot-1"]["category"] == "sink" and lines["plot-1"]["method"] == "forest"
+    assert {m["name"] for m in acc["methods"]} >= {"cems", "solar", "forest"}
+    assert any(f["table"] == "grid" for f in acc["factors"])
+    accounts = await api.client.get("/api/carbon/accounts", headers=api.as_("analyst"),
+                                    params={"start": T0, "end": T0 + 31 * 86_400_000, "granularity": "month"})
+    item = accounts.json()["items"][0]
+    assert Decimal(item["avoided_t"]) == Decimal(total["avoided_t"])  # one set of figures
+    assert Decimal(item["sinks_t"]) == Decimal(total["sinks_t"])
+    for fmt in ("pdf", "csv"):  # both renderings take the asset lines
+        if fmt == "pdf":
+            pdf_tools()
+        got = await api.client.get("/api/carbon/report", params={"year": 2025, "month": 3, "format": fmt,
+                                                                  "lang": "en"}, headers=api.as_("analyst"))
+        assert got.status_code == 200 and (got.content.startswith(b"%PDF") if fmt == "pdf" else b"pv-1" in got.content)
