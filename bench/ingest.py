@@ -256,22 +256,22 @@ class AckListener:
         return True
 
 
-async def nodered_rate(db: str, mqtt_port: int, msgs: list[Message], n: int, limit_s: float) -> float:
-    """Node-RED's rate on the same messages: from the first publish to the last row in its table."""
+async def nodered_rate(db: str, mqtt_port: int, msgs: list[Message], n: int, limit_s: float) -> tuple[float, int]:
+    """Node-RED's rate on the same messages into the same table shape and key: first publish to last row."""
     from bench.nodered import running
     from carbonlink.cloud.store.postgres import split_url
 
     dsn, schema, _ = split_url(db)
     con = await asyncpg.connect(dsn)
-    table = f'"{schema}".nodered_readings'
+    series, table = f'"{schema}".nodered_series', f'"{schema}".nodered_readings'
     try:
-        await con.execute(f"CREATE TABLE {table} (gateway text, device text, point text, ts_ms bigint,"
-                          " value double precision, unit text, quality text, seq bigint,"
-                          " PRIMARY KEY (gateway, device, point, ts_ms))")
+        # The same tables and keys as ours (its own copies): series ids, readings keyed by (series, ts_ms).
+        await con.execute(f'CREATE TABLE {series} (LIKE "{schema}".series INCLUDING ALL)')
+        await con.execute(f'CREATE TABLE {table} (LIKE "{schema}".readings INCLUDING ALL)')
         parts = urlsplit(dsn)
         pg = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "user": parts.username or "postgres",
               "database": parts.path.lstrip("/") or "postgres", "max": 8}
-        with running(mqtt_port, pg, table):
+        with running(mqtt_port, pg, series, table):
             # Node-RED's MQTT node subscribes a moment after the deploy: probe until a row arrives.
             probe = json.dumps({"gateway": "probe", "seq": 1, "readings": [
                 {"device": "d", "point": "p", "ts": "2026-01-01T00:00:00.000Z", "value": 1, "unit": "u",
@@ -291,7 +291,7 @@ async def nodered_rate(db: str, mqtt_port: int, msgs: list[Message], n: int, lim
                 if now != count:
                     count, last = now, time.time()
                 await asyncio.sleep(0.2)
-        return count / (last - t0) if count else 0.0
+        return (count / (last - t0) if count else 0.0), count
     finally:
         await con.close()
 
@@ -353,7 +353,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["copy_noindex_rate"] = await raw_copy_rate(db, e2e_msgs, index=False)
             # (f) the peer: Node-RED taking the same messages into PostgreSQL
             if not args.skip_nodered and not args.latency_only:
-                result["nodered_rate"] = await nodered_rate(db, port, e2e_msgs, n_e2e, args.timeout)
+                result["nodered_rate"], result["nodered_stored"] = await nodered_rate(db, port, e2e_msgs, n_e2e,
+                                                                                      args.timeout)
             # (a) end to end through the ingest workers
             for i in range(args.workers):
                 workers.append(await asyncio.to_thread(
@@ -455,7 +456,8 @@ def print_table(r: dict[str, Any]) -> None:
         t.add_row("(c) raw COPY into PostgreSQL, readings' key", f"{r['copy_rate']:,.0f} readings/s")
         t.add_row("(c') raw COPY into a table with no index", f"{r['copy_noindex_rate']:,.0f} readings/s")
         if r.get("nodered_rate"):
-            t.add_row("(f) Node-RED 4.1 MQTT → PostgreSQL (acks on receipt)", f"{r['nodered_rate']:,.0f} readings/s")
+            t.add_row("(f) Node-RED 4.1 MQTT → PostgreSQL, same table and key (acks on receipt)",
+                      f"{r['nodered_rate']:,.0f} readings/s ({r['nodered_stored']:,} of {r['readings']:,} stored)")
     t.add_row(f"(d) publish→ack p50 / p95 / p99 / max at {r['steady_rate']:,}/s (ack after commit)",
               f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} / {r['latency_p99_ms']:.1f}"
               f" / {r['latency_max_ms']:.1f} ms")

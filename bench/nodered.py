@@ -1,10 +1,13 @@
 """The peer in bench/ingest.py: Node-RED 4.1 taking the same signed batches from MQTT into PostgreSQL.
 
 What a Node-RED user would build: an ``mqtt in`` node on ``cl/+/+/telemetry`` (QoS 1, acknowledged on
-receipt, as Node-RED does), a function node that turns each batch into one multi-row INSERT with the
-natural key (gateway, device, point, ts), and the ``pg`` driver (the function node's external module,
-since no PostgreSQL node package is on this machine's npm registry). It verifies no signature and
-keeps no raw bytes, so it does less than the ingest does. Installed once under ``var/``.
+receipt, as Node-RED does), a function node that writes each batch with the ``pg`` driver (the function
+node's external module, since no PostgreSQL node package is on this machine's npm registry). It is given
+the same table and key as ours: a ``series`` table (gateway, device, point) -> integer id, upserted for
+ids it has not cached, and readings ``(series, ts_ms, value, quality, seq)`` with the primary key
+(series, ts_ms), in one multi-row INSERT per batch. It verifies no signature, keeps no raw bytes, writes
+no batch row, latest value or rollup mark, and acks before it writes, so it does less than the ingest.
+Installed once under ``var/``.
 """
 
 from __future__ import annotations
@@ -38,16 +41,33 @@ SETTINGS = """module.exports = {
 
 FUNCTION = """
 let pool = context.get("pool");
-if (!pool) { pool = new pg.Pool(%s); context.set("pool", pool); }
+if (!pool) { pool = new pg.Pool(%s); context.set("pool", pool); context.set("ids", new Map()); }
+const ids = context.get("ids");
 const b = JSON.parse(msg.payload);
-const values = [], params = [];
-let i = 1;
+const want = [];
 for (const r of b.readings) {
-    values.push(`($${i++},$${i++},$${i++},$${i++},$${i++},$${i++},$${i++},$${i++})`);
-    params.push(b.gateway, r.device, r.point, Date.parse(r.ts), r.value, r.unit, r.quality, b.seq);
+    const k = b.gateway + "\\u0000" + r.device + "\\u0000" + r.point;
+    if (!ids.has(k) && !want.some(w => w.k === k)) want.push({k, d: r.device, p: r.point, u: r.unit});
 }
-pool.query(`INSERT INTO %s VALUES ${values.join(",")} ON CONFLICT DO NOTHING`, params)
-    .then(() => node.done()).catch(err => node.error(err, msg));
+const register = want.length === 0 ? Promise.resolve() : pool.query(
+    `INSERT INTO %s(gateway, device, point, unit, created_ms)
+     SELECT $1, d, p, u, $2 FROM unnest($3::text[], $4::text[], $5::text[]) AS t(d, p, u)
+     ON CONFLICT (gateway, device, point) DO UPDATE SET unit = EXCLUDED.unit RETURNING id, device, point`,
+    [b.gateway, Date.now(), want.map(w => w.d), want.map(w => w.p), want.map(w => w.u)])
+    .then(res => {
+        for (const row of res.rows) ids.set(b.gateway + "\\u0000" + row.device + "\\u0000" + row.point, row.id);
+    });
+register.then(() => {
+    const values = [], params = [];
+    let i = 1;
+    for (const r of b.readings) {
+        values.push(`($${i++},$${i++},$${i++},$${i++},$${i++})`);
+        params.push(ids.get(b.gateway + "\\u0000" + r.device + "\\u0000" + r.point), Date.parse(r.ts), r.value,
+                    r.quality, b.seq);
+    }
+    return pool.query(`INSERT INTO %s(series, ts_ms, value, quality, seq) VALUES ${values.join(",")}
+                       ON CONFLICT DO NOTHING`, params);
+}).then(() => node.done()).catch(err => node.error(err, msg));
 return null;
 """
 
@@ -64,7 +84,7 @@ def node_red() -> Path:
     return red
 
 
-def flow(mqtt_port: int, pg: dict[str, object], table: str) -> list[dict[str, object]]:
+def flow(mqtt_port: int, pg: dict[str, object], series: str, table: str) -> list[dict[str, object]]:
     return [
         {"id": "nrb-broker", "type": "mqtt-broker", "name": "bench", "broker": "127.0.0.1", "port": str(mqtt_port),
          "clientid": "nodered-bench", "autoConnect": True, "usetls": False, "protocolVersion": "4",
@@ -73,13 +93,13 @@ def flow(mqtt_port: int, pg: dict[str, object], table: str) -> list[dict[str, ob
         {"id": "nrb-in", "type": "mqtt in", "z": "nrb-tab", "topic": "cl/+/+/telemetry", "qos": "1",
          "datatype": "utf8", "broker": "nrb-broker", "nl": False, "rap": True, "inputs": 0, "wires": [["nrb-fn"]]},
         {"id": "nrb-fn", "type": "function", "z": "nrb-tab", "name": "batch to rows",
-         "func": FUNCTION % (json.dumps(pg), table), "outputs": 1, "timeout": 0, "noerr": 0,
+         "func": FUNCTION % (json.dumps(pg), series, table), "outputs": 1, "timeout": 0, "noerr": 0,
          "libs": [{"var": "pg", "module": "pg"}], "wires": [[]]},
     ]
 
 
 @contextmanager
-def running(mqtt_port: int, pg: dict[str, object], table: str) -> Iterator[str]:
+def running(mqtt_port: int, pg: dict[str, object], series: str, table: str) -> Iterator[str]:
     """Node-RED with the bench flow deployed; yields its admin URL once the flow is started."""
     red = node_red()
     BENCH_DIR.mkdir(parents=True, exist_ok=True)  # kept: the pg module installs once
@@ -96,7 +116,7 @@ def running(mqtt_port: int, pg: dict[str, object], table: str) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Node-RED did not start: {(BENCH_DIR / 'node-red.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        body = json.dumps(flow(mqtt_port, pg, table)).encode()
+        body = json.dumps(flow(mqtt_port, pg, series, table)).encode()
         req = urllib.request.Request(f"{base}/flows", data=body, method="POST",
                                      headers={"Content-Type": "application/json",
                                               "Node-RED-Deployment-Type": "full"})

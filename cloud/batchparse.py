@@ -82,6 +82,7 @@ class FastParser:
         self._btexts: dict[bytes, str | None] = {}  # identifier bytes -> text (None: not a valid identifier)
         self._bunits: dict[bytes, str | None] = {}
         self._bstamps: dict[bytes, int] = {}
+        self._bseconds: dict[bytes, int] = {}  # b"YYYY-MM-DDTHH:MM:SS" -> epoch ms of that second
         self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms of that second
         self._stamps: dict[str, int] = {}  # whole timestamps seen lately -> epoch ms
 
@@ -152,7 +153,7 @@ class FastParser:
         seq = int(tail.group(1))
         if seq > MAX_SEQ:
             return None
-        texts, stamps = self._btexts, self._bstamps
+        texts, stamps, bseconds = self._btexts, self._bstamps, self._bseconds
         gateway = self._text_of(head.group(3), texts)
         created = self._ts(head.group(2).decode())
         if gateway is None or created is None:
@@ -173,9 +174,16 @@ class FastParser:
                 u = text_of(ub, self._bunits, unit=True)
             ts = stamps.get(tb)
             if ts is None:
-                ts = self._ts(tb.decode())
-                if ts is None:
-                    return None
+                # The grammar vouched for the shape: only the second needs a date check (cached).
+                base = bseconds.get(tb[:19])
+                if base is None:
+                    base = self._ts(tb[:19].decode() + ".000Z")
+                    if base is None:
+                        return None
+                    if len(bseconds) > _CACHE_MAX:
+                        bseconds.clear()
+                    bseconds[tb[:19]] = base
+                ts = base + int(tb[20:23])
                 if len(stamps) > _CACHE_MAX:
                     stamps.clear()
                 stamps[tb] = ts

@@ -43,6 +43,7 @@ from carbonlink.kernel.wire import (
 )
 
 from .batchparse import FastParser
+from .memtrim import Trimmer
 from .mqtt_ack import ManualAckClient
 from .store import CommitResult, GatewayRecord, PendingBatch, Store, StoreUnavailable
 
@@ -534,7 +535,12 @@ class IngestService:
         self.store_error: str | None = None  # why the store refuses, while it does
         self.connected = asyncio.Event()
         self.backoff = Backoff(initial=0.2, cap=10.0)
-        self.max_group = 200  # messages per group commit; the broker's in-flight window caps it too
+        self.max_group = 200  # messages per group commit
+        # Payload bytes per group, and held by the worker at most (being judged, committing, queued): what
+        # bounds a worker's memory when batches are large (500 readings are about 55 kB).
+        self.max_group_bytes = 4 << 20
+        self.max_held_bytes = 3 * self.max_group_bytes
+        self.trimmer = Trimmer()  # after a burst, the freed heap goes back to the system once the worker idles
 
     @property
     def counters(self) -> IngestCounters:
@@ -548,7 +554,8 @@ class IngestService:
                 # Acks go out a group at a time (up to max_group): paho's default window of 20 unacknowledged
                 # publishes made a group's acks wait for several broker round trips (bench/fleet.py).
                 client = ManualAckClient(**self.url.client_kwargs(), identifier=self.client_id,
-                                         clean_session=False, keepalive=30, max_inflight_messages=4 * self.max_group)
+                                         clean_session=False, keepalive=30, max_inflight_messages=4 * self.max_group,
+                                         max_held_bytes=self.max_held_bytes)
                 async with client:
                     async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
                         await client.publish(topic, payload, qos=1)
@@ -576,7 +583,8 @@ class IngestService:
                 await asyncio.sleep(self.backoff.next_delay())
 
     async def _consume(self, client: ManualAckClient) -> None:
-        """Take whatever is queued (up to max_group), judge it, commit it as one group, then PUBACK each.
+        """Take whatever is queued (up to max_group and max_group_bytes), judge it, commit it as one group,
+        then PUBACK each.
 
         Two groups overlap: the next one is judged (parsing and signatures, CPU in this process) while
         the previous one commits (I/O in the database), so neither waits for the other. Commits stay in
@@ -587,8 +595,10 @@ class IngestService:
         try:
             while True:
                 group = [await anext(messages)]
-                while len(messages) and len(group) < self.max_group:
+                size = len(group[0].payload)  # type: ignore[arg-type]
+                while len(messages) and len(group) < self.max_group and size < self.max_group_bytes:
                     group.append(await anext(messages))
+                    size += len(group[-1].payload)  # type: ignore[arg-type]
                 work: list[tuple[str, bytes]] = []
                 statuses: list[tuple[str, bytes]] = []
                 for m in group:
@@ -611,6 +621,9 @@ class IngestService:
             await self._until_stored(self.processor.finish, judged)
         for m in group:
             client.ack(m)
+        self.trimmer.handled(sum(len(m.payload) for m in group))  # type: ignore[arg-type]
+        if not len(client.messages):
+            self.trimmer.idle()
 
     async def _until_stored(self, fn: Callable[..., Awaitable[T]], *args: object) -> T:
         """Retry while the store itself fails: nothing is acknowledged, nothing dropped, meanwhile."""

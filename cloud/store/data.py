@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ _HOUR_AGG = (
     " count(DISTINCT CASE WHEN quality = 'N' THEN ts_ms / 60000 END) AS valid_minutes,"
     " min(ts_ms) AS first_ms, max(ts_ms) AS last_ms")
 _ROLLUP_COLS = ("n", *FLAG_COLS, "vmin", "vmax", "vsum", "valid_minutes", "first_ms", "last_ms")
+_TS_OF = operator.itemgetter(1)  # a reading record's time, read in C (the newest of every series, per group)
 _GATEWAY_SERIES = "series IN (SELECT id FROM series WHERE gateway = ?)"
 
 
@@ -184,7 +186,7 @@ class Data:
         records = [r for sid in sorted(buckets) for r in buckets[sid]]
         newest: dict[int, tuple[int, float, str]] = {}
         for sid, rows in buckets.items():
-            _, ts, v, q, _seq = max(rows, key=_ts_of)
+            _, ts, v, q, _seq = max(rows, key=_TS_OF)
             newest[sid] = (ts, v, q)
         for key, bad in wrong.items():
             p = items[first[key]]
@@ -420,10 +422,6 @@ class Data:
             for listener in self.hours_listeners:
                 await listener(done)
         return done
-
-
-def _ts_of(record: tuple[int, int, float, str, int]) -> int:
-    return record[1]
 
 
 def _runs(hours: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
