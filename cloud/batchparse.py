@@ -31,9 +31,12 @@ from carbonlink.kernel.wire import (
     MAX_READINGS_PER_BATCH,
     MAX_SEQ,
     QUALITY_CODES,
+    TEXT_CHAR,
     TEXT_RE,
+    TS_PATTERN,
     UNIT_RE,
     WIRE_VERSION,
+    Quality,
     SigAlg,
     WireError,
     parse_ts,
@@ -64,15 +67,16 @@ class FastBatch:
 
 
 _NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?"
-_TXT = rb'[^"\\\x00-\x1f\x7f]+'
+_TXT = TEXT_CHAR.encode() + rb"+"  # the wire's identifier rule (its length is checked after the match)
+_TS = TS_PATTERN.encode()
 _CANON_HEAD = re.compile(
-    rb'\{"alg":"(ed25519|hmac-sha256)","created":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z)",'
+    rb'\{"alg":"(ed25519|hmac-sha256)","created":"(' + _TS + rb')",'
     rb'"gateway":"(' + _TXT + rb')","readings":\[')
 _CANON_TAIL = re.compile(rb'\],"seq":([1-9][0-9]{0,15}),"sig":"([0-9a-f]{64}|[0-9a-f]{128})","v":1\}')
 _CANON_READING = re.compile(
-    rb'\{"device":"(' + _TXT + rb')","point":"(' + _TXT + rb')","quality":"([NFMSDCTB])",'
-    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z)",'
-    rb'"unit":"([^"\\\x00-\x1f\x7f]*)","value":(' + _NUM + rb')\}')
+    rb'\{"device":"(' + _TXT + rb')","point":"(' + _TXT + rb')","quality":"([' + "".join(Quality).encode() + rb'])",'
+    rb'"ts":"(' + _TS + rb')",'
+    rb'"unit":"(' + TEXT_CHAR.encode() + rb'*)","value":(' + _NUM + rb')\}')
 
 
 class FastParser:

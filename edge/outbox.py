@@ -28,8 +28,6 @@ readings and raises ``outbox.quota_exceeded``: data is never thrown away.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -51,13 +49,16 @@ from carbonlink.kernel.wire import (
     Batch,
     Quality,
     Reading,
-    SigAlg,
     WireError,
+    batch_body,
     canonical_number,
     format_ts,
     now_ms,
     parse_batch,
+    sig_alg,
     sign_batch,
+    signature,
+    with_sig,
 )
 
 log = logging.getLogger(__name__)
@@ -83,23 +84,13 @@ class KeySigner:
         return sign_event(event, self.key)
 
     def payload(self, batch: Batch) -> bytes:
-        alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
-        return self._signed(replace(batch, alg=alg, sig="").signing_bytes(), batch.v)
+        body = replace(batch, alg=sig_alg(self.key), sig="").signing_bytes()
+        return with_sig(body, signature(body, self.key), batch.v)
 
     def payload_from(self, gateway: str, seq: int, created_ms: int, readings: list[str]) -> bytes:
         """The same bytes as ``payload`` from readings already in canonical text (``Reading.canonical``)."""
-        alg = SigAlg.ED25519 if isinstance(self.key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
-        body = (f'{{"alg":"{alg.value}","created":"{format_ts(created_ms)}","gateway":"{gateway}",'
-                f'"readings":[{",".join(readings)}],"seq":{seq},"v":{WIRE_VERSION}}}').encode()
-        return self._signed(body, WIRE_VERSION)
-
-    def _signed(self, body: bytes, v: int) -> bytes:
-        if isinstance(self.key, Ed25519PrivateKey):
-            sig = self.key.sign(body).hex()
-        else:
-            sig = hmac.new(self.key, body, hashlib.sha256).hexdigest()
-        tail = f',"v":{v}}}'.encode()  # the wire's rule: sig sits in its sorted place, before v
-        return body[: -len(tail)] + f',"sig":"{sig}"'.encode() + tail
+        body = batch_body(sig_alg(self.key).value, created_ms, gateway, readings, seq, WIRE_VERSION)
+        return with_sig(body, signature(body, self.key), WIRE_VERSION)
 Lane = Literal["live", "backlog", "any"]
 
 ROLLUP_SUFFIX = "@1m"

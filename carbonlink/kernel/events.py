@@ -14,8 +14,6 @@ once. The body is a small JSON object for the kind's own fields. The rules are i
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -35,6 +33,8 @@ from .wire import (
     format_ts,
     parse_alg_sig,
     parse_ts,
+    sig_alg,
+    signature,
 )
 
 MAX_EVENT_BYTES = 16 * 1024
@@ -152,11 +152,8 @@ def parse_event(raw: bytes) -> Event:
 
 
 def sign_event(event: Event, key: Ed25519PrivateKey | bytes) -> Event:
-    if isinstance(key, Ed25519PrivateKey):
-        unsigned = replace(event, alg=SigAlg.ED25519, sig="")
-        return replace(unsigned, sig=key.sign(unsigned.signing_bytes()).hex())
-    unsigned = replace(event, alg=SigAlg.HMAC_SHA256, sig="")
-    return replace(unsigned, sig=hmac.new(key, unsigned.signing_bytes(), hashlib.sha256).hexdigest())
+    unsigned = replace(event, alg=sig_alg(key), sig="")
+    return replace(unsigned, sig=signature(unsigned.signing_bytes(), key))
 
 
 def verify_event(event: Event, key: Ed25519PublicKey | bytes, raw: bytes | None = None) -> None:

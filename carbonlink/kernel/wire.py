@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,9 +35,11 @@ MAX_BATCH_DEPTH = 3  # batch object > readings list > reading object: nothing de
 # Identifiers and units: no quote, backslash or control character, so canonical
 # JSON never needs an escape and every implementation writes the same bytes. Public: the
 # ingest's fast parser (cloud/batchparse.py) applies exactly these rules.
-TEXT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{1,128}$')
-UNIT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,32}$')
-_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+TEXT_CHAR = r'[^"\\\x00-\x1f\x7f]'  # one character of an identifier or unit (a regex class)
+TS_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"  # a timestamp's text
+TEXT_RE = re.compile(f"^{TEXT_CHAR}{{1,128}}$")
+UNIT_RE = re.compile(f"^{TEXT_CHAR}{{0,32}}$")
+_TS_RE = re.compile(f"^{TS_PATTERN}$")
 HEX_RE = re.compile(r"^[0-9a-f]*$")
 
 
@@ -251,19 +253,14 @@ class Batch:
 
     def signing_bytes(self) -> bytes:
         """Canonical bytes of the batch without its signature: what is signed and hashed."""
-        readings = ",".join(r.canonical() for r in self.readings)
-        return (
-            f'{{"alg":"{self.alg.value}","created":"{format_ts(self.created_ms)}",'
-            f'"gateway":"{self.gateway}","readings":[{readings}],"seq":{self.seq},"v":{self.v}}}'
-        ).encode()
+        return batch_body(self.alg.value, self.created_ms, self.gateway, [r.canonical() for r in self.readings],
+                          self.seq, self.v)
 
     def to_bytes(self) -> bytes:
         """The message as published: the canonical bytes with ``sig`` in its sorted place."""
         if not self.sig:
             raise WireError("batch is not signed")
-        body = self.signing_bytes()
-        tail = f',"v":{self.v}}}'.encode()
-        return body[: -len(tail)] + f',"sig":"{self.sig}"'.encode() + tail
+        return with_sig(self.signing_bytes(), self.sig, self.v)
 
     def digest(self) -> str:
         return hashlib.sha256(self.signing_bytes()).hexdigest()
@@ -325,16 +322,36 @@ def parse_batch(raw: bytes) -> Batch:
 # --- signatures ----------------------------------------------------------------------------
 
 
+def batch_body(alg: str, created_ms: int, gateway: str, readings: Sequence[str], seq: int, v: int) -> bytes:
+    """A batch's canonical bytes without its signature, from its readings' canonical texts in order."""
+    return (f'{{"alg":"{alg}","created":"{format_ts(created_ms)}","gateway":"{gateway}",'
+            f'"readings":[{",".join(readings)}],"seq":{seq},"v":{v}}}').encode()
+
+
+def with_sig(body: bytes, sig: str, v: int) -> bytes:
+    """The published message: ``sig`` put into the canonical body in its sorted place, before ``v``."""
+    tail = f',"v":{v}}}'.encode()
+    return body[: -len(tail)] + f',"sig":"{sig}"'.encode() + tail
+
+
+def sig_alg(key: Ed25519PrivateKey | bytes) -> SigAlg:
+    """Ed25519 for a private key, HMAC-SHA256 for a shared secret (bytes)."""
+    return SigAlg.ED25519 if isinstance(key, Ed25519PrivateKey) else SigAlg.HMAC_SHA256
+
+
+def signature(body: bytes, key: Ed25519PrivateKey | bytes) -> str:
+    """The hex signature of canonical bytes with the key's algorithm (``sig_alg``)."""
+    if isinstance(key, Ed25519PrivateKey):
+        return key.sign(body).hex()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
 def sign_batch(batch: Batch, key: Ed25519PrivateKey | bytes) -> Batch:
     """Return the batch signed: Ed25519 with a private key, HMAC-SHA256 with a secret (bytes)."""
     from dataclasses import replace
 
-    if isinstance(key, Ed25519PrivateKey):
-        unsigned = replace(batch, alg=SigAlg.ED25519, sig="")
-        return replace(unsigned, sig=key.sign(unsigned.signing_bytes()).hex())
-    unsigned = replace(batch, alg=SigAlg.HMAC_SHA256, sig="")
-    mac = hmac.new(key, unsigned.signing_bytes(), hashlib.sha256).hexdigest()
-    return replace(unsigned, sig=mac)
+    unsigned = replace(batch, alg=sig_alg(key), sig="")
+    return replace(unsigned, sig=signature(unsigned.signing_bytes(), key))
 
 
 def verify_batch(batch: Batch, key: Ed25519PublicKey | bytes, raw: bytes | None = None) -> None:
