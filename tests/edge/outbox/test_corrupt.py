@@ -132,7 +132,8 @@ def test_the_lease_is_extended_ahead_of_use_and_a_lost_outbox_continues_above_it
 def test_a_failing_store_spills_readings_and_takes_them_back(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(
-        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"}}))
+        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"},
+         "anomaly": {"enabled": False}}))  # a ramp of test values is not what these tests are about
     agent = EdgeAgent(load_gateway_config(tmp_path / "gateway.yaml"))
     rs = [Reading.make("d", "p", T0 + i, float(i), "u") for i in range(3000)]
 
@@ -262,7 +263,8 @@ async def kill_corrupt_restart(tmp_path: Path, kind: str, mqtt: str) -> list[int
 
 def test_an_outbox_found_damaged_at_run_time_is_replaced_and_the_spill_taken_back(tmp_path: Path) -> None:
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(
-        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"}}))
+        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"},
+         "anomaly": {"enabled": False}}))  # a ramp of test values is not what these tests are about
     agent = EdgeAgent(load_gateway_config(tmp_path / "gateway.yaml"))
     rs = [Reading.make("d", "p", T0 + i, float(i), "u") for i in range(6000)]
     asyncio.run(agent._accept(rs[:4000]))
@@ -287,7 +289,8 @@ def test_an_outbox_found_damaged_at_run_time_is_replaced_and_the_spill_taken_bac
 
 def test_damage_found_while_sending_is_repaired_like_damage_found_while_storing(tmp_path: Path) -> None:
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(
-        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"}}))
+        {"gateway": {"id": "gw-1", "site": "s", "key_file": "gw.key", "data_dir": "edge"},
+         "anomaly": {"enabled": False}}))  # a ramp of test values is not what these tests are about
     agent = EdgeAgent(load_gateway_config(tmp_path / "gateway.yaml"))
     assert agent.uplink.on_store_error is not None
     agent.uplink.on_store_error(sqlite3.OperationalError("database is locked"))  # busy: only retried
