@@ -39,7 +39,7 @@ from .energy import CounterConfig, CounterReading, PowerReading, account_counter
 from .errors import CarbonInputError
 from .factors import FactorSet
 from .forest import DendroReading, TreeConfig, account_tree
-from .sqlstore import DAY_MS, DAYS_TZ_OFFSET_MIN, HOUR_MS
+from .sqlstore import DAY_MS, DAYS_TZ_OFFSET_MIN, HOUR_MS, resum_days
 
 KINDS = ("inverter", "plot")
 FIELDS = ("status", "readings", "wh_milli", "co2_g")
@@ -389,18 +389,7 @@ _HOUR_SUMS = ("CAST(sum(h.wh_milli) AS BIGINT) AS wh_milli, CAST(sum(h.co2_g) AS
 
 async def refresh_asset_days(db: Any, srcs: Sequence[int], start_ms: int, end_ms: int) -> None:
     """Re-sum the kept local days that hours [start, end) of these assets fall in."""
-    off = DAYS_TZ_OFFSET_MIN * 60_000
-    lo, hi = (start_ms + off) // DAY_MS, (end_ms - 1 + off) // DAY_MS + 1
-    m = ",".join("?" * len(srcs))
-    bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
-    async with db.transaction() as tx:
-        await tx.execute(f"DELETE FROM carbon_asset_days WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN}"
-                         f" AND src IN ({m}) AND day >= ? AND day < ?", *srcs, lo, hi)
-        await tx.execute(
-            f"INSERT INTO carbon_asset_days (tz_offset_min, src, day, {', '.join(_SUMS)})"
-            f" SELECT {DAYS_TZ_OFFSET_MIN}, h.src, {bucket}, {_HOUR_SUMS} FROM carbon_asset_hours h"
-            f" WHERE h.src IN ({m}) AND h.hour_ms >= ? AND h.hour_ms < ? GROUP BY h.src, {bucket}",
-            *srcs, lo * DAY_MS - off, hi * DAY_MS - off)
+    await resum_days(db, "carbon_asset_days", "carbon_asset_hours", _SUMS, _HOUR_SUMS, srcs, start_ms, end_ms)
 
 
 def asset_days_sql(start_ms: int, end_ms: int, tz_offset_min: int) -> tuple[str, list[Any]]:

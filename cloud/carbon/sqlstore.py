@@ -291,6 +291,13 @@ _HOUR_SUMS = ("CAST(sum(h.co2_g) AS BIGINT) AS co2_g, CAST(sum(h.so2_g) AS BIGIN
 
 async def refresh_days(db: Any, srcs: Sequence[int], start_ms: int, end_ms: int) -> None:
     """Re-sum the kept local days that hours [start, end) of these stacks fall in (after any change to them)."""
+    await resum_days(db, "carbon_days", "carbon_hours", _DAY_SUMS, _HOUR_SUMS, srcs, start_ms, end_ms)
+
+
+async def resum_days(db: Any, days_table: str, hours_table: str, columns: Sequence[str], hour_sums: str,
+                     srcs: Sequence[int], start_ms: int, end_ms: int) -> None:
+    """Replace the kept local days (UTC+8) of ``srcs`` that hours [start, end) fall in by the sums of their
+    hours: ``hour_sums`` is the SELECT list over ``hours_table h`` giving ``columns`` in order."""
     if not srcs or end_ms <= start_ms:
         return
     off = DAYS_TZ_OFFSET_MIN * 60_000
@@ -298,11 +305,11 @@ async def refresh_days(db: Any, srcs: Sequence[int], start_ms: int, end_ms: int)
     m = ",".join("?" * len(srcs))
     bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
     async with db.transaction() as tx:
-        await tx.execute(f"DELETE FROM carbon_days WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN} AND src IN ({m})"
+        await tx.execute(f"DELETE FROM {days_table} WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN} AND src IN ({m})"
                          " AND day >= ? AND day < ?", *srcs, lo, hi)
         await tx.execute(
-            f"INSERT INTO carbon_days (tz_offset_min, src, day, {', '.join(_DAY_SUMS)})"
-            f" SELECT {DAYS_TZ_OFFSET_MIN}, h.src, {bucket}, {_HOUR_SUMS} FROM carbon_hours h"
+            f"INSERT INTO {days_table} (tz_offset_min, src, day, {', '.join(columns)})"
+            f" SELECT {DAYS_TZ_OFFSET_MIN}, h.src, {bucket}, {hour_sums} FROM {hours_table} h"
             f" WHERE h.src IN ({m}) AND h.hour_ms >= ? AND h.hour_ms < ? GROUP BY h.src, {bucket}",
             *srcs, lo * DAY_MS - off, hi * DAY_MS - off)
 
