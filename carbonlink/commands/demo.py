@@ -94,7 +94,7 @@ async def _broker(mqtt_url: str | None) -> AsyncIterator[str]:
 
 async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | None, http_port: int,
                    live: bool = True, stop: asyncio.Event | None = None,
-                   anchor_window_s: int = 10) -> DemoSummary:
+                   anchor_window_s: int = 10, past_day: bool = True) -> DemoSummary:
     from carbonlink.cloud.anchor.jobs import AnchorSettings, running_anchor
     from carbonlink.cloud.auth import create_api_key
     from carbonlink.cloud.service import running_cloud
@@ -133,9 +133,10 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                                                     tenant=TENANT_ID)
         # The accounts need complete hours: the simulators' past day goes into the outbox first (commands/
         # demo_carbon.py); the stack, inverter and plot are registered for accounting once their series exist.
+        # past_day=False: live data only (its anchoring is not queued behind a day of windows).
         history, history_start, history_end, counter_wh = await demo_carbon.seed_history(
             cloud.store, agent.outbox, GATEWAY_ID, cems_device=CEMS_DEVICE, inverter_device=INVERTER_DEVICE,
-            trees=TREES)
+            trees=TREES) if past_day else (0, int(time.time() * 1000), int(time.time() * 1000), None)
         if counter_wh is not None:
             inverter.set_energy(counter_wh)  # the live counter goes on from the past day's
         ended = asyncio.Event()
