@@ -109,9 +109,7 @@ class CloudService:
         while True:
             await asyncio.sleep(self.refresh_every_s)
             try:
-                done = await self.store.data.refresh_hours(now_ms())
-                while len(done) >= 500:  # a backlog (a day of backfill): keep going, one round at a time
-                    done = await self.store.data.refresh_hours(now_ms())
+                await self.store.data.refresh_all_hours(now_ms())  # a backlog is many rounds
                 # Allowance warnings as the refreshed accounts now forecast them (each level once a year).
                 await carbon_warnings.check(self.store.db, now_ms(), self.control.publish)
                 if failing:

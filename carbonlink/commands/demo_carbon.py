@@ -116,7 +116,6 @@ async def account(store: Any, tenant: str, start_ms: int, now_ms: int) -> dict[s
     """Refresh the closed hours, then account the hours from ``start`` to the current one (as `carbon account`)."""
     from carbonlink.cloud.carbon import assets
 
-    while len(await store.data.refresh_hours(now_ms)) >= 500:
-        pass
+    await store.data.refresh_all_hours(now_ms)
     end = now_ms - now_ms % HOUR_MS
     return {} if end <= start_ms else await assets.account_tenant(store.db, tenant, start_ms, end)

@@ -59,6 +59,8 @@ def _marks(ids: Sequence[Any]) -> str:
     return ",".join("?" * len(ids))
 
 
+_REFRESH_LIMIT = 500  # dirty hours materialised per round
+
 class Data:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -400,7 +402,8 @@ class Data:
         out.sort(key=lambda r: (r["point"], r["gateway"], r["hour_ms"]))
         return out
 
-    async def refresh_hours(self, now: int, *, settle_ms: int = 120_000, limit: int = 500) -> list[tuple[str, int]]:
+    async def refresh_hours(self, now: int, *, settle_ms: int = 120_000,
+                            limit: int = _REFRESH_LIMIT) -> list[tuple[str, int]]:
         """Materialise closed dirty hours; returns the (gateway, hour) pairs recomputed."""
         marks = await self.db.fetch("SELECT gateway, hour_ms, gen FROM rollup_dirty WHERE hour_ms + ? <= ?"
                                     " ORDER BY hour_ms, gateway LIMIT ?", HOUR_MS + settle_ms, now, limit)
@@ -422,6 +425,16 @@ class Data:
             for listener in self.hours_listeners:
                 await listener(done)
         return done
+
+    async def refresh_all_hours(self, now: int) -> int:
+        """``refresh_hours`` round after round until no closed dirty hour is left (a day of backfill is
+        many rounds); returns how many (gateway, hour) pairs were recomputed."""
+        total = 0
+        while True:
+            done = await self.refresh_hours(now)
+            total += len(done)
+            if len(done) < _REFRESH_LIMIT:
+                return total
 
 
 def _runs(hours: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
