@@ -51,11 +51,21 @@ class AnchorSettings:
     retry_cap_s: float = 600.0
     receipt_wait_s: float = 30.0  # for a transaction recorded as sent before a restart
     scan_batch: int = 500
+    # Late data (a gateway back after an outage, an imported history): an hour that ended more than
+    # backfill_after_s ago is anchored in windows of backfill_window_s (epoch-aligned, never shorter than the
+    # site's own), so a day of backlog costs 24 transactions, not 288 of 5 minutes. 0 turns this off.
+    backfill_after_s: float = 3600.0
+    backfill_window_s: int = 3600
 
-    def window_ms(self, site: str) -> int:
+    def window_ms(self, site: str, hour_ms: int | None = None, now_ms: int | None = None) -> int:
+        """The window length for the site; for an hour given with ``now_ms``, the backfill length when that
+        hour is old enough to count as late data."""
         seconds = self.site_window_s.get(site, self.window_s)
         if seconds <= 0:
             raise ValueError(f"window length for site {site!r} must be positive, got {seconds}")
+        if (hour_ms is not None and now_ms is not None and self.backfill_after_s > 0
+                and hour_ms + HOUR_MS + self.backfill_after_s * 1000 <= now_ms):
+            seconds = max(seconds, self.backfill_window_s)
         return int(seconds * 1000)
 
 
@@ -151,8 +161,13 @@ class AnchorService:
 
     # --- scan and seal ----------------------------------------------------------------------
 
-    async def scan(self) -> int:
-        """Turn the hours the ingest marked into dirty (site, window) pairs; returns the marks consumed."""
+    async def scan(self, now_ms: int | None = None) -> int:
+        """Turn the hours the ingest marked into dirty (site, window) pairs; returns the marks consumed.
+
+        Windows never overlap in readings: a reading goes into exactly one job, whichever window
+        (live or backfill length) seals it first.
+        """
+        now = _now_ms() if now_ms is None else now_ms
         total = 0
         while True:
             marks = await self.anchors.pending_hours(self.settings.scan_batch)
@@ -160,8 +175,8 @@ class AnchorService:
                 return total
             dirty: set[tuple[str, int, int]] = set()
             for m in marks:
-                width = self.settings.window_ms(m["site"])
                 hour = int(m["hour_ms"])
+                width = self.settings.window_ms(m["site"], hour, now)
                 start = hour - hour % width
                 while start < hour + HOUR_MS:
                     dirty.add((m["site"], start, start + width))
@@ -266,7 +281,7 @@ class AnchorService:
     # --- run ----------------------------------------------------------------------------------
 
     async def run_once(self, now_ms: int | None = None) -> TickResult:
-        result = TickResult(scanned=await self.scan())
+        result = TickResult(scanned=await self.scan(now_ms))
         result.sealed = await self.seal(now_ms)
         if self.chain is not None:
             result.anchored, result.failed = await self.send(now_ms)

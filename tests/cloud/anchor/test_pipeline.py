@@ -136,7 +136,7 @@ async def test_restart_never_loses_or_double_anchors(plant: Plant, hardhat_url: 
     await plant.cems(T0, minutes=10)
     service, chain = await anchored(plant, hardhat_url, dev_account)
     try:
-        sealed = await service.seal(now_ms=AFTER) if await service.scan() else []
+        sealed = await service.seal(now_ms=AFTER) if await service.scan(now_ms=AFTER) else []
         assert len(sealed) == 2 and all(j.state == PENDING for j in sealed)
         await service.ensure_registry()
         # Crash between sending and recording: the first window's root reached the chain, the job
@@ -156,6 +156,31 @@ async def test_restart_never_loses_or_double_anchors(plant: Plant, hardhat_url: 
         # exactly one new transaction: the second window; the first was found on chain, not re-sent
         assert await chain.w3.eth.get_transaction_count(dev_account.address) == nonce + 1
         assert (await chain.get_window(WindowKey("site-a", T0, T0 + 300_000).id)).reading_count == 15
+    finally:
+        await chain.close()
+
+
+async def test_late_hours_are_anchored_in_hour_windows(plant: Plant, hardhat_url: str, dev_account) -> None:
+    """A day of backlog costs one transaction per hour, not one per 5 minutes; a reading that arrives late
+    for windows already anchored live goes into the hour window, and both prove."""
+    hour = T0 - T0 % 3_600_000
+    await plant.cems(T0, minutes=10)  # 15 minutes into the hour: two 5-minute windows
+    service, chain = await anchored(plant, hardhat_url, dev_account)
+    try:
+        live = await service.run_once(now_ms=AFTER)  # the hour ended 0 h 45 min ago: still live length
+        assert [(j.start_ms, j.end_ms - j.start_ms) for j in live.anchored] == [(T0, 300_000), (T0 + 300_000, 300_000)]
+        late = Reading.make("cems-2", "SO2", T0 + 30_000, 12.5, "mg/m3")
+        older = [Reading.make("cems-2", "SO2", hour - 3_600_000 + i * 60_000, 10 + i, "mg/m3") for i in range(60)]
+        await plant.send([late, *older], received_ms=T0 + 4 * 3_600_000)
+        back = await service.run_once(now_ms=T0 + 4 * 3_600_000)
+        assert sorted((j.start_ms, j.end_ms - j.start_ms, j.part, j.count) for j in back.anchored) == [
+            (hour - 3_600_000, 3_600_000, 0, 60), (hour, 3_600_000, 0, 1)]
+        for r in (late, older[17]):
+            bundle = await build_bundle(plant.store, plant.gateway, r.device, r.point, r.ts_ms)
+            assert (await verify_bundle(bundle, hardhat_url)).ok
+        assert (await service.run_once(now_ms=T0 + 4 * 3_600_000)).sealed == []
+        off = AnchorSettings(window_s=300, backfill_after_s=0)
+        assert off.window_ms("site-a", hour, T0 + 4 * 3_600_000) == 300_000
     finally:
         await chain.close()
 
