@@ -124,9 +124,10 @@ async def run_demo(*, duration: float | None, data_dir: Path, mqtt_url: str | No
                           client_id=f"carbonlink-ingest-demo-{http_port}"))
         # Anchoring: windows of readings → Merkle roots → the AnchorRegistry on an in-process EVM whose
         # transactions are journaled in the data folder, so proofs still verify after the demo restarts.
+        # The simulated past day is late data: hour windows once its hours are 2 minutes old.
         await stack.enter_async_context(running_anchor(
             cloud.store, f"evm:///{(data_dir / 'chain.jsonl').resolve()}",
-            settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0), interval_s=1.0))
+            settings=AnchorSettings(window_s=anchor_window_s, settle_s=2.0, backfill_after_s=120), interval_s=1.0))
         simsources.install()
         agent = EdgeAgent(cfg)
         await cloud.store.registry.register_gateway(GATEWAY_ID, SITE_ID, "ed25519", public_key_hex(agent.key),
@@ -290,6 +291,8 @@ def demo(
     mqtt: Annotated[str | None, typer.Option(help="external broker, e.g. mqtt://127.0.0.1:1883")] = None,
     data_dir: Annotated[Path, typer.Option(help="where the demo keeps its databases and keys")] = Path("var/demo"),
     http_port: Annotated[int, typer.Option(help="dashboard port (a free one is used if taken)")] = 8080,
+    past_day: Annotated[bool, typer.Option(help="first buffer and account a simulated past day, so the carbon"
+                                                " pages have complete hours; --no-past-day: live data only")] = True,
 ) -> None:
     """Run simulators, broker, cloud and an edge agent together, with a live dashboard."""
     setup_logging("WARNING")
@@ -297,7 +300,8 @@ def demo(
 
     async def go() -> Any:
         task = asyncio.ensure_future(run_demo(duration=duration, data_dir=data_dir, mqtt_url=mqtt,
-                                              http_port=http_port, live=not json_out, stop=stop))
+                                              http_port=http_port, live=not json_out, stop=stop,
+                                              past_day=past_day))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):

@@ -18,7 +18,8 @@ from tests.services import require_mosquitto_service
 @pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 async def test_demo_pipeline_stores_everything_once(tmp_path: Path, broker: str, port: int) -> None:
     mqtt = require_mosquitto_service() if broker == "mosquitto" else None
-    s = await run_demo(duration=5, data_dir=tmp_path, mqtt_url=mqtt, http_port=port, live=False)
+    s = await run_demo(duration=5, data_dir=tmp_path, mqtt_url=mqtt, http_port=port, live=False,
+                       past_day=False)  # the simulated past day: tests/commands/test_demo_accounts.py
     assert s.drained and s.unacked == 0
     assert s.produced > 0 and s.published == s.produced
     assert s.stored == s.published and s.rejected == 0 and s.duplicates == 0
@@ -34,7 +35,7 @@ async def test_demo_pipeline_stores_everything_once(tmp_path: Path, broker: str,
     so2 = [r[2] for r in rows if r[1] == "so2"]
     assert so2 and all(0 < v < 100 for v in so2) and len(set(so2)) > 1  # plausible and changing
     # A second run continues the gateway's sequence: nothing collides with the first run's batches.
-    s2 = await run_demo(duration=2, data_dir=tmp_path, mqtt_url=mqtt, http_port=port, live=False)
+    s2 = await run_demo(duration=2, data_dir=tmp_path, mqtt_url=mqtt, http_port=port, live=False, past_day=False)
     assert s2.stored == s2.published > 0 and s2.duplicates == 0
     seqs = [r[0] for r in db.execute("SELECT seq FROM batches ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -43,7 +44,7 @@ async def test_demo_pipeline_stores_everything_once(tmp_path: Path, broker: str,
 def test_cli_demo_json_summary(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "carbonlink"
     proc = subprocess.run([str(exe), "demo", "--duration", "6", "--json", "--data-dir", str(tmp_path),
-                           "--http-port", "0"], capture_output=True, text=True, timeout=120,
+                           "--http-port", "0", "--no-past-day"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
