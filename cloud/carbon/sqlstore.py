@@ -305,6 +305,7 @@ async def resum_days(db: Any, days_table: str, hours_table: str, columns: Sequen
     m = ",".join("?" * len(srcs))
     bucket = f"(h.hour_ms + {off}) / {DAY_MS}"
     async with db.transaction() as tx:
+        await db.lock_for(tx, days_table)  # a concurrent rebuild would meet this one's rows on the key
         await tx.execute(f"DELETE FROM {days_table} WHERE tz_offset_min = {DAYS_TZ_OFFSET_MIN} AND src IN ({m})"
                          " AND day >= ? AND day < ?", *srcs, lo, hi)
         await tx.execute(

@@ -115,6 +115,11 @@ class Database(Conn):
     async def prepare_for(self, timestamps: set[int]) -> None:
         """Make whatever storage these reading times need before a commit (PostgreSQL: month partitions)."""
 
+    async def lock_for(self, tx: Conn, name: str) -> None:
+        """Hold ``name`` until ``tx`` ends, so two transactions that rebuild the same derived rows (DELETE,
+        then INSERT … SELECT) run one after the other. SQLite serialises writers already; PostgreSQL
+        takes a transaction advisory lock."""
+
     def greatest(self, a: str, b: str) -> str:
         return f"greatest({a}, {b})"
 

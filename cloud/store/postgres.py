@@ -270,6 +270,9 @@ class PostgresDatabase(_PgConn, Database):
                 await con.execute(f"ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES FROM ({m}) TO ({end})")
         self._months |= wanted
 
+    async def lock_for(self, tx: Conn, name: str) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", f"carbonlink:{name}")
+
     async def prepare_for(self, timestamps: set[int]) -> None:
         """Partitions for the months these readings fall in, made before the commit that needs them."""
         if self.timescale:
