@@ -14,7 +14,8 @@ onnxruntime session would cost the gateway 10–13 MB of memory per MiB of file.
 Models arrive through the shadow as ``desired.model`` = {id, version, sha256, onnx_b64[, flag]} (without
 ``onnx_b64``: a model the gateway holds already, the packaged one or the one before): the hash is checked,
 the file loaded and probed (``carbonlink.anomaly.model.load``), and only then does it replace the running
-model; the last good one is kept on disk (``anomaly/current.onnx``, the one before it as ``previous.onnx``).
+model; the last good one is kept on disk (``anomaly/current.onnx``, the one before it as ``previous.onnx``,
+reloaded from there for a rollback rather than held as a second onnxruntime session).
 The cloud's shadow holds at most 16 KB, so a full model file does not fit it yet (see docs/model-card.md).
 A refused model, a model that later returns no finite score (rolled back to the previous one), a window
 with missing or non-finite points: each is an event with its reason, and no reading is ever dropped or
