@@ -49,6 +49,22 @@ def status_mb(pid: int, field: str) -> float:
     return 0.0
 
 
+def rollup_mb(pid: int) -> dict[str, float]:
+    """PSS (shared pages divided among the processes mapping them) and USS (pages only this process holds)."""
+    out = {"pss": 0.0, "uss": 0.0}
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {"pss": float("nan"), "uss": float("nan")}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        if key == "Pss":
+            out["pss"] += int(rest.split()[0]) / 1024
+        elif key in ("Private_Clean", "Private_Dirty"):
+            out["uss"] += int(rest.split()[0]) / 1024
+    return out
+
+
 def make_filler(n_points: int, seed: int):
     def fill(regs: list[int]) -> None:
         t = time.time()
@@ -90,6 +106,7 @@ async def main(devices: int, points: int, seconds: float, warmup: float, model: 
                 stored1, cpu1, t1 = cloud.ingest.counters.readings_stored, cpu_seconds(proc.pid), time.monotonic()
                 rss = status_mb(proc.pid, "VmHWM")
                 anon, file = status_mb(proc.pid, "RssAnon"), status_mb(proc.pid, "RssFile")
+                shares = rollup_mb(proc.pid)
             finally:
                 proc.terminate()
                 await proc.wait()
@@ -103,6 +120,8 @@ async def main(devices: int, points: int, seconds: float, warmup: float, model: 
         "peak_rss_mb": round(rss, 1),
         "rss_anon_mb": round(anon, 1),
         "rss_file_mb": round(file, 1),
+        "pss_mb": round(shares["pss"], 1),
+        "uss_mb": round(shares["uss"], 1),
         "readings_stored_per_s": round((stored1 - stored0) / wall, 1),
         "readings_expected_per_s": round(expected / wall, 1),
         "targets": {"cpu_pct_below": 4, "rss_mb_below": 80},
@@ -122,7 +141,7 @@ if __name__ == "__main__":
     modes = {"both": [False, True], "on": [True], "off": [False]}[a.model]
     runs = [asyncio.run(main(a.devices, a.points, a.seconds, a.warmup, m)) for m in modes]
     if len(runs) == 2:
-        for k in ("peak_rss", "rss_anon", "rss_file"):
+        for k in ("peak_rss", "rss_anon", "rss_file", "pss", "uss"):
             runs[1][f"{k}_added_by_model_mb"] = round(float(runs[1][f"{k}_mb"]) - float(runs[0][f"{k}_mb"]), 1)  # type: ignore[arg-type]
     if a.json:
         print(json.dumps(runs))
@@ -140,6 +159,7 @@ if __name__ == "__main__":
         t.add_row("peak RSS, MB", *[str(r["peak_rss_mb"]) for r in runs], "< 80 alone, < 30 more with the model")
         t.add_row("  of which anonymous at the end, MB", *[str(r["rss_anon_mb"]) for r in runs], "")
         t.add_row("  of which mapped files at the end, MB", *[str(r["rss_file_mb"]) for r in runs], "")
+        t.add_row("PSS / USS at the end, MB", *[f"{r['pss_mb']} / {r['uss_mb']}" for r in runs], "")
         t.add_row("readings stored per s", *[str(r["readings_stored_per_s"]) for r in runs],
                   str(first["readings_expected_per_s"]))
         t.add_row("measured over, s", *[str(r["seconds"]) for r in runs], "")
@@ -147,4 +167,5 @@ if __name__ == "__main__":
         if len(runs) == 2:
             print(f"memory added by the anomaly model: {runs[1]['peak_rss_added_by_model_mb']} MB peak RSS "
                   f"({runs[1]['rss_anon_added_by_model_mb']} MB anonymous, "
-                  f"{runs[1]['rss_file_added_by_model_mb']} MB mapped library files)")
+                  f"{runs[1]['rss_file_added_by_model_mb']} MB mapped library files; "
+                  f"PSS {runs[1]['pss_added_by_model_mb']} MB, USS {runs[1]['uss_added_by_model_mb']} MB)")

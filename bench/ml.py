@@ -8,6 +8,12 @@ path (``WindowStream.score``: window features + one onnxruntime call per poll). 
 resident set (VmRSS) step by step: importing numpy, importing onnxruntime (these two are the floor any
 model pays), loading the model (onnxruntime's first session, ~10 MB, plus the model's trees), and scoring;
 the total leaves out the kernel's Python code (an agent has it loaded anyway) and the bench's own readings.
+Each step is also split into anonymous memory (the process's own heap: what a model really costs a
+gateway) and pages of mapped files (numpy's and onnxruntime's libraries: clean, given back first under
+memory pressure), with USS (private to this process) and PSS (shared pages divided among their users).
+A second session of the same model shows what the trees cost (the rest of the first session is
+onnxruntime's once per process); ``steady_state_mb`` counts the pages the scoring loop actually touched
+(kernel's Referenced bits, cleared before it), against what is resident.
 Goals (issue 16): < 1 ms per 60-point window, < 30 MB added.
 """
 
@@ -24,10 +30,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return memory_now()["rss"]
+
+
+def memory_now() -> dict[str, float]:
+    """Resident memory now (MB): all, anonymous, mapped files; USS and PSS from smaps_rollup (Linux ≥ 4.14)."""
+    want = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "Pss": "pss", "Private_Clean": "uss",
+            "Private_Dirty": "uss"}
+    out = dict.fromkeys(want.values(), 0.0)
+    lines = Path("/proc/self/status").read_text().splitlines()
+    try:
+        lines += Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        out["pss"] = out["uss"] = float("nan")
+    for line in lines:
+        key, _, rest = line.partition(":")
+        if key in want:
+            out[want[key]] += int(rest.split()[0]) / 1024
+    return out
+
+
+def referenced(lib: str) -> dict[str, float] | None:
+    """Resident and recently referenced MB: all mappings, and those of files whose path holds ``lib``."""
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return None
+    out = {"rss": 0.0, "referenced": 0.0, "lib_rss": 0.0, "lib_referenced": 0.0}
+    in_lib = False
+    for line in text.splitlines():
+        head = line.split(None, 5)
+        if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            in_lib = len(head) == 6 and lib in head[5]
+            continue
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Referenced"):
+            mb = int(rest.split()[0]) / 1024
+            out[key.lower()] += mb
+            if in_lib:
+                out["lib_" + key.lower()] += mb
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def clear_referenced() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("1")
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -37,19 +87,24 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    rss0 = rss_mb()  # the interpreter and this script only: every figure below is added to it
+    m0 = memory_now()  # the interpreter and this script only: every figure below is added to it
+    rss0 = m0["rss"]
     import numpy as np
 
-    rss_numpy = rss_mb()
+    m_numpy = memory_now()
+    rss_numpy = m_numpy["rss"]
     import onnxruntime  # noqa: F401
 
-    rss_import = rss_mb()
-    from carbonlink.anomaly.model import load, load_default
+    m_import = memory_now()
+    rss_import = m_import["rss"]
+    from carbonlink.anomaly.model import default_model_bytes, load, load_default
     from carbonlink.anomaly.stream import WindowStream
 
-    rss_code = rss_mb()  # the kernel and the anomaly runtime's Python code: an agent has most of it loaded anyway
+    m_code = memory_now()  # the kernel and the anomaly runtime's Python code: an agent has most of it loaded anyway
+    rss_code = m_code["rss"]
     model = load(args.model.read_bytes()) if args.model else load_default()
-    rss_model = rss_mb()
+    m_model = memory_now()
+    rss_model = m_model["rss"]
 
     from carbonlink.kernel.wire import Reading
     from carbonlink.simulators.cems import CemsStack
@@ -64,15 +119,18 @@ def main() -> None:
         polls.append([Reading("stack-1", p, (t0 + m * 60) * 1000, float(v[p]), "") for p in points])
     rss_data = rss_mb()  # the bench's own readings: not part of the model's cost
 
+    m_data = memory_now()
     stream = WindowStream()
     for p in polls[:120]:
         stream.score(p, model)  # buffers full from here on
     fed = polls[120:]
+    cleared = clear_referenced()
     n = sum(len(p) for p in fed)
     c0, w0 = time.process_time(), time.perf_counter()
     for p in fed:
         stream.score(p, model)
     cpu_per_1000 = (time.process_time() - c0) / n * 1000 * 1000  # ms
+    steady = referenced("onnxruntime") if cleared else None
     wall_per_1000 = (time.perf_counter() - w0) / n * 1000 * 1000
 
     # features alone, so the model's share shows
@@ -99,7 +157,11 @@ def main() -> None:
         c = time.perf_counter()
         lat_model.append((b - a) * 1000)
         lat_total.append((c - b) * 1000)
-    rss_run = rss_mb()
+    m_run = memory_now()
+    rss_run = m_run["rss"]
+    again = load(args.model.read_bytes()) if args.model else load(default_model_bytes())
+    m_again = memory_now()  # a second session of the same model: what its trees cost (the rest is once per process)
+    del again
 
     def pct(xs: list[float], q: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
@@ -123,8 +185,18 @@ def main() -> None:
                             "carbonlink_code": round(rss_code - rss_import, 1),
                             "model": round(rss_model - rss_code, 1), "scoring": round(rss_run - rss_data, 1),
                             "total": round(rss_run - rss_data + rss_model - rss_code + rss_import - rss0, 1)},
+        "memory_kinds_added_mb": {
+            step: {k: round(b[k] - a[k], 1) for k in ("rss", "anon", "file", "uss", "pss")}
+            for step, a, b in (("numpy", m0, m_numpy), ("onnxruntime", m_numpy, m_import),
+                               ("model", m_code, m_model), ("second_session", m_run, m_again),
+                               ("scoring", m_data, m_run))},
+        "steady_state_mb": steady,
         "goals": {"window_latency_ms": 1.0, "memory_added_mb": 30.0},
     }
+    kinds = out["memory_kinds_added_mb"]
+    out["memory_kinds_added_mb"]["total"] = {  # type: ignore[index]
+        k: round(sum(kinds[s][k] for s in ("numpy", "onnxruntime", "model", "scoring")), 1)  # type: ignore[index]
+        for k in ("rss", "anon", "file", "uss", "pss")}
     out["goal_ratios"] = {"latency_median_vs_1ms": round(out["window_latency_ms"]["features_plus_inference_median"], 3),
                           "memory_total_vs_30mb": round(out["memory_added_mb"]["total"] / 30.0, 3)}
     del np
@@ -141,6 +213,13 @@ def main() -> None:
           f"{lat['features_plus_inference_p99']:.3f} ms p99 (goal < 1 ms)")
     print(f"memory added: numpy {mem['numpy']} MB + onnxruntime {mem['onnxruntime']} MB (the runtime's floor), "
           f"model session {mem['model']} MB, scoring {mem['scoring']} MB; total {mem['total']} MB (goal < 30 MB)")
+    kinds = out["memory_kinds_added_mb"]
+    for step, k in kinds.items():  # type: ignore[attr-defined]
+        print(f"  {step:14} RSS {k['rss']:5.1f} = anonymous {k['anon']:5.1f} + files {k['file']:5.1f};"
+              f" USS {k['uss']:5.1f}, PSS {k['pss']:5.1f}")
+    if steady:
+        print(f"touched while scoring: {steady['referenced']} MB of {steady['rss']} MB resident; of onnxruntime's "
+              f"library {steady['lib_referenced']} MB of {steady['lib_rss']} MB (the rest was touched at load only)")
 
 
 if __name__ == "__main__":

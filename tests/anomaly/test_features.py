@@ -14,6 +14,7 @@ from carbonlink.anomaly.features import (
     neighbour_residual,
     nox_residual,
     o2_co2_residual,
+    small_median,
     window_features,
 )
 from carbonlink.simulators.cems import CemsStack
@@ -94,3 +95,14 @@ def test_family_of_point_names() -> None:
     assert family_of({"ac_power", "dc_power", "energy"}) is Family.INVERTER
     assert family_of({"dendrometer", "battery"}) is Family.FOREST
     assert family_of({"kwh"}) is Family.OTHER
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
+def test_small_median_equals_numpys(n: int) -> None:
+    """The stream's median of recent steps and of a tree's neighbours: the same number as np.median."""
+    rng = np.random.default_rng(n)
+    for _ in range(200):
+        floats = list(rng.normal(0.0, 10.0 ** rng.integers(-3, 6), n))
+        ints = [int(v) for v in rng.integers(1, 120_000, n)]
+        assert small_median(floats) == float(np.median(floats))
+        assert small_median(ints) == float(np.median(ints))

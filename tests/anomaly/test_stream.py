@@ -10,7 +10,7 @@ import pytest
 
 from carbonlink.anomaly.features import BUFFER, window_features
 from carbonlink.anomaly.model import load_default
-from carbonlink.anomaly.stream import WindowStream
+from carbonlink.anomaly.stream import Windows, WindowStream
 from carbonlink.kernel.wire import Quality, Reading
 from tests.anomaly.fakes import POINTS, T0, cems_polls
 
@@ -118,3 +118,13 @@ def test_readings_are_never_changed() -> None:
         before = list(p)
         res = st.score(p, model)
         assert p == before and all(s.reading in before for s in res.scored)
+
+
+def test_windows_batched_give_the_rows_of_features_poll_by_poll() -> None:
+    """Training featurises many polls' windows at once (``windows``); the rows equal the gateway's."""
+    polls = cems_polls(BUFFER + 40, stuck_from=BUFFER + 10)
+    a, b = WindowStream(), WindowStream()
+    rows_a = [a.features(p)[1] for p in polls]
+    wins = [b.windows(p)[1] for p in polls]
+    assert [len(w.values) for w in wins] == [len(r) for r in rows_a]
+    assert np.array_equal(Windows.join(wins).features(), np.concatenate([r for r in rows_a if len(r)]))

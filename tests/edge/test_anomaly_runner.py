@@ -143,6 +143,39 @@ def test_model_returning_nan_on_live_windows_is_rolled_back(tmp_path: Path) -> N
     assert r.model.info.sha256 == good
     again = r.apply(doc(bad, model_id="fragile", version=5))  # the shadow sends it again: not re-applied
     assert again and "rolled back" in again and r.model.info.sha256 == good
+    # the packaged model ran before: a restart runs it too, not the bad file
+    assert not (tmp_path / "anomaly" / "current.onnx").exists()
+    assert runner(tmp_path).model.info.sha256 == good
+
+
+def test_previous_model_is_held_by_hash_and_reloaded_on_rollback(tmp_path: Path) -> None:
+    """One onnxruntime session at a time: the model before is reloaded from previous.onnx when needed."""
+    sink = Sink()
+    r = runner(tmp_path, sink)
+    v20 = fakes.with_meta(version="20")
+    assert r.apply(doc(v20, version=20)) is None
+    bad = fakes.nan_above(column=7, limit=3.5, model_id="fragile", version=5)
+    assert r.apply(doc(bad, model_id="fragile", version=5)) is None
+    assert r._previous == sha256_hex(v20)  # a hash, not a second session
+    for p in fakes.cems_polls(200, spike_at=150):
+        r.feed(p)
+    assert r.model.info.version == 20 and "anomaly.model_rollback" in sink.kinds()
+    assert (tmp_path / "anomaly" / "current.onnx").read_bytes() == v20
+    assert runner(tmp_path).model.info.version == 20
+
+
+def test_rollback_without_the_previous_file_keeps_the_model_and_says_so(tmp_path: Path) -> None:
+    sink = Sink()
+    r = runner(tmp_path, sink)
+    assert r.apply(doc(fakes.with_meta(version="20"), version=20)) is None
+    bad = fakes.nan_above(column=7, limit=3.5, model_id="fragile", version=5)
+    assert r.apply(doc(bad, model_id="fragile", version=5)) is None
+    (tmp_path / "anomaly" / "previous.onnx").unlink()  # lost since (a wiped card, a hand edit)
+    polls = fakes.cems_polls(200, spike_at=150)
+    out = [x for p in polls for x in r.feed(p)]
+    assert [x.value for x in out] == [x.value for p in polls for x in p]  # nothing lost, values untouched
+    assert r.model.info.model_id == "fragile" and sink.kinds().count("anomaly.model_rollback_failed") == 1
+    assert "anomaly.model_rollback" not in sink.kinds()
 
 
 def test_corrupt_saved_model_falls_back(tmp_path: Path) -> None:

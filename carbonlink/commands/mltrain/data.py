@@ -15,6 +15,7 @@ alarms or as misses would measure the window length, not the model.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Iterator
@@ -78,6 +79,7 @@ class Device:
     episodes: list[Episode] = field(default_factory=list)
 
 
+@functools.cache  # asked for every training row (index_of): one Random per call was 10 s of a retrain
 def _t0(seed: int) -> int:
     """A start at local midnight (UTC+8) on a seeded day of 2026."""
     day = random.Random(f"{seed}:day").randrange(0, 360)
