@@ -33,8 +33,9 @@ By = Literal["site", "stack"]
 # PostgreSQL's work_mem for the statement (SET LOCAL): a year of 100 sites' days (36,500 narrow rows, 6.7 MB)
 # sorted in memory; with the default 4 MB the sort spills to disk.
 WORK_MEM = "64MB"
-# PostgreSQL writes the items of this many shares of the sites at once, one server process each (on a
-# two-core host the year of 100 sites takes about 0.6 of the time; at most the pool's size less one)
+# PostgreSQL writes the items of this many shares of the sites and the totals at once, one server process
+# each (at most the pool's size less one in all; on a two-core host a year of 100 sites in about 0.6 of
+# the time of one statement)
 PARTS = 2
 _SUMS = ("co2_g", "so2_g", "nox_g", "dust_g", "valid", "substituted", "missing", "readings")
 
@@ -101,11 +102,10 @@ def _total_json(d: _Dialect, period: str) -> str:
                      "',\"substituted\":'", "g.substituted", "',\"missing\":'", "g.missing", "'}}'"])
 
 
-def dashboard_sql(dialect: str, days: str, granularity: str, by: str, parts: int = 1) -> list[tuple[str, int]]:
-    """The statements that write the body's ``items`` and ``totals``, each with a number ``n``: it takes the
-    tenant, then ``n`` times the tenant and the parameters of ``days``. PostgreSQL: ``parts`` statements
-    of one row, each the items of its share of the sites, in order (``items``), the first also the
-    totals (``totals``). SQLite: two statements of one column ``item``, the items then the totals.
+def dashboard_sql(dialect: str, days: str, granularity: str, by: str, parts: int = 1) -> tuple[list[str], str]:
+    """The statements that write the body's ``items``, one per share of the sites (``parts``), and its
+    ``totals``; each takes the tenant, then the tenant and the parameters of ``days``. On PostgreSQL
+    each answers one row of one text, the JSON texts joined; on SQLite one row per JSON text, in order.
 
     Sites (and stacks) get integer keys in byte order of their names (``keys``) and their item's head
     written once; the kept days are summed per (site key, stack key, period) into narrow rows (``sp``),
@@ -139,10 +139,9 @@ def dashboard_sql(dialect: str, days: str, granularity: str, by: str, parts: int
               f" FROM ({days}) x JOIN keys k ON k.src = x.src GROUP BY {pkey} ORDER BY {pkey}) g ORDER BY g.{key}")
     with_ = f"WITH keys AS ({keys}) "
     if d.postgres:
-        return [(f"{with_}SELECT array_to_string(ARRAY({items(i)}), ',') AS items"
-                 + (f", array_to_string(ARRAY({totals}), ',') AS totals" if i == 0 else ""), 2 if i == 0 else 1)
-                for i in range(parts)]
-    return [(with_ + items(0), 1), (with_ + totals, 1)]
+        return ([f"{with_}SELECT array_to_string(ARRAY({items(i)}), ',') AS joined" for i in range(parts)],
+                f"{with_}SELECT array_to_string(ARRAY({totals}), ',') AS joined")
+    return [with_ + items(i) for i in range(parts)], with_ + totals
 
 
 def year_range_ms(year: int, tz_offset_min: int) -> tuple[int, int]:
@@ -160,20 +159,24 @@ async def dashboard_json(db: Any, tenant: str, year: int, granularity: Granulari
     start, end = year_range_ms(year, tz_offset_min)
     days, args = stack_days_sql(start, end, tz_offset_min)
     if db.dialect == "postgresql":
-        # the sites in shares, each share's items written by a server process of its own, on one snapshot
-        async with db.read_snapshot(PARTS) as cons:
+        # the items of shares of the sites and the totals, each written by a server process of its own,
+        # all on one snapshot (one connection: one after the other, in one transaction)
+        async with db.read_snapshot(PARTS + 1) as cons:
 
-            async def part(con: Any, q: str, n: int) -> dict[str, Any]:
+            async def joined(con: Any, q: str) -> str:
                 await con.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-                return await con.fetchrow(q, tenant, *[tenant, *args] * n) or {}  # type: ignore[no-any-return]
+                return str(await con.fetchval(q, tenant, tenant, *args) or "")
 
-            sql = dashboard_sql(db.dialect, days, granularity, by, parts=len(cons))
-            rows = await asyncio.gather(*(part(con, q, n) for con, (q, n) in zip(cons, sql, strict=True)))
-        items = ",".join(r["items"] for r in rows if r.get("items"))
-        totals = rows[0].get("totals") or ""
+            parts, totals_sql = dashboard_sql(db.dialect, days, granularity, by, parts=max(1, len(cons) - 1))
+            if len(cons) == 1:
+                texts = [await joined(cons[0], q) for q in (*parts, totals_sql)]
+            else:
+                texts = await asyncio.gather(*(joined(c, q) for c, q in zip(cons, (*parts, totals_sql), strict=True)))
+        items, totals = ",".join(t for t in texts[:-1] if t), texts[-1]
     else:
-        items, totals = [",".join(r["item"] for r in await db.fetch(q, tenant, *[tenant, *args] * n))
-                         for q, n in dashboard_sql(db.dialect, days, granularity, by)]
+        (items_sql,), totals_sql = dashboard_sql(db.dialect, days, granularity, by)
+        items, totals = [",".join(r["item"] for r in await db.fetch(q, tenant, tenant, *args))
+                         for q in (items_sql, totals_sql)]
     head = json.dumps({"tenant": tenant, "year": year, "granularity": granularity, "by": by},
                       ensure_ascii=False, separators=(",", ":"))
     return f'{head[:-1]},"items":[{items}],"totals":[{totals}]}}'.encode()
