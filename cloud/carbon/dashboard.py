@@ -170,8 +170,10 @@ async def dashboard_json(db: Any, tenant: str, year: int, granularity: Granulari
             parts, totals_sql = dashboard_sql(db.dialect, days, granularity, by, parts=max(1, len(cons) - 1))
             if len(cons) == 1:
                 texts = [await joined(cons[0], q) for q in (*parts, totals_sql)]
-            else:
-                texts = await asyncio.gather(*(joined(c, q) for c, q in zip(cons, (*parts, totals_sql), strict=True)))
+            else:  # a failure cancels the others before their connections go back to the pool
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(joined(c, q)) for c, q in zip(cons, (*parts, totals_sql), strict=True)]
+                texts = [t.result() for t in tasks]
         items, totals = ",".join(t for t in texts[:-1] if t), texts[-1]
     else:
         (items_sql,), totals_sql = dashboard_sql(db.dialect, days, granularity, by)
