@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -32,6 +33,8 @@ from .auth import Controller, Provisioner, Reader
 from .store import Store
 from .store.registry import IN_TENANT
 
+GZIP_MIN_BYTES = 16 * 1024  # smaller bodies go as they are
+GZIP_LEVEL = 1  # 7.2 MB of dashboard JSON: level 1 in about 25 ms to 0.64 MB, level 6 in about 100 ms to 0.46 MB
 LIVE_INTERVAL_S = 1.0
 HEARTBEAT_S = 15.0
 WEB_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml",
@@ -60,6 +63,45 @@ async def live_snapshot(store: Store, tenant: str) -> dict[str, Any]:
     open_alerts = await store.rules.alerts.list(AlertQuery(tenant, ("acknowledged", "raised"), limit=10))
     return {"presence": presence, "latest": latest,
             "alerts": {"counts": counts, "open": [a.public() for a in open_alerts]}}
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header admits gzip (RFC 9110 §12.5.3: named or ``*``, and not q=0)."""
+    q: dict[str, float] = {}
+    for part in accept_encoding.split(",")[:32]:
+        name, *params = (x.strip() for x in part.split(";"))
+        weight = 1.0
+        for param in params:
+            k, _, v = param.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    weight = float(v)
+                except ValueError:
+                    weight = 0.0
+        q.setdefault(name.lower(), weight)
+    weight = q.get("gzip", q.get("x-gzip", q.get("*", 0.0)))
+    return weight > 0  # NaN is not
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """``If-None-Match`` against our ETag, by weak comparison (RFC 9110 §13.1.2)."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")[:64]]
+    return "*" in tags or etag in tags
+
+
+async def conditional_json(request: Request, body: bytes) -> Response:
+    """A JSON body gzipped when the client accepts it, with an ETag per representation; 304 when the
+    client's ``If-None-Match`` already has it. Compression runs in a thread, off the event loop."""
+    digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+    gz = len(body) >= GZIP_MIN_BYTES and accepts_gzip(request.headers.get("accept-encoding", ""))
+    etag = f'"{digest}-gzip"' if gz else f'"{digest}"'
+    headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "private, no-cache"}
+    if etag_matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    if gz:
+        body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type="application/json", headers=headers)
 
 
 async def live_events(store: Store, tenant: str, request: Request | None = None, *,
@@ -174,7 +216,7 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
 
     @r.get("/api/carbon/dashboard", tags=["carbon"], response_class=Response,
            summary="Emissions per site and period with coverage, and the organisation's totals per period")
-    async def carbon_dashboard(p: Reader, year: Annotated[int, Query(ge=2000, le=2100)],
+    async def carbon_dashboard(p: Reader, request: Request, year: Annotated[int, Query(ge=2000, le=2100)],
                                granularity: Literal["day", "month", "year"] = "month",
                                by: Annotated[Literal["site", "stack"], Query(description="one row per site or per"
                                                                                          " stack (source)")] = "site",
@@ -182,11 +224,13 @@ def create_console_router(store: Store, *, live_interval_s: float = LIVE_INTERVA
                                ) -> Response:
         """The same figures as ``/api/carbon/accounts`` (grams summed exactly, then shown as tonnes and
         kilograms), for a whole year of every site at once: summed, formatted and ordered by the database
-        (``carbon/dashboard.py``), the body passed on as it came."""
+        (``carbon/dashboard.py``), the body passed on as it came. Gzip when the client accepts it (a year
+        of daily figures for 100 sites: 7.2 MB, 0.6 MB gzipped); an ``ETag`` of the body, and 304 without
+        a body to an ``If-None-Match`` that has it."""
         from .carbon.dashboard import dashboard_json
 
-        return Response(await dashboard_json(db, p.tenant, year, granularity, tz_offset_min, by=by),
-                        media_type="application/json")
+        body = await dashboard_json(db, p.tenant, year, granularity, tz_offset_min, by=by)
+        return await conditional_json(request, body)
 
     @r.get("/api/carbon/balance", tags=["carbon"],
            summary="The year so far, the year-end forecast and the allowance; allowance null when none is set")

@@ -257,19 +257,27 @@ async def _write(db: Any, a: AssetSource, rows: Sequence[Row], *, at_ms: int | N
     """Replace these hours' rows; with ``at_ms``, every changed field of a row that existed is a revision."""
     if not rows:
         return 0
+    # the rows' hours as runs per member: one statement deletes (and one reads) each run, not each hour
+    hours_of: dict[str, set[int]] = {}
+    for r in rows:
+        hours_of.setdefault(r[0], set()).add(r[1])
+    spans = [(m, lo, hi) for m, hs in hours_of.items() for lo, hi in _runs(sorted(hs))]
+    span_sql = "FROM carbon_asset_hours WHERE src = ? AND member = ? AND hour_ms >= ? AND hour_ms < ?"
     changes = []
     async with db.transaction() as tx:
-        for r in rows:
-            member, hour = r[0], r[1]
-            if at_ms is not None:
-                before = await tx.fetchrow(f"SELECT {', '.join(FIELDS)} FROM carbon_asset_hours WHERE src = ?"
-                                           " AND member = ? AND hour_ms = ?", a.src, member, hour)
+        if at_ms is not None:
+            stored = {(b["member"], int(b["hour_ms"])): b for m, lo, hi in spans
+                      for b in await tx.fetch(f"SELECT member, hour_ms, {', '.join(FIELDS)} {span_sql}",
+                                              a.src, m, lo, hi)}
+            for r in rows:
+                member, hour = r[0], r[1]
+                before = stored.get((member, hour))
                 if before is not None:
                     after = dict(zip(FIELDS, (r[2], r[3], r[4], r[6]), strict=True))
                     changes += [(a.source_id, hour, f"{member}.{f}" if member else f, str(before[f]),
                                  str(after[f]), at_ms, cause) for f in FIELDS if str(before[f]) != str(after[f])]
-            await tx.execute("DELETE FROM carbon_asset_hours WHERE src = ? AND member = ? AND hour_ms = ?",
-                             a.src, member, hour)
+        for m, lo, hi in spans:
+            await tx.execute(f"DELETE {span_sql}", a.src, m, lo, hi)
         await tx.executemany(f"INSERT INTO carbon_asset_hours ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [(a.src, *r, FORMULA_SET_VERSION) for r in rows])
         if changes:

@@ -14,6 +14,7 @@ This module imports only the standard library: the auditor's calculator runs wit
 
 from __future__ import annotations
 
+import functools
 from decimal import (
     ROUND_HALF_EVEN,
     Context,
@@ -213,10 +214,18 @@ def biomass_kg(dbh_cm: Decimal, a: Decimal, b: Decimal, height_m: Decimal | None
     _check("dbh_cm", dbh_cm, lo=0, lo_open=True, hi=500, unit="cm")
     _check("a", a, lo=0, lo_open=True, hi=1000)
     _check("b", b, lo=0, lo_open=True, hi=5)
+    if height_m is not None:
+        _check("height_m", height_m, lo=0, lo_open=True, hi=150, unit="m")
+    return _biomass_kg(dbh_cm, a, b, height_m)
+
+
+@functools.lru_cache(maxsize=4096)
+def _biomass_kg(dbh_cm: Decimal, a: Decimal, b: Decimal, height_m: Decimal | None) -> Decimal:
+    """The power (a fractional exponent: the slowest step of a tree-hour) once per diameter: an hour's end
+    diameter is the next hour's start, and most hours add no new maximum."""
     with localcontext(CONTEXT):
         if height_m is None:
             return a * dbh_cm ** b
-        _check("height_m", height_m, lo=0, lo_open=True, hi=150, unit="m")
         return a * (dbh_cm * dbh_cm * height_m) ** b
 
 

@@ -13,9 +13,11 @@ The URL may carry ``?schema=NAME`` (tables live in that schema; tests use one pe
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MIGRATE_LOCK = 0x636C_6D67  # advisory lock ids: one migrator, one partition maker at a time
 PARTITION_LOCK = 0x636C_7074
+SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")  # as pg_export_snapshot() writes it
 PARTITION_PAST_YEARS = 20  # readings older than this, or more than two months ahead, wait in readings_default
 
 
@@ -142,6 +145,7 @@ class PostgresDatabase(_PgConn, Database):
         self._export_pool: asyncpg.Pool | None = None
         self.timescale = False
         self._months: set[int] = set()  # month starts (ms) that have a partition
+        self._snapshot_lock = asyncio.Lock()
         self.db = self
         self.con = None  # type: ignore[assignment]  # the pool, once open
 
@@ -225,6 +229,27 @@ class PostgresDatabase(_PgConn, Database):
     async def transaction(self) -> AsyncIterator[Conn]:
         async with self.pool.acquire() as con, con.transaction():
             yield _PgConn(con, self)
+
+    @contextlib.asynccontextmanager
+    async def read_snapshot(self, n: int) -> AsyncIterator[list[Conn]]:
+        """Up to ``n`` connections (one fewer than the pool holds, at least one) in read-only REPEATABLE
+        READ transactions that all see one snapshot: the first exports it (``pg_export_snapshot``), the
+        others import it. One read split over several server processes, as consistent as one statement.
+        The connections are taken under a lock, so two such readers never wait for each other's last one."""
+        n = max(1, min(n, self.pool_size - 1))
+        async with contextlib.AsyncExitStack() as stack:
+            async with self._snapshot_lock:
+                cons = [await stack.enter_async_context(self.pool.acquire()) for _ in range(n)]
+            snapshot = ""
+            for con in cons:
+                await stack.enter_async_context(con.transaction(isolation="repeatable_read", readonly=True))
+                if not snapshot:
+                    snapshot = str(await con.fetchval("SELECT pg_export_snapshot()"))
+                    if not SNAPSHOT_ID.fullmatch(snapshot):
+                        raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+                else:
+                    await con.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            yield [_PgConn(con, self) for con in cons]
 
     async def stream(self, sql: str, *args: Any, chunk: int = 2000) -> AsyncIterator[list[dict[str, Any]]]:
         if self._export_pool is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import httpx
+
 from carbonlink.cloud import provisioning
 from carbonlink.cloud.carbon import sqlstore
 from carbonlink.cloud.carbon.dashboard import dashboard_figures
@@ -88,3 +90,39 @@ async def test_dashboard_figures_equal_the_accounts(api: Api) -> None:
     bal = await api.client.get("/api/carbon/balance", params={"year": 2025, "as_of": "2025-02-01"},
                                headers=api.as_("analyst"))
     assert bal.status_code == 200 and bal.json()["allowance_t"] is None and "carbonlink" in bal.json()["hint"]
+
+
+async def test_dashboard_is_gzipped_when_accepted_and_answers_304_to_its_etag(api: Api) -> None:
+    db = api.store.db
+    await db.execute("INSERT INTO carbon_sources (source_id, src, tenant, site, kind, p_atm_pa, config,"
+                     " created_ms) VALUES ('s0', 900, 'acme', 'plant-a', 'cems', 101325, '{}', 0)")
+    t0 = 1_735_660_800_000  # 2025-01-01 00:00 +08:00
+    await db.executemany("INSERT INTO carbon_hours (src, hour_ms, status, params_valid, readings, co2_g, so2_g,"
+                         " nox_g, dust_g, formula_version) VALUES (900, ?, 'valid', 5, 60, ?, 1, 2, 3, 't')",
+                         [(t0 + h * 3_600_000, 1_000_003 * h) for h in range(0, 24 * 365, 3)])
+    await sqlstore.refresh_days(db, [900], t0, t0 + 365 * 86_400_000)
+    url, q = "/api/carbon/dashboard", {"year": 2025, "granularity": "day"}
+
+    async def get(**headers: str) -> httpx.Response:
+        return await api.client.get(url, params=q, headers={**api.as_("analyst"), **headers})
+
+    plain = await get(**{"Accept-Encoding": "identity"})
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers and len(plain.content) > 16_384
+    zipped = await get(**{"Accept-Encoding": "br;q=1, gzip;q=0.5"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.headers["vary"] == "Accept-Encoding"
+    assert zipped.content == plain.content  # httpx undoes the gzip: the same body
+    assert int(zipped.headers["content-length"]) < len(plain.content) // 4
+    assert "content-encoding" not in (await get(**{"Accept-Encoding": "gzip;q=0, *"})).headers
+    assert "content-encoding" not in (await get(**{"Accept-Encoding": "gzip;q=nonsense"})).headers
+    # an ETag per representation; 304 without a body to a client that has it
+    assert plain.headers["etag"] != zipped.headers["etag"]
+    again = await get(**{"Accept-Encoding": "identity", "If-None-Match": f'"x", W/{plain.headers["etag"]}'})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == plain.headers["etag"]
+    assert (await get(**{"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["etag"]})).status_code == 304
+    assert (await get(**{"Accept-Encoding": "gzip", "If-None-Match": plain.headers["etag"]})).status_code == 200
+    # the figures change: the old ETag no longer matches
+    await db.execute("UPDATE carbon_hours SET co2_g = co2_g + 1 WHERE src = 900 AND hour_ms = ?", t0)
+    await sqlstore.refresh_days(db, [900], t0, t0 + 3_600_000)
+    changed = await get(**{"Accept-Encoding": "identity", "If-None-Match": plain.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != plain.headers["etag"]
+    assert (await api.client.get(url, params=q, headers={"If-None-Match": "*"})).status_code == 401  # credentials first

@@ -158,3 +158,33 @@ async def test_a_year_without_a_grid_factor_keeps_the_energy_and_says_why_the_av
     row = await any_store.db.fetchrow("SELECT * FROM carbon_asset_hours WHERE src = ? AND hour_ms = ?", pv.src, y2020)
     assert row is not None and row["status"] == "missing" and int(row["wh_milli"]) == 6_000_000
     assert int(row["co2_g"]) == 0 and "no factor for 2020" in row["note"]
+
+
+async def test_a_backfill_in_one_pass_writes_what_hour_by_hour_writes(any_store: Store) -> None:
+    """The writes go by runs of hours per member (one DELETE per run): a day backfilled at once, or hour by
+    hour (in order: a tree carries its maximum from the hour before), or again over itself, leaves the same
+    rows, and redoing it revises nothing."""
+    gw, _ = await setup(any_store)
+    await gw.send(inverter(range(0, 24 * 60, 5)))
+    await gw.send(dendro("tree-001", {m: 1000.0 + (m // 90) * 0.7 for m in range(0, 24 * 60, 15)})
+                  + dendro("tree-002", {m: 1000.0 + (m % 240 == 0) * 3.0 for m in range(0, 24 * 60, 30)}))
+    pv = await assets.register_inverter(any_store.db, tenant="acme", site="farm", source_id="pv-1",
+                                        gateway="gw-1", device="inv-1", rated_w=D(100_000))
+    trees = [TreeConfig(t, "generic_ipcc", D(20), D(15), plot="p-1") for t in ("tree-001", "tree-002")]
+    plot = await assets.register_plot(any_store.db, tenant="acme", site="farm", source_id="p-1", gateway="gw-1",
+                                      trees=trees)
+    day = (H0, H0 + 24 * HOUR)
+    await assets.account_assets(any_store.db, [pv, plot], *day)
+    whole = {s: await hours(any_store, s) for s in ("pv-1", "p-1")}
+    days = await any_store.db.fetch("SELECT * FROM carbon_asset_days ORDER BY src, day")
+    assert len(whole["pv-1"]) == 24 and len(whole["p-1"]) == 48
+    assert sum(int(r["co2_g"]) for r in whole["p-1"].values()) > 0
+    await any_store.db.execute("DELETE FROM carbon_asset_hours")
+    for h in range(24):
+        await assets.account_assets(any_store.db, [pv, plot], H0 + h * HOUR, H0 + (h + 1) * HOUR)
+    await assets.account_assets(any_store.db, [pv, plot], H0 + 5 * HOUR, H0 + 9 * HOUR)  # over itself
+    assert {s: await hours(any_store, s) for s in ("pv-1", "p-1")} == whole
+    assert await any_store.db.fetch("SELECT * FROM carbon_asset_days ORDER BY src, day") == days
+    # the refresh pass's way (revisions kept): the same figures change no field
+    assert await assets.recompute(any_store.db, [("gw-1", H0 + h * HOUR) for h in range(24)], at_ms=H0) == 0
+    assert await any_store.db.fetchval("SELECT count(*) FROM carbon_revisions") == 0

@@ -8,6 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from carbonlink.cloud.carbon import sqlstore
 from carbonlink.cloud.carbon.dashboard import dashboard_json, year_range_ms
 from carbonlink.cloud.store import Store
@@ -96,3 +98,18 @@ async def test_decimals_are_written_as_python_writes_them(tmp_path: Path) -> Non
                     got = await store.db.fetchval(f"SELECT {d.concat([d.decimal('t.v', scale)])}"
                                                   " FROM (SELECT CAST(? AS BIGINT) AS v) t", v)
                     assert got == str(Decimal(v) / 10**scale), (kind, v, scale, got)
+
+
+async def test_shares_and_connections_do_not_change_the_bytes(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL writes the items in shares of the sites on connections of one snapshot: any number of
+    shares, down to one connection doing everything, gives the same body."""
+    from carbonlink.cloud.carbon import dashboard
+
+    async with throwaway_store("postgres", tmp_path, "cldash_") as store:
+        await seed(store)
+        want = await bodies(store)
+        for parts, pool_size in ((1, 4), (3, 4), (2, 3), (2, 2), (2, 1)):
+            monkeypatch.setattr(dashboard, "PARTS", parts)
+            monkeypatch.setattr(store.db, "pool_size", pool_size)  # of the real 4; read_snapshot leaves one free
+            assert await bodies(store) == want, (parts, pool_size)
