@@ -25,10 +25,12 @@ fails if that changes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiomqtt
 
+T = TypeVar("T")
 MESSAGE_OVERHEAD = 512  # bytes a held message costs besides its payload (topic, objects): small ones count too
 
 
@@ -60,10 +62,20 @@ class ManualAckClient(aiomqtt.Client):
             self._flow()
 
     async def publish(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        await self._reading_meanwhile(super().publish(*args, **kwargs))
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # A worker that reconnects to its persistent session gets its backlog (up to the broker's window)
+        # before the SUBACK: with reading paused, the subscribe waited out its time-out and the worker
+        # reconnected, again and again, whenever that window held more than max_held_bytes.
+        return await self._reading_meanwhile(super().subscribe(*args, **kwargs))
+
+    async def _reading_meanwhile(self, op: Awaitable[T]) -> T:
+        """Await one of our own requests with reading on: its answer comes behind what the broker sent first."""
         self._publishing += 1
         self._flow()
         try:
-            await super().publish(*args, **kwargs)
+            return await op
         finally:
             self._publishing -= 1
             self._flow()
