@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -77,6 +78,21 @@ _CANON_READING = re.compile(
     rb'\{"device":"(' + _TXT + rb')","point":"(' + _TXT + rb')","quality":"([' + "".join(Quality).encode() + rb'])",'
     rb'"ts":"(' + _TS + rb')",'
     rb'"unit":"(' + TEXT_CHAR.encode() + rb'*)","value":(' + _NUM + rb')\}')
+
+# The same reading followed by what may follow it in the list: a comma before the next one, or the end.
+_CANON_READINGS = re.compile(_CANON_READING.pattern + rb"(,(?=\{)|\Z)")
+
+
+def _reading_literals() -> int:
+    """Bytes of a reading outside its fields (names, quotes, colons, commas, braces): the same for every one."""
+    sample = b'{"device":"d","point":"p","quality":"N","ts":"2024-01-01T00:00:00.000Z","unit":"u","value":1}'
+    m = _CANON_READING.fullmatch(sample)
+    if m is None:
+        raise RuntimeError("the canonical reading pattern does not match a canonical reading")
+    return len(sample) - sum(len(g) for g in m.groups())
+
+
+_READING_LITERALS = _reading_literals()
 
 
 class FastParser:
@@ -162,20 +178,23 @@ class FastParser:
         created = self._ts(head.group(2).decode())
         if gateway is None or created is None:
             return None
+        # All readings in one C call (no match object each). Each match carries what follows it: a comma
+        # before the next reading, or the end of the list. Matches do not overlap, so they cover the list
+        # exactly, with nothing skipped between them, only if their lengths add up to the list's length.
+        found = _CANON_READINGS.findall(raw, body_start, body_end)
+        if not found or len(found) > MAX_READINGS_PER_BATCH or \
+                len(found) * _READING_LITERALS + len(b"".join(chain.from_iterable(found))) != body_end - body_start:
+            return None
         rows: list[Row] = []
         append = rows.append
-        pos = body_start
         text_of = self._text_of
-        for m in _CANON_READING.finditer(raw, body_start, body_end):
-            if m.start() != pos:
-                return None  # something between readings that is not a comma: not the canonical form
-            pos = m.end() + 1
-            db, pb, qb, tb, ub, vb = m.groups()
+        bunits, quality, max_abs = self._bunits, _QUALITY, MAX_ABS_VALUE
+        for db, pb, qb, tb, ub, vb, _ in found:
             d = texts.get(db) or text_of(db, texts)
             p = texts.get(pb) or text_of(pb, texts)
-            u = self._bunits.get(ub)
+            u = bunits.get(ub)
             if u is None:
-                u = text_of(ub, self._bunits, unit=True)
+                u = text_of(ub, bunits, unit=True)
             ts = stamps.get(tb)
             if ts is None:
                 # The grammar vouched for the shape: only the second needs a date check (cached).
@@ -198,11 +217,9 @@ class FastParser:
             if (len(vb) > 16 and len(vb.lstrip(b"-0.").replace(b".", b"")) > 15) or vb == b"-0":
                 return None  # "-0" is not canonical (the wire writes 0)
             v = float(vb)
-            if not -MAX_ABS_VALUE < v < MAX_ABS_VALUE:
+            if not -max_abs < v < max_abs:
                 return None
-            append((d, p, ts, v, u, _QUALITY[qb]))
-        if pos != body_end + 1 or not rows or len(rows) > MAX_READINGS_PER_BATCH:
-            return None
+            append((d, p, ts, v, u, quality[qb]))
         return FastBatch(gateway, seq, created, _ALGS[head.group(1).decode()], tail.group(2).decode(), rows)
 
     def _parse_json(self, raw: bytes) -> FastBatch | None:

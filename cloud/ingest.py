@@ -540,6 +540,7 @@ class IngestService:
         # bounds a worker's memory when batches are large (500 readings are about 55 kB).
         self.max_group_bytes = 4 << 20
         self.max_held_bytes = 3 * self.max_group_bytes
+        self.client: ManualAckClient | None = None  # the subscribing connection, while there is one
         self.trimmer = Trimmer()  # after a burst, the freed heap goes back to the system once the worker idles
 
     @property
@@ -551,16 +552,22 @@ class IngestService:
         while True:
             try:
                 self.state = "connecting"
+                client = ManualAckClient(**self.url.client_kwargs(), identifier=self.client_id,
+                                         clean_session=False, keepalive=30, max_held_bytes=self.max_held_bytes)
+                # The acks go out on a connection of their own. On the subscribing one, the PUBACK of an ack
+                # comes behind every telemetry message the broker already queued for this client (Mosquitto
+                # 2.0.11 sends all it has, see mqtt_ack.py), so reading had to go on past max_held_bytes
+                # while an ack waited: a worker held 93 MB of payload during a burst (bench/ingest.py).
                 # Acks go out a group at a time (up to max_group): paho's default window of 20 unacknowledged
                 # publishes made a group's acks wait for several broker round trips (bench/fleet.py).
-                client = ManualAckClient(**self.url.client_kwargs(), identifier=self.client_id,
-                                         clean_session=False, keepalive=30, max_inflight_messages=4 * self.max_group,
-                                         max_held_bytes=self.max_held_bytes)
-                async with client:
-                    async def publish(topic: str, payload: bytes, client: aiomqtt.Client = client) -> None:
-                        await client.publish(topic, payload, qos=1)
+                acker = aiomqtt.Client(**self.url.client_kwargs(), identifier=self.client_id + "-acks",
+                                       clean_session=True, keepalive=30, max_inflight_messages=4 * self.max_group)
+                async with client, acker:
+                    async def publish(topic: str, payload: bytes, acker: aiomqtt.Client = acker) -> None:
+                        await acker.publish(topic, payload, qos=1)
 
                     self.processor.publish = publish
+                    self.client = client
                     share = f"$share/{self.shared_group}/" if self.shared_group else ""
                     for site in self.sites or ["+"]:
                         await client.subscribe(f"{share}{topics.ROOT}/{site}/+/{topics.TELEMETRY}", qos=1)

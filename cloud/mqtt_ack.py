@@ -12,7 +12,8 @@ yet acknowledged, it stops reading its socket. TCP then holds the broker back, w
 queued, as it does for any slow client. Reading goes on regardless while one of the client's own
 publishes waits for its PUBACK (the ingest's acks wait for theirs before the group is acknowledged:
 pausing then would wait forever), and at least every ``max_pause_s`` (a keepalive PINGRESP must get
-through).
+through). The ingest publishes its acks on a second connection, so its reader is never held open
+for them: on this one, a PUBACK comes behind everything the broker has queued for the client.
 
 aiomqtt (2.5) has no public manual-ack API nor flow control; paho, under it, has manual acks
 (``manual_ack_set``, ``ack``), and the socket reader is registered on the event loop by aiomqtt. This
@@ -24,10 +25,12 @@ fails if that changes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiomqtt
 
+T = TypeVar("T")
 MESSAGE_OVERHEAD = 512  # bytes a held message costs besides its payload (topic, objects): small ones count too
 
 
@@ -40,6 +43,7 @@ class ManualAckClient(aiomqtt.Client):
         self.max_held_bytes = max_held_bytes
         self.max_pause_s = max_pause_s
         self.held_bytes = 0  # payload (and overhead) received at QoS > 0 and not acknowledged yet
+        self.held_peak = 0  # the most it held at once (for tests and the bench)
         self.pauses = 0  # times reading was paused (for tests and the bench)
         self._held: dict[int, int] = {}  # mid -> cost, so an ack (or a repeated one) subtracts what was added
         self._publishing = 0
@@ -58,10 +62,20 @@ class ManualAckClient(aiomqtt.Client):
             self._flow()
 
     async def publish(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        await self._reading_meanwhile(super().publish(*args, **kwargs))
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # A worker that reconnects to its persistent session gets its backlog (up to the broker's window)
+        # before the SUBACK: with reading paused, the subscribe waited out its time-out and the worker
+        # reconnected, again and again, whenever that window held more than max_held_bytes.
+        return await self._reading_meanwhile(super().subscribe(*args, **kwargs))
+
+    async def _reading_meanwhile(self, op: Awaitable[T]) -> T:
+        """Await one of our own requests with reading on: its answer comes behind what the broker sent first."""
         self._publishing += 1
         self._flow()
         try:
-            await super().publish(*args, **kwargs)
+            return await op
         finally:
             self._publishing -= 1
             self._flow()
@@ -74,6 +88,7 @@ class ManualAckClient(aiomqtt.Client):
             cost = len(message.payload) + MESSAGE_OVERHEAD
             self.held_bytes += cost - self._held.get(message.mid, 0)
             self._held[message.mid] = cost
+            self.held_peak = max(self.held_peak, self.held_bytes)
             self._flow()
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:

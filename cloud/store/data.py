@@ -151,40 +151,20 @@ class Data:
                 stored_digest[(p.gateway, p.seq)] = digest
         fresh = [p for p in uniq if (p.gateway, p.seq) in new_keys]
 
-        # Series ids: the cache first, then one upsert for the keys it lacks.
-        series = self._series
-        wanted: dict[SeriesKey, str] = {}
-        for p in fresh:
-            gw = p.gateway
-            for d, pt, _ts, _v, u, _q in p.rows:
-                if (gw, d, pt) not in series and (gw, d, pt) not in wanted:
-                    wanted[(gw, d, pt)] = u
-        if wanted:
+        # Series ids from the cache; only when a batch names one it lacks (KeyError), one upsert for all
+        # such keys, then the readings are sorted out again: in steady state every reading is looked at once.
+        try:
+            buckets, counts, wrong, gateway_of = self._bucket(fresh, self._series)
+        except KeyError:
+            series = self._series
+            wanted: dict[SeriesKey, str] = {}
+            for p in fresh:
+                gw = p.gateway
+                for d, pt, _ts, _v, u, _q in p.rows:
+                    if (gw, d, pt) not in series and (gw, d, pt) not in wanted:
+                        wanted[(gw, d, pt)] = u
             new_series.update(await self._resolve(tx, wanted, now))
-        ids = {**series, **new_series} if new_series else series
-
-        # Readings go to the database grouped by series (in time order within each, as batches arrive):
-        # the primary key (series, ts) then takes them in index order, about 1.6x faster than unsorted.
-        buckets: dict[int, list[tuple[int, int, float, str, int]]] = {}
-        counts: dict[tuple[str, int], int] = {}
-        wrong: dict[tuple[str, int], list[str]] = {}
-        gateway_of: dict[int, str] = {}
-        for p in fresh:
-            gw, seq = p.gateway, p.seq
-            kept = 0
-            for d, pt, ts, v, u, q in p.rows:
-                sid, unit = ids[(gw, d, pt)]
-                if unit != u:
-                    wrong.setdefault((gw, seq), []).append(f"{d}/{pt}@{format_ts(ts)} in {u!r}, registered {unit!r}")
-                    continue
-                bucket = buckets.get(sid)
-                if bucket is None:
-                    bucket = buckets[sid] = []
-                    gateway_of[sid] = gw
-                bucket.append((sid, ts, v, q, seq))
-                kept += 1
-            if kept:
-                counts[(gw, seq)] = kept
+            buckets, counts, wrong, gateway_of = self._bucket(fresh, {**series, **new_series})
         records = [r for sid in sorted(buckets) for r in buckets[sid]]
         newest: dict[int, tuple[int, float, str]] = {}
         for sid, rows in buckets.items():
@@ -225,6 +205,38 @@ class Data:
                 digest = stored_digest.get(key) or (items[first[key]].digest if key in new_keys else None)
                 out.append(CommitResult("duplicate" if digest == p.digest else "conflict", 0, len(p.rows)))
         return out
+
+    @staticmethod
+    def _bucket(fresh: list[PendingBatch], ids: dict[SeriesKey, tuple[int, str]]
+                ) -> tuple[dict[int, list[tuple[int, int, float, str, int]]], dict[tuple[str, int], int],
+                           dict[tuple[str, int], list[str]], dict[int, str]]:
+        """Reading records by series id, kept readings per batch, unit refusals, each series' gateway.
+
+        Readings go to the database grouped by series (in time order within each, as batches arrive): the
+        primary key (series, ts) then takes them in index order, about 1.6x faster than unsorted. KeyError
+        when a reading's series is not in ``ids``.
+        """
+        buckets: dict[int, list[tuple[int, int, float, str, int]]] = {}
+        counts: dict[tuple[str, int], int] = {}
+        wrong: dict[tuple[str, int], list[str]] = {}
+        gateway_of: dict[int, str] = {}
+        for p in fresh:
+            gw, seq = p.gateway, p.seq
+            kept = 0
+            for d, pt, ts, v, u, q in p.rows:
+                sid, unit = ids[(gw, d, pt)]
+                if unit != u:
+                    wrong.setdefault((gw, seq), []).append(f"{d}/{pt}@{format_ts(ts)} in {u!r}, registered {unit!r}")
+                    continue
+                bucket = buckets.get(sid)
+                if bucket is None:
+                    bucket = buckets[sid] = []
+                    gateway_of[sid] = gw
+                bucket.append((sid, ts, v, q, seq))
+                kept += 1
+            if kept:
+                counts[(gw, seq)] = kept
+        return buckets, counts, wrong, gateway_of
 
     async def _insert_readings(self, tx: Conn, records: list[tuple[int, int, float, str, int]],
                                counts: dict[tuple[str, int], int], gateway_of: dict[int, str]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.cloud.ingest import IngestProcessor, IngestService, Outcome
+from carbonlink.cloud.mqtt_ack import MESSAGE_OVERHEAD
 from carbonlink.cloud.store import Store
 from carbonlink.edge.identity import public_key_hex
 from carbonlink.kernel.mqtturl import MqttUrl
 from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Reading, sign_batch
+from tests.services import own_mosquitto
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -97,3 +100,49 @@ async def test_dead_letters_over_a_real_broker(store: Store, broker_url: str) ->
     assert svc.counters.rejected_readings == 9  # three parseable batches of 3 readings
     assert {"seq": 5, "status": "rejected"}.items() <= next(a for a in acks if a["seq"] == 5).items()
     assert (await store.data.counts())["readings"] == 3
+
+
+async def test_a_worker_holds_no_more_than_its_bound_while_it_acks(store: Store) -> None:
+    """A backlog larger than the worker's bound: it never holds more than the bound, whatever its acks wait for.
+
+    On a Mosquitto that sends a client all it has queued (2.0.11, see cloud/mqtt_ack.py), the PUBACK of an
+    ack published on the subscribing connection came behind that backlog, and reading it held the worker
+    open past its bound; the acks now go out on a connection of their own.
+    """
+    site, gw = "site-" + uuid.uuid4().hex[:6], "gw-" + uuid.uuid4().hex[:6]
+    await store.registry.register_gateway(gw, site, "ed25519", public_key_hex(KEY))
+    payloads = [batch(gw, seq, n=20) for seq in range(1, 121)]
+    published = asyncio.Event()
+    commit_many = store.data.commit_many
+
+    async def held_back_commit(*args: Any, **kwargs: Any) -> Any:
+        await published.wait()  # the backlog builds up behind the first group
+        return await commit_many(*args, **kwargs)
+
+    store.data.commit_many = held_back_commit  # type: ignore[method-assign]
+    with own_mosquitto("max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 100\n") as (url, port, _):
+        svc = IngestService(store, url, client_id="test-held-" + uuid.uuid4().hex[:6])
+        svc.max_group, svc.max_group_bytes = 4, 2 * len(payloads[0])
+        svc.max_held_bytes = 3 * svc.max_group_bytes
+        task = asyncio.create_task(svc.run())
+        try:
+            await asyncio.wait_for(svc.connected.wait(), 10)
+            async with aiomqtt.Client("127.0.0.1", port, identifier="test-gw-held", max_inflight_messages=200) as c:
+                await c.subscribe(f"cl/{site}/{gw}/ack", qos=1)
+                await asyncio.gather(*(c.publish(f"cl/{site}/{gw}/telemetry", p, qos=1) for p in payloads))
+                published.set()
+                acked: set[int] = set()
+                async with asyncio.timeout(60):
+                    async for m in c.messages:
+                        body = json.loads(m.payload)  # type: ignore[arg-type]
+                        assert body["status"] == "committed"
+                        acked.add(body["seq"])
+                        if len(acked) == len(payloads):
+                            break
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert (await store.data.counts())["readings"] == 20 * len(payloads)
+    assert svc.client is not None and svc.client.pauses > 0
+    # One socket read takes one packet: the bound is overshot by at most the message that crossed it.
+    assert svc.client.held_peak <= svc.max_held_bytes + len(payloads[0]) + MESSAGE_OVERHEAD

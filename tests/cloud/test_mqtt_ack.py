@@ -71,6 +71,28 @@ async def test_an_own_publish_is_not_stuck_behind_a_paused_reader() -> None:
             await _until(lambda: not sub._paused, "reading resumed once the held ones are acked")
 
 
+async def test_a_resubscribe_is_not_stuck_behind_a_backlog_over_the_bound() -> None:
+    """Back on its persistent session, the client gets its backlog before the SUBACK: the subscribe completes."""
+    with own_mosquitto(CONF) as (_, port, _):
+        first = ManualAckClient(hostname="127.0.0.1", port=port, identifier="back", clean_session=False)
+        async with first:
+            await first.subscribe("t/#", qos=1)
+        await _publish(port, 50)  # queued for the session while it is away: more than the bound below
+        sub = ManualAckClient(hostname="127.0.0.1", port=port, identifier="back", clean_session=False,
+                              max_held_bytes=2 * SIZE, timeout=10)
+        async with sub:
+            await asyncio.wait_for(sub.subscribe("t/#", qos=1), 10)
+            await _until(lambda: sub._paused, "reading paused once the subscribe is answered")
+            seen: set[int] = set()
+            async for m in sub.messages:
+                assert isinstance(m.payload, bytes)
+                seen.add(int.from_bytes(m.payload[:4], "big"))
+                sub.ack(m)
+                if len(seen) == 50:
+                    break
+    assert seen == set(range(50))
+
+
 async def test_without_a_bound_it_never_pauses() -> None:
     with own_mosquitto(CONF) as (_, port, _):
         sub = ManualAckClient(hostname="127.0.0.1", port=port, identifier="free")

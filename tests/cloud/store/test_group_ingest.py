@@ -66,7 +66,10 @@ def test_the_canonical_path_takes_canonical_bytes_and_nothing_else() -> None:
     raw = sign_batch(Batch("gw-1", 3, T0, rs), KEY).to_bytes()
     fp = FastParser()
     assert fp._parse_canonical(raw) is not None
-    for bad in (raw.replace(b"},{", b"} ,{", 1), raw.replace(b'"value":12.5', b'"value":12.50'),
+    # Readings side by side, a doubled comma, a comma moved to the end (the lengths add up, the order not).
+    for bad in (raw.replace(b"},{", b"}{", 1), raw.replace(b"},{", b"},,{", 1),
+                raw.replace(b"},{", b"}{", 1).replace(b"}],", b"},],", 1), raw.replace(b"[{", b"[,{", 1),
+                raw.replace(b"},{", b"} ,{", 1), raw.replace(b'"value":12.5', b'"value":12.50'),
                 raw.replace(b'"value":0', b'"value":-0'), raw.replace(b"mg/m", b"mg\\/m"),
                 raw[:-1], raw + b" "):
         assert fp._parse_canonical(bad) is None
