@@ -48,6 +48,9 @@ from .store import Row
 _ALGS = {a.value: a for a in SigAlg}
 _QUALITY = {q.encode(): q for q in QUALITY_CODES}
 _CACHE_MAX = 100_000
+# Timestamps repeat within a poll (every point of a device shares one), not across a drain's hours of
+# distinct milliseconds: a short cache keeps the hits and spares a worker ~20 MB of stale entries.
+_STAMPS_MAX = 16_384
 _MAX_TS = 253402300800000
 
 
@@ -207,7 +210,7 @@ class FastParser:
                         bseconds.clear()
                     bseconds[tb[:19]] = base
                 ts = base + int(tb[20:23])
-                if len(stamps) > _CACHE_MAX:
+                if len(stamps) > _STAMPS_MAX:
                     stamps.clear()
                 stamps[tb] = ts
             if d is None or p is None or u is None:
@@ -251,7 +254,7 @@ class FastParser:
                 ts = self._ts(r.ts)
                 if ts is None:
                     return None
-                if len(stamps) > _CACHE_MAX:
+                if len(stamps) > _STAMPS_MAX:
                     stamps.clear()
                 stamps[r.ts] = ts
             if not -MAX_ABS_VALUE < v < MAX_ABS_VALUE:  # also false for NaN and infinities
