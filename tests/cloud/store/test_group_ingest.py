@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carbonlink.cloud import batchparse
 from carbonlink.cloud.batchparse import FastParser
 from carbonlink.cloud.ingest import IngestProcessor, Outcome
 from carbonlink.cloud.store import Store
@@ -95,6 +96,18 @@ def test_fast_parse_refuses_what_the_wire_refuses() -> None:
             raise AssertionError(f"parse_batch accepted {path}={bad!r}")
         except WireError:
             pass
+
+
+def test_a_drain_of_distinct_timestamps_keeps_the_parser_caches_bounded() -> None:
+    """A backlog drain brings a new millisecond per reading: the timestamp cache is cleared at its bound,
+    and every reading still parses to its own time."""
+    parser = FastParser()
+    for b in range(60):
+        rs = tuple(Reading.make("dev", f"p{i % 10}", T0 + b * 500 + i, float(i), "u") for i in range(500))
+        fb = parser.parse(sign_batch(Batch("gw", b + 1, rs[0].ts_ms, rs), KEY).to_bytes())
+        assert fb is not None and [r[2] for r in fb.rows] == [r.ts_ms for r in rs]
+        assert len(parser._stamps) <= batchparse._STAMPS_MAX + 1
+    assert len(parser._texts) <= 12  # device and point names repeat and stay cached
 
 
 async def test_handle_many_matches_handle(store: Store) -> None:
