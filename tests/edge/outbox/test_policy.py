@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.edge.outbox import KeySigner, Outbox
+from carbonlink.edge.outbox import _MIGRATIONS, KeySigner, Outbox
 from carbonlink.edge.uplink import DeliveryPolicy, Uplink
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
@@ -185,4 +186,34 @@ def test_a_cut_whose_rows_change_between_its_phases_reads_them_again(tmp_path: P
     counted = sum(v for p, _, v in rows if p == "p@1m.n")
     assert raw + counted == 300  # every raw reading is still there, or counted in a rollup
     other.close()
+    ob.close()
+
+
+def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_bytes(tmp_path: Path) -> None:
+    """A version-3 file (readings as columns only) gains the wire column; its old rows are rendered when cut,
+    new rows carry their text, and a batch mixing both is byte for byte sign_batch's."""
+    path = tmp_path / "o.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    for n, sql in enumerate(_MIGRATIONS[:3], start=1):
+        for stmt in (s for s in sql.split(";") if s.strip()):
+            old.execute(stmt)
+        old.execute(f"PRAGMA user_version={n}")
+    before = [Reading.make("stack", "so2", T0 + i * 1000, v, "mg/m³", "NDC"[i % 3])
+              for i, v in enumerate([1 / 3, -0.0, 1e14 + 0.5, 0.0000602, 100.0, 7])]
+    old.executemany("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+                    [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, T0) for r in before])
+    old.close()
+    ob = Outbox(path, "gw-1")
+    assert ob.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    after = [Reading.make("stack", "nox", T0 + i * 1000, i / 7, "mg/m³") for i in range(4)]
+    ob.append(after, added_ms=T0)
+    stored = [r[0] for r in ob.db.execute("SELECT wire FROM pending ORDER BY id")]
+    assert stored == [None] * len(before) + [r.canonical() for r in after]
+    for lane in ("backlog", "any"):  # the backlog's path and the lane-free one
+        b = ob.cut_batch(7, KeySigner(KEY), lane=lane, live_after_ms=T0 + 1)  # type: ignore[arg-type]
+        assert b is not None
+        parsed = parse_batch(b.payload)
+        assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, parsed.readings), KEY).to_bytes()
+        assert parsed.readings == tuple((before + after)[: 7] if lane == "backlog" else (before + after)[7:])
+    assert ob.pending_count() == 0
     ob.close()
