@@ -92,6 +92,9 @@ class KeySigner:
         body = batch_body(sig_alg(self.key).value, created_ms, gateway, readings, seq, WIRE_VERSION)
         return with_sig(body, signature(body, self.key), WIRE_VERSION)
 Lane = Literal["live", "backlog", "any"]
+# A signed batch's bytes besides its readings and gateway id: field names, created, seq (up to 16 digits) and
+# an ed25519 signature (128 hex digits), with room to spare.
+_BATCH_FRAME = 300
 
 ROLLUP_SUFFIX = "@1m"
 COUNT_SUFFIX = "@1m.n"
@@ -509,6 +512,16 @@ class Outbox:
                 full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
             if not rows:
                 return None
+            if texts and sum(map(len, texts)) + len(texts) > max_bytes - _BATCH_FRAME - len(self.gateway_id):
+                # Fit the batch to the byte limit before it is signed rather than after (texts are counted in
+                # characters: a non-ASCII unit can still overshoot, and the loop below trims the rest).
+                budget, used, keep = max_bytes - _BATCH_FRAME - len(self.gateway_id), 0, 0
+                for t in texts:
+                    used += len(t) + 1
+                    if used > budget:
+                        break
+                    keep += 1
+                rows, texts = rows[: max(1, keep)], texts[: max(1, keep)]
             self._between_phases()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")

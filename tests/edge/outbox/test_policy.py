@@ -48,6 +48,26 @@ def test_batches_respect_the_byte_limit(tmp_path: Path) -> None:
     assert len(sizes) > 1 and max(sizes) <= 200_000 and ob.pending_count() == 0
 
 
+def test_a_batch_is_fitted_to_the_byte_limit_before_it_is_signed(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d" * 100, "p" * 100, T0 + i, i, "u") for i in range(3000)])
+    ob.append([Reading.make("d" * 100, "p" * 100, T0 + 10**6 + i, i, "µ" * 32) for i in range(1000)])
+    signer, signed = KeySigner(KEY), []
+    payload_from = signer.payload_from
+
+    def counted(*args: object) -> bytes:
+        signed.append(1)
+        return payload_from(*args)  # type: ignore[arg-type]
+
+    signer.payload_from = counted  # type: ignore[method-assign]
+    sizes, cuts = [], 0
+    while (b := ob.cut_batch(3000, signer, max_bytes=200_000)) is not None:
+        sizes.append(len(b.payload))
+        cuts += 1
+    assert max(sizes) <= 200_000 and min(sizes[:-1]) > 180_000 and ob.pending_count() == 0
+    assert cuts < len(signed) <= cuts + 4  # signed once per batch; only the non-ASCII units needed a trim
+
+
 def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite", "gw-1")
     # Three minutes of 1 Hz data on two points, long buffered; plus fresh live data that must stay raw.
