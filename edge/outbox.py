@@ -16,7 +16,10 @@ batches stays bounded by the uplink's windows and the backlog stays as raw
 pending rows, which the quota policy below can still act on.
 
 Overflow policy (disk quota). When the outbox uses more than its quota, the
-oldest raw backlog readings are rolled up to 1-minute aggregates: per device,
+stored wire texts are dropped first, oldest first (a cache of each reading's
+canonical text that makes cutting a backlog batch a join: without it the
+readings are rendered from their columns when cut, as before). If it is still
+over quota, the oldest raw backlog readings are rolled up to 1-minute aggregates: per device,
 point, unit and minute, one reading ``{point}@1m`` holding the mean (stamped at
 the start of the minute, with the group's worst quality flag) and one
 ``{point}@1m.n`` holding how many raw readings it replaces. Nothing is dropped
@@ -148,11 +151,14 @@ _MIGRATIONS: list[str] = [
     );
     INSERT OR IGNORE INTO meta(k, v) VALUES ('quarantine_overflow', 0);
     """,
-    # Each reading's canonical wire text, rendered once when it is stored, so cutting a backlog batch is a
-    # join rather than a re-render of every row. NULL (rows of older files, rollups, salvage) is rendered
-    # from the columns when the batch is cut; the columns stay the reading's truth (rollups read them).
+    # Each reading's canonical wire text (Reading.canonical), rendered once when it is stored, so cutting a
+    # backlog batch is a join rather than a re-render of every row. A cache beside the columns, which stay
+    # the reading's truth: keyed by pending.id (AUTOINCREMENT: never reused, so a text can only ever belong
+    # to its own reading); a reading without one (older files, rollups, salvage, shed) is rendered from its
+    # columns when cut. A table of its own so that over quota it can be dropped, oldest first, freeing whole
+    # pages, before any raw reading is rolled up.
     """
-    ALTER TABLE pending ADD COLUMN wire TEXT;
+    CREATE TABLE IF NOT EXISTS wire (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
     """,
 ]
 
@@ -445,22 +451,35 @@ class Outbox:
 
     def append(self, readings: Iterable[Reading], *, added_ms: int | None = None) -> int:
         now = now_ms() if added_ms is None else added_ms
-        rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now, _wire(r)) for r in readings]
+        rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now) for r in readings]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms, wire)"
-                " VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._insert_pending(rows, [_wire(r) for r in readings])
         return len(rows)
+
+    def _insert_pending(self, rows: list[tuple[Any, ...]], texts: list[str | None]) -> None:
+        """Insert readings and their wire texts, inside the caller's write transaction."""
+        first = None
+        for row in rows:  # executemany gives no ids: the rows' ids are consecutive after the first one's
+            first = self.db.execute("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
+                                    " VALUES (?,?,?,?,?,?,?)", row).lastrowid
+            break
+        if first is None:
+            return
+        self.db.executemany(
+            "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+            rows[1:])
+        if self.db.execute("SELECT last_insert_rowid()").fetchone()[0] != first + len(rows) - 1:
+            raise sqlite3.IntegrityError("outbox rows were not numbered consecutively")  # never seen; rolls back
+        self.db.executemany("INSERT INTO wire(id, text) VALUES (?,?)",
+                            [(first + i, t) for i, t in enumerate(texts) if t is not None])
 
     def append_spilled(self, rows: list[tuple[Reading, int]]) -> int:
         """Readings kept in the spill file, with the time each was first accepted, in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms, wire)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added, _wire(r)) for r, added in rows])
+            self._insert_pending([(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added)
+                                  for r, added in rows], [_wire(r) for r, _ in rows])
         return len(rows)
 
     def pending_count(self, lane: Lane = "any", live_after_ms: int = 0) -> int:
@@ -546,6 +565,8 @@ class Outbox:
                 # The rows taken are exactly those matching the lane up to the last id taken.
                 self.db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND {where}",
                                 (rows[0][0], rows[-1][0], *args))
+                # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
+                self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
                 self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
             return StoredBatch(seq, len(rows), payload, lane)
         raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
@@ -559,13 +580,16 @@ class Outbox:
         """
         self.db.execute("BEGIN")  # both reads see the same snapshot (another connection may cut or roll up)
         try:
-            rows = self.db.execute(f"SELECT id, wire FROM {table} WHERE {where} ORDER BY id LIMIT ?",
-                                   (*args, limit)).fetchall()
+            rows = self.db.execute(f"SELECT pending.id, wire.text FROM {table} LEFT JOIN wire ON wire.id = pending.id"
+                                   f" WHERE {where} ORDER BY pending.id LIMIT ?", (*args, limit)).fetchall()
             texts: list[str] = [r[1] for r in rows]
             if rows and None in texts:
+                missing = [(r[0],) for r in rows if r[1] is None]
                 rendered = {r[0]: _render_row(r[1:]) for r in self.db.execute(
                     f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
-                    f" WHERE id BETWEEN ? AND ? AND wire IS NULL AND {where}", (rows[0][0], rows[-1][0], *args))}
+                    f" WHERE id BETWEEN ? AND ? AND {where}"
+                    " AND NOT EXISTS (SELECT 1 FROM wire WHERE wire.id = pending.id)",
+                    (missing[0][0], missing[-1][0], *args))}
                 texts = [t if t is not None else rendered[r[0]] for t, r in zip(texts, rows, strict=True)]
         finally:
             self.db.execute("COMMIT")
@@ -736,6 +760,20 @@ class Outbox:
         used = self.used_bytes()
         if used <= quota_bytes:
             return None
+        shed = 0
+        while used > quota_bytes:  # the wire texts first: a cache, rebuilt from the columns when cut
+            with self.db:
+                n = self.db.execute("DELETE FROM wire WHERE id IN (SELECT id FROM wire ORDER BY id LIMIT ?)",
+                                    (chunk,)).rowcount
+            if n == 0:
+                break
+            shed += n
+            used = self.used_bytes()
+        if shed:
+            log.info("outbox over its %d-byte quota: dropped the stored wire texts of %d readings (they are"
+                     " rendered again when sent)", quota_bytes, shed)
+        if used <= quota_bytes:
+            return None
         raw = agg = 0
         first = last = None
         while used > quota_bytes:
@@ -810,6 +848,7 @@ class Outbox:
                                 (device, point, minute, agg, cnt))
                 written += 2
             self.db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in taken])
+            self.db.executemany("DELETE FROM wire WHERE id = ?", [(r[0],) for r in taken])
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_raw'", (len(taken),))
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_agg'", (written,))
         if not taken:
@@ -824,8 +863,9 @@ class Outbox:
         n = cnt[0] + len(members)
         mean = (agg[0] * cnt[0] + sum(m[4] for m in members)) / n
         quality = min([agg[1], *(m[6] for m in members)], key=_SEVERITY.index)
-        self.db.execute("UPDATE pending SET value = ?, quality = ?, wire = NULL WHERE id = ?", (mean, quality, agg_id))
-        self.db.execute("UPDATE pending SET value = ?, wire = NULL WHERE id = ?", (n, cnt_id))
+        self.db.execute("UPDATE pending SET value = ?, quality = ? WHERE id = ?", (mean, quality, agg_id))
+        self.db.execute("UPDATE pending SET value = ? WHERE id = ?", (n, cnt_id))
+        self.db.executemany("DELETE FROM wire WHERE id = ?", [(agg_id,), (cnt_id,)])
         return True
 
     def checkpoint(self) -> None:

@@ -99,6 +99,23 @@ def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> No
     assert total == 361
 
 
+def test_over_quota_the_stored_wire_texts_go_before_any_raw_reading_is_rolled_up(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    raw = [Reading.make("stack", "so2", T0 + s * 1000, s / 7, "mg/m3") for s in range(5000)]
+    ob.append(raw, added_ms=T0)
+    texts = int(ob.db.execute("SELECT count(*) FROM wire").fetchone()[0])
+    assert texts == 5000
+    assert ob.enforce_quota(int(ob.used_bytes() * 0.8), keep_after_ms=T0 + 1, chunk=500) is None
+    left = int(ob.db.execute("SELECT count(*) FROM wire").fetchone()[0])
+    assert 0 < left < texts and ob.metrics()["rolled_up_raw"] == 0 and ob.pending_count() == 5000
+    assert ob.db.execute("SELECT min(id) FROM wire").fetchone()[0] > ob.db.execute(
+        "SELECT min(id) FROM pending").fetchone()[0]  # the oldest readings' texts went first
+    b = ob.cut_batch(5000, KeySigner(KEY))  # rendered and stored texts side by side: the same bytes
+    assert b is not None and b.n == 5000
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parse_batch(b.payload).created_ms, tuple(raw)), KEY).to_bytes()
+    assert ob.db.execute("SELECT count(*) FROM wire").fetchone()[0] == 0
+
+
 def test_bad_acks_change_nothing(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite", "gw-1")
     ob.append([Reading.make("d", "p", T0, 1.0, "u")])
@@ -210,7 +227,7 @@ def test_a_cut_whose_rows_change_between_its_phases_reads_them_again(tmp_path: P
 
 
 def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_bytes(tmp_path: Path) -> None:
-    """A version-3 file (readings as columns only) gains the wire column; its old rows are rendered when cut,
+    """A version-3 file (readings as columns only) gains the wire table; its old rows are rendered when cut,
     new rows carry their text, and a batch mixing both is byte for byte sign_batch's."""
     path = tmp_path / "o.sqlite"
     old = sqlite3.connect(path, isolation_level=None)
@@ -227,7 +244,7 @@ def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_b
     assert ob.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
     after = [Reading.make("stack", "nox", T0 + i * 1000, i / 7, "mg/m³") for i in range(4)]
     ob.append(after, added_ms=T0)
-    stored = [r[0] for r in ob.db.execute("SELECT wire FROM pending ORDER BY id")]
+    stored = [r[0] for r in ob.db.execute("SELECT w.text FROM pending p LEFT JOIN wire w ON w.id = p.id ORDER BY p.id")]
     assert stored == [None] * len(before) + [r.canonical() for r in after]
     for lane in ("backlog", "any"):  # the backlog's path and the lane-free one
         b = ob.cut_batch(7, KeySigner(KEY), lane=lane, live_after_ms=T0 + 1)  # type: ignore[arg-type]
