@@ -509,9 +509,10 @@ class Outbox:
         shrunk if the signed message would exceed ``max_bytes``.
 
         Two phases, so the write lock is held only briefly (the agent's own writes wait for it): the
-        rows are read and rendered outside the lock; inside it, the cut checks they are still exactly
-        as read (no rollup since, same count in their id range), takes the seq, signs and commits. If
-        anything changed in between (rare), it reads again.
+        rows are read, joined and (with a KeySigner) signed under the seq the cut expects to take outside
+        the lock; inside it, the cut checks they are still exactly as read (no rollup since, same count in
+        their id range), takes the seq (signing again if another cut took the expected one) and commits.
+        If the rows changed in between (rare), it reads again.
         """
         where, args = self._lane(lane, live_after_ms)
         # The backlog is most of the table: walk it in rowid order and stop at the limit, rather than
@@ -541,6 +542,16 @@ class Outbox:
                         break
                     keep += 1
                 rows, texts = rows[: max(1, keep)], texts[: max(1, keep)]
+            signed: tuple[int, int, bytes] | None = None
+            if isinstance(sign, KeySigner):
+                # Joined and signed outside the write lock, under the seq this cut will most likely take (a live
+                # cut on the other connection may take it first: then it is signed again inside the lock).
+                guess, created = self.next_seq(), now_ms()
+                payload = sign.payload_from(self.gateway_id, guess, created, texts)
+                while len(payload) > max_bytes and len(rows) > 1:  # rare: non-ASCII units
+                    rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+                    payload = sign.payload_from(self.gateway_id, guess, created, texts[: len(rows)])
+                signed = (guess, created, payload)
             self._between_phases()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -549,17 +560,20 @@ class Outbox:
                 if count != len(rows) or self._rollup_generation() != generation:
                     continue  # leaves the with block: nothing written, the transaction ends; read again
                 seq = self._take_seq()
-                created = now_ms()
-                while True:
-                    if isinstance(sign, KeySigner):
-                        payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
-                    else:
-                        payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
-                                             readings=tuple(full[r[0]] for r in rows))).to_bytes()
-                    if len(payload) <= max_bytes or len(rows) == 1:
-                        break
-                    # Rare (long names): keep the share of rows that fits, with a margin.
-                    rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+                if signed is not None and signed[0] == seq:
+                    _, created, payload = signed
+                else:
+                    created = now_ms()
+                    while True:
+                        if isinstance(sign, KeySigner):
+                            payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
+                        else:
+                            payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
+                                                 readings=tuple(full[r[0]] for r in rows))).to_bytes()
+                        if len(payload) <= max_bytes or len(rows) == 1:
+                            break
+                        # Rare (long names): keep the share of rows that fits, with a margin.
+                        rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
                 self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
                                 (seq, created, len(rows), payload, lane))
                 # The rows taken are exactly those matching the lane up to the last id taken.

@@ -254,3 +254,27 @@ def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_b
         assert parsed.readings == tuple((before + after)[: 7] if lane == "backlog" else (before + after)[7:])
     assert ob.pending_count() == 0
     ob.close()
+
+
+def test_a_backlog_cut_signed_before_the_lock_is_signed_again_when_a_live_cut_took_its_seq(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    backlog = [Reading.make("d", "p", T0 + i, i / 3, "u") for i in range(50)]
+    ob.append(backlog, added_ms=T0)
+    ob.append([Reading.make("d", "live", T0 + 10**6, 1.0, "u")], added_ms=T0 + 10**6)
+    other = ob.second_connection()
+    live: list[int] = []
+
+    def between() -> None:
+        if not live:
+            b = other.cut_batch(10, KeySigner(KEY), lane="live", live_after_ms=T0 + 1)
+            assert b is not None
+            live.append(b.seq)
+
+    ob._between_phases = between  # type: ignore[method-assign]
+    b = ob.cut_batch(100, KeySigner(KEY), lane="backlog", live_after_ms=T0 + 1)
+    assert b is not None and live == [1] and b.seq == 2 and b.n == 50
+    parsed = parse_batch(b.payload)
+    assert parsed.seq == 2 and parsed.readings == tuple(backlog)
+    assert b.payload == sign_batch(Batch("gw-1", 2, parsed.created_ms, tuple(backlog)), KEY).to_bytes()
+    other.close()
+    ob.close()
