@@ -459,13 +459,11 @@ class Outbox:
 
     def _insert_pending(self, rows: list[tuple[Any, ...]], texts: list[str | None]) -> None:
         """Insert readings and their wire texts, inside the caller's write transaction."""
-        first = None
-        for row in rows:  # executemany gives no ids: the rows' ids are consecutive after the first one's
-            first = self.db.execute("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
-                                    " VALUES (?,?,?,?,?,?,?)", row).lastrowid
-            break
-        if first is None:
+        if not rows:
             return
+        # executemany gives no ids: under the write lock the rows' ids are consecutive from the first one's.
+        first = int(self.db.execute("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
+                                    " VALUES (?,?,?,?,?,?,?)", rows[0]).lastrowid or 0)
         self.db.executemany(
             "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
             rows[1:])
