@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,15 @@ def edge_ceiling(src: Path, work: Path, key_file: Path, batch: int, limit: int =
         ob.close()
         for f in work.glob("ceiling.sqlite*"):
             f.unlink()
+
+
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used (Linux /proc; 0 elsewhere or once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(values: list[int]) -> dict[str, int]:
@@ -178,11 +188,14 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
             word, start_ms = (await asyncio.to_thread(edge.line)).split()
             assert word == "drain"
             t0 = time.monotonic()
+            pids = {"edge": [edge.p.pid], "ingest": [p.p.pid if p.p else None for p in procs]}
+            cpu0 = {k: sum(cpu_s(pid) for pid in v) for k, v in pids.items()}
             while (n := await backlog_stored()) < readings:
                 if time.monotonic() - t0 > 1800:
                     raise TimeoutError(f"only {n} of {readings} stored after 30 minutes")
                 await asyncio.sleep(0.25)
             seconds = time.monotonic() - t0
+            cpu = {k: sum(cpu_s(pid) for pid in v) - cpu0[k] for k, v in pids.items()}
             end_ms = int(start_ms) + int(seconds * 1000)
             await asyncio.sleep(1.0)
             lat = [(int(r["ts_ms"]), int(r["received_ms"])) for r in await cloud.db.fetch(
@@ -209,7 +222,10 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
                 "live_before": before, "live_during": during,
                 "live_p99_ratio": round(during["p99_ms"] / max(1, before["p99_ms"]), 2),
                 "store": "postgresql" if store else "sqlite", "workers": workers, "batch_readings": batch,
-                "inflight": inflight, "live_target_ms": live_target_ms, "fill_s": round(fill_s, 1)}
+                "inflight": inflight, "live_target_ms": live_target_ms, "fill_s": round(fill_s, 1),
+                # CPU per reading drained (all threads), less sensitive to a loaded machine than the rate.
+                "edge_cpu_us_per_reading": round(cpu["edge"] * 1e6 / readings, 2),
+                "ingest_cpu_us_per_reading": round(cpu["ingest"] * 1e6 / readings, 2)}
 
 
 def main(
@@ -238,6 +254,8 @@ def main(
           f"during p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms max {d['max_ms']} ms ({d['n']} readings); "
           f"p99 during/before = {out['live_p99_ratio']}; live readings made during the drain:"
           f" {out['live_during_per_s']}/s of {live}/s")
+    print(f"CPU per reading drained: gateway {out['edge_cpu_us_per_reading']} µs, ingest workers together"
+          f" {out['ingest_cpu_us_per_reading']} µs")
 
 
 if __name__ == "__main__":

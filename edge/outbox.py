@@ -16,7 +16,10 @@ batches stays bounded by the uplink's windows and the backlog stays as raw
 pending rows, which the quota policy below can still act on.
 
 Overflow policy (disk quota). When the outbox uses more than its quota, the
-oldest raw backlog readings are rolled up to 1-minute aggregates: per device,
+stored wire texts are dropped first, oldest first (a cache of each reading's
+canonical text that makes cutting a backlog batch a join: without it the
+readings are rendered from their columns when cut, as before). If it is still
+over quota, the oldest raw backlog readings are rolled up to 1-minute aggregates: per device,
 point, unit and minute, one reading ``{point}@1m`` holding the mean (stamped at
 the start of the minute, with the group's worst quality flag) and one
 ``{point}@1m.n`` holding how many raw readings it replaces. Nothing is dropped
@@ -92,6 +95,9 @@ class KeySigner:
         body = batch_body(sig_alg(self.key).value, created_ms, gateway, readings, seq, WIRE_VERSION)
         return with_sig(body, signature(body, self.key), WIRE_VERSION)
 Lane = Literal["live", "backlog", "any"]
+# A signed batch's bytes besides its readings and gateway id: field names, created, seq (up to 16 digits) and
+# an ed25519 signature (128 hex digits), with room to spare.
+_BATCH_FRAME = 300
 
 ROLLUP_SUFFIX = "@1m"
 COUNT_SUFFIX = "@1m.n"
@@ -144,6 +150,15 @@ _MIGRATIONS: list[str] = [
         reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL
     );
     INSERT OR IGNORE INTO meta(k, v) VALUES ('quarantine_overflow', 0);
+    """,
+    # Each reading's canonical wire text (Reading.canonical), rendered once when it is stored, so cutting a
+    # backlog batch is a join rather than a re-render of every row. A cache beside the columns, which stay
+    # the reading's truth: keyed by pending.id (AUTOINCREMENT: never reused, so a text can only ever belong
+    # to its own reading); a reading without one (older files, rollups, salvage, shed) is rendered from its
+    # columns when cut. A table of its own so that over quota it can be dropped, oldest first, freeing whole
+    # pages, before any raw reading is rolled up.
+    """
+    CREATE TABLE IF NOT EXISTS wire (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
     """,
 ]
 
@@ -439,18 +454,30 @@ class Outbox:
         rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, now) for r in readings]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
-                rows)
+            self._insert_pending(rows, [_wire(r) for r in readings])
         return len(rows)
+
+    def _insert_pending(self, rows: list[tuple[Any, ...]], texts: list[str | None]) -> None:
+        """Insert readings and their wire texts, inside the caller's write transaction."""
+        if not rows:
+            return
+        # executemany gives no ids: under the write lock the rows' ids are consecutive from the first one's.
+        first = int(self.db.execute("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
+                                    " VALUES (?,?,?,?,?,?,?)", rows[0]).lastrowid or 0)
+        self.db.executemany(
+            "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+            rows[1:])
+        if self.db.execute("SELECT last_insert_rowid()").fetchone()[0] != first + len(rows) - 1:
+            raise sqlite3.IntegrityError("outbox rows were not numbered consecutively")  # never seen; rolls back
+        self.db.executemany("INSERT INTO wire(id, text) VALUES (?,?)",
+                            [(first + i, t) for i, t in enumerate(texts) if t is not None])
 
     def append_spilled(self, rows: list[tuple[Reading, int]]) -> int:
         """Readings kept in the spill file, with the time each was first accepted, in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
-                [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added) for r, added in rows])
+            self._insert_pending([(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, added)
+                                  for r, added in rows], [_wire(r) for r, _ in rows])
         return len(rows)
 
     def pending_count(self, lane: Lane = "any", live_after_ms: int = 0) -> int:
@@ -480,9 +507,10 @@ class Outbox:
         shrunk if the signed message would exceed ``max_bytes``.
 
         Two phases, so the write lock is held only briefly (the agent's own writes wait for it): the
-        rows are read and rendered outside the lock; inside it, the cut checks they are still exactly
-        as read (no rollup since, same count in their id range), takes the seq, signs and commits. If
-        anything changed in between (rare), it reads again.
+        rows are read, joined and (with a KeySigner) signed under the seq the cut expects to take outside
+        the lock; inside it, the cut checks they are still exactly as read (no rollup since, same count in
+        their id range), takes the seq (signing again if another cut took the expected one) and commits.
+        If the rows changed in between (rare), it reads again.
         """
         where, args = self._lane(lane, live_after_ms)
         # The backlog is most of the table: walk it in rowid order and stop at the limit, rather than
@@ -492,19 +520,36 @@ class Outbox:
         table = "pending INDEXED BY pending_added" if lane == "live" else "pending NOT INDEXED"
         for _ in range(5):
             generation = self._rollup_generation()
-            rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
-                                   f" WHERE {where} ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
-            if not rows:
-                return None
             texts: list[str] = []
             full: dict[int, Reading] = {}
             if isinstance(sign, KeySigner):
-                # Straight from the row to Reading.canonical's text, without a Reading object per row (2x
-                # faster on a backlog); tests hold the bytes to sign_batch's.
-                texts = [f'{{"device":"{r[1]}","point":"{r[2]}","quality":"{r[6]}","ts":"{format_ts(r[3])}",'
-                         f'"unit":"{r[5]}","value":{canonical_number(r[4])}}}' for r in rows]
+                rows, texts = self._wire_texts(table, where, args, max_readings)
             else:
+                rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
+                                       f" WHERE {where} ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
                 full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
+            if not rows:
+                return None
+            if texts and sum(map(len, texts)) + len(texts) > max_bytes - _BATCH_FRAME - len(self.gateway_id):
+                # Fit the batch to the byte limit before it is signed rather than after (texts are counted in
+                # characters: a non-ASCII unit can still overshoot, and the loop below trims the rest).
+                budget, used, keep = max_bytes - _BATCH_FRAME - len(self.gateway_id), 0, 0
+                for t in texts:
+                    used += len(t) + 1
+                    if used > budget:
+                        break
+                    keep += 1
+                rows, texts = rows[: max(1, keep)], texts[: max(1, keep)]
+            signed: tuple[int, int, bytes] | None = None
+            if isinstance(sign, KeySigner):
+                # Joined and signed outside the write lock, under the seq this cut will most likely take (a live
+                # cut on the other connection may take it first: then it is signed again inside the lock).
+                guess, created = self.next_seq(), now_ms()
+                payload = sign.payload_from(self.gateway_id, guess, created, texts)
+                while len(payload) > max_bytes and len(rows) > 1:  # rare: non-ASCII units
+                    rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+                    payload = sign.payload_from(self.gateway_id, guess, created, texts[: len(rows)])
+                signed = (guess, created, payload)
             self._between_phases()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -513,25 +558,54 @@ class Outbox:
                 if count != len(rows) or self._rollup_generation() != generation:
                     continue  # leaves the with block: nothing written, the transaction ends; read again
                 seq = self._take_seq()
-                created = now_ms()
-                while True:
-                    if isinstance(sign, KeySigner):
-                        payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
-                    else:
-                        payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
-                                             readings=tuple(full[r[0]] for r in rows))).to_bytes()
-                    if len(payload) <= max_bytes or len(rows) == 1:
-                        break
-                    # Rare (long names): keep the share of rows that fits, with a margin.
-                    rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+                if signed is not None and signed[0] == seq:
+                    _, created, payload = signed
+                else:
+                    created = now_ms()
+                    while True:
+                        if isinstance(sign, KeySigner):
+                            payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
+                        else:
+                            payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
+                                                 readings=tuple(full[r[0]] for r in rows))).to_bytes()
+                        if len(payload) <= max_bytes or len(rows) == 1:
+                            break
+                        # Rare (long names): keep the share of rows that fits, with a margin.
+                        rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
                 self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
                                 (seq, created, len(rows), payload, lane))
                 # The rows taken are exactly those matching the lane up to the last id taken.
                 self.db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND {where}",
                                 (rows[0][0], rows[-1][0], *args))
+                # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
+                self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
                 self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
             return StoredBatch(seq, len(rows), payload, lane)
         raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
+
+    def _wire_texts(self, table: str, where: str, args: tuple[int, ...], limit: int
+                    ) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The next ``limit`` rows of a lane as (id, …) rows and their canonical texts, in one read snapshot.
+
+        The texts stored with the readings are joined as they are; rows without one (older files, rollups,
+        salvage) are rendered from their columns, with one more query over the same id range.
+        """
+        self.db.execute("BEGIN")  # both reads see the same snapshot (another connection may cut or roll up)
+        try:
+            rows = self.db.execute(f"SELECT pending.id, wire.text FROM {table} LEFT JOIN wire ON wire.id = pending.id"
+                                   f" WHERE {where} ORDER BY pending.id LIMIT ?", (*args, limit)).fetchall()
+            texts: list[str] = [r[1] for r in rows]
+            if rows and None in texts:
+                missing = [(r[0],) for r in rows if r[1] is None]
+                rendered = {r[0]: _render_row(r[1:]) for r in self.db.execute(
+                    f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
+                    f" WHERE id BETWEEN ? AND ? AND {where}"
+                    " AND NOT EXISTS (SELECT 1 FROM wire WHERE wire.id = pending.id)",
+                    (missing[0][0], missing[-1][0], *args))}
+                texts = [t if t is not None else rendered[r[0]] for t, r in zip(texts, rows, strict=True)]
+        finally:
+            self.db.execute("COMMIT")
+        return rows, texts
 
     def _between_phases(self) -> None:
         """A seam for tests: another writer acts between reading the rows and cutting them."""
@@ -698,6 +772,20 @@ class Outbox:
         used = self.used_bytes()
         if used <= quota_bytes:
             return None
+        shed = 0
+        while used > quota_bytes:  # the wire texts first: a cache, rebuilt from the columns when cut
+            with self.db:
+                n = self.db.execute("DELETE FROM wire WHERE id IN (SELECT id FROM wire ORDER BY id LIMIT ?)",
+                                    (chunk,)).rowcount
+            if n == 0:
+                break
+            shed += n
+            used = self.used_bytes()
+        if shed:
+            log.info("outbox over its %d-byte quota: dropped the stored wire texts of %d readings (they are"
+                     " rendered again when sent)", quota_bytes, shed)
+        if used <= quota_bytes:
+            return None
         raw = agg = 0
         first = last = None
         while used > quota_bytes:
@@ -772,6 +860,7 @@ class Outbox:
                                 (device, point, minute, agg, cnt))
                 written += 2
             self.db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in taken])
+            self.db.executemany("DELETE FROM wire WHERE id = ?", [(r[0],) for r in taken])
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_raw'", (len(taken),))
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_agg'", (written,))
         if not taken:
@@ -788,6 +877,7 @@ class Outbox:
         quality = min([agg[1], *(m[6] for m in members)], key=_SEVERITY.index)
         self.db.execute("UPDATE pending SET value = ?, quality = ? WHERE id = ?", (mean, quality, agg_id))
         self.db.execute("UPDATE pending SET value = ? WHERE id = ?", (n, cnt_id))
+        self.db.executemany("DELETE FROM wire WHERE id = ?", [(agg_id,), (cnt_id,)])
         return True
 
     def checkpoint(self) -> None:
@@ -914,6 +1004,20 @@ class Spill:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _wire(r: Reading) -> str | None:
+    """The reading's canonical text as stored beside its columns; None (rendered when cut) if it has none."""
+    try:
+        return r.canonical()
+    except WireError:  # a value out of range: cutting it fails as it always did, not storing it
+        return None
+
+
+def _render_row(r: tuple[Any, ...]) -> str:
+    """``Reading.canonical``'s text straight from a (device, point, ts_ms, value, unit, quality) row."""
+    return (f'{{"device":"{r[0]}","point":"{r[1]}","quality":"{r[5]}","ts":"{format_ts(r[2])}",'
+            f'"unit":"{r[4]}","value":{canonical_number(r[3])}}}')
 
 
 def _suffixed(point: str, suffix: str) -> str:

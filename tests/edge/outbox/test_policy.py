@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from carbonlink.edge.outbox import KeySigner, Outbox
+from carbonlink.edge.outbox import _MIGRATIONS, KeySigner, Outbox
 from carbonlink.edge.uplink import DeliveryPolicy, Uplink
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
@@ -47,6 +48,26 @@ def test_batches_respect_the_byte_limit(tmp_path: Path) -> None:
     assert len(sizes) > 1 and max(sizes) <= 200_000 and ob.pending_count() == 0
 
 
+def test_a_batch_is_fitted_to_the_byte_limit_before_it_is_signed(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    ob.append([Reading.make("d" * 100, "p" * 100, T0 + i, i, "u") for i in range(3000)])
+    ob.append([Reading.make("d" * 100, "p" * 100, T0 + 10**6 + i, i, "µ" * 32) for i in range(1000)])
+    signer, signed = KeySigner(KEY), []
+    payload_from = signer.payload_from
+
+    def counted(*args: object) -> bytes:
+        signed.append(1)
+        return payload_from(*args)  # type: ignore[arg-type]
+
+    signer.payload_from = counted  # type: ignore[method-assign]
+    sizes, cuts = [], 0
+    while (b := ob.cut_batch(3000, signer, max_bytes=200_000)) is not None:
+        sizes.append(len(b.payload))
+        cuts += 1
+    assert max(sizes) <= 200_000 and min(sizes[:-1]) > 180_000 and ob.pending_count() == 0
+    assert cuts < len(signed) <= cuts + 4  # signed once per batch; only the non-ASCII units needed a trim
+
+
 def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite", "gw-1")
     # Three minutes of 1 Hz data on two points, long buffered; plus fresh live data that must stay raw.
@@ -76,6 +97,23 @@ def test_quota_rolls_oldest_raw_backlog_up_to_minute_means(tmp_path: Path) -> No
     # Sum of counts = raw readings replaced: nothing dropped.
     total = sum(v for (p, _), v in rows.items() if p.endswith("@1m.n"))
     assert total == 361
+
+
+def test_over_quota_the_stored_wire_texts_go_before_any_raw_reading_is_rolled_up(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    raw = [Reading.make("stack", "so2", T0 + s * 1000, s / 7, "mg/m3") for s in range(5000)]
+    ob.append(raw, added_ms=T0)
+    texts = int(ob.db.execute("SELECT count(*) FROM wire").fetchone()[0])
+    assert texts == 5000
+    assert ob.enforce_quota(int(ob.used_bytes() * 0.8), keep_after_ms=T0 + 1, chunk=500) is None
+    left = int(ob.db.execute("SELECT count(*) FROM wire").fetchone()[0])
+    assert 0 < left < texts and ob.metrics()["rolled_up_raw"] == 0 and ob.pending_count() == 5000
+    assert ob.db.execute("SELECT min(id) FROM wire").fetchone()[0] > ob.db.execute(
+        "SELECT min(id) FROM pending").fetchone()[0]  # the oldest readings' texts went first
+    b = ob.cut_batch(5000, KeySigner(KEY))  # rendered and stored texts side by side: the same bytes
+    assert b is not None and b.n == 5000
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parse_batch(b.payload).created_ms, tuple(raw)), KEY).to_bytes()
+    assert ob.db.execute("SELECT count(*) FROM wire").fetchone()[0] == 0
 
 
 def test_bad_acks_change_nothing(tmp_path: Path) -> None:
@@ -184,5 +222,59 @@ def test_a_cut_whose_rows_change_between_its_phases_reads_them_again(tmp_path: P
     raw = sum(1 for p, _, _ in rows if p == "p")
     counted = sum(v for p, _, v in rows if p == "p@1m.n")
     assert raw + counted == 300  # every raw reading is still there, or counted in a rollup
+    other.close()
+    ob.close()
+
+
+def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_bytes(tmp_path: Path) -> None:
+    """A version-3 file (readings as columns only) gains the wire table; its old rows are rendered when cut,
+    new rows carry their text, and a batch mixing both is byte for byte sign_batch's."""
+    path = tmp_path / "o.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    for n, sql in enumerate(_MIGRATIONS[:3], start=1):
+        for stmt in (s for s in sql.split(";") if s.strip()):
+            old.execute(stmt)
+        old.execute(f"PRAGMA user_version={n}")
+    before = [Reading.make("stack", "so2", T0 + i * 1000, v, "mg/m³", "NDC"[i % 3])
+              for i, v in enumerate([1 / 3, -0.0, 1e14 + 0.5, 0.0000602, 100.0, 7])]
+    old.executemany("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
+                    [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value, T0) for r in before])
+    old.close()
+    ob = Outbox(path, "gw-1")
+    assert ob.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    after = [Reading.make("stack", "nox", T0 + i * 1000, i / 7, "mg/m³") for i in range(4)]
+    ob.append(after, added_ms=T0)
+    stored = [r[0] for r in ob.db.execute("SELECT w.text FROM pending p LEFT JOIN wire w ON w.id = p.id ORDER BY p.id")]
+    assert stored == [None] * len(before) + [r.canonical() for r in after]
+    for lane in ("backlog", "any"):  # the backlog's path and the lane-free one
+        b = ob.cut_batch(7, KeySigner(KEY), lane=lane, live_after_ms=T0 + 1)  # type: ignore[arg-type]
+        assert b is not None
+        parsed = parse_batch(b.payload)
+        assert b.payload == sign_batch(Batch("gw-1", b.seq, parsed.created_ms, parsed.readings), KEY).to_bytes()
+        assert parsed.readings == tuple((before + after)[: 7] if lane == "backlog" else (before + after)[7:])
+    assert ob.pending_count() == 0
+    ob.close()
+
+
+def test_a_backlog_cut_signed_before_the_lock_is_signed_again_when_a_live_cut_took_its_seq(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    backlog = [Reading.make("d", "p", T0 + i, i / 3, "u") for i in range(50)]
+    ob.append(backlog, added_ms=T0)
+    ob.append([Reading.make("d", "live", T0 + 10**6, 1.0, "u")], added_ms=T0 + 10**6)
+    other = ob.second_connection()
+    live: list[int] = []
+
+    def between() -> None:
+        if not live:
+            b = other.cut_batch(10, KeySigner(KEY), lane="live", live_after_ms=T0 + 1)
+            assert b is not None
+            live.append(b.seq)
+
+    ob._between_phases = between  # type: ignore[method-assign]
+    b = ob.cut_batch(100, KeySigner(KEY), lane="backlog", live_after_ms=T0 + 1)
+    assert b is not None and live == [1] and b.seq == 2 and b.n == 50
+    parsed = parse_batch(b.payload)
+    assert parsed.seq == 2 and parsed.readings == tuple(backlog)
+    assert b.payload == sign_batch(Batch("gw-1", 2, parsed.created_ms, tuple(backlog)), KEY).to_bytes()
     other.close()
     ob.close()
