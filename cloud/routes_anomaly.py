@@ -5,8 +5,9 @@ stored readings, as the gateways would have flagged them (cloud/anomaly_backtest
 so one request cannot hold a worker for long; nothing is written. Needs numpy and onnxruntime (the
 ``edge-ml`` or ``ml`` extra) on the cloud host; without them the answer is 503 with the install line.
 
-``PUT /api/models/{id}/{version}`` (body: the ONNX file, up to 8 MiB; operators and admins) verifies the
-file with the loader the gateways use (ONNX, inputs, metadata, finite scores on the probe batch) and keeps
+``PUT /api/models/{id}/{version}`` (body: the ONNX file; operators and admins) verifies the file with the
+loader the gateways use, under their limits (at most 1 MiB, ``too_large`` otherwise: a gateway would refuse
+it; ONNX, inputs, metadata, finite scores on the probe batch) and keeps
 it by its SHA-256 for the caller's tenant; a shadow's ``desired.model = {"id", "version", "sha256"}`` then
 sends it to gateways (cloud/model_delivery.py). ``GET /api/models`` lists the tenant's models.
 """
@@ -69,12 +70,12 @@ def create_anomaly_router(store: Store) -> APIRouter:
         if not data or len(data) > MAX_MODEL_BYTES:
             raise HTTPException(422, f"the body is the ONNX file, 1 byte to {MAX_MODEL_BYTES} bytes")
         try:
-            from carbonlink.anomaly.model import ModelError, load
+            from carbonlink.anomaly.model import EDGE_MAX_MODEL_BYTES, ModelError, load
         except ImportError as exc:
             raise HTTPException(503, f"the anomaly runtime is not installed here ({exc}); "
                                      "pip install 'carbonlink[edge-ml]'") from None
         try:
-            model = load(data)
+            model = load(data, max_bytes=EDGE_MAX_MODEL_BYTES)  # what a gateway would accept, nothing more
         except ModelError as exc:
             raise HTTPException(422, f"not a model the gateways can run ({exc.code}): {exc}") from None
         if (model.info.model_id, model.info.version) != (model_id, version):

@@ -59,6 +59,9 @@ async def test_model_upload_is_verified_and_kept_per_tenant(api: Api) -> None:
     wrong = await api.client.put(f"/api/models/{info.model_id}/{info.version + 1}", content=data,
                                  headers=api.as_("operator") | octets)
     assert wrong.status_code == 422 and "the file says" in wrong.text
+    # over the gateways' 1 MiB budget: refused here, not accepted and then refused by every gateway
+    big = await api.client.put(url, content=data + b"\0" * (1024 * 1024), headers=api.as_("operator") | octets)
+    assert big.status_code == 422 and "too_large" in big.text
     assert len((await api.client.get("/api/models", headers=api.as_("analyst"))).json()["items"]) == 1
     # the general 1 MiB body limit does not apply to models, a larger limit does
     huge = await api.client.put(url, content=b"\0" * (9 * 1024 * 1024), headers=api.as_("operator") | octets)
