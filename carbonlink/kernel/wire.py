@@ -219,11 +219,7 @@ class Reading:
         }
 
     def canonical(self) -> str:
-        # Keys in sorted order; every string is escape-free by construction.
-        return (
-            f'{{"device":"{self.device}","point":"{self.point}","quality":"{self.quality.value}",'
-            f'"ts":"{format_ts(self.ts_ms)}","unit":"{self.unit}","value":{canonical_number(self.value)}}}'
-        )
+        return reading_text(self.device, self.point, self.ts_ms, self.value, self.unit, self.quality.value)
 
     @classmethod
     def from_wire(cls, obj: Any) -> Reading:
@@ -320,6 +316,13 @@ def parse_batch(raw: bytes) -> Batch:
 
 
 # --- signatures ----------------------------------------------------------------------------
+
+
+def reading_text(device: str, point: str, ts_ms: int, value: float, unit: str, quality: str) -> str:
+    """A reading's canonical text (``Reading.canonical``) from its fields, as a store row holds them: keys in
+    sorted order, every string escape-free by construction."""
+    return (f'{{"device":"{device}","point":"{point}","quality":"{quality}","ts":"{format_ts(ts_ms)}",'
+            f'"unit":"{unit}","value":{canonical_number(value)}}}')
 
 
 def batch_body(alg: str, created_ms: int, gateway: str, readings: Sequence[str], seq: int, v: int) -> bytes:
