@@ -54,10 +54,10 @@ from carbonlink.kernel.wire import (
     Reading,
     WireError,
     batch_body,
-    canonical_number,
     format_ts,
     now_ms,
     parse_batch,
+    reading_text,
     sig_alg,
     sign_batch,
     signature,
@@ -530,10 +530,11 @@ class Outbox:
                 full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
             if not rows:
                 return None
-            if texts and sum(map(len, texts)) + len(texts) > max_bytes - _BATCH_FRAME - len(self.gateway_id):
+            budget = max_bytes - _BATCH_FRAME - len(self.gateway_id)
+            if texts and sum(map(len, texts)) + len(texts) > budget:
                 # Fit the batch to the byte limit before it is signed rather than after (texts are counted in
-                # characters: a non-ASCII unit can still overshoot, and the loop below trims the rest).
-                budget, used, keep = max_bytes - _BATCH_FRAME - len(self.gateway_id), 0, 0
+                # characters: a non-ASCII unit can still overshoot, and _signed trims the rest).
+                used, keep = 0, 0
                 for t in texts:
                     used += len(t) + 1
                     if used > budget:
@@ -545,10 +546,7 @@ class Outbox:
                 # Joined and signed outside the write lock, under the seq this cut will most likely take (a live
                 # cut on the other connection may take it first: then it is signed again inside the lock).
                 guess, created = self.next_seq(), now_ms()
-                payload = sign.payload_from(self.gateway_id, guess, created, texts)
-                while len(payload) > max_bytes and len(rows) > 1:  # rare: non-ASCII units
-                    rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
-                    payload = sign.payload_from(self.gateway_id, guess, created, texts[: len(rows)])
+                rows, payload = self._signed(sign, guess, created, rows, texts, full, max_bytes)
                 signed = (guess, created, payload)
             self._between_phases()
             with self.db:
@@ -562,16 +560,7 @@ class Outbox:
                     _, created, payload = signed
                 else:
                     created = now_ms()
-                    while True:
-                        if isinstance(sign, KeySigner):
-                            payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
-                        else:
-                            payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
-                                                 readings=tuple(full[r[0]] for r in rows))).to_bytes()
-                        if len(payload) <= max_bytes or len(rows) == 1:
-                            break
-                        # Rare (long names): keep the share of rows that fits, with a margin.
-                        rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
+                    rows, payload = self._signed(sign, seq, created, rows, texts, full, max_bytes)
                 self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
                                 (seq, created, len(rows), payload, lane))
                 # The rows taken are exactly those matching the lane up to the last id taken.
@@ -582,6 +571,21 @@ class Outbox:
                 self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
             return StoredBatch(seq, len(rows), payload, lane)
         raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
+
+    def _signed(self, sign: Signer, seq: int, created: int, rows: list[Any], texts: list[str],
+                full: dict[int, Reading], max_bytes: int) -> tuple[list[Any], bytes]:
+        """The batch of ``rows`` signed under ``seq`` (from their ``texts`` with a KeySigner, else their
+        ``full`` readings), rows dropped from its end until it fits ``max_bytes``: rare (long names, non-ASCII
+        units), it keeps the share of rows that fits, with a margin."""
+        while True:
+            if isinstance(sign, KeySigner):
+                payload = sign.payload_from(self.gateway_id, seq, created, texts[: len(rows)])
+            else:
+                payload = sign(Batch(gateway=self.gateway_id, seq=seq, created_ms=created,
+                                     readings=tuple(full[r[0]] for r in rows))).to_bytes()
+            if len(payload) <= max_bytes or len(rows) == 1:
+                return rows, payload
+            rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
 
     def _wire_texts(self, table: str, where: str, args: tuple[int, ...], limit: int
                     ) -> tuple[list[tuple[Any, ...]], list[str]]:
@@ -597,7 +601,7 @@ class Outbox:
             texts: list[str] = [r[1] for r in rows]
             if rows and None in texts:
                 missing = [(r[0],) for r in rows if r[1] is None]
-                rendered = {r[0]: _render_row(r[1:]) for r in self.db.execute(
+                rendered = {r[0]: reading_text(*r[1:]) for r in self.db.execute(
                     f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
                     f" WHERE id BETWEEN ? AND ? AND {where}"
                     " AND NOT EXISTS (SELECT 1 FROM wire WHERE wire.id = pending.id)",
@@ -1012,12 +1016,6 @@ def _wire(r: Reading) -> str | None:
         return r.canonical()
     except WireError:  # a value out of range: cutting it fails as it always did, not storing it
         return None
-
-
-def _render_row(r: tuple[Any, ...]) -> str:
-    """``Reading.canonical``'s text straight from a (device, point, ts_ms, value, unit, quality) row."""
-    return (f'{{"device":"{r[0]}","point":"{r[1]}","quality":"{r[5]}","ts":"{format_ts(r[2])}",'
-            f'"unit":"{r[4]}","value":{canonical_number(r[3])}}}')
 
 
 def _suffixed(point: str, suffix: str) -> str:
