@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carbonlink.kernel.tasks import cancel_and_wait
 from carbonlink.kernel.wire import Quality, Reading
 
 from ..store import HOUR_MS, Store
@@ -337,8 +338,9 @@ async def running_anchor(store: Store, chain_url: str, *, settings: AnchorSettin
         try:
             yield service
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # cancelled until it really ends: a cancellation that lands as a chain call or a store read
+            # finishes can be lost (Python 3.11's wait_for), and a plain cancel-then-await then hung the
+            # demo's exit with the loop sleeping between ticks forever
+            await cancel_and_wait([task], what="anchoring")
     finally:
         await chain.close()

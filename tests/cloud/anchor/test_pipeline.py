@@ -239,3 +239,35 @@ async def test_a_different_root_on_chain_is_a_conflict(plant: Plant, hardhat_url
         assert (await service.send(now_ms=AFTER + 10**9)) == ([], [])  # left for a human, not retried
     finally:
         await chain.close()
+
+
+async def test_the_anchoring_loop_stops_even_when_a_cancellation_is_lost(plant: Plant, tmp_path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancellation that lands as a chain call finishes can be lost (Python 3.11's wait_for): the loop then
+    sleeps on between ticks, and the demo's exit waited for it for ever. Its owner cancels until it ends."""
+    import asyncio
+
+    from carbonlink.cloud.anchor import jobs
+
+    lost: list[int] = []
+
+    async def run(self: AnchorService, interval_s: float = 10.0) -> None:
+        while True:
+            try:
+                await asyncio.sleep(interval_s)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append(1)  # the first cancellation is swallowed, as the lost one was
+
+    monkeypatch.setattr(jobs.AnchorService, "run", run)
+    async def use() -> None:
+        async with jobs.running_anchor(plant.store, f"evm://{tmp_path / 'chain.jsonl'}", interval_s=0.05):
+            await asyncio.sleep(0.1)
+
+    user = asyncio.create_task(use())
+    done, _ = await asyncio.wait({user}, timeout=20)  # the old exit never ended: a bound for "for ever"
+    if not done:
+        user.cancel()
+    assert user in done and lost == [1]
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "anchor" and not t.done()] == []
