@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from carbonlink.kernel.mqtturl import MqttUrl
+from carbonlink.kernel.tasks import cancel_and_wait
 from carbonlink.kernel.wire import now_ms
 
 from .api import create_app
@@ -124,9 +125,9 @@ class CloudService:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
-        for t in self._tasks:
-            if t.get_name() != "http":
-                t.cancel()
+        # Cancelled until they end (a cancellation can be lost, as in kernel.tasks); the HTTP server
+        # stops on should_exit and is awaited with them.
+        await cancel_and_wait([t for t in self._tasks if t.get_name() != "http"], what="cloud")
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.store.close()

@@ -19,15 +19,25 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, attempts: int =
                           what: str = "task") -> list[asyncio.Task[Any]]:
     """Cancel ``tasks`` and wait for them, cancelling again those that keep running.
 
-    Returns the tasks that still run after ``attempts`` rounds (logged as errors).
+    Returns the tasks that still run after ``attempts`` rounds (logged as errors). If the caller is
+    itself cancelled meanwhile (an owner being stopped the same way, from its ``finally``), the rounds go
+    on to the end and the cancellation is raised after them: a cleanup cut short would leave the tasks
+    running with no owner.
     """
     pending = {t for t in tasks if not t.done()}
+    interrupted = False
     for _ in range(attempts):
         if not pending:
-            return []
+            break
         for t in pending:
             t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=wait_s)
+        try:
+            _, pending = await asyncio.wait(pending, timeout=wait_s)
+        except asyncio.CancelledError:  # asyncio.wait itself cancels none of them
+            interrupted = True
+            pending = {t for t in pending if not t.done()}
     for t in pending:
         log.error("%s %s did not stop after %d cancellations; abandoning it", what, t.get_name(), attempts)
+    if interrupted:
+        raise asyncio.CancelledError
     return list(pending)

@@ -65,3 +65,37 @@ async def test_cancel_and_wait_stops_a_task_that_swallows_cancellations() -> Non
     assert await cancel_and_wait([forever], attempts=3, wait_s=0.01) == [forever]
     swallowed = 1  # let it stop now: one more lost cancellation, then it ends
     assert await cancel_and_wait([forever], wait_s=0.05) == [] and forever.cancelled()
+
+
+async def test_cancel_and_wait_finishes_its_rounds_when_its_caller_is_cancelled() -> None:
+    """An owner stopped from outside while it stops its own task (cancel_and_wait in a finally) still
+    stops that task, then raises the cancellation: a cut-short cleanup left the task running, ownerless."""
+    from carbonlink.kernel.tasks import cancel_and_wait
+
+    lost: list[int] = []
+
+    async def child() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append(1)
+
+    inner = asyncio.create_task(child())
+
+    async def owner() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await cancel_and_wait([inner], wait_s=0.2)
+
+    outer = asyncio.create_task(owner())
+    await asyncio.sleep(0)
+    outer.cancel()
+    await asyncio.sleep(0.05)  # inside its finally now, waiting on the child that lost a cancellation
+    outer.cancel()  # stopped again, as a supervisor's next round does
+    done, _ = await asyncio.wait({outer}, timeout=5)
+    assert outer in done and outer.cancelled()
+    assert inner.cancelled() and lost == [1]
