@@ -312,17 +312,20 @@ class EdgeAgent:
                 self._restart(device)
 
     def _restart(self, device: str) -> None:
-        old = self.supervisors.pop(device, None)
-        if old is not None:
-            old_task = old._task
-            if old_task is not None:
-                old_task.cancel()
+        self._retire(self.supervisors.pop(device, None))
         settings = self.devices[device]
         if settings.enabled:
             driver = build_driver(settings, events=self.events)  # signed, kept until the cloud acks
             sup = DeviceSupervisor(driver, self._accept)
             self.supervisors[device] = sup
             self._tasks.append(sup.start())
+
+    def _retire(self, old: DeviceSupervisor | None) -> None:
+        """Stop a replaced or removed device's supervisor for certain, in the background: one cancel can be
+        lost (pymodbus swallows one mid-request), which left the old poller running beside its successor."""
+        if old is not None and old._task is not None:
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(asyncio.create_task(old.stop(), name=f"retire {old.driver.describe()}"))
 
     # CommandTarget
     async def read_now(self, device: str | None, wait_s: float) -> dict[str, Any]:
@@ -369,9 +372,7 @@ class EdgeAgent:
         self.set_log_level(cfg.log_level)
         for d in changed:
             if d not in self.devices:
-                old = self.supervisors.pop(d, None)
-                if old is not None and old._task is not None:
-                    old._task.cancel()
+                self._retire(self.supervisors.pop(d, None))
             else:
                 self._restart(d)
         self.shadow.apply_saved()  # the operator's desired state still wins over the file
