@@ -13,7 +13,6 @@ for a while, then the device answers again on the same port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from carbonlink.kernel.tasks import cancel_and_wait
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -132,9 +133,9 @@ class ModbusDeviceHost:
         if self._server is not None:
             await self._server.shutdown()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task], what="modbus server")  # pymodbus can swallow one cancel
+            if self._task.done() and not self._task.cancelled():
+                self._task.exception()  # a server that failed by itself: its error is the test's, not ours
         self._server = self._task = None
 
     async def restart(self, down_s: float = 2.0) -> None:

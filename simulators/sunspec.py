@@ -13,7 +13,6 @@ driver's offset table, so the driver tests and pysunspec2 both cross-check it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -27,6 +26,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from carbonlink.kernel.tasks import cancel_and_wait
 
 from .clock import wall_clock
 from .inverter import ST_SLEEPING, SolarInverter
@@ -276,9 +277,7 @@ class SunSpecInverter:
         if self._server is not None:
             await self._server.shutdown()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], what="sunspec server")  # pymodbus can swallow one cancel
         self._server = self._task = None
 
     async def __aenter__(self) -> SunSpecInverter:

@@ -30,7 +30,6 @@ A handler never lets an exception out; the server never dies on input.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import time
@@ -53,6 +52,7 @@ from carbonlink.codecs.hj212.codec import (
 )
 from carbonlink.edge.drivers.base import DriverCounters, LogEvents
 from carbonlink.kernel.events import EventSink
+from carbonlink.kernel.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,7 @@ class Hj212Server:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        for task in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(list(self._handlers), what="hj212 connection")
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
