@@ -99,6 +99,10 @@ class CloudService:
         if self._tasks[1].done():
             exc = self._tasks[1].exception()
             raise RuntimeError(f"HTTP server could not start on {self.http_host}:{self.http_port}: {exc}")
+        if self.http_port == 0:  # "any free port": say the one the system gave, so the printed URL works
+            for server in self._server.servers:
+                for sock in server.sockets:
+                    self.http_port = int(sock.getsockname()[1])
         try:
             await asyncio.wait_for(self.ingest.connected.wait(), 10)
         except TimeoutError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -50,3 +51,5 @@ def test_cli_demo_json_summary(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["stored"] == summary["published"] > 0
     assert summary["rejected"] == 0 and summary["produced"] == summary["published"]
+    # Port 0 means "any free one": the summary names the port the dashboard really had, not 0.
+    assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*/", summary["dashboard"]), summary["dashboard"]
