@@ -653,9 +653,28 @@ class Outbox:
 
     def ack(self, seq: int) -> int:
         """Forget a batch the cloud has committed; returns its reading count (0 if unknown)."""
+        return self.ack_many([seq]).get(seq, 0)
+
+    def ack_many(self, seqs: Iterable[int]) -> dict[int, int]:
+        """Forget the batches the cloud has committed, in one transaction; ``{seq: readings}`` of those here.
+
+        Acks come in bursts during a drain: one commit (and one fsync) for the burst instead of one per batch.
+        All or nothing: a crash before the commit forgets none of them, so they are only sent again (the cloud
+        acks a batch it already holds as a duplicate). Seqs never issued (or outside SQLite's integers) are
+        simply not found.
+        """
+        wanted = [s for s in dict.fromkeys(seqs) if 0 < s < 2**63]
+        found: dict[int, int] = {}
+        if not wanted:
+            return found
         with self.db:
-            row = self.db.execute("DELETE FROM batches WHERE seq = ? RETURNING n", (seq,)).fetchone()
-        return int(row[0]) if row else 0
+            self.db.execute("BEGIN IMMEDIATE")
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                found.update((int(s), int(n)) for s, n in self.db.execute(
+                    f"DELETE FROM batches WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING seq, n",
+                    chunk).fetchall())
+        return found
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT v FROM meta WHERE k='next_seq'").fetchone()[0])
