@@ -148,3 +148,23 @@ async def test_the_receiver_applies_queued_acks_in_one_transaction_and_keeps_oth
     assert ob.unacked_count() == (0, 0) and up.counters.batches_acked == 5
     ob.close()
 
+
+def _wal_frames(ob: Outbox) -> int:
+    return int(ob.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+@pytest.mark.parametrize("connection", ["main", "cutter"])
+def test_an_ack_does_not_write_the_freed_payload_again(tmp_path: Path, connection: str) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-a")
+    ob.append([Reading.make("d", f"p{i % 7}", T0 + i, i / 3, "mg/m3") for i in range(3000)])
+    db = ob if connection == "main" else ob.second_connection()
+    b = db.cut_batch(3000, SIGN)
+    assert b is not None and len(b.payload) > 200_000  # about 50 overflow pages of 4 KiB
+    ob.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert db.ack(b.seq) == 3000
+    # The row, its page and the freelist's trunk page: not the payload's pages, rewritten as zeros.
+    assert _wal_frames(ob) < 10
+    assert db.db.execute("PRAGMA secure_delete").fetchone()[0] == 2  # FAST
+    if db is not ob:
+        db.close()
+    ob.close()
