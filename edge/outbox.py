@@ -160,6 +160,12 @@ _MIGRATIONS: list[str] = [
     """
     CREATE TABLE IF NOT EXISTS wire (id INTEGER PRIMARY KEY, text TEXT NOT NULL);
     """,
+    # The send loop polls the unacked batches' (seq, n, lane) on every turn. lane was added after payload, so
+    # reading it walked each batch's whole payload (~500 KB of overflow pages for a 5000-reading batch; ~2.4 ms
+    # a poll with 24 batches waiting): a covering index answers the poll without touching the rows.
+    """
+    CREATE INDEX IF NOT EXISTS batches_heads ON batches(seq, n, lane);
+    """,
 ]
 
 
@@ -654,7 +660,7 @@ class Outbox:
     def unacked_heads(self, limit: int = 100) -> list[tuple[int, int, str]]:
         """(seq, readings, lane) of the oldest unacked batches, without their payloads (the send loop's poll)."""
         return [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT seq, n, lane FROM batches ORDER BY seq LIMIT ?", (limit,))]
+            "SELECT seq, n, lane FROM batches INDEXED BY batches_heads ORDER BY seq LIMIT ?", (limit,))]
 
     def payload(self, seq: int) -> bytes | None:
         row = self.db.execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()
