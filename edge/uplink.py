@@ -104,6 +104,8 @@ class _Bucket:
         return self.tokens
 
 
+# Acks already queued are applied together, up to this many: one outbox transaction for a burst.
+ACK_GROUP = 64
 RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
 
 
@@ -229,43 +231,84 @@ class Uplink:
                     pass
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-            topic = str(message.topic)
-            if topic == self.topics.ack:
-                self.handle_ack(payload)
-            elif self.on_message is not None:
+        messages = client.messages
+        acks: list[bytes] = []
+        try:
+            async for message in messages:
+                payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+                topic = str(message.topic)
+                if topic == self.topics.ack:
+                    acks.append(payload)
+                    if len(messages) and len(acks) < ACK_GROUP:
+                        continue  # more messages already queued: their acks are applied together
+                    burst, acks = acks, []
+                    self.handle_acks(burst)
+                elif self.on_message is not None:
+                    if acks:  # in arrival order
+                        burst, acks = acks, []
+                        self.handle_acks(burst)
+                    try:
+                        await self.on_message(topic, payload)
+                    except Exception:  # a control-message bug must not stop acks from being applied
+                        log.exception("handling %s failed", topic)
+        finally:
+            if acks:  # the connection ended (or we are stopping) with acks still held: apply them
                 try:
-                    await self.on_message(topic, payload)
-                except Exception:  # a control-message bug must not stop acks from being applied
-                    log.exception("handling %s failed", topic)
+                    self.handle_acks(acks)
+                except sqlite3.Error as exc:  # not applied: those batches are only sent again
+                    log.warning("%d acks could not be applied (%s); their batches will be sent again",
+                                len(acks), exc)
 
     def handle_ack(self, payload: bytes) -> None:
-        try:
-            ack = json.loads(payload)
-            if isinstance(ack, dict) and "event" in ack and "seq" not in ack:
-                self._event_ack(str(ack["event"]), str(ack["status"]), str(ack.get("reason", "")))
-                return
-            seq, status = int(ack["seq"]), str(ack["status"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring malformed ack %r", payload[:200])
-            self.counters.unknown_acks += 1
-            self.counters.bogus_acks += 1
+        self.handle_acks([payload])
+
+    def handle_acks(self, payloads: list[bytes]) -> None:
+        """Apply a burst of acks in arrival order; the batches the cloud committed are forgotten together.
+
+        One outbox transaction for the burst's committed batches (``Outbox.ack_many``) rather than one per
+        batch: all or nothing, so a crash before it commits only means those batches are sent again and
+        the cloud acks them as duplicates. A refusal or an event ack first applies the committed acks that
+        came before it, so the outcome is the same as applying the acks one by one.
+        """
+        committed: list[int] = []
+        for payload in payloads:
+            try:
+                ack = json.loads(payload)
+                if isinstance(ack, dict) and "event" in ack and "seq" not in ack:
+                    self._forget(committed)
+                    self._event_ack(str(ack["event"]), str(ack["status"]), str(ack.get("reason", "")))
+                    continue
+                seq, status = int(ack["seq"]), str(ack["status"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed ack %r", payload[:200])
+                self.counters.unknown_acks += 1
+                self.counters.bogus_acks += 1
+                continue
+            if status == "rejected":
+                self._forget(committed)
+                self._refused(seq, str(ack.get("reason", "no reason given"))[:2000])
+                continue
+            committed.append(seq)
+        self._forget(committed)
+
+    def _forget(self, seqs: list[int]) -> None:
+        """The batches the cloud committed (in ack order, repeats included): out of the outbox, then out of flight."""
+        if not seqs:
             return
-        if status == "rejected":
-            self._refused(seq, str(ack.get("reason", "no reason given"))[:2000])
-            return
-        n = self.outbox.ack(seq)
-        sent = self._inflight.pop(seq, None)
-        self._resends.pop(seq, None)
-        if n == 0:
-            self._unknown(seq)
-            return
-        if sent is not None:
-            self._adapt(sent[1], time.monotonic() - sent[0])
-        self.counters.batches_acked += 1
-        self.counters.readings_acked += n
-        self.wakeup.set()
+        counts = self.outbox.ack_many(seqs)
+        for seq in seqs:
+            n = counts.pop(seq, 0)  # a seq twice in the burst: the second is a repeat
+            sent = self._inflight.pop(seq, None)
+            self._resends.pop(seq, None)
+            if n == 0:
+                self._unknown(seq)
+                continue
+            if sent is not None:
+                self._adapt(sent[1], time.monotonic() - sent[0])
+            self.counters.batches_acked += 1
+            self.counters.readings_acked += n
+            self.wakeup.set()
+        seqs.clear()
 
     def _adapt(self, lane: str, rtt: float) -> None:
         """AIMD on the backlog window from the live lane's ack time: live data is never starved."""

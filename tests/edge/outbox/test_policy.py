@@ -278,3 +278,25 @@ def test_a_backlog_cut_signed_before_the_lock_is_signed_again_when_a_live_cut_to
     assert b.payload == sign_batch(Batch("gw-1", 2, parsed.created_ms, tuple(backlog)), KEY).to_bytes()
     other.close()
     ob.close()
+
+
+def test_the_send_loops_poll_of_unacked_batches_never_reads_their_payloads(tmp_path: Path) -> None:
+    """A version-4 file with batches waiting gains a covering index: the poll of (seq, n, lane), made on every
+    turn of the send loop, no longer walks each batch's payload (lane is stored after it)."""
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, "gw-1")
+    ob.append([Reading.make("d", "p", T0 + i, 1.0, "u") for i in range(30)], added_ms=T0)
+    cut = [ob.cut_batch(10, sign, lane=lane, live_after_ms=T0 + 1) for lane in ("backlog", "any", "backlog")]
+    ob.db.execute("DROP INDEX batches_heads")
+    ob.db.execute("PRAGMA user_version=4")
+    ob.close()
+    ob = Outbox(path, "gw-1")
+    assert ob.db.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+    polls: list[str] = []
+    ob.db.set_trace_callback(polls.append)
+    assert ob.unacked_heads(limit=5) == [(b.seq, 10, b.lane) for b in cut if b is not None]
+    ob.db.set_trace_callback(None)
+    assert len(polls) == 1
+    plan = " ".join(r[3] for r in ob.db.execute("EXPLAIN QUERY PLAN " + polls[0]))
+    assert "COVERING INDEX batches_heads" in plan, plan
+    ob.close()
