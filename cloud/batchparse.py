@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import msgspec
@@ -70,7 +69,6 @@ class FastBatch:
         return raw.replace(member, b"") if raw.count(member) == 1 else None
 
 
-
 _NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?"
 _TXT = TEXT_CHAR.encode() + rb"+"  # the wire's identifier rule (its length is checked after the match)
 _TS = TS_PATTERN.encode()
@@ -92,20 +90,10 @@ _POINT_SEP = b'","point":"'
 _QUALITY_SEP = b'","quality":"'
 _UNIT_SEP = b'Z","unit":"'
 
-# The same reading followed by what may follow it in the list: a comma before the next one, or the end.
-_CANON_READINGS = re.compile(_CANON_READING.pattern + rb"(,(?=\{)|\Z)")
-
-
-def _reading_literals() -> int:
-    """Bytes of a reading outside its groups (names, quotes, colons, commas, braces): the same for every one."""
-    sample = b'{"device":"d","point":"p","quality":"N","ts":"2024-01-01T00:00:00.000Z","unit":"u","value":1}'
-    m = _CANON_READING.fullmatch(sample)
-    if m is None:
-        raise RuntimeError("the canonical reading pattern does not match a canonical reading")
-    return len(sample) - sum(len(g) for g in m.groups())
-
-
-_READING_LITERALS = _reading_literals()
+_READING_START = b'{"device":"'
+# The same reading followed by what may follow it in the list: a comma before the next reading's start,
+# or the end of the list.
+_CANON_READINGS = re.compile(_CANON_READING.pattern + rb'(?:,(?=\{"device":")|\Z)')
 
 
 class FastParser:
@@ -223,17 +211,19 @@ class FastParser:
         created = self._ts(head.group(2).decode())
         if gateway is None or created is None:
             return None
-        # All readings in one C call (no match object each). Each match carries what follows it: a comma
-        # before the next reading, or the end of the list. Matches do not overlap, so they cover the list
-        # exactly, with nothing skipped between them, only if their lengths add up to the list's length.
+        # All readings in one C call (no match object each). They cover the list exactly, nothing skipped
+        # between them: every match starts at a reading start ('{"device":"', which no text can hold, for
+        # it has quotes) and ends at the end of the list or with a comma right before another start. If the
+        # list opens with a start and there are as many matches as starts, every start opens a match, so
+        # each match ends where the next begins and the last one at the end of the list.
         found = _CANON_READINGS.findall(raw, body_start, body_end)
-        if not found or len(found) > MAX_READINGS_PER_BATCH or \
-                len(found) * _READING_LITERALS + len(b"".join(chain.from_iterable(found))) != body_end - body_start:
+        if not found or len(found) > MAX_READINGS_PER_BATCH or not raw.startswith(_READING_START, body_start) \
+                or raw.count(_READING_START, body_start, body_end) != len(found):
             return None
         rows: list[Row] = []
         append = rows.append
         keys, seconds, tails, max_abs = self._bkeys, self._bseconds, self._btails, MAX_ABS_VALUE
-        for kb, sb, tb, vb, _ in found:
+        for kb, sb, tb, vb in found:
             key = keys.get(kb) or self._key_of(kb)
             base = seconds.get(sb)
             if base is None:

@@ -72,7 +72,11 @@ def test_the_canonical_path_takes_canonical_bytes_and_nothing_else() -> None:
                 raw.replace(b"},{", b"}{", 1).replace(b"}],", b"},],", 1), raw.replace(b"[{", b"[,{", 1),
                 raw.replace(b"},{", b"} ,{", 1), raw.replace(b'"value":12.5', b'"value":12.50'),
                 raw.replace(b'"value":0', b'"value":-0'), raw.replace(b"mg/m", b"mg\\/m"),
-                raw[:-1], raw + b" "):
+                raw[:-1], raw + b" ",
+                # Something that is not a reading between, before or after readings.
+                raw.replace(b"},{", b'},{"x":1},{', 1), raw.replace(b"[{", b'[{"x":1},{', 1),
+                raw.replace(b"}],", b'},{"x":1}],', 1), raw.replace(b"}],", b'},{"device":"d"}],', 1),
+                raw.replace(b"},{", b'},{"device":"d"},{', 1), raw.replace(b"[{", b'[{"device":1},{', 1)):
         assert fp._parse_canonical(bad) is None
 
 
