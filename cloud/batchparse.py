@@ -3,10 +3,11 @@
 Two stages, tried in order:
 
 1. Canonical bytes (what every CarbonLink gateway and node sends): one regular expression pass in C
-   takes the batch apart into the fields of each reading, and the grammar itself checks the rules
-   (field order, allowed characters, quality letters, timestamp shape, plain-decimal numbers). Python
-   then only maps repeated texts and timestamps through caches and turns the value text into a float:
-   no JSON object, no struct, no Reading per value.
+   takes the batch apart into three keys and a value per reading, and the grammar checks the structure
+   (field order, quality letters, timestamp digits, plain-decimal numbers). What repeats is checked once
+   per distinct key and then cached: a (device, point, quality) key by the wire's identifier rule, a
+   timestamp's second by the date rule, a (milliseconds, unit) tail by the unit rule. Python then only
+   looks the keys up and turns the value text into a float: no JSON object, no struct, no Reading.
 2. Anything else that is valid JSON: msgspec decodes into typed structs (types, required and unknown
    fields checked in C) and the rules are checked per reading.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import msgspec
@@ -69,7 +69,6 @@ class FastBatch:
         return raw.replace(member, b"") if raw.count(member) == 1 else None
 
 
-
 _NUM = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?"
 _TXT = TEXT_CHAR.encode() + rb"+"  # the wire's identifier rule (its length is checked after the match)
 _TS = TS_PATTERN.encode()
@@ -77,25 +76,24 @@ _CANON_HEAD = re.compile(
     rb'\{"alg":"(ed25519|hmac-sha256)","created":"(' + _TS + rb')",'
     rb'"gateway":"(' + _TXT + rb')","readings":\[')
 _CANON_TAIL = re.compile(rb'\],"seq":([1-9][0-9]{0,15}),"sig":"([0-9a-f]{64}|[0-9a-f]{128})","v":1\}')
+# A reading in three cached keys and its value. The grammar fixes the structure only: a text field is any
+# run of bytes without a quote, and each distinct key is checked once (UTF-8, the wire's identifier or unit
+# rule, a real second) when it is first seen, so the regular expression does no per-character class test.
+#   "key": device, point and quality in one group ('D","point":"P","quality":"Q'); a text holds no quote,
+#          so the first '","point":"' splits it;
+#   "second": the timestamp up to its seconds, "tail": its milliseconds and the unit ('123Z","unit":"U').
 _CANON_READING = re.compile(
-    rb'\{"device":"(' + _TXT + rb')","point":"(' + _TXT + rb')","quality":"([' + "".join(Quality).encode() + rb'])",'
-    rb'"ts":"(' + _TS + rb')",'
-    rb'"unit":"(' + TEXT_CHAR.encode() + rb'*)","value":(' + _NUM + rb')\}')
+    rb'\{"device":"([^"]*","point":"[^"]*","quality":"[' + "".join(Quality).encode() + rb'])",'
+    rb'"ts":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\.'
+    rb'([0-9]{3}Z","unit":"[^"]*)","value":(' + _NUM + rb')\}')
+_POINT_SEP = b'","point":"'
+_QUALITY_SEP = b'","quality":"'
+_UNIT_SEP = b'Z","unit":"'
 
-# The same reading followed by what may follow it in the list: a comma before the next one, or the end.
-_CANON_READINGS = re.compile(_CANON_READING.pattern + rb"(,(?=\{)|\Z)")
-
-
-def _reading_literals() -> int:
-    """Bytes of a reading outside its fields (names, quotes, colons, commas, braces): the same for every one."""
-    sample = b'{"device":"d","point":"p","quality":"N","ts":"2024-01-01T00:00:00.000Z","unit":"u","value":1}'
-    m = _CANON_READING.fullmatch(sample)
-    if m is None:
-        raise RuntimeError("the canonical reading pattern does not match a canonical reading")
-    return len(sample) - sum(len(g) for g in m.groups())
-
-
-_READING_LITERALS = _reading_literals()
+_READING_START = b'{"device":"'
+# The same reading followed by what may follow it in the list: a comma before the next reading's start,
+# or the end of the list.
+_CANON_READINGS = re.compile(_CANON_READING.pattern + rb'(?:,(?=\{"device":")|\Z)')
 
 
 class FastParser:
@@ -104,8 +102,9 @@ class FastParser:
         self._units: set[str] = set()
         self._btexts: dict[bytes, str | None] = {}  # identifier bytes -> text (None: not a valid identifier)
         self._bunits: dict[bytes, str | None] = {}
-        self._bstamps: dict[bytes, int] = {}
+        self._bkeys: dict[bytes, tuple[str, str, str]] = {}  # b'D","point":"P","quality":"Q' -> (D, P, Q)
         self._bseconds: dict[bytes, int] = {}  # b"YYYY-MM-DDTHH:MM:SS" -> epoch ms of that second
+        self._btails: dict[bytes, tuple[int, str]] = {}  # b'123Z","unit":"U' -> (123, U)
         self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms of that second
         self._stamps: dict[str, int] = {}  # whole timestamps seen lately -> epoch ms
 
@@ -167,6 +166,38 @@ class FastParser:
             cache[b] = s
         return s
 
+    def _key_of(self, kb: bytes) -> tuple[str, str, str] | None:
+        """Device, point and quality of a reading's key group, checked by the wire's rules (then cached)."""
+        db, rest = kb.split(_POINT_SEP, 1)  # neither text holds a quote: the first separator is the one
+        pb, qb = rest.split(_QUALITY_SEP, 1)
+        d, p = self._text_of(db, self._btexts), self._text_of(pb, self._btexts)
+        if d is None or p is None:
+            return None
+        if len(self._bkeys) > _CACHE_MAX:
+            self._bkeys.clear()
+        key = self._bkeys[kb] = (d, p, _QUALITY[qb])
+        return key
+
+    def _second_of(self, sb: bytes) -> int | None:
+        """Epoch ms of a timestamp's second (a real date in range), then cached."""
+        base = self._ts(sb.decode() + ".000Z")
+        if base is None:
+            return None
+        if len(self._bseconds) > _CACHE_MAX:
+            self._bseconds.clear()
+        self._bseconds[sb] = base
+        return base
+
+    def _tail_of(self, tb: bytes) -> tuple[int, str] | None:
+        """Milliseconds and unit of a reading's tail group, the unit checked by the wire's rule (then cached)."""
+        u = self._text_of(tb[3 + len(_UNIT_SEP):], self._bunits, unit=True)
+        if u is None:
+            return None
+        if len(self._btails) > _CACHE_MAX:
+            self._btails.clear()
+        tail = self._btails[tb] = (int(tb[:3]), u)
+        return tail
+
     def _parse_canonical(self, raw: bytes) -> FastBatch | None:
         head = _CANON_HEAD.match(raw)
         tail = _CANON_TAIL.search(raw, len(raw) - 170) if head else None
@@ -176,44 +207,29 @@ class FastParser:
         seq = int(tail.group(1))
         if seq > MAX_SEQ:
             return None
-        texts, stamps, bseconds = self._btexts, self._bstamps, self._bseconds
-        gateway = self._text_of(head.group(3), texts)
+        gateway = self._text_of(head.group(3), self._btexts)
         created = self._ts(head.group(2).decode())
         if gateway is None or created is None:
             return None
-        # All readings in one C call (no match object each). Each match carries what follows it: a comma
-        # before the next reading, or the end of the list. Matches do not overlap, so they cover the list
-        # exactly, with nothing skipped between them, only if their lengths add up to the list's length.
+        # All readings in one C call (no match object each). They cover the list exactly, nothing skipped
+        # between them: every match starts at a reading start ('{"device":"', which no text can hold, for
+        # it has quotes) and ends at the end of the list or with a comma right before another start. If the
+        # list opens with a start and there are as many matches as starts, every start opens a match, so
+        # each match ends where the next begins and the last one at the end of the list.
         found = _CANON_READINGS.findall(raw, body_start, body_end)
-        if not found or len(found) > MAX_READINGS_PER_BATCH or \
-                len(found) * _READING_LITERALS + len(b"".join(chain.from_iterable(found))) != body_end - body_start:
+        if not found or len(found) > MAX_READINGS_PER_BATCH or not raw.startswith(_READING_START, body_start) \
+                or raw.count(_READING_START, body_start, body_end) != len(found):
             return None
         rows: list[Row] = []
         append = rows.append
-        text_of = self._text_of
-        bunits, quality, max_abs = self._bunits, _QUALITY, MAX_ABS_VALUE
-        for db, pb, qb, tb, ub, vb, _ in found:
-            d = texts.get(db) or text_of(db, texts)
-            p = texts.get(pb) or text_of(pb, texts)
-            u = bunits.get(ub)
-            if u is None:
-                u = text_of(ub, bunits, unit=True)
-            ts = stamps.get(tb)
-            if ts is None:
-                # The grammar vouched for the shape: only the second needs a date check (cached).
-                base = bseconds.get(tb[:19])
-                if base is None:
-                    base = self._ts(tb[:19].decode() + ".000Z")
-                    if base is None:
-                        return None
-                    if len(bseconds) > _CACHE_MAX:
-                        bseconds.clear()
-                    bseconds[tb[:19]] = base
-                ts = base + int(tb[20:23])
-                if len(stamps) > _STAMPS_MAX:
-                    stamps.clear()
-                stamps[tb] = ts
-            if d is None or p is None or u is None:
+        keys, seconds, tails, max_abs = self._bkeys, self._bseconds, self._btails, MAX_ABS_VALUE
+        for kb, sb, tb, vb in found:
+            key = keys.get(kb) or self._key_of(kb)
+            base = seconds.get(sb)
+            if base is None:
+                base = self._second_of(sb)
+            tl = tails.get(tb) or self._tail_of(tb)
+            if key is None or base is None or tl is None:
                 return None
             # Canonical numbers have at most 15 significant digits, so float() of the text is the value
             # the wire rounds to; a longer one goes the general way.
@@ -222,7 +238,9 @@ class FastParser:
             v = float(vb)
             if not -max_abs < v < max_abs:
                 return None
-            append((d, p, ts, v, u, quality[qb]))
+            d, p, q = key
+            ms, u = tl
+            append((d, p, base + ms, v, u, q))
         return FastBatch(gateway, seq, created, _ALGS[head.group(1).decode()], tail.group(2).decode(), rows)
 
     def _parse_json(self, raw: bytes) -> FastBatch | None:

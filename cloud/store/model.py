@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from carbonlink.kernel.wire import Batch, Quality, Reading, SigAlg
@@ -67,11 +67,17 @@ class PendingBatch:
     raw: bytes
     rows: list[Row]
     alg: str = "ed25519"
+    # span() once computed: the ingest's time check and the commit both ask (rows are not changed after).
+    _span: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def span(self) -> tuple[int, int]:
-        """The first and last reading time (one pass in C over a list of times)."""
-        stamps = [r[2] for r in self.rows]
-        return min(stamps), max(stamps)
+        """The first and last reading time (one pass in C over a list of times, once per batch)."""
+        span = self._span
+        if span is None:
+            stamps = [r[2] for r in self.rows]
+            span = min(stamps), max(stamps)
+            object.__setattr__(self, "_span", span)
+        return span
 
     @classmethod
     def from_batch(cls, batch: Batch, raw: bytes, received_ms: int) -> PendingBatch:

@@ -72,8 +72,84 @@ def test_the_canonical_path_takes_canonical_bytes_and_nothing_else() -> None:
                 raw.replace(b"},{", b"}{", 1).replace(b"}],", b"},],", 1), raw.replace(b"[{", b"[,{", 1),
                 raw.replace(b"},{", b"} ,{", 1), raw.replace(b'"value":12.5', b'"value":12.50'),
                 raw.replace(b'"value":0', b'"value":-0'), raw.replace(b"mg/m", b"mg\\/m"),
-                raw[:-1], raw + b" "):
+                raw[:-1], raw + b" ",
+                # Something that is not a reading between, before or after readings.
+                raw.replace(b"},{", b'},{"x":1},{', 1), raw.replace(b"[{", b'[{"x":1},{', 1),
+                raw.replace(b"}],", b'},{"x":1}],', 1), raw.replace(b"}],", b'},{"device":"d"}],', 1),
+                raw.replace(b"},{", b'},{"device":"d"},{', 1), raw.replace(b"[{", b'[{"device":1},{', 1)):
         assert fp._parse_canonical(bad) is None
+
+
+def test_the_canonical_grammar_leaves_text_checks_to_the_cached_rules() -> None:
+    """The canonical pattern takes any quote-free bytes as a device, point or unit, and any digits as a
+    second; each distinct one is then checked by the wire's rule. Whatever that lets through the pattern
+    but the wire refuses must be refused, and the cached check must not make a later batch pass."""
+    good = sign_batch(Batch("gw-1", 5, T0, (Reading.make("dev", "so2", T0 + 7, 1.5, "mg/m³"),
+                                            Reading.make("dev", "nox", T0 + 8, 2.5, "mg/m³"))), KEY).to_bytes()
+    fp = FastParser()
+    for bad in (good.replace(b'"device":"dev"', b'"device":""'),  # empty identifier
+                good.replace(b'"point":"so2"', b'"point":"' + b"p" * 129 + b'"'),  # too long
+                good.replace(b'"unit":"mg/m\xc2\xb3"', b'"unit":"' + b"u" * 33 + b'"', 1),  # unit too long
+                good.replace(b'"device":"dev"', b'"device":"d\\\\"', 1),  # an escaped backslash
+                good.replace(b'"point":"nox"', b'"point":"n\x01x"'),  # a raw control character
+                good.replace(b'"point":"nox"', b'"point":"n\x7fx"'),
+                good.replace(b'"device":"dev"', b'"device":"d\xffv"', 1),  # not UTF-8
+                good.replace(b'"unit":"mg/m\xc2\xb3"', b'"unit":"mg/m\xc2"', 1),  # a cut UTF-8 sequence
+                good.replace(b'"ts":"2024-03-01T00:00:00.007Z"', b'"ts":"2024-02-30T00:00:00.007Z"'),  # no such day
+                good.replace(b'"ts":"2024-03-01T00:00:00.007Z"', b'"ts":"2024-03-01T24:00:00.007Z"'),
+                good.replace(b'"ts":"2024-03-01T00:00:00.007Z"', b'"ts":"2024-03-01T00:00:00.07Z"'),
+                good.replace(b'"ts":"2024-03-01T00:00:00.007Z"', b'"ts":"2024-03-01T00:00:00.0_7Z"'),
+                good.replace(b'"ts":"2024-03-01T00:00:00.007Z"', b'"ts":"2024-03-01 00:00:00.007Z"'),
+                good.replace(b'"quality":"N"', b'"quality":"X"', 1),
+                good.replace(b'"value":1.5', b'"value":1_5'), good.replace(b'"value":1.5', b'"value":nan'),
+                good.replace(b'"value":1.5', b'"value":1e300')):
+        assert bad != good
+        for _ in range(2):  # the second time from the caches
+            assert fp.parse(bad) is None, bad
+        try:
+            parse_batch(bad)
+            raise AssertionError(f"parse_batch accepted {bad!r}")
+        except WireError:
+            pass
+    # Valid JSON, not canonical: the JSON path takes them.
+    escaped = good.replace(b'"device":"dev"', b'"device":"d\\u0041"', 1)
+    for raw in (good.replace(b'"value":1.5', b'"value": 1.5'), good.replace(b'"value":1.5', b'"value":1.50'),
+                good.replace(b'"value":1.5', b'"value":-0'), escaped):
+        assert fp._parse_canonical(raw) is None
+    for raw in (good, escaped):
+        fast = fp.parse(raw)
+        assert fast is not None
+        assert fast.rows == [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value)
+                             for r in parse_batch(raw).readings]
+    assert fp._parse_canonical(good) is not None
+    assert fast.rows[0][:2] == ("dA", "so2") and fast.rows[0][4] == "mg/m³" and fast.rows[1][2] == T0 + 8
+
+
+quote_free = st.binary(max_size=40).map(lambda b: b.replace(b'"', b""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(quote_free, quote_free, quote_free, st.sampled_from([b"2024-03-01T00:00:00", b"2024-02-29T23:59:59",
+                                                            b"2023-02-29T00:00:00", b"2024-13-01T00:00:00"]))
+def test_any_bytes_in_canonical_text_fields_parse_as_the_wire_parses_them(device: bytes, point: bytes, unit: bytes,
+                                                                          second: bytes) -> None:
+    """Arbitrary quote-free bytes (escapes, controls, invalid UTF-8, empty, too long) where the canonical
+    pattern no longer checks characters: the fast parse is the wire's answer or None, never another."""
+    good = sign_batch(Batch("gw-1", 5, T0, (Reading.make("dev", "so2", T0 + 7, 1.5, "mg/m3"),
+                                            Reading.make("dev", "nox", T0 + 8, 2.5, "mg/m3"))), KEY).to_bytes()
+    raw = good.replace(b'"device":"dev","point":"so2"', b'"device":"' + device + b'","point":"' + point + b'"', 1) \
+        .replace(b'"unit":"mg/m3"', b'"unit":"' + unit + b'"', 1).replace(b"2024-03-01T00:00:00.007", second + b".007")
+    fp = FastParser()
+    fp.parse(good)  # caches warm, as in a worker
+    for _ in range(2):
+        fast = fp.parse(raw)
+        try:
+            slow = parse_batch(raw)
+        except WireError:
+            assert fast is None
+            continue
+        if fast is not None:
+            assert fast.rows == [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in slow.readings]
 
 
 def test_fast_parse_refuses_what_the_wire_refuses() -> None:
@@ -107,6 +183,9 @@ def test_a_drain_of_distinct_timestamps_keeps_the_parser_caches_bounded() -> Non
         fb = parser.parse(sign_batch(Batch("gw", b + 1, rs[0].ts_ms, rs), KEY).to_bytes())
         assert fb is not None and [r[2] for r in fb.rows] == [r.ts_ms for r in rs]
         assert len(parser._stamps) <= batchparse._STAMPS_MAX + 1
+    # The canonical path caches seconds and (milliseconds, unit) tails, not whole timestamps: 30,000
+    # distinct milliseconds leave 31 seconds and 1,000 tails; the 10 (device, point, quality) keys stay.
+    assert len(parser._bseconds) <= 32 and len(parser._btails) == 1000 and len(parser._bkeys) == 10
     assert len(parser._texts) <= 12  # device and point names repeat and stay cached
 
 
