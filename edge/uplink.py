@@ -106,6 +106,19 @@ class _Bucket:
 
 # Acks already queued are applied together, up to this many: one outbox transaction for a burst.
 ACK_GROUP = 64
+ACK_MAX_BYTES = 4096  # the cloud's acks are small (a refusal's reason is cut at 500 characters)
+
+
+def _ack_object(payload: bytes) -> dict[str, object] | None:
+    """An ack's JSON object, or None for anything else: too long, not JSON, nested past the parser's
+    depth (RecursionError), or not an object."""
+    if len(payload) > ACK_MAX_BYTES:
+        return None
+    try:
+        ack = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return ack if isinstance(ack, dict) else None
 RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
 
 
@@ -272,13 +285,17 @@ class Uplink:
         """
         committed: list[int] = []
         for payload in payloads:
+            ack = _ack_object(payload)
             try:
-                ack = json.loads(payload)
-                if isinstance(ack, dict) and "event" in ack and "seq" not in ack:
+                if ack is None:
+                    raise ValueError("not a JSON object")
+                if "event" in ack and "seq" not in ack:
                     self._forget(committed)
                     self._event_ack(str(ack["event"]), str(ack["status"]), str(ack.get("reason", "")))
                     continue
-                seq, status = int(ack["seq"]), str(ack["status"])
+                seq, status = ack["seq"], str(ack["status"])
+                if type(seq) is not int:  # the cloud writes an integer: true, 1.9 or "1" would ack batch 1
+                    raise TypeError("seq is not an integer")
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring malformed ack %r", payload[:200])
                 self.counters.unknown_acks += 1
