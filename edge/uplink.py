@@ -106,6 +106,7 @@ class _Bucket:
 
 # Acks already queued are applied together, up to this many: one outbox transaction for a burst.
 ACK_GROUP = 64
+_ACK_STATUSES = ("committed", "duplicate", "rejected")  # the cloud's ingest outcomes, as the firmware reads them
 ACK_MAX_BYTES = 4096  # the cloud's acks are small (a refusal's reason is cut at 500 characters)
 
 
@@ -296,6 +297,8 @@ class Uplink:
                 seq, status = ack["seq"], str(ack["status"])
                 if type(seq) is not int:  # the cloud writes an integer: true, 1.9 or "1" would ack batch 1
                     raise TypeError("seq is not an integer")
+                if status not in _ACK_STATUSES:  # an unknown word must not make the gateway forget a batch
+                    raise ValueError(f"unknown ack status {status!r}")
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring malformed ack %r", payload[:200])
                 self.counters.unknown_acks += 1

@@ -96,7 +96,7 @@ def test_a_burst_applies_like_its_acks_one_by_one(tmp_path: Path) -> None:
 
 def test_hostile_acks_forget_nothing_and_stop_nothing(tmp_path: Path) -> None:
     """Each is counted as malformed and the burst goes on: before, Infinity and 1e400 raised OverflowError
-    out of the receiver, deep nesting RecursionError, and true or 1.9 acked batch 1."""
+    out of the receiver, deep nesting RecursionError, and true, 1.9 or an unknown status acked batch 1."""
     ob = outbox(tmp_path / "o.sqlite", 3)
     up = Uplink(ob, TOPICS, "mqtt://127.0.0.1:1", sign=SIGN, policy=DeliveryPolicy(), quarantine_max=10)
     hostile = [b'{"seq":Infinity,"status":"committed"}', b'{"seq":1e400,"status":"committed"}',
@@ -104,7 +104,7 @@ def test_hostile_acks_forget_nothing_and_stop_nothing(tmp_path: Path) -> None:
                b'{"seq":1.9,"status":"committed"}', b'{"seq":"1","status":"committed"}',
                b"[" * 3000 + b"]" * 3000, b"[" * 200_000,
                b'{"seq":1,"status":"committed","pad":"' + b"x" * 5000 + b'"}',
-               b"[1,2]", b'"ack"', b"\xff\xfe", b""]
+               b'{"seq":1,"status":"error"}', b'{"seq":1}', b"[1,2]", b'"ack"', b"\xff\xfe", b""]
     up.handle_acks([*hostile, ack(2)])
     assert [b.seq for b in ob.unacked()] == [1, 3]  # only the well-formed ack took effect
     assert up.counters.bogus_acks == len(hostile) and up.counters.batches_acked == 1
