@@ -303,11 +303,13 @@ class EdgeShadow:
             return False
         try:
             msg = json.loads(raw)
-            version = int(msg["version"])
+            version = msg["version"]
+            if type(version) is not int:  # the cloud writes an integer; true, 2.5, "3" or 1e400 are not versions
+                raise TypeError("version is not an integer")
             desired = msg["desired"] if suffix == T.SHADOW_DELTA else msg["state"]["desired"]
             if not isinstance(desired, dict):
                 raise TypeError("desired is not an object")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             log.warning("malformed shadow message on %s: %s", topic, exc)
             return True
         if version <= self.version and self.desired == desired:
