@@ -27,6 +27,7 @@ from carbonlink.kernel import topics
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 from carbonlink.rules import RuleSetDoc
+from tests.edge.shadow_target import NullTarget
 from tests.rules.helpers import ListSink
 from tests.services import require_mosquitto_service, until
 
@@ -36,27 +37,15 @@ BIG = {"rules": [{"id": f"so2-high-{i:03d}", "severity": "critical", "descriptio
                  for i in range(200)]}
 
 
-class Target:
+class Target(NullTarget):
     """The agent's side of the shadow, for rules only: a real RulesRunner."""
 
     def __init__(self, runner: RulesRunner) -> None:
+        super().__init__()
         self.runner = runner
-
-    def device_points(self) -> dict[str, set[str] | None]:
-        return {}
 
     def effective_state(self) -> dict[str, Any]:
         return {"rules": self.runner.state()}
-
-    def set_log_level(self, level: str) -> None:
-        pass
-
-    def set_batch(self, max_readings: int | None, max_age_s: float | None) -> None:
-        pass
-
-    def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
-                   points: list[str] | None) -> None:
-        pass
 
     def set_rules(self, doc: Any) -> str | None:
         return self.runner.apply(doc)

@@ -4,43 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from carbonlink.edge.shadow import EdgeShadow
 from carbonlink.kernel import topics as T
 from carbonlink.kernel.topics import GatewayTopics
-
-
-class Target:
-    def __init__(self) -> None:
-        self.log_levels: list[str] = []
-
-    def device_points(self) -> dict[str, set[str] | None]:
-        return {}
-
-    def effective_state(self) -> dict[str, Any]:
-        return {}
-
-    def set_log_level(self, level: str) -> None:
-        self.log_levels.append(level)
-
-    def set_batch(self, max_readings: int | None, max_age_s: float | None) -> None:
-        pass
-
-    def set_device(self, device: str, *, enabled: bool | None, poll_interval_s: float | None,
-                   points: list[str] | None) -> None:
-        pass
-
-    def set_rules(self, doc: Any) -> str | None:
-        return None
-
-    def rules_hash(self) -> str:
-        return ""
+from tests.edge.shadow_target import NullTarget
 
 
 async def test_a_delta_with_a_version_that_is_not_an_integer_is_ignored(tmp_path: Path) -> None:
     tops = GatewayTopics("site-a", "gw-1")
-    target = Target()
+    target = NullTarget()
     shadow = EdgeShadow(tmp_path / "shadow.json", tops, target)
     sent: list[bytes] = []
 
