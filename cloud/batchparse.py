@@ -96,6 +96,15 @@ _READING_START = b'{"device":"'
 _CANON_READINGS = re.compile(_CANON_READING.pattern + rb'(?:,(?=\{"device":")|\Z)')
 
 
+def _second_ms(second: str) -> int | None:
+    """Epoch ms of a "YYYY-MM-DDTHH:MM:SS" second, or None if it is no real date or out of range (uncached)."""
+    try:
+        base = parse_ts(second + ".000Z")
+    except WireError:
+        return None
+    return base if 0 <= base < _MAX_TS else None
+
+
 class FastParser:
     def __init__(self) -> None:
         self._texts: set[str] = set()
@@ -136,11 +145,8 @@ class FastParser:
             return None
         base = self._seconds.get(s[:19])
         if base is None:
-            try:
-                base = parse_ts(s[:19] + ".000Z")
-            except WireError:
-                return None
-            if not 0 <= base < _MAX_TS:
+            base = _second_ms(s[:19])
+            if base is None:
                 return None
             if len(self._seconds) > _CACHE_MAX:
                 self._seconds.clear()
@@ -180,7 +186,7 @@ class FastParser:
 
     def _second_of(self, sb: bytes) -> int | None:
         """Epoch ms of a timestamp's second (a real date in range), then cached."""
-        base = self._ts(sb.decode() + ".000Z")
+        base = _second_ms(sb.decode())  # the grammar let only ASCII digits and separators through
         if base is None:
             return None
         if len(self._bseconds) > _CACHE_MAX:
