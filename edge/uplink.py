@@ -108,6 +108,7 @@ class _Bucket:
 ACK_GROUP = 64
 _ACK_STATUSES = ("committed", "duplicate", "rejected")  # the cloud's ingest outcomes, as the firmware reads them
 ACK_MAX_BYTES = 4096  # the cloud's acks are small (a refusal's reason is cut at 500 characters)
+RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
 
 
 def _ack_object(payload: bytes) -> dict[str, object] | None:
@@ -120,7 +121,6 @@ def _ack_object(payload: bytes) -> dict[str, object] | None:
     except (ValueError, RecursionError):
         return None
     return ack if isinstance(ack, dict) else None
-RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
 
 
 class Uplink:
@@ -312,7 +312,8 @@ class Uplink:
         self._forget(committed)
 
     def _forget(self, seqs: list[int]) -> None:
-        """The batches the cloud committed (in ack order, repeats included): out of the outbox, then out of flight."""
+        """The batches the cloud committed (in ack order, repeats included): out of the outbox, then out of flight.
+        Empties ``seqs``, so the caller goes on collecting the acks after a refusal or an event ack."""
         if not seqs:
             return
         counts = self.outbox.ack_many(seqs)
