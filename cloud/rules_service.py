@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from carbonlink.kernel import topics
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.events import Event
-from carbonlink.kernel.tasks import cancel_and_wait
+from carbonlink.kernel.tasks import cancel_and_wait, failure
 from carbonlink.kernel.wire import Quality, Reading, WireError, now_ms, parse_batch
 from carbonlink.rules import AlertChange as EngineAlertChange
 from carbonlink.rules.actions import (
@@ -446,8 +446,8 @@ class RulesService:
                 ended = [t for t in (writer, tail) if t is not None]
                 await cancel_and_wait(ended, what="rules")
                 for task in ended:
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                    if (failed := failure(task)) is not None:
+                        raise failed
                 if self._lease_until:
                     with contextlib.suppress(Exception):
                         await self.store.rules.release_lease(LEASE, self.owner)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from carbonlink.kernel.backoff import Backoff
-from carbonlink.kernel.tasks import cancel_and_wait
+from carbonlink.kernel.tasks import cancel_and_wait, failure
 from carbonlink.kernel.wire import Reading
 
 from .drivers.base import ConnectionState, Driver, DriverError, DriverUnavailable
@@ -57,8 +57,8 @@ class DeviceSupervisor:
         task = self._task
         if task is not None:
             await cancel_and_wait([task], attempts=attempts, wait_s=wait_s, what="device")
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("%s ended with an error", self.driver.describe(), exc_info=task.exception())
+            if (exc := failure(task)) is not None:
+                log.error("%s ended with an error", self.driver.describe(), exc_info=exc)
         self.state = ConnectionState.STOPPED
 
     async def run(self) -> None:

@@ -33,6 +33,7 @@ import aiomqtt
 from carbonlink.kernel.backoff import Backoff
 from carbonlink.kernel.events import Event
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
+from carbonlink.kernel.tasks import failure
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import now_ms
 
@@ -527,7 +528,7 @@ class Uplink:
 
     def _published(self, task: asyncio.Task[None]) -> None:
         self._publishing.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        if (exc := failure(task)) is not None:
             self._publish_error = exc
             self.wakeup.set()
 

@@ -24,7 +24,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from carbonlink.kernel.tasks import cancel_and_wait
+from carbonlink.kernel.tasks import cancel_and_wait, failure
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -134,8 +134,7 @@ class ModbusDeviceHost:
             await self._server.shutdown()
         if self._task is not None:
             await cancel_and_wait([self._task], what="modbus server")  # pymodbus can swallow one cancel
-            if self._task.done() and not self._task.cancelled():
-                self._task.exception()  # a server that failed by itself: its error is the test's, not ours
+            failure(self._task)  # retrieved: a server that failed by itself is the test's error, not ours
         self._server = self._task = None
 
     async def restart(self, down_s: float = 2.0) -> None:

@@ -41,3 +41,9 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, attempts: int =
     if interrupted:
         raise asyncio.CancelledError
     return list(pending)
+
+
+def failure(task: asyncio.Task[Any]) -> BaseException | None:
+    """The exception ``task`` ended with by itself: None while it runs, when it returned or was cancelled.
+    Reading it marks it retrieved (asyncio then does not report it as never retrieved)."""
+    return task.exception() if task.done() and not task.cancelled() else None
