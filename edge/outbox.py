@@ -166,6 +166,20 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS batches_heads ON batches(seq, n, lane);
     """,
+    # No per-reading index on pending: a drain deletes every row it cuts, and each index made that delete
+    # write one more b-tree entry per reading (with both, the range delete cost ~3.5x a bare one). The live
+    # lane is found through arrivals instead, one row per write that added readings: its first id and the
+    # newest added_ms among them. Every pending row has an arrival at or below its id whose added_ms is at
+    # least its own, so the live rows (added_ms >= a cutoff) all lie at or above the first id of the first
+    # arrival at or after that cutoff. The quota's rollup walks raw backlog in id order (the order stored)
+    # instead of by reading time, so it needs no time index either.
+    """
+    CREATE TABLE IF NOT EXISTS arrivals (first_id INTEGER PRIMARY KEY, added_ms INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS arrivals_added ON arrivals(added_ms);
+    INSERT OR IGNORE INTO arrivals(first_id, added_ms) SELECT min(id), added_ms FROM pending GROUP BY added_ms;
+    DROP INDEX IF EXISTS pending_added;
+    DROP INDEX IF EXISTS pending_ts;
+    """,
 ]
 
 
@@ -432,8 +446,7 @@ class Outbox:
         self.lease.write(self._lease_ceiling)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms)"
-                                " VALUES (?,?,?,?,?,?,?)", old.readings)
+            self._insert_pending(old.readings, [None] * len(old.readings))  # rendered when cut
             self.db.executemany("INSERT INTO quarantine(seq, n, lane, payload, reason, quarantined_ms)"
                                 " VALUES (?,?,?,?,?,?)", old.quarantine)
             self.db.executemany("INSERT INTO events(ts_ms, body, eid, kind, severity, device, point)"
@@ -491,6 +504,13 @@ class Outbox:
             raise sqlite3.IntegrityError("outbox rows were not numbered consecutively")  # never seen; rolls back
         self.db.executemany("INSERT INTO wire(id, text) VALUES (?,?)",
                             [(first + i, t) for i, t in enumerate(texts) if t is not None])
+        self._arrived(first, max(r[6] for r in rows))
+
+    def _arrived(self, first_id: int, newest_added_ms: int) -> None:
+        """Record a write that added pending rows from ``first_id`` on, the newest added_ms among them
+        (inside the caller's write transaction): what lets the live lane be found without a per-row index."""
+        self.db.execute("INSERT INTO arrivals(first_id, added_ms) VALUES (?,?) ON CONFLICT(first_id)"
+                        " DO UPDATE SET added_ms = max(added_ms, excluded.added_ms)", (first_id, newest_added_ms))
 
     def append_spilled(self, rows: list[tuple[Reading, int]]) -> int:
         """Readings kept in the spill file, with the time each was first accepted, in one transaction."""
@@ -509,13 +529,31 @@ class Outbox:
         row = self.db.execute(f"SELECT min(added_ms) FROM pending WHERE {where}", args).fetchone()
         return row[0]
 
-    @staticmethod
-    def _lane(lane: Lane, live_after_ms: int) -> tuple[str, tuple[int, ...]]:
+    def _lane(self, lane: Lane, live_after_ms: int) -> tuple[str, tuple[int, ...]]:
+        """The SQL condition (and its arguments) for the pending rows of ``lane``.
+
+        The live lane starts at the first id of the first arrival at or after the cutoff (see migration 6):
+        a rowid range from there, so finding it never walks the backlog.
+        """
         if lane == "live":
-            return "added_ms >= ?", (live_after_ms,)
+            start = self.db.execute("SELECT min(first_id) FROM arrivals INDEXED BY arrivals_added"
+                                    " WHERE added_ms >= ?", (live_after_ms,)).fetchone()[0]
+            if start is None:
+                return "0", ()
+            return "pending.id >= ? AND added_ms >= ?", (int(start), live_after_ms)
         if lane == "backlog":
             return "added_ms < ?", (live_after_ms,)
         return "1", ()
+
+    def _prune_arrivals(self) -> None:
+        """Forget arrivals no pending row needs (inside the caller's write transaction): all of them below the
+        one that covers the oldest pending row, or all when nothing is pending."""
+        oldest = self.db.execute("SELECT min(id) FROM pending").fetchone()[0]
+        if oldest is None:
+            self.db.execute("DELETE FROM arrivals")
+        else:
+            self.db.execute("DELETE FROM arrivals WHERE first_id < (SELECT max(first_id) FROM arrivals"
+                            " WHERE first_id <= ?)", (oldest,))
 
     # --- batches -----------------------------------------------------------------------
 
@@ -532,20 +570,17 @@ class Outbox:
         their id range), takes the seq (signing again if another cut took the expected one) and commits.
         If the rows changed in between (rare), it reads again.
         """
+        # The backlog is most of the table: walk it in rowid order and stop at the limit. The live lane is the
+        # newest few rows: a rowid range from its first arrival (``_lane``), never a walk through the backlog.
         where, args = self._lane(lane, live_after_ms)
-        # The backlog is most of the table: walk it in rowid order and stop at the limit, rather than
-        # let the planner use the added_ms index and sort every backlog row on each cut.
-        # The live lane is the newest few rows: find them by their arrival time, never by walking the
-        # backlog in id order (which the planner prefers for ORDER BY id, at 1 M rows ~25 ms per cut).
-        table = "pending INDEXED BY pending_added" if lane == "live" else "pending NOT INDEXED"
         for _ in range(5):
             generation = self._rollup_generation()
             texts: list[str] = []
             full: dict[int, Reading] = {}
             if isinstance(sign, KeySigner):
-                rows, texts = self._wire_texts(table, where, args, max_readings)
+                rows, texts = self._wire_texts(where, args, max_readings)
             else:
-                rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
+                rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending"
                                        f" WHERE {where} ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
                 full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
             if not rows:
@@ -571,7 +606,7 @@ class Outbox:
             self._between_phases()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                count = self.db.execute(f"SELECT count(*) FROM {table} WHERE id BETWEEN ? AND ? AND {where}",
+                count = self.db.execute(f"SELECT count(*) FROM pending WHERE id BETWEEN ? AND ? AND {where}",
                                         (rows[0][0], rows[-1][0], *args)).fetchone()[0]
                 if count != len(rows) or self._rollup_generation() != generation:
                     continue  # leaves the with block: nothing written, the transaction ends; read again
@@ -584,10 +619,11 @@ class Outbox:
                 self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
                                 (seq, created, len(rows), payload, lane))
                 # The rows taken are exactly those matching the lane up to the last id taken.
-                self.db.execute(f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND {where}",
+                self.db.execute(f"DELETE FROM pending WHERE id BETWEEN ? AND ? AND {where}",
                                 (rows[0][0], rows[-1][0], *args))
                 # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
                 self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+                self._prune_arrivals()
                 self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
             return StoredBatch(seq, len(rows), payload, lane)
         raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
@@ -607,7 +643,7 @@ class Outbox:
                 return rows, payload
             rows = rows[: max(1, int(len(rows) * max_bytes / len(payload) * 0.95))]
 
-    def _wire_texts(self, table: str, where: str, args: tuple[int, ...], limit: int
+    def _wire_texts(self, where: str, args: tuple[int, ...], limit: int
                     ) -> tuple[list[tuple[Any, ...]], list[str]]:
         """The next ``limit`` rows of a lane as (id, …) rows and their canonical texts, in one read snapshot.
 
@@ -616,13 +652,13 @@ class Outbox:
         """
         self.db.execute("BEGIN")  # both reads see the same snapshot (another connection may cut or roll up)
         try:
-            rows = self.db.execute(f"SELECT pending.id, wire.text FROM {table} LEFT JOIN wire ON wire.id = pending.id"
+            rows = self.db.execute(f"SELECT pending.id, wire.text FROM pending LEFT JOIN wire ON wire.id = pending.id"
                                    f" WHERE {where} ORDER BY pending.id LIMIT ?", (*args, limit)).fetchall()
             texts: list[str] = [r[1] for r in rows]
             if rows and None in texts:
                 missing = [(r[0],) for r in rows if r[1] is None]
                 rendered = {r[0]: reading_text(*r[1:]) for r in self.db.execute(
-                    f"SELECT id, device, point, ts_ms, value, unit, quality FROM {table}"
+                    f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending"
                     f" WHERE id BETWEEN ? AND ? AND {where}"
                     " AND NOT EXISTS (SELECT 1 FROM wire WHERE wire.id = pending.id)",
                     (missing[0][0], missing[-1][0], *args))}
@@ -830,10 +866,14 @@ class Outbox:
             return None
         raw = agg = 0
         first = last = None
+        after_id = 0
         while used > quota_bytes:
-            r, a, lo, hi = self._rollup_chunk(keep_after_ms, chunk)
+            r, a, lo, hi, last_id = self._rollup_chunk(keep_after_ms, chunk, after_id)
+            if last_id == after_id:
+                break  # no raw backlog left
+            after_id = last_id
             if r == 0:
-                break
+                continue  # only late readings whose aggregates already left: they stay raw
             raw, agg = raw + r, agg + a
             first = lo if first is None else min(first, lo)
             last = hi if last is None else max(last, hi)
@@ -852,35 +892,30 @@ class Outbox:
         self.add_event(report.kind, severity="critical" if still_over else "warning", body=report.event())
         return report
 
-    def _rollup_chunk(self, keep_after_ms: int, chunk: int) -> tuple[int, int, int, int]:
-        """Roll up whole minutes: every raw backlog reading stamped before a minute boundary T.
+    def _rollup_chunk(self, keep_after_ms: int, chunk: int, after_id: int) -> tuple[int, int, int, int, int]:
+        """Roll up the next ``chunk`` raw backlog readings stored after id ``after_id``, oldest stored first.
 
-        T is chosen so roughly ``chunk`` readings go at once; taking whole minutes means one
-        aggregate per (device, point, minute). A late raw reading for a minute already rolled
-        up is merged into its aggregate while that is still here, and otherwise left raw (its
-        identity differs from the aggregate's, so it is neither lost nor counted twice).
+        Per device, point, unit and minute one aggregate. A minute split between two chunks (or a late raw
+        reading for a minute already rolled up) is merged into the aggregate while that is still here, and
+        otherwise left raw (its identity differs from the aggregate's, so it is neither lost nor counted
+        twice). Walks pending in id order (no per-reading time index: see migration 6); returns (raw rolled
+        up, aggregates written, first and last reading time, the last id looked at).
         """
         raw_backlog = "added_ms < ? AND point NOT LIKE '%@1m' AND point NOT LIKE '%@1m.n'"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            nth = self.db.execute(f"SELECT ts_ms FROM pending WHERE {raw_backlog} ORDER BY ts_ms LIMIT 1 OFFSET ?",
-                                  (keep_after_ms, chunk)).fetchone()
-            bound = (nth[0] // 60_000 * 60_000) if nth else None
-            if bound is not None and self.db.execute(
-                    f"SELECT 1 FROM pending WHERE {raw_backlog} AND ts_ms < ? LIMIT 1",
-                    (keep_after_ms, bound)).fetchone() is None:
-                bound += 60_000  # one minute holds more than a chunk: take it whole anyway
             rows = self.db.execute(
                 "SELECT id, device, point, ts_ms, value, unit, quality, added_ms FROM pending"
-                f" WHERE {raw_backlog} AND ts_ms < ?",
-                (keep_after_ms, bound if bound is not None else 2**62)).fetchall()
+                f" WHERE id > ? AND {raw_backlog} ORDER BY id LIMIT ?", (after_id, keep_after_ms, chunk)).fetchall()
             if not rows:
-                return 0, 0, 0, 0
+                return 0, 0, 0, 0, after_id
             groups: dict[tuple[str, str, str, int], list[tuple[Any, ...]]] = defaultdict(list)
             for r in rows:
                 groups[(r[1], r[2], r[5], r[3] // 60_000 * 60_000)].append(r)
             taken: list[tuple[Any, ...]] = []
             written = 0
+            first_agg: int | None = None
+            newest_added = 0
             for (device, point, unit, minute), members in groups.items():
                 done = self.db.execute("SELECT agg_id, cnt_id FROM rollups WHERE device=? AND point=? AND minute=?",
                                        (device, point, minute)).fetchone()
@@ -900,14 +935,19 @@ class Outbox:
                     (device, _suffixed(point, COUNT_SUFFIX), minute, float(len(members)), "", "N", added)).lastrowid
                 self.db.execute("INSERT INTO rollups(device, point, minute, agg_id, cnt_id) VALUES (?,?,?,?,?)",
                                 (device, point, minute, agg, cnt))
+                first_agg = agg if first_agg is None else first_agg
+                newest_added = max(newest_added, added)
                 written += 2
+            if first_agg is not None:
+                self._arrived(int(first_agg), newest_added)
             self.db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in taken])
             self.db.executemany("DELETE FROM wire WHERE id = ?", [(r[0],) for r in taken])
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_raw'", (len(taken),))
             self.db.execute("UPDATE meta SET v = v + ? WHERE k = 'rolled_up_agg'", (written,))
+        last_id = int(rows[-1][0])
         if not taken:
-            return 0, 0, 0, 0
-        return len(taken), written, min(r[3] for r in taken), max(r[3] for r in taken)
+            return 0, 0, 0, 0, last_id
+        return len(taken), written, min(r[3] for r in taken), max(r[3] for r in taken), last_id
 
     def _merge(self, agg_id: int, cnt_id: int, members: list[tuple[Any, ...]]) -> bool:
         agg = self.db.execute("SELECT value, quality FROM pending WHERE id = ?", (agg_id,)).fetchone()
