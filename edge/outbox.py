@@ -346,6 +346,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class _Read:
+    """The rows a cut read in its first phase: their id span and count, and how to sign them under a seq
+    (returning the last id and the count actually taken, fewer if the signed bytes had to be trimmed)."""
+
+    lo: int
+    hi: int
+    n: int
+    sign: Callable[[int, int], tuple[int, int, bytes]]
+
+
+# group_concat follows the rows' order in practice; SQLite 3.44+ can be told so (a batch's readings are a set to
+# the cloud either way: the order only decides which bytes are signed).
+_IN_ID_ORDER = " ORDER BY id" if sqlite3.sqlite_version_info >= (3, 44, 0) else ""
+
+
 class Outbox:
     def __init__(self, path: Path, gateway_id: str, *, synchronous: str = "FULL", recover: bool = True,
                  clock: Callable[[], int] = now_ms) -> None:
@@ -575,58 +591,86 @@ class Outbox:
         where, args = self._lane(lane, live_after_ms)
         for _ in range(5):
             generation = self._rollup_generation()
-            texts: list[str] = []
-            full: dict[int, Reading] = {}
-            if isinstance(sign, KeySigner):
-                rows, texts = self._wire_texts(where, args, max_readings)
-            else:
-                rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending"
-                                       f" WHERE {where} ORDER BY id LIMIT ?", (*args, max_readings)).fetchall()
-                full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
-            if not rows:
+            read = self._read_rows(sign, where, args, max_readings, max_bytes)
+            if read is None:
                 return None
-            budget = max_bytes - _BATCH_FRAME - len(self.gateway_id)
-            if texts and sum(map(len, texts)) + len(texts) > budget:
-                # Fit the batch to the byte limit before it is signed rather than after (texts are counted in
-                # characters: a non-ASCII unit can still overshoot, and _signed trims the rest).
-                used, keep = 0, 0
-                for t in texts:
-                    used += len(t) + 1
-                    if used > budget:
-                        break
-                    keep += 1
-                rows, texts = rows[: max(1, keep)], texts[: max(1, keep)]
-            signed: tuple[int, int, bytes] | None = None
+            signed: tuple[int, int, tuple[int, int, bytes]] | None = None
             if isinstance(sign, KeySigner):
                 # Joined and signed outside the write lock, under the seq this cut will most likely take (a live
                 # cut on the other connection may take it first: then it is signed again inside the lock).
                 guess, created = self.next_seq(), now_ms()
-                rows, payload = self._signed(sign, guess, created, rows, texts, full, max_bytes)
-                signed = (guess, created, payload)
+                signed = (guess, created, read.sign(guess, created))
             self._between_phases()
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 count = self.db.execute(f"SELECT count(*) FROM pending WHERE id BETWEEN ? AND ? AND {where}",
-                                        (rows[0][0], rows[-1][0], *args)).fetchone()[0]
-                if count != len(rows) or self._rollup_generation() != generation:
+                                        (read.lo, read.hi, *args)).fetchone()[0]
+                if count != read.n or self._rollup_generation() != generation:
                     continue  # leaves the with block: nothing written, the transaction ends; read again
                 seq = self._take_seq()
                 if signed is not None and signed[0] == seq:
-                    _, created, payload = signed
+                    _, created, (hi, n, payload) = signed
                 else:
                     created = now_ms()
-                    rows, payload = self._signed(sign, seq, created, rows, texts, full, max_bytes)
+                    hi, n, payload = read.sign(seq, created)
                 self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
-                                (seq, created, len(rows), payload, lane))
+                                (seq, created, n, payload, lane))
                 # The rows taken are exactly those matching the lane up to the last id taken.
-                self.db.execute(f"DELETE FROM pending WHERE id BETWEEN ? AND ? AND {where}",
-                                (rows[0][0], rows[-1][0], *args))
+                self.db.execute(f"DELETE FROM pending WHERE id BETWEEN ? AND ? AND {where}", (read.lo, hi, *args))
                 # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
-                self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+                self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (read.lo, hi))
                 self._prune_arrivals()
                 self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
-            return StoredBatch(seq, len(rows), payload, lane)
+            return StoredBatch(seq, n, payload, lane)
         raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
+
+    def _read_rows(self, sign: Signer, where: str, args: tuple[int, ...], limit: int, max_bytes: int
+                   ) -> _Read | None:
+        """Phase one of a cut: the next ``limit`` rows of a lane (None if there are none), fitted to the byte limit.
+
+        With a KeySigner and every row's text stored (the usual case), SQLite joins the texts itself, in one
+        statement: no Python object per reading. Otherwise the rows come one by one (texts rendered where
+        missing, or the readings themselves for another signer) and are trimmed to fit.
+        """
+        budget = max_bytes - _BATCH_FRAME - len(self.gateway_id)
+        if isinstance(sign, KeySigner):
+            n, with_text, lo, hi, chars, joined = self.db.execute(
+                "SELECT count(*), count(text), min(id), max(id), sum(length(text)),"
+                f" group_concat(text, ','{_IN_ID_ORDER}) FROM (SELECT pending.id AS id, wire.text AS text"
+                f" FROM pending LEFT JOIN wire ON wire.id = pending.id WHERE {where} ORDER BY pending.id LIMIT ?)",
+                (*args, limit)).fetchone()
+            if n == 0:
+                return None
+            # ASCII (the usual case): characters are bytes, so within the budget it fits. Else row by row.
+            if with_text == n and joined.isascii() and chars + n - 1 <= budget:
+                def joined_payload(seq: int, created: int) -> tuple[int, int, bytes]:
+                    return hi, n, sign.payload_from(self.gateway_id, seq, created, [joined])
+                return _Read(lo, hi, n, joined_payload)
+        texts: list[str] = []
+        full: dict[int, Reading] = {}
+        if isinstance(sign, KeySigner):
+            rows, texts = self._wire_texts(where, args, limit)
+        else:
+            rows = self.db.execute(f"SELECT id, device, point, ts_ms, value, unit, quality FROM pending"
+                                   f" WHERE {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+            full = {r[0]: Reading(r[1], r[2], r[3], r[4], r[5], Quality(r[6])) for r in rows}
+        if not rows:
+            return None
+        if texts and sum(map(len, texts)) + len(texts) > budget:
+            # Fit the batch to the byte limit before it is signed rather than after (texts are counted in
+            # characters: a non-ASCII unit can still overshoot, and _signed trims the rest).
+            used, keep = 0, 0
+            for t in texts:
+                used += len(t) + 1
+                if used > budget:
+                    break
+                keep += 1
+            rows, texts = rows[: max(1, keep)], texts[: max(1, keep)]
+
+        def row_payload(seq: int, created: int) -> tuple[int, int, bytes]:
+            taken, payload = self._signed(sign, seq, created, rows, texts, full, max_bytes)
+            return int(taken[-1][0]), len(taken), payload
+        return _Read(int(rows[0][0]), int(rows[-1][0]), len(rows), row_payload)
 
     def _signed(self, sign: Signer, seq: int, created: int, rows: list[Any], texts: list[str],
                 full: dict[int, Reading], max_bytes: int) -> tuple[list[Any], bytes]:
