@@ -168,3 +168,20 @@ def test_the_rollup_goes_on_past_late_readings_whose_aggregate_already_left(tmp_
     counts = {t: v for p, t, v in ob.db.execute("SELECT point, ts_ms, value FROM pending WHERE point = 'p@1m.n'")}
     assert counts == {T0 + 60_000: 60.0, T0 + 120_000: 60.0}
     ob.close()
+
+
+def test_a_backlog_cut_of_stored_ascii_texts_is_joined_by_sqlite_in_one_statement(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", "gw-1")
+    readings = [Reading.make("stack", f"p{i % 4}", T0 + i, i / 7, "mg/m3") for i in range(300)]
+    ob.append(readings, added_ms=T0)
+    statements: list[str] = []
+    ob.db.set_trace_callback(statements.append)
+    b = ob.cut_batch(200, KeySigner(KEY), lane="backlog", live_after_ms=T0 + 1)
+    ob.db.set_trace_callback(None)
+    assert b is not None and b.n == 200
+    assert b.payload == sign_batch(Batch("gw-1", b.seq, parse_batch(b.payload).created_ms, tuple(readings[:200])),
+                                   KEY).to_bytes()
+    reads = [s for s in statements if "FROM pending" in s and s.lstrip().startswith("SELECT")
+             and "wire" in s]
+    assert len(reads) == 1 and "group_concat" in reads[0]  # not the row-by-row path
+    ob.close()
