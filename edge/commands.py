@@ -20,6 +20,7 @@ from carbonlink.kernel.wire import now_ms
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
+MAX_COMMAND_BYTES = 65_536  # a command is a name, an id, a deadline and a few arguments
 
 
 class CommandTarget(Protocol):
@@ -49,12 +50,12 @@ class CommandRunner:
         name = topic.removeprefix(prefix)
         if name == "result":
             return True  # our own answers come back through the cmd/+ subscription
-        try:
-            msg = json.loads(raw)
-            cid = str(msg["id"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("malformed command on %s: %r", topic, raw[:200])
+        msg = _command_object(raw)
+        cid = msg.get("id") if msg is not None else None
+        if msg is None or not isinstance(cid, str | int) or isinstance(cid, bool) or not 0 < len(str(cid)) <= 128:
+            log.warning("malformed command on %s (no JSON object with an id): %r", topic, raw[:200])
             return True
+        cid = str(cid)
         if cid in self.done:
             return True
         result: dict[str, Any] | None = None
@@ -62,7 +63,9 @@ class CommandRunner:
         deadline = msg.get("deadline_ms")
         args = msg.get("args") or {}
         try:
-            if isinstance(deadline, int) and now_ms() > deadline:
+            if deadline is not None and (type(deadline) is not int or not 0 <= deadline < 2**63):
+                raise CommandRejected("deadline_ms must be an integer (ms since the epoch) or absent")
+            if deadline is not None and now_ms() > deadline:
                 status, error = "expired", f"arrived {now_ms() - deadline} ms after its deadline; not run"
             elif not isinstance(args, dict):
                 raise CommandRejected("args must be an object")
@@ -86,7 +89,7 @@ class CommandRunner:
         if device is not None and not isinstance(device, str):
             raise CommandRejected("args.device must be a device id")
         if name == "read_now":
-            left = (deadline - now_ms()) / 1000 if isinstance(deadline, int) else 10.0
+            left = (deadline - now_ms()) / 1000 if deadline is not None else 10.0
             return await self.target.read_now(device, max(0.5, left - 0.5))
         if name == "restart_driver":
             if device is None:
@@ -95,3 +98,14 @@ class CommandRunner:
         if name == "reload_config":
             return await self.target.reload_config()
         raise CommandRejected(f"unknown command {name!r}; known: read_now, restart_driver, reload_config")
+
+
+def _command_object(raw: bytes) -> dict[str, Any] | None:
+    """The command as a JSON object, or None for anything else (too big, not JSON, nested too deep)."""
+    if len(raw) > MAX_COMMAND_BYTES:
+        return None
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        return None
+    return msg if isinstance(msg, dict) else None
