@@ -84,6 +84,16 @@ def cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far (Linux /proc/stat; zeros elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def percentiles(values: list[int]) -> dict[str, int]:
     if not values:
         return {"n": 0, "p50_ms": 0, "p99_ms": 0, "max_ms": 0}
@@ -188,14 +198,18 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
             word, start_ms = (await asyncio.to_thread(edge.line)).split()
             assert word == "drain"
             t0 = time.monotonic()
-            pids = {"edge": [edge.p.pid], "ingest": [p.p.pid if p.p else None for p in procs]}
+            pids: dict[str, list[int | None]] = {
+                "edge": [edge.p.pid], "ingest": [p.p.pid if p.p else None for p in procs],
+                "broker": [broker.proc.pid if broker.proc else None], "bench": [os.getpid()]}
             cpu0 = {k: sum(cpu_s(pid) for pid in v) for k, v in pids.items()}
+            busy0 = machine_busy()
             while (n := await backlog_stored()) < readings:
                 if time.monotonic() - t0 > 1800:
                     raise TimeoutError(f"only {n} of {readings} stored after 30 minutes")
                 await asyncio.sleep(0.25)
             seconds = time.monotonic() - t0
             cpu = {k: sum(cpu_s(pid) for pid in v) - cpu0[k] for k, v in pids.items()}
+            busy1 = machine_busy()
             end_ms = int(start_ms) + int(seconds * 1000)
             await asyncio.sleep(1.0)
             lat = [(int(r["ts_ms"]), int(r["received_ms"])) for r in await cloud.db.fetch(
@@ -225,7 +239,14 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
                 "inflight": inflight, "live_target_ms": live_target_ms, "fill_s": round(fill_s, 1),
                 # CPU per reading drained (all threads), less sensitive to a loaded machine than the rate.
                 "edge_cpu_us_per_reading": round(cpu["edge"] * 1e6 / readings, 2),
-                "ingest_cpu_us_per_reading": round(cpu["ingest"] * 1e6 / readings, 2)}
+                "ingest_cpu_us_per_reading": round(cpu["ingest"] * 1e6 / readings, 2),
+                "broker_cpu_us_per_reading": round(cpu["broker"] * 1e6 / readings, 2),
+                # The bench's own process: the store's lookups for the clock (and, on SQLite, nothing else).
+                "bench_cpu_us_per_reading": round(cpu["bench"] * 1e6 / readings, 2),
+                # The drain's CPU budget: every core of the machine for the drain's seconds, per reading. The
+                # processes above plus the database server (PostgreSQL) and anything else running share it.
+                "budget_cpu_us_per_reading": round((os.cpu_count() or 1) * seconds * 1e6 / readings, 2),
+                "machine_busy": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 3)}
 
 
 def main(
@@ -255,7 +276,9 @@ def main(
           f"p99 during/before = {out['live_p99_ratio']}; live readings made during the drain:"
           f" {out['live_during_per_s']}/s of {live}/s")
     print(f"CPU per reading drained: gateway {out['edge_cpu_us_per_reading']} µs, ingest workers together"
-          f" {out['ingest_cpu_us_per_reading']} µs")
+          f" {out['ingest_cpu_us_per_reading']} µs, broker {out['broker_cpu_us_per_reading']} µs, this bench"
+          f" {out['bench_cpu_us_per_reading']} µs, of a budget of {out['budget_cpu_us_per_reading']} µs"
+          f" ({os.cpu_count()} cores for the drain's time); the machine was {out['machine_busy']:.0%} busy")
 
 
 if __name__ == "__main__":
