@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 from carbonlink.kernel.wire import Batch, format_ts, now_ms
@@ -52,6 +52,10 @@ _HOUR_AGG = (
     " count(DISTINCT CASE WHEN quality = 'N' THEN ts_ms / 60000 END) AS valid_minutes,"
     " min(ts_ms) AS first_ms, max(ts_ms) AS last_ms")
 _ROLLUP_COLS = ("n", *FLAG_COLS, "vmin", "vmax", "vsum", "valid_minutes", "first_ms", "last_ms")
+# SQLite's insert of readings: one statement takes this many rows; a reading already stored is skipped.
+_VALUES_ROWS = 200
+_INSERT_READINGS = f"INSERT OR IGNORE INTO readings({', '.join(READING_COLS)}) VALUES "
+_ONE_ROW = "(" + ",".join("?" * len(READING_COLS)) + ")"
 _GATEWAY_SERIES = "series IN (SELECT id FROM series WHERE gateway = ?)"
 
 
@@ -266,9 +270,17 @@ class Data:
             rows = await tx.fetch("INSERT INTO readings SELECT * FROM stage_readings ON CONFLICT DO NOTHING"
                                   " RETURNING series, seq")
         else:
-            sql = "INSERT OR IGNORE INTO readings(series, ts_ms, value, quality, seq) VALUES (?,?,?,?,?)"
             before = int(await tx.fetchval("SELECT total_changes()"))
-            await tx.executemany(sql, records)
+            # _VALUES_ROWS readings a statement: executemany's cost is per statement run, not per value bound,
+            # and one run of a many-row VALUES costs SQLite about half what as many one-row runs do.
+            full = len(records) - len(records) % _VALUES_ROWS
+            if full:
+                flat = list(chain.from_iterable(records[:full]))
+                step = _VALUES_ROWS * len(READING_COLS)
+                await tx.executemany(_INSERT_READINGS + ",".join((_ONE_ROW,) * _VALUES_ROWS),
+                                     [flat[i:i + step] for i in range(0, len(flat), step)])
+            if full < len(records):
+                await tx.executemany(_INSERT_READINGS + _ONE_ROW, records[full:])
             if int(await tx.fetchval("SELECT total_changes()")) - before == len(records):
                 return counts
             # Rare: some were stored already; find which batch each new one belongs to, row by row.
