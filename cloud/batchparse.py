@@ -271,18 +271,21 @@ class FastParser:
     def parse_groups(self, raw: bytes) -> FastBatch | None:
         """As ``parse``, the readings grouped by (device, point, quality, unit) in ``groups`` (rows left empty)."""
         canonical = self._canonical(raw)
-        if canonical is None:
-            fast = self._parse_json(raw)
-            if fast is not None:
-                fast.groups, fast.rows = group_rows(fast.rows), []
-            return fast
-        batch, found = canonical
-        columns = self._columns(found)
-        if columns is None:
-            return None
-        if columns is not False:
-            batch.groups = columns
-            return batch
+        if canonical is not None:
+            batch, found = canonical
+            groups = self._columns(found)
+            if groups is False:
+                groups = self._grouped(found)
+            if groups is not None:
+                batch.groups = groups
+                return batch
+        fast = self._parse_json(raw)  # as parse: not canonical bytes, perhaps still a valid batch
+        if fast is not None:
+            fast.groups, fast.rows = group_rows(fast.rows), []
+        return fast
+
+    def _grouped(self, found: list[tuple[bytes, bytes, bytes, bytes]]) -> list[Group] | None:
+        """The groups of any batch, reading by reading; None when a reading breaks a rule."""
         # The same checks as _parse_canonical, but a reading's key bytes find its group (created, and the
         # key checked, on its first reading): per reading two appends, no row tuple, no key lookup later.
         # A group is (unit, append to times, append to values); a reading in another unit than its key's
@@ -311,8 +314,7 @@ class FastParser:
                     return None
             g[1](base + ms)
             g[2](v)
-        batch.groups = made
-        return batch
+        return made
 
     def _columns(self, found: list[tuple[bytes, bytes, bytes, bytes]]) -> list[Group] | Literal[False] | None:
         """The groups of the common shape, each check done in C over a column; False for another shape.
