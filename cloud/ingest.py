@@ -45,7 +45,7 @@ from carbonlink.kernel.wire import (
 from .batchparse import FastParser
 from .memtrim import Trimmer
 from .mqtt_ack import ManualAckClient
-from .store import CommitResult, GatewayRecord, PendingBatch, Store, StoreUnavailable
+from .store import CommitResult, GatewayRecord, Group, PendingBatch, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +318,11 @@ class IngestProcessor:
         seq: int | None = None
         n = 0
         try:
-            fast = self._fast.parse(raw)
+            fast = self._fast.parse_groups(raw)
             batch = parse_batch(raw) if fast is None else None  # the slow path names the broken rule
             gateway = fast.gateway if fast else batch.gateway  # type: ignore[union-attr]
             seq = fast.seq if fast else batch.seq  # type: ignore[union-attr]
-            n = len(fast.rows) if fast else len(batch.readings)  # type: ignore[union-attr]
+            n = fast.n if fast else len(batch.readings)  # type: ignore[union-attr]
             if gateway != topic_gw:
                 raise WireError(f"batch says gateway {gateway!r} but arrived on {topic_gw!r}'s topic")
             rec, keys = await self._gateway(gateway)
@@ -334,9 +334,10 @@ class IngestProcessor:
                 raise WireError(f"gateway {gateway!r} belongs to site {rec.site!r}, not {parts[0]!r}")
             if fast is not None:
                 signed = fast.signed_bytes(raw)
-                if signed is not None and fast.alg is SigAlg.ED25519 and _verify_ed25519(keys, fast.sig, signed):
+                if signed is not None and fast.alg is SigAlg.ED25519 and _verify_ed25519(keys, fast.sig, signed) \
+                        and fast.groups is not None:
                     pending = PendingBatch(fast.gateway, fast.seq, fast.created_ms, item.received,
-                                           fast.sig, raw, fast.rows, fast.alg.value)
+                                           fast.sig, raw, fast.groups, fast.alg.value)
                     return self._check_times(item, pending)
                 batch = parse_batch(raw)  # HMAC, non-canonical bytes or a bad signature: the general path
             assert batch is not None
@@ -352,8 +353,15 @@ class IngestProcessor:
         first, last = p.span()
         if low <= first and last <= high:
             return p
-        keep = [r for r in p.rows if low <= r[2] <= high]
-        item.refused_times = [f"{r[0]}/{r[1]}@{format_ts(r[2])}" for r in p.rows if not low <= r[2] <= high]
+        keep: list[Group] = []
+        item.refused_times = []
+        for g in p.groups:
+            ok = [i for i, ts in enumerate(g.ts) if low <= ts <= high]
+            if len(ok) < len(g.ts):
+                item.refused_times += [f"{g.device}/{g.point}@{format_ts(ts)}" for ts in g.ts if not low <= ts <= high]
+                g = Group(g.device, g.point, g.quality, g.unit, [g.ts[i] for i in ok], [g.values[i] for i in ok])
+            if g.ts:
+                keep.append(g)
         return PendingBatch(p.gateway, p.seq, p.created_ms, p.received_ms, p.digest, p.raw, keep, p.alg)
 
     async def _commit(self, batches: list[_Item]) -> list[Outcome]:
@@ -369,7 +377,7 @@ class IngestProcessor:
                 await self._reject(batches[0], _Refused(
                     f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})",
                     batches[0].pending.seq if batches[0].pending else None,
-                    len(batches[0].pending.rows) if batches[0].pending else 0))
+                    batches[0].pending.n if batches[0].pending else 0))
                 return [Outcome.REJECTED]
             # One message spoils the transaction for all: commit them one by one to find it.
             return [o for b in batches for o in await self._commit([b])]
@@ -379,11 +387,11 @@ class IngestProcessor:
             p = item.pending
             assert p is not None
             if self.on_commit is not None:  # counts readings, lag, and unit dead letters
-                self.on_commit(p.created_ms, len(p.rows), result, now)
+                self.on_commit(p.created_ms, p.n, result, now)
             if result.status == "conflict":
                 await self._reject(item, _Refused(f"seq {p.seq} was already committed with different content"
                                                   " (a replay, or a gateway that lost its outbox state)", p.seq,
-                                                  len(p.rows)))
+                                                  p.n))
                 outcomes.append(Outcome.REJECTED)
                 continue
             if item.refused_times:
@@ -397,7 +405,7 @@ class IngestProcessor:
             self.counters.readings_refused += result.unit_mismatches
             if result.status == "duplicate":
                 self.counters.batches_duplicate += 1
-                self.counters.readings_duplicate += len(p.rows)
+                self.counters.readings_duplicate += p.n
                 outcomes.append(Outcome.DUPLICATE)
             else:
                 self.counters.batches_committed += 1

@@ -33,6 +33,7 @@ from .model import (
     ClaimError,
     CommitResult,
     GatewayRecord,
+    Group,
     PendingBatch,
     ReadingQuery,
     Row,
@@ -41,6 +42,7 @@ from .model import (
     StoreUnavailable,
     decode_cursor,
     encode_cursor,
+    group_rows,
     seq_gap_summary,
     unit_reason,
 )
@@ -50,9 +52,9 @@ from .rules import Rules
 
 __all__ = [
     "FLAG_COLS", "HOUR_MS", "KEY_GRACE_MS", "QUALITY_FLAGS", "ROLES", "Access", "Anchors", "Audit", "ClaimError",
-    "CommitResult", "Control", "Data", "Database", "GatewayRecord", "PendingBatch", "QueryObserver",
+    "CommitResult", "Control", "Data", "Database", "GatewayRecord", "Group", "PendingBatch", "QueryObserver",
     "ReadingQuery", "Registry", "Row", "Rules", "Series", "SeriesQuery", "Store", "StoreUnavailable", "decode_cursor",
-    "encode_cursor", "open_store",
+    "encode_cursor", "group_rows", "open_store",
     "seq_gap_summary", "unit_reason",
 ]
 

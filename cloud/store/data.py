@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 from carbonlink.kernel.wire import Batch, format_ts, now_ms
@@ -28,6 +28,7 @@ from .model import (
     HOUR_MS,
     QUALITY_FLAGS,
     CommitResult,
+    Group,
     PendingBatch,
     ReadingQuery,
     Series,
@@ -51,7 +52,10 @@ _HOUR_AGG = (
     " count(DISTINCT CASE WHEN quality = 'N' THEN ts_ms / 60000 END) AS valid_minutes,"
     " min(ts_ms) AS first_ms, max(ts_ms) AS last_ms")
 _ROLLUP_COLS = ("n", *FLAG_COLS, "vmin", "vmax", "vsum", "valid_minutes", "first_ms", "last_ms")
-_TS_OF = operator.itemgetter(1)  # a reading record's time, read in C (the newest of every series, per group)
+# SQLite's insert of readings: one statement takes this many rows; a reading already stored is skipped.
+_VALUES_ROWS = 200
+_INSERT_READINGS = f"INSERT OR IGNORE INTO readings({', '.join(READING_COLS)}) VALUES "
+_ONE_ROW = "(" + ",".join("?" * len(READING_COLS)) + ")"
 _GATEWAY_SERIES = "series IN (SELECT id FROM series WHERE gateway = ?)"
 
 
@@ -112,7 +116,7 @@ class Data:
         if not items:
             return []
         now = now_ms() if now is None else now
-        bounds = {(p.gateway, p.seq): p.span() for p in items if p.rows}
+        bounds = {(p.gateway, p.seq): p.span() for p in items if p.groups}
         # Month partitions on PostgreSQL: a point every 28 days of each batch's span, and its end.
         await self.db.prepare_for({t for lo, hi in bounds.values() for t in range(lo, hi + 1, 28 * 86_400_000)}
                                   | {hi for _, hi in bounds.values()})
@@ -142,7 +146,7 @@ class Data:
             "INSERT INTO batches(gateway, seq, created_ms, received_ms, n, digest, payload) {rows}"
             " ON CONFLICT DO NOTHING RETURNING gateway, seq",
             ("text", "bigint", "bigint", "bigint", "int", "text", "bytea"),
-            [(p.gateway, p.seq, p.created_ms, p.received_ms, len(p.rows), p.digest, p.raw) for p in uniq])
+            [(p.gateway, p.seq, p.created_ms, p.received_ms, p.n, p.digest, p.raw) for p in uniq])
         new_keys = {(r["gateway"], int(r["seq"])) for r in inserted_rows}
         stored_digest: dict[tuple[str, int], str] = {}
         for p in uniq:
@@ -152,7 +156,7 @@ class Data:
         fresh = [p for p in uniq if (p.gateway, p.seq) in new_keys]
 
         # Series ids from the cache; only when a batch names one it lacks (KeyError), one upsert for all
-        # such keys, then the readings are sorted out again: in steady state every reading is looked at once.
+        # such keys, then the groups are sorted out again: in steady state every group is looked at once.
         try:
             buckets, counts, wrong, gateway_of = self._bucket(fresh, self._series)
         except KeyError:
@@ -160,16 +164,24 @@ class Data:
             wanted: dict[SeriesKey, str] = {}
             for p in fresh:
                 gw = p.gateway
-                for d, pt, _ts, _v, u, _q in p.rows:
-                    if (gw, d, pt) not in series and (gw, d, pt) not in wanted:
-                        wanted[(gw, d, pt)] = u
+                for g in p.groups:
+                    if (gw, g.device, g.point) not in series and (gw, g.device, g.point) not in wanted:
+                        wanted[(gw, g.device, g.point)] = g.unit
             new_series.update(await self._resolve(tx, wanted, now))
             buckets, counts, wrong, gateway_of = self._bucket(fresh, {**series, **new_series})
-        records = [r for sid in sorted(buckets) for r in buckets[sid]]
+        # Each group's records are zipped in C; the newest reading of a series is found per group (max and
+        # index in C), the first of equal times winning, as one pass over the series' readings would.
+        records: list[tuple[int, int, float, str, int]] = []
         newest: dict[int, tuple[int, float, str]] = {}
-        for sid, rows in buckets.items():
-            _, ts, v, q, _seq = max(rows, key=_TS_OF)
-            newest[sid] = (ts, v, q)
+        for sid in sorted(buckets):
+            top: tuple[int, float, str] | None = None
+            for g, seq in buckets[sid]:
+                records += zip(repeat(sid), g.ts, g.values, repeat(g.quality), repeat(seq))
+                ts = max(g.ts)
+                if top is None or ts > top[0]:
+                    top = (ts, g.values[g.ts.index(ts)], g.quality)
+            assert top is not None
+            newest[sid] = top
         for key, bad in wrong.items():
             p = items[first[key]]
             await tx.execute(
@@ -200,40 +212,42 @@ class Data:
             if first[key] == i and key in new_keys:
                 n = inserted.get(key, 0)
                 refused = len(wrong.get(key, ()))
-                out.append(CommitResult("committed", n, len(p.rows) - n - refused, refused))
+                out.append(CommitResult("committed", n, p.n - n - refused, refused))
             else:
                 digest = stored_digest.get(key) or (items[first[key]].digest if key in new_keys else None)
-                out.append(CommitResult("duplicate" if digest == p.digest else "conflict", 0, len(p.rows)))
+                out.append(CommitResult("duplicate" if digest == p.digest else "conflict", 0, p.n))
         return out
 
     @staticmethod
     def _bucket(fresh: list[PendingBatch], ids: dict[SeriesKey, tuple[int, str]]
-                ) -> tuple[dict[int, list[tuple[int, int, float, str, int]]], dict[tuple[str, int], int],
+                ) -> tuple[dict[int, list[tuple[Group, int]]], dict[tuple[str, int], int],
                            dict[tuple[str, int], list[str]], dict[int, str]]:
-        """Reading records by series id, kept readings per batch, unit refusals, each series' gateway.
+        """Groups (with their batch's seq) by series id, kept readings per batch, unit refusals, each series'
+        gateway.
 
         Readings go to the database grouped by series (in time order within each, as batches arrive): the
         primary key (series, ts) then takes them in index order, about 1.6x faster than unsorted. KeyError
-        when a reading's series is not in ``ids``.
+        when a group's series is not in ``ids``.
         """
-        buckets: dict[int, list[tuple[int, int, float, str, int]]] = {}
+        buckets: dict[int, list[tuple[Group, int]]] = {}
         counts: dict[tuple[str, int], int] = {}
         wrong: dict[tuple[str, int], list[str]] = {}
         gateway_of: dict[int, str] = {}
         for p in fresh:
             gw, seq = p.gateway, p.seq
             kept = 0
-            for d, pt, ts, v, u, q in p.rows:
-                sid, unit = ids[(gw, d, pt)]
-                if unit != u:
-                    wrong.setdefault((gw, seq), []).append(f"{d}/{pt}@{format_ts(ts)} in {u!r}, registered {unit!r}")
+            for g in p.groups:
+                sid, unit = ids[(gw, g.device, g.point)]
+                if unit != g.unit:
+                    wrong.setdefault((gw, seq), []).extend(
+                        f"{g.device}/{g.point}@{format_ts(ts)} in {g.unit!r}, registered {unit!r}" for ts in g.ts)
                     continue
                 bucket = buckets.get(sid)
                 if bucket is None:
                     bucket = buckets[sid] = []
                     gateway_of[sid] = gw
-                bucket.append((sid, ts, v, q, seq))
-                kept += 1
+                bucket.append((g, seq))
+                kept += len(g.ts)
             if kept:
                 counts[(gw, seq)] = kept
         return buckets, counts, wrong, gateway_of
@@ -256,9 +270,17 @@ class Data:
             rows = await tx.fetch("INSERT INTO readings SELECT * FROM stage_readings ON CONFLICT DO NOTHING"
                                   " RETURNING series, seq")
         else:
-            sql = "INSERT OR IGNORE INTO readings(series, ts_ms, value, quality, seq) VALUES (?,?,?,?,?)"
             before = int(await tx.fetchval("SELECT total_changes()"))
-            await tx.executemany(sql, records)
+            # _VALUES_ROWS readings a statement: executemany's cost is per statement run, not per value bound,
+            # and one run of a many-row VALUES costs SQLite about half what as many one-row runs do.
+            full = len(records) - len(records) % _VALUES_ROWS
+            if full:
+                flat = list(chain.from_iterable(records[:full]))
+                step = _VALUES_ROWS * len(READING_COLS)
+                await tx.executemany(_INSERT_READINGS + ",".join((_ONE_ROW,) * _VALUES_ROWS),
+                                     [flat[i:i + step] for i in range(0, len(flat), step)])
+            if full < len(records):
+                await tx.executemany(_INSERT_READINGS + _ONE_ROW, records[full:])
             if int(await tx.fetchval("SELECT total_changes()")) - before == len(records):
                 return counts
             # Rare: some were stored already; find which batch each new one belongs to, row by row.

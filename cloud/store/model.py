@@ -52,9 +52,37 @@ class CommitResult:
 Row = tuple[str, str, int, float, str, str]  # device, point, ts_ms, value, unit, quality
 
 
+@dataclass(slots=True)
+class Group:
+    """A batch's readings of one (device, point, quality, unit), in batch order: times and values side by side.
+
+    What the commit works on: a series id and a unit check per group, not per reading, and the readings
+    go to the database as (series, ts, value, quality, seq) records zipped in C from the two lists.
+    """
+
+    device: str
+    point: str
+    quality: str
+    unit: str
+    ts: list[int]
+    values: list[float]
+
+
+def group_rows(rows: list[Row]) -> list[Group]:
+    """Rows grouped by (device, point, quality, unit), groups in order of first appearance."""
+    groups: dict[tuple[str, str, str, str], Group] = {}
+    for d, p, ts, v, u, q in rows:
+        g = groups.get((d, p, q, u))
+        if g is None:
+            g = groups[(d, p, q, u)] = Group(d, p, q, u, [], [])
+        g.ts.append(ts)
+        g.values.append(v)
+    return list(groups.values())
+
+
 @dataclass(frozen=True, slots=True)
 class PendingBatch:
-    """A verified batch ready to commit, in the flat form the bulk writers want (no per-reading objects)."""
+    """A verified batch ready to commit, in the grouped form the bulk writers want (no per-reading objects)."""
 
     gateway: str
     seq: int
@@ -65,24 +93,40 @@ class PendingBatch:
     # other content another one; no second hash over the bytes is needed.
     digest: str
     raw: bytes
-    rows: list[Row]
+    groups: list[Group]
     alg: str = "ed25519"
-    # span() once computed: the ingest's time check and the commit both ask (rows are not changed after).
+    # span() once computed: the ingest's time check and the commit both ask (groups are not changed after).
     _span: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
+    @property
+    def n(self) -> int:
+        """How many readings the batch holds."""
+        return sum(len(g.ts) for g in self.groups)
+
+    @property
+    def rows(self) -> list[Row]:
+        """The readings as rows, group by group (each group in batch order); for the exporters, not the commit."""
+        return [(g.device, g.point, ts, v, g.unit, g.quality) for g in self.groups
+                for ts, v in zip(g.ts, g.values, strict=True)]
+
     def span(self) -> tuple[int, int]:
-        """The first and last reading time (one pass in C over a list of times, once per batch)."""
+        """The first and last reading time (min and max in C over each group's times, once per batch)."""
         span = self._span
         if span is None:
-            stamps = [r[2] for r in self.rows]
-            span = min(stamps), max(stamps)
+            span = min(min(g.ts) for g in self.groups), max(max(g.ts) for g in self.groups)
             object.__setattr__(self, "_span", span)
         return span
 
     @classmethod
+    def from_rows(cls, gateway: str, seq: int, created_ms: int, received_ms: int, digest: str, raw: bytes,
+                  rows: list[Row], alg: str = "ed25519") -> PendingBatch:
+        return cls(gateway, seq, created_ms, received_ms, digest, raw, group_rows(rows), alg)
+
+    @classmethod
     def from_batch(cls, batch: Batch, raw: bytes, received_ms: int) -> PendingBatch:
         rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in batch.readings]
-        return cls(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.sig, raw, rows, batch.alg.value)
+        return cls.from_rows(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.sig, raw, rows,
+                             batch.alg.value)
 
     def to_batch(self) -> Batch:
         readings = tuple(Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in self.rows)

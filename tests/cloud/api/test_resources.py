@@ -106,7 +106,8 @@ async def test_csv_streams_a_large_range_in_bounded_memory(api: Api) -> None:
     n = 100_000  # one reading a second for ~28 hours
     for start in range(0, n, 5000):
         rows = [("stack-big", "so2", T0 + i * 1000, float(i % 997), "mg/m³", "N") for i in range(start, start + 5000)]
-        await api.store.data.commit_many([PendingBatch("gw-a", 100 + start // 5000, T0, T0, f"d{start}", b"{}", rows)])
+        await api.store.data.commit_many(
+            [PendingBatch.from_rows("gw-a", 100 + start // 5000, T0, T0, f"d{start}", b"{}", rows)])
     app = api.client._transport.app  # type: ignore[attr-defined]
     base = f"{SITE}/gateways/gw-a/devices/stack-big/points/so2/readings?start={T0}&format=csv&end="
 

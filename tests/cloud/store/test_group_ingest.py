@@ -7,22 +7,44 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carbonlink.cloud import batchparse
-from carbonlink.cloud.batchparse import FastParser
+from carbonlink.cloud.batchparse import FastBatch, FastParser
 from carbonlink.cloud.ingest import IngestProcessor, Outcome
-from carbonlink.cloud.store import Store
+from carbonlink.cloud.store import Store, group_rows
 from carbonlink.edge.identity import public_key_hex
-from carbonlink.kernel.wire import MAX_BATCH_BYTES, Batch, Reading, WireError, parse_batch, sign_batch
+from carbonlink.kernel.wire import (
+    MAX_BATCH_BYTES,
+    Batch,
+    Reading,
+    WireError,
+    format_ts,
+    parse_batch,
+    sign_batch,
+)
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_709_251_200_000
 values = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-9.9e14, max_value=9.9e14),
                    st.integers(min_value=-10**14, max_value=10**14))
 texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\'), min_size=1, max_size=12)
+
+
+def parse_both(fp: FastParser, raw: bytes) -> FastBatch | None:
+    """``fp.parse(raw)``, after checking that ``parse_groups`` (what the ingest calls) gives the same batch
+    grouped: the same envelope and the rows grouped by (device, point, quality, unit), or None too."""
+    grouped = fp.parse_groups(raw)  # first, so it also meets cold caches
+    fast = fp.parse(raw)
+    assert (grouped is None) == (fast is None)
+    if fast is not None and grouped is not None:
+        assert grouped.groups == group_rows(fast.rows) and grouped.rows == [] and grouped.n == len(fast.rows)
+        assert (grouped.gateway, grouped.seq, grouped.created_ms, grouped.alg, grouped.sig) == \
+            (fast.gateway, fast.seq, fast.created_ms, fast.alg, fast.sig)
+    return fast
 
 
 @settings(max_examples=150, deadline=None)
@@ -34,7 +56,7 @@ def test_fast_parse_matches_parse_batch(items: list[tuple[str, str, int, float, 
     except WireError:
         return  # e.g. a control character: not a batch anyone can sign
     raw = sign_batch(Batch("gw-1", 7, T0, rs), KEY).to_bytes()
-    fast = FastParser().parse(raw)
+    fast = parse_both(FastParser(), raw)
     slow = parse_batch(raw)
     expected = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in slow.readings]
     if fast is not None:  # None only sends it down the slow path
@@ -56,7 +78,7 @@ def test_canonical_and_json_paths_agree_with_parse_batch(items: list[tuple[str, 
     raw = sign_batch(Batch("gw-1", 9, T0, rs), KEY).to_bytes()
     if reformat:
         raw = json.dumps(json.loads(raw), indent=1).encode()
-    fast = FastParser().parse(raw)
+    fast = parse_both(FastParser(), raw)
     expected = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in parse_batch(raw).readings]
     if fast is not None:
         assert fast.rows == expected
@@ -66,6 +88,7 @@ def assert_both_refuse(fp: FastParser, raw: bytes, label: object, *, twice: bool
     """The fast parse sends ``raw`` down the slow path and ``parse_batch`` refuses it, naming a rule."""
     for _ in range(2 if twice else 1):
         assert fp.parse(raw) is None, label
+        assert fp.parse_groups(raw) is None, label
     try:
         parse_batch(raw)
     except WireError:
@@ -89,6 +112,7 @@ def test_the_canonical_path_takes_canonical_bytes_and_nothing_else() -> None:
                 raw.replace(b"}],", b'},{"x":1}],', 1), raw.replace(b"}],", b'},{"device":"d"}],', 1),
                 raw.replace(b"},{", b'},{"device":"d"},{', 1), raw.replace(b"[{", b'[{"device":1},{', 1)):
         assert fp._parse_canonical(bad) is None
+        parse_both(fp, bad)
 
 
 def test_the_canonical_grammar_leaves_text_checks_to_the_cached_rules() -> None:
@@ -122,7 +146,7 @@ def test_the_canonical_grammar_leaves_text_checks_to_the_cached_rules() -> None:
                 good.replace(b'"value":1.5', b'"value":-0'), escaped):
         assert fp._parse_canonical(raw) is None
     for raw in (good, escaped):
-        fast = fp.parse(raw)
+        fast = parse_both(fp, raw)
         assert fast is not None
         assert fast.rows == [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value)
                              for r in parse_batch(raw).readings]
@@ -147,7 +171,7 @@ def test_any_bytes_in_canonical_text_fields_parse_as_the_wire_parses_them(device
     fp = FastParser()
     fp.parse(good)  # caches warm, as in a worker
     for _ in range(2):
-        fast = fp.parse(raw)
+        fast = parse_both(fp, raw)
         try:
             slow = parse_batch(raw)
         except WireError:
@@ -186,6 +210,121 @@ def test_a_drain_of_distinct_timestamps_keeps_the_parser_caches_bounded() -> Non
     # distinct milliseconds leave 31 seconds and 1,000 tails; the 10 (device, point, quality) keys stay.
     assert len(parser._bseconds) <= 32 and len(parser._btails) == 1000 and len(parser._bkeys) == 10
     assert len(parser._texts) <= 12  # device and point names repeat and stay cached
+
+
+KEYS = [("dev", "p0", "N", "mg/m3"), ("dev", "p1", "N", "mg/m3"), ("dev", "p0", "M", "mg/m3"),
+        ("dev", "p0", "N", "ppm"), ("dev2", "p0", "N", "mg/m3")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 60), st.integers(0, 4), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 59), st.integers(0, 4)), max_size=3),
+       st.lists(st.sampled_from(["1.5", "-2", "0", "123456.25", "-0.001", "1234567890.12345"]), min_size=1))
+def test_grouped_parse_of_any_order_of_keys_is_the_rows_grouped(k: int, n: int, phase: int, second_step: bool,
+                                                              swaps: list[tuple[int, int]], numbers: list[str]) -> None:
+    """Batches that repeat k keys in one order (the column path) and the same with some readings given
+    another key (a point missed, a quality or unit changed: the loop), times crossing seconds or not,
+    numbers short and long: the groups are always the rows grouped."""
+    keys = [KEYS[(phase + i) % len(KEYS)] for i in range(k)]
+    order = [keys[i % k] for i in range(n)]
+    for at, other in swaps:
+        if at < n:
+            order[at] = KEYS[other]
+    step = 997 if second_step else 1
+    rs = tuple(Reading.make(d, p, T0 + i * step, float(numbers[i % len(numbers)]), u, q)
+               for i, (d, p, q, u) in enumerate(order))
+    raw = sign_batch(Batch("gw-1", 3, T0, rs), KEY).to_bytes()
+    fast = parse_both(FastParser(), raw)
+    assert fast is not None and fast.rows == [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value)
+                                              for r in rs]
+
+
+def test_grouped_parse_survives_caches_cleared_within_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches bounded at 3 entries are cleared while one batch fills them: the column path notices a
+    checked second, tail or key gone again and leaves the batch to the loop, which gives the same groups."""
+    monkeypatch.setattr(batchparse, "_CACHE_MAX", 3)
+    fp = FastParser()
+    for b in range(3):
+        rs = tuple(Reading.make("dev", f"p{i % 4}", T0 + b * 10_000 + i * 7, float(i), "u") for i in range(400))
+        raw = sign_batch(Batch("gw-1", b + 1, T0, rs), KEY).to_bytes()
+        fast = parse_both(fp, raw)
+        assert fast is not None and len(fast.rows) == 400
+        assert len(fp._btails) <= 4 and len(fp._bseconds) <= 4
+
+
+async def test_grouped_commit_stores_what_reading_by_reading_rules_say(store: Store) -> None:
+    """Signed batches through the ingest (parsed into groups, committed per group, SQLite's many-row
+    inserts across their 200-row boundary): stored rows, duplicates, unit refusals with their text and
+    latest values are what the rules say reading by reading, here computed by a plain model."""
+    await store.registry.register_gateway("gw-1", "site-1", "ed25519", public_key_hex(KEY))
+    acks: list[dict[str, object]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        acks.append(json.loads(payload))
+
+    proc = IngestProcessor(store, publish)
+    # Batch 1: three series repeating in one order (the column path), 450 readings.
+    b1 = [("dev", f"p{i % 3}", T0 + i, float(i), "mg/m3", "N") for i in range(450)]
+    # Batch 2: some of batch 1 again (already stored: skipped and counted), new ones, a unit other than
+    # dev/p1's registered one (refused, dead letter), a new series whose first reading sets its unit.
+    b2 = ([("dev", "p0", T0 + i, 99.0, "mg/m3", "N") for i in range(0, 60, 3)]
+          + [("dev", "p1", T0 + 1000 + i, 5.0 + i, "ppm", "N") for i in range(7)]
+          + [("dev", "p2", T0 + 2000 + i, 7.0 + i, "mg/m3", "N") for i in range(250)]
+          + [("dev3", "x", T0 + 500 + i, 1.0, "kg", "F") for i in range(5)])
+    # Batch 3: readings out of any period (the loop path): one series in two units, one in two qualities.
+    b3 = [("dev3", "x", T0 + 600 + i, 2.0, "kg" if i % 2 else "g", "N") for i in range(9)] \
+        + [("dev", "p2", T0 + 3000 + i, -1.5 * i, "mg/m3", "D" if i % 4 else "N") for i in range(12)]
+
+    def raw(seq: int, rows: list[tuple[str, str, int, float, str, str]]) -> bytes:
+        rs = tuple(Reading.make(d, p, ts, v, u, q) for d, p, ts, v, u, q in rows)
+        return sign_batch(Batch("gw-1", seq, T0, rs), KEY).to_bytes()
+
+    t = "cl/site-1/gw-1/telemetry"
+    batches = [(1, b1), (2, b2), (3, b3)]
+    fp = FastParser()
+    for seq, rows in batches:
+        canonical = fp._canonical(raw(seq, rows))
+        assert canonical is not None and (fp._columns(canonical[1]) is False) == (seq != 1)
+    out = await proc.handle_many([(t, raw(1, b1)), (t, raw(2, b2))])
+    out += await proc.handle_many([(t, raw(3, b3)), (t, raw(1, b1))])  # and batch 1 redelivered
+    assert out == [Outcome.COMMITTED] * 3 + [Outcome.DUPLICATE]
+
+    units: dict[tuple[str, str], str] = {}
+    stored: dict[tuple[str, str, int], tuple[float, str, int]] = {}
+    latest: dict[tuple[str, str], tuple[int, float, str]] = {}
+    expected_acks, refused_texts = [], []
+    for seq, rows in batches:
+        inserted = duplicates = refused = 0
+        for d, p, ts, v, u, q in rows:
+            if units.setdefault((d, p), u) != u:
+                refused += 1
+                refused_texts.append(f"{d}/{p}@{format_ts(ts)} in {u!r}, registered {units[(d, p)]!r}")
+                continue
+            if (d, p, ts) in stored:
+                duplicates += 1
+            else:
+                stored[(d, p, ts)] = (v, q, seq)
+                inserted += 1
+            if (d, p) not in latest or ts > latest[(d, p)][0]:
+                latest[(d, p)] = (ts, v, q)
+        expected_acks.append((seq, inserted, duplicates, refused))
+    assert [(a, c.inserted, c.duplicates, c.unit_mismatches) for a, c in zip(
+        (1, 2, 3), [await store.data.commit_batch(parse_batch(raw(s, r)), raw(s, r), T0) for s, r in batches],
+        strict=True)] == [(s, 0, len(r), 0) for s, r in batches]  # and a commit of each again stores nothing
+    assert proc.counters.readings_stored == sum(e[1] for e in expected_acks) == len(stored)
+    assert proc.counters.readings_refused == sum(e[3] for e in expected_acks) == 7 + 5
+    got = {(r["device"], r["point"], int(r["ts_ms"])): (float(r["value"]), r["quality"], int(r["seq"]))
+           for r in await store.db.fetch("SELECT s.device, s.point, r.ts_ms, r.value, r.quality, r.seq"
+                                         " FROM readings r JOIN series s ON s.id = r.series")}
+    assert got == stored
+    assert {(r["device"], r["point"]): (int(r["ts_ms"]), float(r["value"]), r["quality"])
+            for r in await store.data.latest()} == latest
+    reasons = " | ".join(d["reason"] for d in await store.audit.dead_letters())
+    for text in refused_texts:  # each batch spells out its first ten
+        assert text in reasons
+    assert "batch 2: 7 reading(s) with a unit other" in reasons and "batch 3: 5 reading(s)" in reasons
+    assert sorted((a["seq"], a["status"]) for a in acks) == [(1, "committed"), (1, "duplicate"),
+                                                              (2, "committed"), (3, "committed")]
 
 
 async def test_handle_many_matches_handle(store: Store) -> None:
