@@ -329,7 +329,12 @@ class FastParser:
         """
         # Columns by itemgetter, not zip(*found): zip makes an iterator per reading, and so many new
         # objects wake the garbage collector every few hundred.
-        kbs, sbs, tbs, vbs = (list(map(col, found)) for col in _COLUMNS)
+        kbs = list(map(_COLUMNS[0], found))
+        distinct = list(dict.fromkeys(kbs))
+        k = len(distinct)
+        if kbs[k:] != kbs[:-k]:  # not one cycle of its keys (a quality flag changed, a point missing): the loop
+            return False  # decides, before any other column is taken apart for nothing
+        sbs, tbs, vbs = (list(map(col, found)) for col in _COLUMNS[1:])
         if max(map(len, vbs)) > 16:
             return False
         if b"-0" in vbs:
@@ -347,7 +352,6 @@ class FastParser:
         for tb in set(tbs):
             if tb not in tails and self._tail_of(tb) is None:
                 return None
-        distinct = list(dict.fromkeys(kbs))
         for kb in distinct:
             if kb not in keys and self._key_of(kb) is None:
                 return None
@@ -357,7 +361,6 @@ class FastParser:
             return False  # a cache was cleared while it was filled
         ms, units = list(map(_FIRST, stamps)), list(map(_SECOND, stamps))  # type: ignore[arg-type]  # no None
         ts = list(map(add, bases, ms))
-        k = len(distinct)
         made: list[Group] = []
         for j, kb in enumerate(distinct):
             key = keys.get(kb)
