@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from carbonlink.cloud.store import open_store  # noqa: E402
 from carbonlink.commands.faults.lab import Broker, Proc  # noqa: E402
+from carbonlink.commands.faults.lab import store_url as throwaway_store_url  # noqa: E402
 from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
 from carbonlink.edge.outbox import KeySigner, Outbox  # noqa: E402
 from carbonlink.kernel.wire import Reading  # noqa: E402
@@ -159,12 +159,7 @@ async def drain(readings: int, workers: int, batch: int, inflight: int, store: s
         work = Path(d)
         broker = Broker(work)
         broker.start()
-        schema = None
-        if store is None:
-            store_url = f"sqlite:///{work / 'cloud.sqlite'}"
-        else:
-            schema = "drain_" + uuid.uuid4().hex[:10]
-            store_url = f"{store}{'&' if '?' in store else '?'}schema={schema}"
+        store_url, schema = throwaway_store_url(store, work, "drain_")
         cloud = open_store(store_url)
         await cloud.open()
         gw_dir = work / "gw"

@@ -21,7 +21,6 @@ import pickle
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +57,9 @@ async def one_round(store_url: str | None, pub: str, payloads: list[bytes], grou
     from carbonlink.cloud.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
-        schema = None
-        if store_url is None:
-            url = f"sqlite:///{Path(tmp) / 'cloud.sqlite'}"
-        else:
-            schema = "wcpu_" + uuid.uuid4().hex[:10]
-            url = f"{store_url}{'&' if '?' in store_url else '?'}schema={schema}"
+        from carbonlink.commands.faults.lab import store_url as throwaway_store_url
+
+        url, schema = throwaway_store_url(store_url, Path(tmp), "wcpu_")
         store = open_store(url)
         await store.open()
         try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -187,6 +188,15 @@ class Lab:
                                             gw)
         assert row is not None
         return int(row["n"]), int(row["d"]), int(twice)
+
+
+def store_url(store: str | None, folder: Path, prefix: str) -> tuple[str, str | None]:
+    """A cloud store URL for a run: SQLite in ``folder`` by default, else PostgreSQL ``store`` in a throwaway
+    schema named ``prefix`` and a random part (returned too, for dropping it afterwards)."""
+    if store is None:
+        return f"sqlite:///{folder / 'cloud.sqlite'}", None
+    schema = prefix + uuid.uuid4().hex[:10]
+    return f"{store}{'&' if '?' in store else '?'}schema={schema}", schema
 
 
 def _outbox_state(path: Path, before_ms: int) -> tuple[int, int]:
