@@ -8,7 +8,6 @@ back, spilled and salvaged rows come in with old times and rollups insert aggreg
 from __future__ import annotations
 
 import random
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.edge.outbox import _MIGRATIONS, KeySigner, Outbox
 from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
+from tests.edge.outbox.old_files import outbox_at_version
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_699_999_980_000  # a minute boundary
@@ -122,11 +122,7 @@ def test_a_version_5_outbox_gains_arrivals_that_find_its_live_rows(tmp_path: Pat
     """A file from before migration 6 (per-reading indexes, no arrivals), where the clock stepped back: a
     live row sits below a backlog one. After the migration the lanes are exactly what they were."""
     path = tmp_path / "o.sqlite"
-    old = sqlite3.connect(path, isolation_level=None)
-    for n, sql in enumerate(_MIGRATIONS[:5], start=1):
-        for stmt in (s for s in sql.split(";") if s.strip()):
-            old.execute(stmt)
-        old.execute(f"PRAGMA user_version={n}")
+    old = outbox_at_version(path, 5)
     rows = [("d", "a", T0, 1.0, "u", "N", T0 + 50_000),  # live
             ("d", "b", T0 + 1, 2.0, "u", "N", T0),  # backlog, stored after it (the clock stepped back)
             ("d", "c", T0 + 2, 3.0, "u", "N", T0 + 60_000),  # live

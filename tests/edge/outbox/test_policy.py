@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,6 +11,7 @@ from carbonlink.edge.outbox import _MIGRATIONS, KeySigner, Outbox
 from carbonlink.edge.uplink import DeliveryPolicy, Uplink
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
+from tests.edge.outbox.old_files import outbox_at_version
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_699_999_980_000  # a minute boundary
@@ -230,11 +230,7 @@ def test_an_outbox_from_before_stored_wire_texts_is_migrated_and_cuts_the_same_b
     """A version-3 file (readings as columns only) gains the wire table; its old rows are rendered when cut,
     new rows carry their text, and a batch mixing both is byte for byte sign_batch's."""
     path = tmp_path / "o.sqlite"
-    old = sqlite3.connect(path, isolation_level=None)
-    for n, sql in enumerate(_MIGRATIONS[:3], start=1):
-        for stmt in (s for s in sql.split(";") if s.strip()):
-            old.execute(stmt)
-        old.execute(f"PRAGMA user_version={n}")
+    old = outbox_at_version(path, 3)
     before = [Reading.make("stack", "so2", T0 + i * 1000, v, "mg/m³", "NDC"[i % 3])
               for i, v in enumerate([1 / 3, -0.0, 1e14 + 0.5, 0.0000602, 100.0, 7])]
     old.executemany("INSERT INTO pending(device, point, ts_ms, value, unit, quality, added_ms) VALUES (?,?,?,?,?,?,?)",
