@@ -160,3 +160,39 @@ async def test_every_hostile_kind_becomes_a_dead_letter_and_the_next_batch_commi
     assert stored == 0, [h.kind for h, o in zip(hostile, out, strict=True) if o is not Outcome.REJECTED]
     assert await p.handle(TOPIC, ok(7)) == Outcome.COMMITTED
     assert (await store.data.counts())["readings"] == 3
+
+
+async def test_the_cycle_collector_is_paused_while_a_group_is_judged_and_always_resumed(store: Store) -> None:
+    """judge() pauses gc (its garbage is freed by reference counting; collections only rescanned the parser's
+    caches) and resumes it however the group ends: judged, a message refused, or the store failing."""
+    import gc
+
+    from carbonlink.cloud.store import StoreUnavailable
+
+    proc, _ = await setup(store)
+    seen: list[bool] = []
+    prepare = proc._prepare
+
+    async def watched(item):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return await prepare(item)
+
+    proc._prepare = watched  # type: ignore[method-assign]
+    assert gc.isenabled()
+    await proc.judge([(TOPIC, ok(1)), (TOPIC, b"not json"), (TOPIC, ok(2))])
+    assert seen == [False, False, False] and gc.isenabled()
+
+    async def failing(item):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("the database went away")
+
+    proc._prepare = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await proc.judge([(TOPIC, ok(3))])
+    assert gc.isenabled()
+    gc.disable()  # a caller that runs without the collector keeps it off
+    try:
+        proc._prepare = watched  # type: ignore[method-assign]
+        await proc.judge([(TOPIC, ok(4))])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
