@@ -162,8 +162,10 @@ def test_framer_on_arbitrary_bytes_yields_only_checked_frames(stream: bytes, cut
 @given(st.lists(packets(), min_size=1, max_size=4), st.data(), chunking)
 def test_framer_on_corrupted_streams_yields_only_original_frames(ps: list[Packet], data: st.DataObject,
                                                                  cuts: list[int]) -> None:
-    # One burst of up to 16 bits: a CRC-16 detects every such error. (Wider corruption can collide
-    # with any 16-bit CRC; that is the standard's limit, and parse_data's checks are the next line.)
+    # One or two bytes changed. HJ 212-2017's checksum is not a true CRC-16 (its crc >> 8 ^ byte drops
+    # half the register at every byte), so some such changes keep it valid: a CI run found '-R' -> 'W\xb1'
+    # inside a frame. No framer can tell those from the real thing (parse_data's checks are the next line);
+    # what the framer promises is that a frame it yields has its length and checksum right.
     frames = [p.encode() for p in ps]
     stream = bytearray(b"".join(frames))
     i = data.draw(st.integers(0, len(stream) - 2))
@@ -171,4 +173,4 @@ def test_framer_on_corrupted_streams_yields_only_original_frames(ps: list[Packet
     new = data.draw(st.binary(min_size=width, max_size=width).filter(lambda b: b != stream[i:i + width]))
     stream[i:i + width] = new
     for ev in feed_in_chunks(bytes(stream), cuts):
-        assert isinstance(ev, Hj212Error) or ev in frames
+        assert isinstance(ev, Hj212Error) or ev in frames or frame(ev[6:-6]) == ev
