@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from carbonlink.kernel import topics as T
 from carbonlink.kernel.topics import GatewayTopics
-from carbonlink.kernel.wire import now_ms
+from carbonlink.kernel.wire import json_object, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class CommandRunner:
         name = topic.removeprefix(prefix)
         if name == "result":
             return True  # our own answers come back through the cmd/+ subscription
-        msg = _command_object(raw)
+        msg = json_object(raw, MAX_COMMAND_BYTES)
         cid = msg.get("id") if msg is not None else None
         if msg is None or not isinstance(cid, str | int) or isinstance(cid, bool) or not 0 < len(str(cid)) <= 128:
             log.warning("malformed command on %s (no JSON object with an id): %r", topic, raw[:200])
@@ -98,14 +98,3 @@ class CommandRunner:
         if name == "reload_config":
             return await self.target.reload_config()
         raise CommandRejected(f"unknown command {name!r}; known: read_now, restart_driver, reload_config")
-
-
-def _command_object(raw: bytes) -> dict[str, Any] | None:
-    """The command as a JSON object, or None for anything else (too big, not JSON, nested too deep)."""
-    if len(raw) > MAX_COMMAND_BYTES:
-        return None
-    try:
-        msg = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        return None
-    return msg if isinstance(msg, dict) else None

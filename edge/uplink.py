@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import sqlite3
 import time
@@ -35,7 +34,7 @@ from carbonlink.kernel.events import Event
 from carbonlink.kernel.mqtturl import MqttConfigError, MqttUrl
 from carbonlink.kernel.tasks import failure
 from carbonlink.kernel.topics import GatewayTopics
-from carbonlink.kernel.wire import now_ms
+from carbonlink.kernel.wire import json_object, now_ms
 
 from .outbox import KeySigner, Outbox, Signer
 
@@ -110,18 +109,6 @@ ACK_GROUP = 64
 _ACK_STATUSES = ("committed", "duplicate", "rejected")  # the cloud's ingest outcomes, as the firmware reads them
 ACK_MAX_BYTES = 4096  # the cloud's acks are small (a refusal's reason is cut at 500 characters)
 RESEND_CAP = 8  # a batch waits at most this many ack timeouts (plus its spread) between resends
-
-
-def _ack_object(payload: bytes) -> dict[str, object] | None:
-    """An ack's JSON object, or None for anything else: too long, not JSON, nested past the parser's
-    depth (RecursionError), or not an object."""
-    if len(payload) > ACK_MAX_BYTES:
-        return None
-    try:
-        ack = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    return ack if isinstance(ack, dict) else None
 
 
 class Uplink:
@@ -287,7 +274,7 @@ class Uplink:
         """
         committed: list[int] = []
         for payload in payloads:
-            ack = _ack_object(payload)
+            ack = json_object(payload, ACK_MAX_BYTES)
             try:
                 if ack is None:
                     raise ValueError("not a JSON object")

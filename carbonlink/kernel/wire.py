@@ -160,6 +160,18 @@ def check_depth(raw: bytes, limit: int) -> None:
         raise WireError(f"message nests deeper than {limit} levels")
 
 
+def json_object(payload: bytes, max_bytes: int) -> dict[str, Any] | None:
+    """A small control message (an ack, a command) as a JSON object, or None for anything else: longer than
+    ``max_bytes``, not JSON, nested past the parser's depth (RecursionError), or not an object."""
+    if len(payload) > max_bytes:
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
