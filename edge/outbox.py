@@ -357,6 +357,26 @@ class _Read:
     sign: Callable[[int, int], tuple[int, int, bytes]]
 
 
+@dataclass
+class PreparedCut:
+    """A cut between its two phases (``Outbox.prepare_cut``, ``Outbox.commit_cut``)."""
+
+    lane: Lane
+    where: str  # the lane's condition, which the commit checks the rows against again
+    args: tuple[int, ...]
+    read: _Read
+    generation: int  # rollups so far: one since the read means the rows may have changed
+    signed: tuple[int, int, tuple[int, int, bytes]] | None  # (seq guessed, created, (last id, n, payload))
+
+    @property
+    def hi(self) -> int:
+        return self.read.hi
+
+    @property
+    def seq_guess(self) -> int | None:
+        return self.signed[0] if self.signed is not None else None
+
+
 # group_concat follows the rows' order in practice; SQLite 3.44+ can be told so (a batch's readings are a set to
 # the cloud either way: the order only decides which bytes are signed).
 _IN_ID_ORDER = " ORDER BY id" if sqlite3.sqlite_version_info >= (3, 44, 0) else ""
@@ -580,49 +600,68 @@ class Outbox:
         The rows taken are the first ``max_readings`` (by insertion order) matching the lane,
         shrunk if the signed message would exceed ``max_bytes``.
 
-        Two phases, so the write lock is held only briefly (the agent's own writes wait for it): the
-        rows are read, joined and (with a KeySigner) signed under the seq the cut expects to take outside
-        the lock; inside it, the cut checks they are still exactly as read (no rollup since, same count in
-        their id range), takes the seq (signing again if another cut took the expected one) and commits.
-        If the rows changed in between (rare), it reads again.
+        Two phases, so the write lock is held only briefly (the agent's own writes wait for it):
+        ``prepare_cut`` reads, joins and (with a KeySigner) signs the rows outside the lock; ``commit_cut``
+        checks inside it that they are still exactly as read and commits. If they changed in between (rare:
+        a rollup), it reads again.
+        """
+        for _ in range(5):
+            cut = self.prepare_cut(max_readings, sign, lane=lane, live_after_ms=live_after_ms, max_bytes=max_bytes)
+            if cut is None:
+                return None
+            self._between_phases()
+            if (batch := self.commit_cut(cut, sign)) is not None:
+                return batch
+        raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
+
+    def prepare_cut(self, max_readings: int, sign: Signer, *, lane: Lane = "any", live_after_ms: int = 0,
+                    max_bytes: int = MAX_BATCH_BYTES, after_id: int = 0, seq_guess: int | None = None
+                    ) -> PreparedCut | None:
+        """Phase one of a cut, outside the write lock: the next rows of ``lane`` (above ``after_id``, when a
+        cut of the rows before is still being committed), joined and, with a KeySigner, signed under the seq
+        the cut will most likely take (``seq_guess``, else the next one). None when there are no such rows.
         """
         # The backlog is most of the table: walk it in rowid order and stop at the limit. The live lane is the
         # newest few rows: a rowid range from its first arrival (``_lane``), never a walk through the backlog.
         where, args = self._lane(lane, live_after_ms)
-        for _ in range(5):
-            generation = self._rollup_generation()
-            read = self._read_rows(sign, where, args, max_readings, max_bytes)
-            if read is None:
-                return None
-            signed: tuple[int, int, tuple[int, int, bytes]] | None = None
-            if isinstance(sign, KeySigner):
-                # Joined and signed outside the write lock, under the seq this cut will most likely take (a live
-                # cut on the other connection may take it first: then it is signed again inside the lock).
-                guess, created = self.next_seq(), now_ms()
-                signed = (guess, created, read.sign(guess, created))
-            self._between_phases()
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                count = self.db.execute(f"SELECT count(*) FROM pending WHERE id BETWEEN ? AND ? AND {where}",
-                                        (read.lo, read.hi, *args)).fetchone()[0]
-                if count != read.n or self._rollup_generation() != generation:
-                    continue  # leaves the with block: nothing written, the transaction ends; read again
-                seq = self._take_seq()
-                if signed is not None and signed[0] == seq:
-                    _, created, (hi, n, payload) = signed
-                else:
-                    created = now_ms()
-                    hi, n, payload = read.sign(seq, created)
-                self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
-                                (seq, created, n, payload, lane))
-                # The rows taken are exactly those matching the lane up to the last id taken.
-                self.db.execute(f"DELETE FROM pending WHERE id BETWEEN ? AND ? AND {where}", (read.lo, hi, *args))
-                # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
-                self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (read.lo, hi))
-                self._prune_arrivals()
-                self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
-            return StoredBatch(seq, n, payload, lane)
-        raise sqlite3.OperationalError("the outbox kept changing under a batch cut; try again")
+        generation = self._rollup_generation()
+        read_where, read_args = (f"pending.id > ? AND ({where})", (after_id, *args)) if after_id else (where, args)
+        read = self._read_rows(sign, read_where, read_args, max_readings, max_bytes)
+        if read is None:
+            return None
+        signed: tuple[int, int, tuple[int, int, bytes]] | None = None
+        if isinstance(sign, KeySigner):
+            # A live cut on another connection may take the guessed seq first: then commit_cut signs again.
+            guess, created = self.next_seq() if seq_guess is None else seq_guess, now_ms()
+            signed = (guess, created, read.sign(guess, created))
+        return PreparedCut(lane, where, args, read, generation, signed)
+
+    def commit_cut(self, cut: PreparedCut, sign: Signer) -> StoredBatch | None:
+        """Phase two, under the write lock: if the rows are still exactly as ``prepare_cut`` read them (no
+        rollup since, the same count in their id range), take the seq (signing again if another cut took the
+        expected one), store the batch and remove its rows, in one transaction. None if they changed."""
+        read, where, args = cut.read, cut.where, cut.args
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            count = self.db.execute(f"SELECT count(*) FROM pending WHERE id BETWEEN ? AND ? AND {where}",
+                                    (read.lo, read.hi, *args)).fetchone()[0]
+            if count != read.n or self._rollup_generation() != cut.generation:
+                return None  # leaves the with block: nothing written, the transaction ends
+            seq = self._take_seq()
+            if cut.signed is not None and cut.signed[0] == seq:
+                _, created, (hi, n, payload) = cut.signed
+            else:
+                created = now_ms()
+                hi, n, payload = read.sign(seq, created)
+            self.db.execute("INSERT INTO batches(seq, created_ms, n, payload, lane) VALUES (?,?,?,?,?)",
+                            (seq, created, n, payload, cut.lane))
+            # The rows taken are exactly those matching the lane up to the last id taken.
+            self.db.execute(f"DELETE FROM pending WHERE id BETWEEN ? AND ? AND {where}", (read.lo, hi, *args))
+            # Their texts, as one range: a few other-lane rows in it lose theirs and are rendered when cut.
+            self.db.execute("DELETE FROM wire WHERE id BETWEEN ? AND ?", (read.lo, hi))
+            self._prune_arrivals()
+            self.db.execute("UPDATE meta SET v = ? WHERE k='next_seq'", (seq + 1,))
+        return StoredBatch(seq, n, payload, cut.lane)
 
     def _read_rows(self, sign: Signer, where: str, args: tuple[int, ...], limit: int, max_bytes: int
                    ) -> _Read | None:

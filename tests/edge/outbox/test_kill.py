@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from carbonlink.edge.outbox import Outbox
 from carbonlink.kernel.wire import parse_batch, verify_batch
 from tests.edge.outbox.outbox_child import KEY, T0
@@ -40,13 +42,14 @@ def check(path: Path, last_next_seq: int) -> tuple[int, int]:
         ob.close()
 
 
-def test_sigkill_loop_leaves_no_torn_batch_and_reuses_no_seq(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["plain", "pipelined"])
+def test_sigkill_loop_leaves_no_torn_batch_and_reuses_no_seq(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "outbox.sqlite"
     rng = random.Random(4)
     next_seq, total = 1, 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for _ in range(8):
-        child = subprocess.Popen([sys.executable, "-m", "tests.edge.outbox.outbox_child", str(path)], cwd=ROOT,
+        child = subprocess.Popen([sys.executable, "-m", "tests.edge.outbox.outbox_child", str(path), mode], cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert child.stdout is not None
         assert child.stdout.readline().strip() == b"ready", child.stderr.read() if child.stderr else ""
