@@ -36,6 +36,7 @@ from carbonlink.kernel.tasks import failure
 from carbonlink.kernel.topics import GatewayTopics
 from carbonlink.kernel.wire import json_object, now_ms
 
+from .backlog_cutter import BacklogCutter
 from .outbox import KeySigner, Outbox, Signer
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ class _Bucket:
         return self.tokens
 
 
+# Backlog readings cut per turn of the send loop at most (tens of milliseconds), then the live lane is looked at
+# again.
+BACKLOG_READINGS_PER_TURN = 20_000
 # Acks already queued are applied together, up to this many: one outbox transaction for a burst.
 ACK_GROUP = 64
 _ACK_STATUSES = ("committed", "duplicate", "rejected")  # the cloud's ingest outcomes, as the firmware reads them
@@ -145,11 +149,11 @@ class Uplink:
         self.on_store_error: Callable[[sqlite3.Error], None] | None = None  # the agent repairs the outbox
         self._publishing: set[asyncio.Task[None]] = set()
         self._publish_error: BaseException | None = None
-        self._cutter: Outbox | None = None  # the backlog's own connection, used from a worker thread
-        self._cutter_of: Outbox | None = None
+        self._cutter: BacklogCutter | None = None  # the backlog's own connections, used from worker threads
         self.backlog_window = float(self.policy.backlog_inflight)  # adapted to the live lane's ack time
         self._window_cut_at = 0.0
         self._live_acked_at = 0.0
+        self._live_rtt = 0.0  # the last live ack's round trip, seconds
         self._bucket = _Bucket(self.policy.backlog_rate)
         self._failing_since: float | None = None
         self._outbox_failing: str | None = None
@@ -320,14 +324,19 @@ class Uplink:
         seqs.clear()
 
     def _adapt(self, lane: str, rtt: float) -> None:
-        """AIMD on the backlog window from the live lane's ack time: live data is never starved."""
+        """AIMD on the backlog window from the live lane's ack time: live data is never starved.
+
+        While live acks come back in under a quarter of the target (no queue in front of them), every ack,
+        backlog ones included, widens the window by a batch: it doubles each round trip, as TCP's slow start
+        does, instead of growing by one batch per live ack (a live batch a second, by default).
+        """
         p = self.policy
         now = self.clock()
         if p.live_target_ms <= 0:
             self.backlog_window = float(p.backlog_inflight)
             return
         if lane == "live":
-            self._live_acked_at = now
+            self._live_acked_at, self._live_rtt = now, rtt
             if rtt * 1000 > p.live_target_ms:
                 if now - self._window_cut_at > rtt:  # once per round trip, not once per late ack
                     self.backlog_window = max(1.0, self.backlog_window / 2)
@@ -335,8 +344,8 @@ class Uplink:
                 return
             if rtt * 1000 > p.live_target_ms / 2:
                 return  # close to the target: hold
-        elif now - self._live_acked_at < 2.0:
-            return  # live data flows: only its acks may widen the window
+        elif now - self._live_acked_at < 2.0 and self._live_rtt * 1000 > p.live_target_ms / 4:
+            return  # live data flows and queues a little: only its acks may widen the window
         self.backlog_window = min(float(p.backlog_inflight), self.backlog_window + 1)
 
     def _unknown(self, seq: int) -> None:
@@ -418,36 +427,37 @@ class Uplink:
         if self._bucket.rate != p.backlog_rate:
             self._bucket = _Bucket(p.backlog_rate)
         window = min(p.backlog_inflight, int(self.backlog_window)) if p.live_target_ms > 0 else p.backlog_inflight
-        cut_now = 0
-        while self._lane_load("backlog") + sum(1 for b in out if b[3] == "backlog") < window and cut_now < 2:
-            cut_now += 1  # then the live lane is looked at again
-            size = p.backlog_max_readings
-            if p.backlog_rate > 0:
-                tokens = self._bucket.refill()
-                if tokens < min(size, p.backlog_rate) * 0.5:
-                    break
-                size = max(1, min(size, int(tokens)))
-            # Tens of milliseconds of reading, rendering and signing: in a worker thread on a connection of
-            # its own, so the event loop keeps polling devices and cutting live batches meanwhile.
-            b = await asyncio.to_thread(self._backlog_cutter().cut_batch, size, self.sign, lane="backlog",
-                                        live_after_ms=live_after)
-            if b is None:
-                break
+        free = window - self._lane_load("backlog")
+        if free <= 0:
+            return out
+        size = p.backlog_max_readings
+        count = max(1, min(free, BACKLOG_READINGS_PER_TURN // size))
+        if p.backlog_rate > 0:
+            tokens = self._bucket.refill()
+            if tokens < min(size, p.backlog_rate) * 0.5:
+                return out
+            size = max(1, min(size, int(tokens)))
+            count = max(1, min(count, int(tokens) // size))
+        # Tens of milliseconds of reading, joining, signing and committing: in worker threads on connections of
+        # their own (the next cut's reading overlaps this one's commit), so the event loop keeps polling
+        # devices and cutting live batches meanwhile.
+        for b in await asyncio.to_thread(self._backlog_cutter().cut, count, size, self.sign,
+                                         live_after_ms=live_after):
             if p.backlog_rate > 0:
                 self._bucket.tokens -= b.n
             out.append((b.seq, b.n, b.payload, "backlog"))
         return out
 
-    def _backlog_cutter(self) -> Outbox:
-        if self._cutter is None or self._cutter_of is not self.outbox:  # first use, or the outbox was replaced
+    def _backlog_cutter(self) -> BacklogCutter:
+        if self._cutter is None or self._cutter.outbox is not self.outbox:  # first use, or the outbox was replaced
             self.close_cutter()
-            self._cutter, self._cutter_of = self.outbox.second_connection(), self.outbox
+            self._cutter = BacklogCutter(self.outbox)
         return self._cutter
 
     def close_cutter(self) -> None:
         if self._cutter is not None:
             self._cutter.close()
-            self._cutter = self._cutter_of = None
+            self._cutter = None
 
     async def _send_loop(self, client: aiomqtt.Client, receiver: asyncio.Task[None]) -> None:
         while True:

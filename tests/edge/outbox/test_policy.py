@@ -194,6 +194,29 @@ def test_the_backlog_window_yields_to_late_live_acks_and_grows_back(tmp_path: Pa
     assert up.backlog_window == 8
 
 
+def test_the_backlog_window_doubles_per_round_trip_while_live_acks_are_quick(tmp_path: Path) -> None:
+    """Slow start: with live acks under a quarter of the target, every ack widens the window, not only live
+    ones; from a quarter up, backlog acks stop widening it; past the target it halves as before."""
+    now = [100.0]
+    up = Uplink(Outbox(tmp_path / "o.sqlite", "gw-1"), GatewayTopics("s", "gw-1"), "mqtt://127.0.0.1:1",
+                sign=sign, policy=DeliveryPolicy(backlog_inflight=32, live_target_ms=400), clock=lambda: now[0])
+    up.backlog_window = 1.0
+    up._adapt("live", 0.05)  # 50 ms: no queue in front of live data
+    assert up.backlog_window == 2
+    for window in (2, 4, 8):  # one round trip: each batch in flight is acked and widens the window by one
+        for _ in range(window):
+            up._adapt("backlog", 0.3)
+        assert up.backlog_window == 2 * window
+    up._adapt("live", 0.15)  # 150 ms, over a quarter of 400: backlog acks no longer widen it
+    assert up.backlog_window == 17
+    for _ in range(10):
+        up._adapt("backlog", 0.3)
+    assert up.backlog_window == 17
+    now[0] += 1.0
+    up._adapt("live", 0.5)  # past the target: halve
+    assert up.backlog_window == 8.5
+
+
 def test_a_cut_whose_rows_change_between_its_phases_reads_them_again(tmp_path: Path) -> None:
     """Rows are read and rendered outside the write lock; another connection cutting or a rollup in
     between makes the cut read again: no reading in two batches, none lost."""
