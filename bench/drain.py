@@ -39,8 +39,10 @@ sys.path.insert(0, str(ROOT))
 from carbonlink.cloud.store import open_store  # noqa: E402
 from carbonlink.commands.faults.lab import Broker, Proc  # noqa: E402
 from carbonlink.commands.faults.lab import store_url as throwaway_store_url  # noqa: E402
+from carbonlink.edge.backlog_cutter import BacklogCutter  # noqa: E402
 from carbonlink.edge.identity import load_or_create_key, public_key_hex  # noqa: E402
 from carbonlink.edge.outbox import KeySigner, Outbox  # noqa: E402
+from carbonlink.edge.uplink import BACKLOG_READINGS_PER_TURN  # noqa: E402
 from carbonlink.kernel.wire import Reading  # noqa: E402
 
 GOAL = 200_000
@@ -59,17 +61,21 @@ def fill(path: Path, readings: int, added_ms: int) -> None:
 
 
 def edge_ceiling(src: Path, work: Path, key_file: Path, batch: int, limit: int = 200_000) -> float:
-    """Readings/s the outbox cuts and signs backlog batches at, on a copy, in this process (no network)."""
+    """Readings/s the outbox cuts and signs backlog batches at, on a copy, in this process (no network), as the
+    agent cuts them: through the pipelined BacklogCutter, as many batches a call as the uplink asks for."""
     copy = work / "ceiling.sqlite"
     shutil.copy(src, copy)
     ob = Outbox(copy, GW, synchronous="FULL")
+    cutter = BacklogCutter(ob)
     signer = KeySigner(load_or_create_key(key_file))
+    per_call = max(1, BACKLOG_READINGS_PER_TURN // batch)
     try:
         n, t = 0, time.perf_counter()
-        while n < limit and (b := ob.cut_batch(batch, signer, lane="backlog", live_after_ms=2**62)) is not None:
-            n += b.n
+        while n < limit and (cut := cutter.cut(per_call, batch, signer, live_after_ms=2**62)):
+            n += sum(b.n for b in cut)
         return n / (time.perf_counter() - t)
     finally:
+        cutter.close()
         ob.close()
         for f in work.glob("ceiling.sqlite*"):
             f.unlink()
