@@ -10,6 +10,8 @@ One run measures, on the same pre-generated signed messages:
       are counted in the database afterwards (lost = published - stored, must be 0);
   (d) publish-to-ack latency at a steady rate (the ack goes out after the commit, so this bounds
       publish-to-commit from above);
+  (d') meanwhile, the disk's own fsync latency (``bench/diskprobe.py``): every commit waits for one, so a
+      tail in (d) that matches it is the disk's;
   (g) the ingest's parse-and-verify step alone on the same messages, in CPU seconds of one core;
   (e) the RSS of each worker: its largest during (d), and its peak over the whole run.
 ``--latency-only`` runs (d) and (e) alone (the issue's goals: p99 <= 200 ms at 20,000 readings/s, a worker
@@ -44,6 +46,7 @@ import aiomqtt  # noqa: E402
 import asyncpg  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
+from bench.diskprobe import FsyncProbe  # noqa: E402
 from carbonlink.kernel.wire import canonical_number, format_ts, now_ms  # noqa: E402
 
 MOSQUITTO_CONF = "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 100\n"
@@ -384,6 +387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.25)
 
             sampler = asyncio.create_task(sample_rss())
+            disk = FsyncProbe().start()  # the disk's flush latency meanwhile (the commit's floor)
             async with aiomqtt.Client("127.0.0.1", port, identifier="bench-steady", max_inflight_messages=200) as c:
                 start = time.monotonic()
                 pubs = []
@@ -397,6 +401,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             steady_keys = {(m.gateway, m.seq) for m in steady_msgs}
             complete_steady = await acks.wait_for(steady_keys, 60)
             sampler.cancel()
+            await asyncio.to_thread(disk.stop)
+            result["disk_fsync"] = disk.summary()
             lat = [(acks.acks[k][0] - sent[k]) * 1000 for k in steady_keys if k in acks.acks]
             result.update(steady_rate=args.steady_rate, steady_complete=complete_steady,
                           latency_p50_ms=pct(lat, 50), latency_p95_ms=pct(lat, 95), latency_p99_ms=pct(lat, 99),
@@ -461,6 +467,10 @@ def print_table(r: dict[str, Any]) -> None:
     t.add_row(f"(d) publish→ack p50 / p95 / p99 / max at {r['steady_rate']:,}/s (ack after commit)",
               f"{r['latency_p50_ms']:.1f} / {r['latency_p95_ms']:.1f} / {r['latency_p99_ms']:.1f}"
               f" / {r['latency_max_ms']:.1f} ms")
+    if r.get("disk_fsync"):
+        f = r["disk_fsync"]
+        t.add_row("(d') the disk meanwhile: fsync of 8 KB every 10 ms, p50 / p99 / max (stalls ≥ 100 ms)",
+                  f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} / {f['max_ms']:.1f} ms ({f['stalls_100ms']})")
     t.add_row("(e) RSS per worker: largest during the steady phase",
               " / ".join(f"{x} MB" for x in r["worker_rss_steady_mb"]))
     t.add_row("(e) peak RSS per worker over the whole run", " / ".join(f"{x} MB" for x in r["worker_peak_rss_mb"]))

@@ -26,3 +26,5 @@ def test_latency_mode_reports_percentiles_and_memory_and_loses_nothing() -> None
     assert r["latency_p50_ms"] <= r["latency_p95_ms"] <= r["latency_p99_ms"] <= r["latency_max_ms"]
     assert len(r["worker_rss_steady_mb"]) == 1 and r["worker_rss_steady_mb"][0] > 0
     assert r["ack_statuses"] == {"committed": 80}
+    disk = r["disk_fsync"]  # the disk's own flush latency, probed every 10 ms during the 2 s phase
+    assert disk["n"] >= 20 and 0 < disk["p50_ms"] <= disk["p99_ms"] <= disk["max_ms"]
