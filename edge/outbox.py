@@ -560,10 +560,11 @@ class Outbox:
         where, args = self._lane(lane, live_after_ms)
         return int(self.db.execute(f"SELECT count(*) FROM pending WHERE {where}", args).fetchone()[0])
 
-    def oldest_pending_ms(self, lane: Lane = "any", live_after_ms: int = 0) -> int | None:
+    def pending_summary(self, lane: Lane = "any", live_after_ms: int = 0) -> tuple[int, int | None]:
+        """How many readings of ``lane`` are pending and the oldest ``added_ms`` among them, in one query."""
         where, args = self._lane(lane, live_after_ms)
-        row = self.db.execute(f"SELECT min(added_ms) FROM pending WHERE {where}", args).fetchone()
-        return row[0]
+        n, oldest = self.db.execute(f"SELECT count(*), min(added_ms) FROM pending WHERE {where}", args).fetchone()
+        return int(n), oldest
 
     def _lane(self, lane: Lane, live_after_ms: int) -> tuple[str, tuple[int, ...]]:
         """The SQL condition (and its arguments) for the pending rows of ``lane``.

@@ -414,10 +414,10 @@ class Uplink:
         out: list[tuple[int, int, bytes, str]] = []
         live_after = p.live_after_ms(now_wall)
         while self._lane_load("live") + sum(1 for b in out if b[3] == "live") < p.live_inflight:
-            n = self.outbox.pending_count("live", live_after)
+            n, oldest_added = self.outbox.pending_summary("live", live_after)
             if n == 0:
                 break
-            oldest = self.outbox.oldest_pending_ms("live", live_after) or now_wall
+            oldest = oldest_added or now_wall
             if not (self.flush or n >= p.live_max_readings or now_wall - oldest >= p.live_max_age_s * 1000):
                 break
             b = self.outbox.cut_batch(p.live_max_readings, self.sign, lane="live", live_after_ms=live_after)

@@ -72,7 +72,7 @@ def test_the_lanes_match_their_definition_through_random_writes_cuts_and_rollups
         for cutoff in (clock - 40_000, clock - 5000, clock, clock + 1):
             live, oldest, backlog = by_definition(ob, cutoff)
             assert ob.pending_count("live", cutoff) == live, f"step {step}, cutoff {cutoff - clock:+}"
-            assert ob.oldest_pending_ms("live", cutoff) == oldest
+            assert ob.pending_summary("live", cutoff) == (live, oldest)
             assert ob.pending_count("backlog", cutoff) == backlog
     while (b := ob.cut_batch(500, sign)) is not None:
         acked += ob.ack(b.seq)
@@ -103,7 +103,7 @@ def test_live_lane_queries_read_a_rowid_range_never_the_backlog(tmp_path: Path) 
     ob.append([Reading.make("d", "new", T0 + 10**6 + i, 1.0, "u") for i in range(5)], added_ms=T0 + 10**6)
     statements: list[str] = []
     ob.db.set_trace_callback(statements.append)
-    assert ob.pending_count("live", T0 + 1) == 5 and ob.oldest_pending_ms("live", T0 + 1) == T0 + 10**6
+    assert ob.pending_count("live", T0 + 1) == 5 and ob.pending_summary("live", T0 + 1) == (5, T0 + 10**6)
     b = ob.cut_batch(100, KeySigner(KEY), lane="live", live_after_ms=T0 + 1)
     ob.db.set_trace_callback(None)
     assert b is not None and b.n == 5
