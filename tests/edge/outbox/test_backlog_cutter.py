@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carbonlink.edge.backlog_cutter import BacklogCutter
 from carbonlink.edge.outbox import KeySigner, Outbox, PreparedCut, StoredBatch
-from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch, verify_batch
+from carbonlink.kernel.wire import Batch, Reading, parse_batch, sign_batch
+from tests.edge.outbox.checks import verified_stamps
 
 KEY = Ed25519PrivateKey.generate()
 SIGNER = KeySigner(KEY)
@@ -39,13 +40,7 @@ def filled(tmp_path: Path, n: int = 2000, unit: str = "mg/m3") -> Outbox:
 
 
 def stamps_of(batches: list[StoredBatch]) -> list[int]:
-    out: list[int] = []
-    for b in batches:
-        parsed = parse_batch(b.payload)
-        verify_batch(parsed, KEY.public_key(), b.payload)
-        assert parsed.seq == b.seq and len(parsed.readings) == b.n
-        out.extend(r.ts_ms for r in parsed.readings)
-    return out
+    return verified_stamps(batches, KEY.public_key())
 
 
 def drain(cutter: BacklogCutter, count: int, size: int, signer: Any = SIGNER, **kw: Any) -> list[StoredBatch]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from carbonlink.edge.outbox import Outbox
-from carbonlink.kernel.wire import parse_batch, verify_batch
+from tests.edge.outbox.checks import verified_stamps
 from tests.edge.outbox.outbox_child import KEY, T0
 from tests.services import ROOT
 
@@ -27,12 +27,7 @@ def check(path: Path, last_next_seq: int) -> tuple[int, int]:
         # Nothing is acked in this test, so the batches are exactly 1..next_seq-1: none torn, none reused.
         assert seqs == list(range(1, next_seq)), (seqs[-5:], next_seq)
         assert next_seq >= last_next_seq
-        stamps: list[int] = []
-        for b in batches:
-            parsed = parse_batch(b.payload)
-            verify_batch(parsed, KEY.public_key(), b.payload)
-            assert parsed.seq == b.seq and len(parsed.readings) == b.n
-            stamps.extend(r.ts_ms for r in parsed.readings)
+        stamps = verified_stamps(batches, KEY.public_key())
         stamps.extend(r[0] for r in ob.db.execute("SELECT ts_ms FROM pending"))
         assert len(stamps) == len(set(stamps)), "a reading is in the outbox twice"
         if stamps:
