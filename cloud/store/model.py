@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from carbonlink.kernel.wire import Batch, Quality, Reading, SigAlg
+from carbonlink.kernel.wire import Batch, Quality
 
 KEY_GRACE_MS = 7 * 24 * 3600 * 1000
 QUALITY_FLAGS = tuple(q.value for q in Quality)  # rollup columns q_n, q_f, ... in this order
@@ -127,10 +127,6 @@ class PendingBatch:
         rows = [(r.device, r.point, r.ts_ms, r.value, r.unit, r.quality.value) for r in batch.readings]
         return cls.from_rows(batch.gateway, batch.seq, batch.created_ms, received_ms, batch.sig, raw, rows,
                              batch.alg.value)
-
-    def to_batch(self) -> Batch:
-        readings = tuple(Reading(d, p, ts, v, u, Quality(q)) for d, p, ts, v, u, q in self.rows)
-        return Batch(self.gateway, self.seq, self.created_ms, readings, SigAlg(self.alg))
 
 
 @dataclass(frozen=True)
