@@ -42,6 +42,10 @@ class BacklogCutter:
         """Up to ``count`` backlog batches of up to ``max_readings`` each, committed (fewer when the backlog
         runs out). Raises what the outbox raises; the batches committed before the error stay committed and
         are found by the uplink as unacked batches."""
+        if count <= 1:  # nothing to overlap (a rate-limited drain cuts one at a time): one connection, no handoff
+            one = self._writer.cut_batch(max_readings, sign, lane="backlog", live_after_ms=live_after_ms,
+                                         max_bytes=max_bytes)
+            return [] if one is None else [one]
         out: list[StoredBatch] = []
         restarts = 0
 

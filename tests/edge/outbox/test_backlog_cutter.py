@@ -155,3 +155,18 @@ def test_another_signer_takes_the_row_path(tmp_path: Path) -> None:
     assert sorted(stamps_of(batches)) == list(range(T0, T0 + 900))
     cutter.close()
     ob.close()
+
+
+def test_one_batch_a_call_is_a_plain_cut_with_no_second_connection_or_thread(tmp_path: Path) -> None:
+    ob = filled(tmp_path)
+    cutter = BacklogCutter(ob)
+
+    def not_used(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("a one-batch call has nothing to overlap")
+
+    cutter._reader.prepare_cut = not_used  # type: ignore[method-assign]
+    cutter._commits.submit = not_used  # type: ignore[method-assign]
+    batches = drain(cutter, 1, 300)
+    assert sorted(stamps_of(batches)) == list(range(T0, T0 + 2000))
+    cutter.close()
+    ob.close()
