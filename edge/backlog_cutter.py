@@ -50,12 +50,11 @@ class BacklogCutter:
         restarts = 0
 
         def prepare(after: PreparedCut | None) -> PreparedCut | None:
-            if after is None:
-                return self._reader.prepare_cut(max_readings, sign, lane="backlog", live_after_ms=live_after_ms,
-                                                max_bytes=max_bytes)
-            guess = after.seq_guess
+            """The next cut: from the first pending row, or above ``after`` (still committing) under the seq
+            after its guess."""
+            guess = after.seq_guess if after is not None else None
             return self._reader.prepare_cut(max_readings, sign, lane="backlog", live_after_ms=live_after_ms,
-                                            max_bytes=max_bytes, after_id=after.hi,
+                                            max_bytes=max_bytes, after_id=after.hi if after is not None else 0,
                                             seq_guess=None if guess is None else guess + 1)
 
         cut = prepare(None)
