@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from bench.stats import percentiles
+
 
 class FsyncProbe:
     """``with FsyncProbe() as probe: …`` then ``probe.summary()``: fsync p50/p99/max in ms and stalls ≥ 100 ms."""
@@ -54,9 +56,6 @@ class FsyncProbe:
         self.stop()
 
     def summary(self) -> dict[str, float]:
-        v = sorted(self.samples_ms)
-        if not v:
-            return {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "stalls_100ms": 0}
-        p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
-        return {"n": len(v), "p50_ms": round(v[len(v) // 2], 2), "p99_ms": round(p99, 1), "max_ms": round(v[-1], 1),
-                "stalls_100ms": sum(1 for x in v if x >= 100)}
+        p = percentiles(self.samples_ms)
+        return {"n": p["n"], "p50_ms": round(p["p50_ms"], 2), "p99_ms": round(p["p99_ms"], 1),
+                "max_ms": round(p["max_ms"], 1), "stalls_100ms": sum(1 for x in self.samples_ms if x >= 100)}

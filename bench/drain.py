@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import percentiles  # noqa: E402
 from carbonlink.cloud.store import open_store  # noqa: E402
 from carbonlink.commands.faults.lab import Broker, Proc  # noqa: E402
 from carbonlink.commands.faults.lab import store_url as throwaway_store_url  # noqa: E402
@@ -98,13 +99,6 @@ def machine_busy() -> tuple[int, int]:
         return 0, 0
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields) - idle, sum(fields)
-
-
-def percentiles(values: list[int]) -> dict[str, int]:
-    if not values:
-        return {"n": 0, "p50_ms": 0, "p99_ms": 0, "max_ms": 0}
-    v = sorted(values)
-    return {"n": len(v), "p50_ms": v[len(v) // 2], "p99_ms": v[min(len(v) - 1, int(len(v) * 0.99))], "max_ms": v[-1]}
 
 
 class EdgeChild:
